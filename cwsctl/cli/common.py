@@ -1,0 +1,53 @@
+"""Helpers shared by command modules: the store, the active profile, passphrases, input files."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from cwsctl.cli.output import Settings
+from cwsctl.core.errors import InputError, LocalKeyError
+from cwsctl.core.files import read_bytes
+from cwsctl.core.identity import read_passphrase_file
+from cwsctl.core.keys import PassphraseSource
+from cwsctl.core.profile import Store
+
+
+def store_and_profile(settings: Settings) -> tuple[Store, str]:
+    """The on-disk store and the name of the profile in force."""
+    store = Store()
+    return store, store.active_profile_name(settings.profile)
+
+
+def passphrase_file_from(option: Path | None) -> Path | None:
+    """``--passphrase-file``, else ``$CWSCTL_PASSPHRASE_FILE``, else None."""
+    if option is not None:
+        return option
+    env = os.environ.get("CWSCTL_PASSPHRASE_FILE")
+    return Path(env) if env else None
+
+
+def passphrase_source(option: Path | None) -> PassphraseSource:
+    """Where to get a passphrase if a key turns out to be encrypted; prompts only on a terminal."""
+
+    def source() -> bytes:
+        path = passphrase_file_from(option)
+        if path is not None:
+            return read_passphrase_file(path)
+        if sys.stdin is not None and sys.stdin.isatty():
+            return getpass.getpass("Passphrase for private key: ").encode("utf-8")
+        raise LocalKeyError(
+            "the private key is encrypted and no passphrase is available",
+            hint="pass --passphrase-file FILE or set CWSCTL_PASSPHRASE_FILE (stdin is not a terminal)",
+        )
+
+    return source
+
+
+def read_body(path: str) -> bytes:
+    """The exact bytes of a body file, or of stdin when ``path`` is ``-``."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    return read_bytes(Path(path), what="body file", error=InputError)

@@ -1,0 +1,125 @@
+"""Global options accepted before and after every command, and the one place errors become exits.
+
+Typer has no built-in global options that also work after the subcommand (typer issue #153).
+``with_globals`` adds ``--profile/--json/--quiet/--verbose/--debug`` to a command's signature,
+merges any value given there into the root context's Settings, hands the command an ``Output``,
+and maps every CwsError to its one-line message and exit status.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import traceback
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from cwsctl.cli.output import Output, Settings
+from cwsctl.core.errors import CwsError, ExitStatus
+
+ProfileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        "-p",
+        envvar="CWSCTL_PROFILE",
+        metavar="NAME",
+        help="Profile to use [env: CWSCTL_PROFILE; default: the configured default].",
+        show_envvar=False,
+    ),
+]
+JsonOption = Annotated[
+    bool | None,
+    typer.Option("--json", help="Print one JSON document on stdout.", show_default=False),
+]
+QuietOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--quiet", "-q", help="Silent on success; only errors on stderr.", show_default=False
+    ),
+]
+VerboseOption = Annotated[
+    bool | None, typer.Option("--verbose", "-v", help="Say more on stderr.", show_default=False)
+]
+DebugOption = Annotated[
+    bool | None,
+    typer.Option("--debug", help="Show tracebacks for errors.", show_default=False),
+]
+
+_GLOBALS: dict[str, Any] = {
+    "profile": ProfileOption,
+    "json_output": JsonOption,
+    "quiet": QuietOption,
+    "verbose": VerboseOption,
+    "debug": DebugOption,
+}
+_SETTING_FOR = {"json_output": "json"}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def root_settings(ctx: typer.Context) -> Settings:
+    """The Settings object stored on the root context (created on first use)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, Settings):
+        root.obj = Settings()
+    return root.obj
+
+
+def merge_globals(ctx: typer.Context, values: dict[str, Any]) -> Settings:
+    """Copy every global option given here (not None) into the root Settings."""
+    settings = root_settings(ctx)
+    for name, value in values.items():
+        if value is not None:
+            setattr(settings, _SETTING_FOR.get(name, name), value)
+    if settings.json:
+        settings.quiet = True  # a JSON document on stdout; people-messages would only clutter
+    if os.environ.get("CWSCTL_DEBUG"):
+        settings.debug = True
+    return settings
+
+
+def with_globals(func: F) -> F:
+    """Decorate a command taking ``out: Output`` as its first parameter; see module docstring."""
+    signature = inspect.signature(func, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "out"]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        for name, annotation in _GLOBALS.items()
+    ]
+    ctx_param = inspect.Parameter("_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx: typer.Context = kwargs.pop("_ctx")
+        settings = merge_globals(ctx, {name: kwargs.pop(name) for name in _GLOBALS})
+        out = Output(settings)
+        try:
+            return func(out, *args, **kwargs)
+        except CwsError as exc:
+            if settings.debug:
+                traceback.print_exc()
+            out.error(exc.message, exc.hint)
+            raise typer.Exit(int(exc.exit_status)) from None
+        except KeyboardInterrupt:
+            out.error("interrupted")
+            raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a bug: say how to report it, keep the traceback for --debug
+            if settings.debug:
+                raise
+            out.error(
+                f"internal error: {type(exc).__name__}: {exc}",
+                "this is a bug in cwsctl; rerun with --debug and report the traceback",
+            )
+            raise typer.Exit(int(ExitStatus.INTERNAL)) from None
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *extra, ctx_param])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        p.name: p.annotation for p in wrapper.__signature__.parameters.values()
+    }  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]

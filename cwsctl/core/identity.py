@@ -1,0 +1,86 @@
+"""Who signs: the private key, username and algorithm in force for a command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cwsctl.core import keys, signing
+from cwsctl.core.errors import LocalKeyError, ProfileError
+from cwsctl.core.files import read_bytes
+from cwsctl.core.profile import Store
+from cwsctl.core.signing import Algorithm, AuthorizationHeader
+
+
+@dataclass
+class SigningIdentity:
+    """A loaded private key with the CWS username and algorithm to sign as."""
+
+    private_key: rsa.RSAPrivateKey
+    username: str
+    algorithm: Algorithm
+    key_path: Path
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of our public key: the one CorEMR's Public Keys page should show."""
+        return keys.fingerprint(self.private_key.public_key())
+
+    def authorize(self, body: bytes) -> AuthorizationHeader:
+        """Sign ``body`` and return the Authorization header for it."""
+        signature = signing.sign(self.private_key, body, self.algorithm)
+        return AuthorizationHeader(self.algorithm, self.username, signature)
+
+
+def load_identity(
+    store: Store,
+    profile_name: str,
+    *,
+    key_path: Path | None = None,
+    username: str | None = None,
+    algorithm: Algorithm | None = None,
+    passphrase: keys.PassphraseSource | None = None,
+) -> SigningIdentity:
+    """Resolve the signing identity: explicit options first, then the profile.
+
+    With both ``key_path`` and ``username`` no profile is needed at all, so a walkthrough user
+    can sign with their ``rsa.private`` directly.
+    """
+    profile = None
+    if key_path is None or username is None or algorithm is None:
+        profile = store.load().profiles.get(profile_name)
+    resolved_username = username or (profile.username if profile else "")
+    if not resolved_username:
+        raise ProfileError(
+            f"no username to sign as (profile {profile_name!r} is not set up)",
+            hint="pass --username USER, or run: cwsctl profile init NAME --url URL --username USER",
+        )
+    path = key_path or existing_key_path(store, profile_name)
+    return SigningIdentity(
+        private_key=keys.load_private_key(path, passphrase),
+        username=resolved_username,
+        algorithm=algorithm or (profile.algorithm if profile else Algorithm.SHA256),
+        key_path=path,
+    )
+
+
+def existing_key_path(store: Store, profile_name: str) -> Path:
+    """The profile's private key path, or LocalKeyError telling how to create one."""
+    path = store.private_key_path(profile_name)
+    if not path.exists():
+        raise LocalKeyError(
+            f"profile {profile_name!r} has no private key",
+            hint="create one with 'cwsctl keygen' or bring yours with 'cwsctl keys import rsa.private'",
+        )
+    return path
+
+
+def read_passphrase_file(path: Path) -> bytes:
+    """Read a passphrase file: its first line, without the line ending (like ``-passin file:``)."""
+    data = read_bytes(path, what="passphrase file", error=LocalKeyError)
+    passphrase = data.splitlines()[0] if data.strip(b"\r\n") else b""
+    if not passphrase:
+        raise LocalKeyError(f"passphrase file {path} is empty")
+    return passphrase

@@ -1,0 +1,193 @@
+"""Profiles on disk: ``$CWSCTL_HOME/config.toml`` plus private keys under ``$CWSCTL_HOME/keys/``.
+
+A profile names one CWS server and the identity used there: base URL, username registered in
+CorEMR's Public Keys page, signature algorithm, and the pinned CorEMR public keys that responses
+must be signed with (more than one while CorEMR rotates its key).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cwsctl.core import keys
+from cwsctl.core.errors import ProfileError
+from cwsctl.core.files import atomic_write, ensure_private_dir
+from cwsctl.core.signing import Algorithm
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_PROFILE = "default"
+DEFAULT_SERVER_USERNAME = "coremr"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def cwsctl_home() -> Path:
+    """Root of config, keys and state: ``$CWSCTL_HOME`` or the platform's user config dir."""
+    env = os.environ.get("CWSCTL_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs  # imported here: only needed when no CWSCTL_HOME is set
+
+    return platformdirs.user_config_path("cwsctl")
+
+
+def validate_profile_name(name: str) -> str:
+    """Profile names become file names, so keep them to a safe alphabet."""
+    if not _NAME_RE.match(name):
+        raise ProfileError(
+            f"invalid profile name {name!r}",
+            hint="use letters, digits, '.', '_' and '-' (up to 64 characters)",
+        )
+    return name
+
+
+@dataclass
+class TrustedKey:
+    """A pinned server public key: responses signed by ``username`` must verify with it."""
+
+    username: str
+    public_key_pem: str
+
+    @property
+    def public_key(self) -> rsa.RSAPublicKey:
+        """The key object (parsed from the stored PEM)."""
+        return keys.parse_public_key(self.public_key_pem.encode("ascii"), source="pinned key")
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the pinned key."""
+        return keys.fingerprint(self.public_key)
+
+
+@dataclass
+class Profile:
+    """One CWS server and the identity used with it."""
+
+    name: str
+    url: str = ""
+    username: str = ""
+    algorithm: Algorithm = Algorithm.SHA256
+    trusted: list[TrustedKey] = field(default_factory=list)
+
+    def trusted_for(self, username: str) -> list[TrustedKey]:
+        """Pinned keys whose signer name matches ``username``."""
+        return [t for t in self.trusted if t.username == username]
+
+    def to_toml(self) -> dict[str, Any]:
+        """The TOML table for this profile."""
+        return {
+            "url": self.url,
+            "username": self.username,
+            "algorithm": self.algorithm.value,
+            "trusted": [
+                {"username": t.username, "public_key": t.public_key_pem} for t in self.trusted
+            ],
+        }
+
+    @classmethod
+    def from_toml(cls, name: str, table: dict[str, Any]) -> Profile:
+        """Build a profile from its TOML table, rejecting wrong types with a clear error."""
+        try:
+            return cls(
+                name=name,
+                url=str(table.get("url", "")),
+                username=str(table.get("username", "")),
+                algorithm=Algorithm.from_name(str(table.get("algorithm", "sha256"))),
+                trusted=[
+                    TrustedKey(str(t["username"]), str(t["public_key"]))
+                    for t in table.get("trusted", [])
+                ],
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ProfileError(f"profile {name!r} in config.toml is malformed ({exc})") from None
+
+
+@dataclass
+class Config:
+    """The whole of ``config.toml``."""
+
+    default_profile: str | None = None
+    profiles: dict[str, Profile] = field(default_factory=dict)
+
+
+class Store:
+    """Everything cwsctl keeps on disk under one root directory."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root if root is not None else cwsctl_home()
+
+    @property
+    def config_path(self) -> Path:
+        """Where config.toml lives."""
+        return self.root / "config.toml"
+
+    @property
+    def keys_dir(self) -> Path:
+        """Directory of private keys (mode 0700)."""
+        return self.root / "keys"
+
+    def private_key_path(self, profile: str) -> Path:
+        """Where the active private key of ``profile`` is kept."""
+        return self.keys_dir / f"{validate_profile_name(profile)}.pem"
+
+    def load(self) -> Config:
+        """Read config.toml; a missing file is an empty config."""
+        try:
+            raw = self.config_path.read_bytes()
+        except FileNotFoundError:
+            return Config()
+        except OSError as exc:
+            raise ProfileError(f"cannot read {self.config_path}: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ProfileError(
+                f"{self.config_path} is not valid TOML: {exc}",
+                hint="fix the file by hand or move it away and run 'cwsctl profile init'",
+            ) from None
+        profiles_table = data.get("profiles", {})
+        if not isinstance(profiles_table, dict):
+            raise ProfileError(f"{self.config_path}: 'profiles' must be a table")
+        return Config(
+            default_profile=data.get("default_profile"),
+            profiles={n: Profile.from_toml(n, t) for n, t in profiles_table.items()},
+        )
+
+    def save(self, config: Config) -> None:
+        """Write config.toml atomically (temp file + rename), readable by the owner only."""
+        import tomli_w  # writing is rare; keep it off the signing path
+
+        data: dict[str, Any] = {}
+        if config.default_profile:
+            data["default_profile"] = config.default_profile
+        data["profiles"] = {n: p.to_toml() for n, p in sorted(config.profiles.items())}
+        ensure_private_dir(self.root)
+        atomic_write(self.config_path, tomli_w.dumps(data).encode("utf-8"), mode=0o600)
+
+    def active_profile_name(self, requested: str | None, config: Config | None = None) -> str:
+        """The profile in force: the one requested, else the configured default, else 'default'."""
+        if requested:
+            return validate_profile_name(requested)
+        config = config if config is not None else self.load()
+        return config.default_profile or DEFAULT_PROFILE
+
+    def get_profile(self, name: str, config: Config | None = None) -> Profile:
+        """Return profile ``name`` or raise ProfileError with a hint to create it."""
+        config = config if config is not None else self.load()
+        try:
+            return config.profiles[name]
+        except KeyError:
+            raise ProfileError(
+                f"no profile named {name!r}",
+                hint=f"create it: cwsctl profile init {name} --url URL --username USER",
+            ) from None
