@@ -175,8 +175,12 @@ def _require_size(bits: int, source: str) -> None:
 
 
 def _kind(key: object) -> str:
-    name = type(key).__name__.removeprefix("_")
-    for prefix in ("EllipticCurve", "Ed25519", "Ed448", "DSA", "DH", "X25519", "X448"):
-        if name.startswith(prefix):
-            return "EC" if prefix == "EllipticCurve" else prefix
-    return "non-RSA"
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519
+
+    kinds: list[tuple[tuple[type, ...], str]] = [
+        ((ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey), "EC"),
+        ((ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey), "Ed25519"),
+        ((ed448.Ed448PrivateKey, ed448.Ed448PublicKey), "Ed448"),
+        ((dsa.DSAPrivateKey, dsa.DSAPublicKey), "DSA"),
+    ]
+    return next((name for types, name in kinds if isinstance(key, types)), "non-RSA")

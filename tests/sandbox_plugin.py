@@ -1,0 +1,1 @@
+"""Sandbox fixtures (filled in with the sandbox server)."""
