@@ -57,7 +57,9 @@ def cli():
 def run_cwsctl(cwsctl_home: Path):
     """Run cwsctl as a real subprocess, as cron does: stdin closed, no terminal."""
 
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60, stdin=subprocess.DEVNULL):
+    def run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 60, stdin=subprocess.DEVNULL
+    ):
         full_env = {**os.environ, "CWSCTL_HOME": str(cwsctl_home), **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "cwsctl", *args],
@@ -110,7 +112,9 @@ def openssl_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {
         "pkcs8-2048": make_openssl_key(directory, "pkcs8-2048", 2048),
         "pkcs1-2048": make_openssl_key(directory, "pkcs1-2048", 2048, "-traditional"),
-        "pkcs8-enc-2048": make_openssl_key(directory, "pkcs8-enc-2048", 2048, passphrase=PASSPHRASE),
+        "pkcs8-enc-2048": make_openssl_key(
+            directory, "pkcs8-enc-2048", 2048, passphrase=PASSPHRASE
+        ),
         "pkcs1-enc-2048": make_openssl_key(
             directory, "pkcs1-enc-2048", 2048, "-traditional", passphrase=PASSPHRASE
         ),

@@ -21,7 +21,9 @@ class OpenSSLKey:
         return ["-passin", f"pass:{self.passphrase}"] if self.passphrase else []
 
 
-def make_openssl_key(directory: Path, label: str, bits: int, *extra: str, passphrase: str | None = None) -> OpenSSLKey:
+def make_openssl_key(
+    directory: Path, label: str, bits: int, *extra: str, passphrase: str | None = None
+) -> OpenSSLKey:
     """`openssl genrsa` (PKCS#8 by default in OpenSSL 3; `-traditional` for PKCS#1) + `rsa -pubout`."""
     private = directory / f"{label}.private"
     public = directory / f"{label}.public"
@@ -32,7 +34,18 @@ def make_openssl_key(directory: Path, label: str, bits: int, *extra: str, passph
     private.chmod(0o600)
     passin = ["-passin", f"pass:{passphrase}"] if passphrase else []
     subprocess.run(
-        ["openssl", "rsa", "-in", str(private), *passin, "-out", str(public), "-pubout", "-outform", "PEM"],
+        [
+            "openssl",
+            "rsa",
+            "-in",
+            str(private),
+            *passin,
+            "-out",
+            str(public),
+            "-pubout",
+            "-outform",
+            "PEM",
+        ],
         check=True,
         capture_output=True,
     )
@@ -48,9 +61,20 @@ def openssl_sign(key: OpenSSLKey, body: Path, algorithm: str = "sha256") -> byte
     ).stdout
 
 
-def openssl_verify(public: Path, body: Path, signature: Path, algorithm: str = "sha256") -> subprocess.CompletedProcess[bytes]:
+def openssl_verify(
+    public: Path, body: Path, signature: Path, algorithm: str = "sha256"
+) -> subprocess.CompletedProcess[bytes]:
     """`openssl dgst -sha256 -verify rsa.public -signature sig body.txt`."""
     return subprocess.run(
-        ["openssl", "dgst", f"-{algorithm}", "-verify", str(public), "-signature", str(signature), str(body)],
+        [
+            "openssl",
+            "dgst",
+            f"-{algorithm}",
+            "-verify",
+            str(public),
+            "-signature",
+            str(signature),
+            str(body),
+        ],
         capture_output=True,
     )

@@ -52,7 +52,16 @@ def test_keygen_encrypted_with_passphrase_and_public_out(cli, cwsctl_home, tmp_p
     pass_file = tmp_path / "pass"
     pass_file.write_text("s3cret\n")
     pub = tmp_path / "rsa.public"
-    result = cli("keygen", "--bits", "2048", "--passphrase-file", str(pass_file), "--public-out", str(pub), "--json")
+    result = cli(
+        "keygen",
+        "--bits",
+        "2048",
+        "--passphrase-file",
+        str(pass_file),
+        "--public-out",
+        str(pub),
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["encrypted"] is True and document["bits"] == 2048
@@ -98,7 +107,9 @@ def test_import_every_walkthrough_format(cli, cwsctl_home, openssl_keys, tmp_pat
     assert result.stdout_bytes == key.public.read_bytes()
     # an encrypted key stays encrypted
     assert stored.read_bytes().startswith(
-        b"-----BEGIN ENCRYPTED PRIVATE KEY-----" if key.passphrase else b"-----BEGIN PRIVATE KEY-----"
+        b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+        if key.passphrase
+        else b"-----BEGIN PRIVATE KEY-----"
     )
 
 
@@ -116,7 +127,9 @@ def _ec_pem() -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @pytest.mark.parametrize(
@@ -215,7 +228,9 @@ def test_fingerprint_matches_ssh_style_over_der_spki(openssl_keys):
 
     key = openssl_keys["pkcs8-2048"]
     der = subprocess.run(
-        ["openssl", "pkey", "-pubin", "-in", str(key.public), "-outform", "DER"], capture_output=True, check=True
+        ["openssl", "pkey", "-pubin", "-in", str(key.public), "-outform", "DER"],
+        capture_output=True,
+        check=True,
     ).stdout
     expected = "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
     assert keys.fingerprint(keys.load_public_key(key.public)) == expected

@@ -27,13 +27,23 @@ def sign_args(key: OpenSSLKey, tmp_path: Path) -> list[str]:
 
 @pytest.mark.parametrize("algorithm", ["sha256", "sha1"])
 @pytest.mark.parametrize("label", LABELS)
-def test_signature_equals_openssl_and_openssl_verifies_it(cli, openssl_keys, tmp_path, label, algorithm):
+def test_signature_equals_openssl_and_openssl_verifies_it(
+    cli, openssl_keys, tmp_path, label, algorithm
+):
     key = openssl_keys[label]
     body = tmp_path / "body.txt"
     body.write_bytes(BODY)
     raw = tmp_path / f"sign.{algorithm}"
 
-    result = cli("sign", str(body), *sign_args(key, tmp_path), "--algorithm", algorithm, "--raw-out", str(raw))
+    result = cli(
+        "sign",
+        str(body),
+        *sign_args(key, tmp_path),
+        "--algorithm",
+        algorithm,
+        "--raw-out",
+        str(raw),
+    )
 
     assert result.exit_code == 0, result.stderr
     expected = openssl_sign(key, body, algorithm)
@@ -79,7 +89,8 @@ def test_verify_accepts_openssl_signatures(cli, openssl_keys, tmp_path, label, a
         {
             "binary": raw,
             "base64": b64.encode(),
-            "base64-wrapped": "\n".join(b64[i : i + 64] for i in range(0, len(b64), 64)).encode() + b"\n",
+            "base64-wrapped": "\n".join(b64[i : i + 64] for i in range(0, len(b64), 64)).encode()
+            + b"\n",
             "header": f"CWS-{algorithm.upper()} Access=coremr, Signature={b64}\n".encode(),
         }[form]
     )
@@ -105,7 +116,9 @@ def test_tampered_body_fails_with_exit_7(cli, openssl_keys, tmp_path):
     body = tmp_path / "body.txt"
     body.write_bytes(BODY)
     sig = tmp_path / "body.txt.sig"
-    sig.write_text(f"CWS-SHA256 Access=coremr, Signature={base64.b64encode(openssl_sign(key, body)).decode()}\n")
+    sig.write_text(
+        f"CWS-SHA256 Access=coremr, Signature={base64.b64encode(openssl_sign(key, body)).decode()}\n"
+    )
     body.write_bytes(BODY.replace(b"10000", b"10001"))
     result = cli("verify", str(body), "--key", str(key.public))
     assert result.exit_code == 7

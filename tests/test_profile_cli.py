@@ -10,7 +10,16 @@ from tests.conftest import write_public
 
 
 def init(cli, name="prod", *extra):
-    return cli("profile", "init", name, "--url", f"https://{name}.example.org/", "--username", f"{name}-user", *extra)
+    return cli(
+        "profile",
+        "init",
+        name,
+        "--url",
+        f"https://{name}.example.org/",
+        "--username",
+        f"{name}-user",
+        *extra,
+    )
 
 
 def test_init_list_show_use(cli, cwsctl_home):
@@ -26,7 +35,9 @@ def test_init_list_show_use(cli, cwsctl_home):
     assert cli("profile", "use", "test").exit_code == 0
     shown = json.loads(cli("profile", "show", "--json").stdout)
     assert shown["name"] == "test" and shown["username"] == "test-user" and shown["default"]
-    assert json.loads(cli("--profile", "prod", "profile", "show", "--json").stdout)["name"] == "prod"
+    assert (
+        json.loads(cli("--profile", "prod", "profile", "show", "--json").stdout)["name"] == "prod"
+    )
     assert json.loads(cli("profile", "show", "prod", "--json").stdout)["name"] == "prod"
 
 

@@ -26,7 +26,10 @@ def test_sign_from_profile(cli, tmp_path, profile_with_key):
     result = cli("sign", str(body))
     assert result.exit_code == 0
     expected = signing.sign(profile_with_key, b'{"a": 1}', Algorithm.SHA256)
-    assert result.stdout == f"CWS-SHA256 Access=alice, Signature={base64.b64encode(expected).decode()}\n"
+    assert (
+        result.stdout
+        == f"CWS-SHA256 Access=alice, Signature={base64.b64encode(expected).decode()}\n"
+    )
 
 
 @pytest.mark.parametrize("position", ["before", "after"])
@@ -35,7 +38,14 @@ def test_global_json_before_or_after_the_command(cli, tmp_path, profile_with_key
     body.write_bytes(b"{}")
     args = ["--json", "sign", str(body)] if position == "before" else ["sign", str(body), "--json"]
     document = json.loads(cli(*args).stdout)
-    assert set(document) == {"header", "signature", "algorithm", "username", "body_sha256", "key_fingerprint"}
+    assert set(document) == {
+        "header",
+        "signature",
+        "algorithm",
+        "username",
+        "body_sha256",
+        "key_fingerprint",
+    }
     assert document["algorithm"] == "CWS-SHA256" and document["username"] == "alice"
     assert document["body_sha256"] == signing.body_sha256(b"{}")
     assert document["key_fingerprint"] == keys.fingerprint(profile_with_key.public_key())
@@ -106,14 +116,22 @@ def test_quiet_explain_prints_nothing_on_stderr(cli, tmp_path, profile_with_key)
 
 
 def _pin(cli, tmp_path, key, username="coremr"):
-    cli("profile", "trust", str(write_public(tmp_path / f"{username}.pem", key)), "--username", username)
+    cli(
+        "profile",
+        "trust",
+        str(write_public(tmp_path / f"{username}.pem", key)),
+        "--username",
+        username,
+    )
 
 
 def test_verify_sidecar_signature_with_pinned_key(cli, tmp_path, profile_with_key, rsa2048_other):
     _pin(cli, tmp_path, rsa2048_other)
     body = tmp_path / "response.json"
     body.write_bytes(b'{"id": 7}')
-    header = signing.AuthorizationHeader(Algorithm.SHA256, "coremr", signing.sign(rsa2048_other, body.read_bytes(), Algorithm.SHA256))
+    header = signing.AuthorizationHeader(
+        Algorithm.SHA256, "coremr", signing.sign(rsa2048_other, body.read_bytes(), Algorithm.SHA256)
+    )
     (tmp_path / "response.json.sig").write_text(header.format() + "\n")
     result = cli("verify", str(body), "--json")
     assert result.exit_code == 0
@@ -133,7 +151,9 @@ def test_verify_unpinned_signer_is_exit_3(cli, tmp_path, profile_with_key, rsa20
     _pin(cli, tmp_path, rsa2048_other, "coremr")
     body = tmp_path / "r.json"
     body.write_bytes(b"{}")
-    header = signing.AuthorizationHeader(Algorithm.SHA256, "coremr-2", signing.sign(rsa2048_other, b"{}", Algorithm.SHA256))
+    header = signing.AuthorizationHeader(
+        Algorithm.SHA256, "coremr-2", signing.sign(rsa2048_other, b"{}", Algorithm.SHA256)
+    )
     result = cli("verify", str(body), "--header", header.format())
     assert result.exit_code == 3
     assert "coremr-2" in result.stderr
@@ -159,7 +179,14 @@ def test_verify_without_signature_source_is_exit_2(cli, tmp_path, profile_with_k
 def test_verify_malformed_header_is_exit_7(cli, tmp_path, profile_with_key, rsa2048, header):
     body = tmp_path / "r.json"
     body.write_bytes(b"{}")
-    result = cli("verify", str(body), "--header", header, "--key", str(write_public(tmp_path / "p.pem", rsa2048)))
+    result = cli(
+        "verify",
+        str(body),
+        "--header",
+        header,
+        "--key",
+        str(write_public(tmp_path / "p.pem", rsa2048)),
+    )
     assert result.exit_code == 7
     assert "Traceback" not in result.stderr
 
@@ -167,7 +194,11 @@ def test_verify_malformed_header_is_exit_7(cli, tmp_path, profile_with_key, rsa2
 def test_verify_algorithm_conflict_is_exit_2(cli, tmp_path, rsa2048):
     body = tmp_path / "r.json"
     body.write_bytes(b"{}")
-    header = signing.AuthorizationHeader(Algorithm.SHA256, "coremr", signing.sign(rsa2048, b"{}", Algorithm.SHA256))
+    header = signing.AuthorizationHeader(
+        Algorithm.SHA256, "coremr", signing.sign(rsa2048, b"{}", Algorithm.SHA256)
+    )
     pub = write_public(tmp_path / "p.pem", rsa2048)
-    result = cli("verify", str(body), "--header", header.format(), "--algorithm", "sha1", "--key", str(pub))
+    result = cli(
+        "verify", str(body), "--header", header.format(), "--algorithm", "sha1", "--key", str(pub)
+    )
     assert result.exit_code == 2

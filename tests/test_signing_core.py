@@ -39,7 +39,9 @@ def test_header_parse_never_crashes(text):
 
 
 def test_header_parse_tolerates_prefix_and_spacing():
-    header = AuthorizationHeader.parse("Authorization:  cws-sha1   Access=fake-username ,  Signature=AAAA")
+    header = AuthorizationHeader.parse(
+        "Authorization:  cws-sha1   Access=fake-username ,  Signature=AAAA"
+    )
     assert header.algorithm is Algorithm.SHA1 and header.username == "fake-username"
     assert header.signature == b"\x00\x00\x00"
 
@@ -50,7 +52,11 @@ def test_detect_signature_forms(rsa2048):
     assert detect_signature_input(raw).form == "binary"
     assert detect_signature_input(header.signature_b64.encode() + b"\n").signature == raw
     detected = detect_signature_input(header.format().encode())
-    assert (detected.form, detected.algorithm, detected.username) == ("header", Algorithm.SHA1, "coremr")
+    assert (detected.form, detected.algorithm, detected.username) == (
+        "header",
+        Algorithm.SHA1,
+        "coremr",
+    )
     with pytest.raises(SignatureError):
         detect_signature_input(b"  \n")
 

@@ -6,17 +6,22 @@ import getpass
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cwsctl.cli.output import Settings
 from cwsctl.core.errors import InputError, LocalKeyError
 from cwsctl.core.files import read_bytes
 from cwsctl.core.identity import read_passphrase_file
 from cwsctl.core.keys import PassphraseSource
-from cwsctl.core.profile import Store
+
+if TYPE_CHECKING:
+    from cwsctl.core.profile import Store
 
 
 def store_and_profile(settings: Settings) -> tuple[Store, str]:
     """The on-disk store and the name of the profile in force."""
+    from cwsctl.core.profile import Store
+
     store = Store()
     return store, store.active_profile_name(settings.profile)
 

@@ -128,7 +128,7 @@ def import_key(
         asked.append(source())
         return asked[-1]
 
-    key = keys.parse_private_key(data, remember, source=str(file))
+    key = keys.parse_private_key(data, remember, source=str(file), validate=True)
     keys.save_private_key(path, key, asked[-1] if asked else None, overwrite=force)
     document = _key_document(profile, path, key)
     _show_public(out, document)

@@ -8,6 +8,13 @@ from collections.abc import Sequence
 
 def run(args: Sequence[str] | None = None) -> int:
     """Run cwsctl with ``args`` and return the exit status."""
+    argv = list(sys.argv[1:] if args is None else args)
+    from cwsctl.cli.fast import try_fast_sign
+
+    fast = try_fast_sign(argv)
+    if fast is not None:
+        return fast
+
     import typer
 
     from cwsctl.cli.app import app
@@ -16,7 +23,7 @@ def run(args: Sequence[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(
-            args=list(sys.argv[1:] if args is None else args),
+            args=argv,
             prog_name="cwsctl",
             standalone_mode=False,
         )

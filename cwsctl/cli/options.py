@@ -11,14 +11,13 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import traceback
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
 
+from cwsctl.cli.errors import run_reporting_errors
 from cwsctl.cli.output import Output, Settings
-from cwsctl.core.errors import CwsError, ExitStatus
 
 ProfileOption = Annotated[
     str | None,
@@ -97,26 +96,9 @@ def with_globals(func: F) -> F:
         ctx: typer.Context = kwargs.pop("_ctx")
         settings = merge_globals(ctx, {name: kwargs.pop(name) for name in _GLOBALS})
         out = Output(settings)
-        try:
-            return func(out, *args, **kwargs)
-        except CwsError as exc:
-            if settings.debug:
-                traceback.print_exc()
-            out.error(exc.message, exc.hint)
-            raise typer.Exit(int(exc.exit_status)) from None
-        except KeyboardInterrupt:
-            out.error("interrupted")
-            raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as exc:  # a bug: say how to report it, keep the traceback for --debug
-            if settings.debug:
-                raise
-            out.error(
-                f"internal error: {type(exc).__name__}: {exc}",
-                "this is a bug in cwsctl; rerun with --debug and report the traceback",
-            )
-            raise typer.Exit(int(ExitStatus.INTERNAL)) from None
+        code = run_reporting_errors(out, func, out, *args, **kwargs)
+        if code:
+            raise typer.Exit(code)
 
     wrapper.__signature__ = signature.replace(parameters=[*own, *extra, ctx_param])  # type: ignore[attr-defined]
     wrapper.__annotations__ = {

@@ -7,18 +7,16 @@ from typing import Annotated
 
 import typer
 
-from cwsctl.cli.common import passphrase_source, read_body, store_and_profile
+from cwsctl.cli.common import passphrase_source, store_and_profile
 from cwsctl.cli.options import with_globals
 from cwsctl.cli.output import Output
+from cwsctl.cli.sign_run import SignRequest, sign_file
 from cwsctl.core import keys
-from cwsctl.core.body_checks import inspect_body, openssl_sign_commands
 from cwsctl.core.errors import InputError, LocalKeyError, SignatureError
-from cwsctl.core.files import atomic_write, read_bytes
-from cwsctl.core.identity import load_identity
+from cwsctl.core.files import read_bytes
 from cwsctl.core.signing import (
     Algorithm,
     SignatureInput,
-    body_sha256,
     decode_base64_signature,
     detect_signature_input,
 )
@@ -66,45 +64,12 @@ def sign(
     Prints one line: CWS-SHA256 Access=USER, Signature=BASE64. Works from the profile, or with
     --key and --username and no profile at all.
     """
-    body = read_body(file)
-    store, profile = store_and_profile(out.settings)
-    identity = load_identity(
-        store,
-        profile,
-        key_path=key,
-        username=username,
-        algorithm=Algorithm.from_name(algorithm) if algorithm else None,
-        passphrase=passphrase_source(passphrase_file),
+    sign_file(
+        out,
+        SignRequest(
+            file, key, passphrase_file, username, algorithm, signature_only, raw_out, explain
+        ),
     )
-    header = identity.authorize(body)
-    if identity.algorithm.is_legacy:
-        out.warn("CWS-SHA1 is legacy (SHA-1 is broken for collisions); prefer --algorithm sha256")
-    if explain:
-        report = inspect_body(body)
-        out.info(f"body: {report.size} bytes, sha256 {report.sha256}")
-        for warning in report.warnings:
-            out.warn(warning)
-        out.info(f"key: {identity.key_path} ({identity.fingerprint})")
-        out.info("openssl equivalent:")
-        for command in openssl_sign_commands(file, str(identity.key_path), identity.algorithm):
-            out.info(f"  {command}")
-    if raw_out is not None:
-        atomic_write(raw_out, header.signature)
-    if out.settings.json:
-        out.json(
-            {
-                "header": header.format(),
-                "signature": header.signature_b64,
-                "algorithm": identity.algorithm.scheme,
-                "username": identity.username,
-                "body_sha256": body_sha256(body),
-                "key_fingerprint": identity.fingerprint,
-            }
-        )
-    elif signature_only:
-        out.line(header.signature_b64)
-    else:
-        out.line(header.format())
 
 
 @with_globals

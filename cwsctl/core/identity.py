@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core import keys, signing
 from cwsctl.core.errors import LocalKeyError, ProfileError
 from cwsctl.core.files import read_bytes
-from cwsctl.core.profile import Store
 from cwsctl.core.signing import Algorithm, AuthorizationHeader
 
+if TYPE_CHECKING:
+    from cwsctl.core.profile import Store
 
-@dataclass
-class SigningIdentity:
+
+class SigningIdentity(NamedTuple):
     """A loaded private key with the CWS username and algorithm to sign as."""
 
     private_key: rsa.RSAPrivateKey
@@ -35,22 +36,34 @@ class SigningIdentity:
 
 
 def load_identity(
-    store: Store,
-    profile_name: str,
+    requested_profile: str | None,
     *,
     key_path: Path | None = None,
     username: str | None = None,
     algorithm: Algorithm | None = None,
     passphrase: keys.PassphraseSource | None = None,
+    store: Store | None = None,
 ) -> SigningIdentity:
     """Resolve the signing identity: explicit options first, then the profile.
 
-    With both ``key_path`` and ``username`` no profile is needed at all, so a walkthrough user
-    can sign with their ``rsa.private`` directly.
+    With both ``key_path`` and ``username`` no profile is read at all (algorithm: the one given,
+    else SHA-256), so a walkthrough user can sign with their ``rsa.private`` directly, and
+    scripts signing once per request skip loading the config.
     """
-    profile = None
-    if key_path is None or username is None or algorithm is None:
-        profile = store.load().profiles.get(profile_name)
+    if key_path is not None and username:
+        return SigningIdentity(
+            keys.load_private_key(key_path, passphrase),
+            username,
+            algorithm or Algorithm.SHA256,
+            key_path,
+        )
+    if store is None:
+        from cwsctl.core.profile import Store
+
+        store = Store()
+    config = store.load()
+    profile_name = store.active_profile_name(requested_profile, config)
+    profile = config.profiles.get(profile_name)
     resolved_username = username or (profile.username if profile else "")
     if not resolved_username:
         raise ProfileError(

@@ -9,7 +9,6 @@ to ``openssl rsa -pubout -outform PEM``.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from cwsctl.core.errors import LocalKeyError
 from cwsctl.core.files import atomic_write, ensure_private_dir, read_bytes
@@ -57,6 +57,8 @@ def public_key_pem(key: rsa.RSAPublicKey) -> bytes:
 
 def fingerprint(key: rsa.RSAPublicKey) -> str:
     """``SHA256:`` + unpadded base64 of SHA-256 over the DER SubjectPublicKeyInfo (ssh style)."""
+    import hashlib
+
     der = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -87,15 +89,26 @@ def load_private_key(path: Path, passphrase: PassphraseSource | None = None) -> 
 
 
 def parse_private_key(
-    data: bytes, passphrase: PassphraseSource | None = None, *, source: str = "key"
+    data: bytes,
+    passphrase: PassphraseSource | None = None,
+    *,
+    source: str = "key",
+    validate: bool = False,
 ) -> rsa.RSAPrivateKey:
     """Parse PEM or DER private key bytes; ask ``passphrase`` only if the key is encrypted."""
     _reject_obvious_non_private(data, source)
-    loader = (
+    load = (
         serialization.load_pem_private_key
         if b"-----BEGIN" in data
         else serialization.load_der_private_key
     )
+
+    def loader(data: bytes, password: bytes | None) -> PrivateKeyTypes:
+        # Full RSA key validation costs ~300 ms for a 4096-bit key on every load. Keys are fully
+        # validated once, when they enter cwsctl (keygen/import: validate=True); openssl's own
+        # tools do not validate either, and OpenSSL checks each CRT signature it computes.
+        return load(data, password=password, unsafe_skip_rsa_key_validation=not validate)
+
     try:
         key = loader(data, password=None)
     except TypeError:  # encrypted, and we gave no password

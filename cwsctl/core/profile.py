@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,20 @@ from cwsctl.core.errors import ProfileError
 from cwsctl.core.files import atomic_write, ensure_private_dir
 from cwsctl.core.signing import Algorithm
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 DEFAULT_PROFILE = "default"
 DEFAULT_SERVER_USERNAME = "coremr"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _tomllib() -> Any:
+    """The TOML reader, imported only when a config file exists (keeps `sign` start-up fast)."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    return tomllib
 
 
 def cwsctl_home() -> Path:
@@ -148,6 +153,7 @@ class Store:
             return Config()
         except OSError as exc:
             raise ProfileError(f"cannot read {self.config_path}: {exc.strerror}") from None
+        tomllib = _tomllib()
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -72,6 +71,8 @@ def verify(
 
 def body_sha256(body: bytes) -> str:
     """Hex SHA-256 of a body, the form used in reports, journals and audit lines."""
+    import hashlib
+
     return hashlib.sha256(body).hexdigest()
 
 
@@ -84,8 +85,7 @@ _HEADER_RE = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class AuthorizationHeader:
+class AuthorizationHeader(NamedTuple):
     """A parsed ``Authorization: CWS-… Access=…, Signature=…`` value."""
 
     algorithm: Algorithm
@@ -134,8 +134,7 @@ def decode_base64_signature(text: str) -> bytes:
 _BASE64_RE = re.compile(rb"^[A-Za-z0-9+/]+={0,2}$")
 
 
-@dataclass(frozen=True)
-class SignatureInput:
+class SignatureInput(NamedTuple):
     """A signature as the user supplied it, with what its form told us."""
 
     signature: bytes

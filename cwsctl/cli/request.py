@@ -1,0 +1,232 @@
+"""`cwsctl request`: send one signed request and verify the signed answer (walkthrough steps 5-11)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cwsctl.cli.common import passphrase_source, read_body, store_and_profile
+from cwsctl.cli.options import with_globals
+from cwsctl.cli.output import Output
+from cwsctl.core.errors import ClientRequestError, InputError
+from cwsctl.core.files import atomic_write
+from cwsctl.core.identity import load_identity
+from cwsctl.core.redact import masked_body
+
+if TYPE_CHECKING:
+    import httpx
+
+    from cwsctl.core.client import CwsResponse
+
+
+def parse_header_option(values: list[str]) -> dict[str, str]:
+    """Turn repeated ``-H 'Name: value'`` options into a dict."""
+    headers: dict[str, str] = {}
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            raise InputError(f"bad header {value!r}", hint="use -H 'Name: value'")
+        headers[name.strip()] = content.strip()
+    return headers
+
+
+@with_globals
+def request(
+    out: Output,
+    method: Annotated[str, typer.Argument(help="HTTP method: GET, POST, PUT, PATCH, DELETE.")],
+    path: Annotated[str, typer.Argument(help="Path joined to the profile URL, or a full URL.")],
+    body_file: Annotated[
+        str | None, typer.Argument(help="Body file sent byte for byte; '-' reads stdin.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Save the exact response body here and its signature in FILE.sig.",
+        ),
+    ] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", "-H", help="Extra header 'Name: value' (repeatable)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the exact signed request; send nothing.")
+    ] = False,
+    curl: Annotated[
+        bool, typer.Option("--curl", help="Print an equivalent curl command line; send nothing.")
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", envvar="CWSCTL_TIMEOUT", help="Seconds to wait [env: CWSCTL_TIMEOUT]."
+        ),
+    ] = 30.0,
+    insecure_skip_verify: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-skip-verify", help="Do not verify the response signature (dangerous)."
+        ),
+    ] = False,
+    allow_http: Annotated[
+        bool, typer.Option("--allow-http", help="Allow plain http to a non-loopback host.")
+    ] = False,
+    show_body: Annotated[
+        bool, typer.Option("--show-body", help="With -v, show body values instead of masking them.")
+    ] = False,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option("--passphrase-file", help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE]."),
+    ] = None,
+) -> None:
+    """Send a signed request and verify CorEMR's signed response.
+
+    Example: cwsctl request POST /ws/patients/ body.json. Exit 0 on a verified 2xx, 4 on 4xx,
+    5 on 5xx, 6 on network failure, 7 when the response signature is missing or invalid.
+    """
+    from cwsctl.core.client import CwsClient
+
+    body = read_body(body_file) if body_file is not None else b""
+    extra_headers = parse_header_option(header or [])
+    store, name = store_and_profile(out.settings)
+    profile = store.get_profile(name)
+    identity = load_identity(name, store=store, passphrase=passphrase_source(passphrase_file))
+    offline = dry_run or curl
+    skip = insecure_skip_verify or offline
+    with CwsClient(
+        identity,
+        profile.trusted,
+        base_url=profile.url,
+        timeout=timeout,
+        verify_responses=not skip,
+        allow_http=allow_http,
+    ) as client:
+        if offline:
+            prepared = client.build_request(method, path, body, extra_headers)
+            if curl:
+                out.line(curl_command(prepared, body_file))
+            else:
+                out.data(format_request(prepared))
+            return
+        if insecure_skip_verify:
+            out.warn(
+                "response signature NOT verified (--insecure-skip-verify): the answer may be forged"
+            )
+        response = client.request(method, path, body, extra_headers)
+    if out.settings.verbose:
+        _show_exchange(out, response, body, show_body)
+    _emit(out, response, output)
+    out.info(status_line(response), "green" if response.ok else "yellow")
+    try:
+        response.raise_for_status()
+    except ClientRequestError as exc:
+        if response.status == 401:
+            exc.hint = (
+                f"likely causes: username {identity.username!r} is not registered in CorEMR's "
+                f"Public Keys; a different key is registered there (ours is {identity.fingerprint}); "
+                "or the body was altered on the way (a proxy reformatting JSON)"
+            )
+        raise
+
+
+def status_line(response: CwsResponse) -> str:
+    """``201 Created · verified by coremr (SHA256:…)``."""
+    check = response.verification
+    trust = (
+        f"verified by {check.signer} ({check.key_fingerprint})"
+        if check is not None and check.verified
+        else "NOT VERIFIED"
+    )
+    return f"{response.status} {response.reason} · {trust} · {response.elapsed_ms:.0f} ms"
+
+
+def response_document(response: CwsResponse) -> dict[str, object]:
+    """The ``--json`` envelope of a response."""
+    check = response.verification
+    try:
+        body: object = json.loads(response.body) if response.body else None
+    except ValueError:
+        body = response.body.decode("utf-8", "replace")
+    return {
+        "status": response.status,
+        "reason": response.reason,
+        "headers": dict(response.headers),
+        "verified": bool(check and check.verified),
+        "signer": check.signer if check else None,
+        "key_fingerprint": check.key_fingerprint if check else None,
+        "body_sha256": response.body_sha256,
+        "body": body,
+    }
+
+
+def _emit(out: Output, response: CwsResponse, output: Path | None) -> None:
+    if output is not None:
+        atomic_write(output, response.body)
+        if response.signature_header:
+            atomic_write(
+                output.with_name(output.name + ".sig"), (response.signature_header + "\n").encode()
+            )
+        out.info(f"saved {len(response.body)} bytes to {output} (signature in {output}.sig)")
+    if out.settings.json:
+        out.json(response_document(response))
+    elif output is None:
+        _write_body(out, response.body)
+
+
+def _write_body(out: Output, body: bytes) -> None:
+    if out.stdout_isatty and body:
+        try:
+            json.loads(body)
+        except ValueError:
+            pass
+        else:
+            from rich.console import Console
+
+            Console(no_color=not out.color).print_json(body.decode("utf-8"))
+            return
+    out.data(body)
+
+
+def _show_exchange(out: Output, response: CwsResponse, body: bytes, show_body: bool) -> None:
+    for key, value in response.request_headers.items():
+        out.info(f"> {key}: {value}", "dim")
+    out.info(f"> {body.decode('utf-8', 'replace') if show_body else masked_body(body)}", "dim")
+    for key, value in response.headers.items():
+        out.info(f"< {key}: {value}", "dim")
+    if response.body:
+        shown = (
+            response.body.decode("utf-8", "replace") if show_body else masked_body(response.body)
+        )
+        out.info(f"< {shown}", "dim")
+
+
+def format_request(request: httpx.Request) -> bytes:
+    """The request as it goes on the wire (request line, headers, blank line, exact body)."""
+    lines = [f"{request.method} {request.url}"]
+    lines += [f"{key}: {value}" for key, value in request.headers.items()]
+    return ("\n".join(lines) + "\n\n").encode() + request.content
+
+
+def curl_command(request: httpx.Request, body_file: str | None) -> str:
+    """A curl command line that sends the same bytes with the same signature."""
+    parts = ["curl", "-sS", "-X", request.method, request.url.__str__()]
+    for key, value in request.headers.items():
+        if key.lower() not in (
+            "host",
+            "content-length",
+            "accept-encoding",
+            "connection",
+            "user-agent",
+            "accept",
+        ):
+            parts += ["-H", f"{key}: {value}"]
+    if request.content:
+        if body_file and body_file != "-":
+            parts += ["--data-binary", f"@{body_file}"]
+        else:
+            parts += ["--data-binary", request.content.decode("utf-8", "replace")]
+    return shlex.join(parts)

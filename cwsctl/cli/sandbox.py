@@ -1,0 +1,277 @@
+"""`cwsctl sandbox …`: run a local CWS stand-in and manage its keys.
+
+Nothing from cwsctl.sandbox (nor starlette/uvicorn) is imported until a command runs, so
+`cwsctl --help` stays fast and works without the `cwsctl[sandbox]` extra.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cwsctl.cli.options import with_globals
+from cwsctl.cli.output import Output
+from cwsctl.core.errors import InputError
+
+if TYPE_CHECKING:
+    from cwsctl.sandbox.server import SandboxServer
+
+app = typer.Typer(
+    help="Run a local CWS sandbox server (a CorEMR stand-in for demos and tests).",
+    no_args_is_help=True,
+)
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="CWSCTL_SANDBOX_DIR",
+        help="Sandbox state: server key, client keys, patients "
+        "[env: CWSCTL_SANDBOX_DIR; default: $CWSCTL_HOME/sandbox].",
+        show_default=False,
+        show_envvar=False,
+    ),
+]
+KeyBitsOption = Annotated[
+    int,
+    typer.Option("--key-bits", help="Size of the server key, if one has to be made."),
+]
+
+
+# cwsctl.core.keys is imported lazily (it pulls in cryptography); these mirror its constants.
+_DEFAULT_BITS = 4096
+_ALLOWED_BITS = (2048, 3072, 4096)
+
+
+def _data_dir(option: Path | None) -> Path:
+    from cwsctl.sandbox.store import default_data_dir
+
+    return option.expanduser() if option is not None else default_data_dir()
+
+
+def _check_bits(bits: int) -> None:
+    if bits not in _ALLOWED_BITS:
+        raise InputError(f"--key-bits must be one of {', '.join(map(str, _ALLOWED_BITS))}")
+
+
+@app.command("serve")
+@with_globals
+def serve(
+    out: Output,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (keep it loopback).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port; 0 picks a free one.")] = 8080,
+    data_dir: DataDirOption = None,
+    key_bits: KeyBitsOption = _DEFAULT_BITS,
+    drop_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--drop-rate",
+            help="Fraction of patient requests processed, then cut off mid-response "
+            "[env: CWSCTL_SANDBOX_DROP_RATE].",
+            show_default=False,
+        ),
+    ] = None,
+    error_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--error-rate",
+            help="Fraction of patient requests answered 500 without processing "
+            "[env: CWSCTL_SANDBOX_ERROR_RATE].",
+            show_default=False,
+        ),
+    ] = None,
+    latency_ms: Annotated[
+        int | None,
+        typer.Option(
+            "--latency-ms",
+            help="Random extra delay up to N ms per patient request [env: CWSCTL_SANDBOX_LATENCY_MS].",
+            show_default=False,
+        ),
+    ] = None,
+    corrupt_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--corrupt-rate",
+            help="Fraction of patient responses with a corrupted signature "
+            "[env: CWSCTL_SANDBOX_CORRUPT_RATE].",
+            show_default=False,
+        ),
+    ] = None,
+    unsigned_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--unsigned-rate",
+            help="Fraction of patient responses without a signature "
+            "[env: CWSCTL_SANDBOX_UNSIGNED_RATE].",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed", help="Seed the fault dice [env: CWSCTL_SANDBOX_SEED].", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Serve a CWS-compatible sandbox until Ctrl-C or SIGTERM (then exit 0).
+
+    Requests must be signed by a key registered with `cwsctl sandbox add-key`; every response
+    is signed as `coremr` with the key shown by `cwsctl sandbox server-key`. Faults hit only
+    /ws/patients requests. One access line per request goes to stderr (no query strings, no
+    bodies); --quiet turns it off.
+    """
+    from cwsctl.sandbox import require_server_deps
+
+    require_server_deps()
+    from cwsctl.sandbox.faults import Faults
+    from cwsctl.sandbox.server import is_loopback
+    from cwsctl.sandbox.server import serve as run_server
+
+    _check_bits(key_bits)
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port must be between 0 and 65535, not {port}")
+    faults = Faults.from_env(
+        drop_rate=drop_rate,
+        error_rate=error_rate,
+        latency_ms=latency_ms,
+        corrupt_rate=corrupt_rate,
+        unsigned_rate=unsigned_rate,
+        seed=seed,
+    )
+    directory = _data_dir(data_dir)
+    if not is_loopback(host):
+        out.warn(
+            f"listening on {host}, NOT a loopback address: other machines can reach this sandbox. "
+            "It is a test server: plain HTTP, no rate limits, fake-patient storage. "
+            "Never put real patient data in it; prefer --host 127.0.0.1."
+        )
+    if not (directory / "server.pem").exists():
+        out.info(f"Generating the sandbox's {key_bits}-bit server key in {directory}…")
+
+    def ready(server: SandboxServer) -> None:
+        if out.settings.json:
+            out.json(
+                {
+                    "url": server.url,
+                    "data_dir": str(server.data_dir),
+                    "server_username": server.trusted_key.username,
+                    "server_key_fingerprint": server.fingerprint,
+                    "faults": server.faults.to_json(),
+                }
+            )
+        out.success(f"CWS sandbox listening on {server.url} (data: {server.data_dir})")
+        out.info(f"Responses are signed as 'coremr' with {server.fingerprint}")
+        if server.faults.active:
+            out.warn(f"fault injection on /ws/patients: {server.faults.describe()}")
+        registered = server.store.client_keys()
+        if not registered:
+            out.warn(
+                "no client keys registered yet; every request will get 401. "
+                "Register one: cwsctl sandbox add-key USERNAME PUBLIC_KEY.pem"
+            )
+        out.info("Press Ctrl-C to stop.")
+
+    stop_signal = run_server(
+        host,
+        port,
+        directory,
+        key_bits=key_bits,
+        faults=faults,
+        access_log=not out.settings.quiet,
+        on_ready=ready,
+    )
+    how = f" ({signal.Signals(stop_signal).name})" if stop_signal else ""
+    out.info(f"Sandbox stopped{how}.")
+
+
+@app.command("add-key")
+@with_globals
+def add_key(
+    out: Output,
+    username: Annotated[str, typer.Argument(help="Username the client signs as (Access=…).")],
+    public_key_file: Annotated[
+        Path,
+        typer.Argument(help="The client's public key PEM (a private key file works too)."),
+    ],
+    data_dir: DataDirOption = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace a different key already registered.")
+    ] = False,
+) -> None:
+    """Register a client's public key, like CorEMR's Administration → Public Keys → +.
+
+    Works while the server runs; it sees the key on the next request.
+    """
+    from cwsctl.core import keys
+    from cwsctl.sandbox.store import register_client_key
+
+    key = keys.load_public_key(public_key_file)
+    directory = _data_dir(data_dir)
+    entry = register_client_key(directory, username, key, replace=replace)
+    if out.settings.json:
+        out.json({"data_dir": str(directory), **entry.to_json()})
+    out.success(f"Registered {entry.username} {entry.fingerprint} in {directory}")
+
+
+@app.command("keys")
+@with_globals
+def list_keys(out: Output, data_dir: DataDirOption = None) -> None:
+    """List registered client usernames and key fingerprints."""
+    from cwsctl.sandbox.store import list_client_keys
+
+    directory = _data_dir(data_dir)
+    entries = list_client_keys(directory)
+    if out.settings.json:
+        out.json({"data_dir": str(directory), "keys": [e.to_json() for e in entries]})
+        return
+    if not entries:
+        out.info(f"No client keys registered in {directory}.")
+        out.info("Register one: cwsctl sandbox add-key USERNAME PUBLIC_KEY.pem")
+        return
+    width = max(len(e.username) for e in entries)
+    for entry in entries:
+        out.line(f"{entry.username:<{width}}  {entry.fingerprint}")
+
+
+@app.command("server-key")
+@with_globals
+def server_key(
+    out: Output, data_dir: DataDirOption = None, key_bits: KeyBitsOption = _DEFAULT_BITS
+) -> None:
+    """Print the sandbox's public key PEM (made if the data dir is new), to pin with profile trust.
+
+    The sandbox signs responses as `coremr`:
+    `cwsctl sandbox server-key > sandbox.pem && cwsctl profile trust sandbox.pem`.
+    """
+    from cwsctl.core import keys
+    from cwsctl.sandbox.store import SERVER_KEY_FILE, SERVER_USERNAME, load_or_create_server_key
+
+    _check_bits(key_bits)
+    directory = _data_dir(data_dir)
+    if not (directory / SERVER_KEY_FILE).exists():
+        out.info(f"Generating the sandbox's {key_bits}-bit server key in {directory}…")
+    public = load_or_create_server_key(directory, key_bits).public_key()
+    pem = keys.public_key_pem(public).decode("ascii")
+    fingerprint = keys.fingerprint(public)
+    if out.settings.json:
+        out.json(
+            {
+                "data_dir": str(directory),
+                "username": SERVER_USERNAME,
+                "bits": public.key_size,
+                "fingerprint": fingerprint,
+                "public_key": pem,
+            }
+        )
+        return
+    out.data(pem)
+    out.info(f"Fingerprint: {fingerprint} (signs as {SERVER_USERNAME!r})")
+    out.info(
+        f"Pin it: cwsctl sandbox server-key > sandbox.pem && cwsctl profile trust sandbox.pem "
+        f"--username {SERVER_USERNAME}"
+    )

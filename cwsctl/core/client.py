@@ -1,0 +1,289 @@
+"""The CWS client: an ``httpx.Auth`` that signs every request and verifies every response.
+
+``CwsAuth`` follows httpx's auth-flow shape: sign the request body, ``yield`` the request, check the
+response's signature over its raw bytes. It needs both bodies, so httpx reads them first and the
+flow itself does no I/O. Verification fails closed: a response without a valid signature from a
+pinned key raises ``SignatureError`` and its body never reaches the caller.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+from cwsctl.core.errors import (
+    ClientRequestError,
+    CwsError,
+    InputError,
+    NetworkError,
+    ProfileError,
+    ServerFailureError,
+)
+from cwsctl.core.identity import SigningIdentity
+from cwsctl.core.profile import TrustedKey
+from cwsctl.core.signing import body_sha256
+from cwsctl.core.verification import VerificationResult, verify_response
+
+DEFAULT_TIMEOUT = 30.0
+#: Methods that may be re-sent after the request went out without changing anything twice.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+VERIFICATION_EXTENSION = "cwsctl.verification"
+
+
+class CwsAuth(httpx.Auth):
+    """Sign each request body with ``identity``; verify each response against ``trusted`` keys."""
+
+    requires_request_body = True
+    requires_response_body = True
+
+    def __init__(
+        self, identity: SigningIdentity, trusted: list[TrustedKey], *, verify_responses: bool = True
+    ) -> None:
+        self.identity = identity
+        self.trusted = trusted
+        self.verify_responses = verify_responses
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Add the Authorization header, send, then verify the answer (raises SignatureError)."""
+        request.headers["Authorization"] = self.identity.authorize(request.content).format()
+        response = yield request
+        if self.verify_responses:
+            result = verify_response(
+                response.content, response.headers.get("Authorization"), self.trusted
+            )
+            response.extensions[VERIFICATION_EXTENSION] = result
+
+
+@dataclass
+class CwsResponse:
+    """A response whose signature was checked (unless verification was switched off)."""
+
+    method: str
+    url: str
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+    verification: VerificationResult | None
+    elapsed_ms: float
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True for 2xx."""
+        return 200 <= self.status < 300
+
+    @property
+    def signature_header(self) -> str | None:
+        """The response's Authorization header value, as received."""
+        return self.headers.get("authorization")
+
+    @property
+    def body_sha256(self) -> str:
+        """Hex SHA-256 of the raw body."""
+        return body_sha256(self.body)
+
+    def error_message(self) -> str:
+        """The server's error text from a JSON body such as ``{"error": "..."}``, else a snippet."""
+        import json
+
+        try:
+            document = json.loads(self.body)
+        except ValueError:
+            return self.body[:200].decode("utf-8", "replace").strip()
+        if isinstance(document, dict):
+            for key in ("error", "message", "detail"):
+                if key in document:
+                    return str(document[key])
+        return str(document)[:200]
+
+    def raise_for_status(self) -> None:
+        """Raise ClientRequestError for 4xx and ServerFailureError for 5xx."""
+        if self.ok or self.status < 400:
+            return
+        message = f"{self.status} {self.reason}: {self.error_message()}"
+        if self.status >= 500:
+            raise ServerFailureError(
+                message, hint="the server failed; retry later or contact CorEMR"
+            )
+        raise ClientRequestError(message)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses, where plain http is acceptable."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_url(base_url: str, path_or_url: str) -> str:
+    """Join a path to the profile's base URL; a full URL is used as given."""
+    if "://" in path_or_url:
+        return path_or_url
+    if not base_url:
+        raise ProfileError(
+            f"cannot resolve {path_or_url!r}: the profile has no URL",
+            hint="give a full https:// URL or run: cwsctl profile init NAME --url URL --username USER",
+        )
+    return base_url.rstrip("/") + "/" + path_or_url.lstrip("/")
+
+
+def check_transport_security(url: str, *, allow_http: bool) -> None:
+    """https only, except loopback hosts or an explicit ``allow_http``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"not an http(s) URL: {url!r}")
+    if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
+        raise InputError(
+            f"refusing to send patient data over plain http to {parts.hostname}",
+            hint="use https, or pass --allow-http if you really mean it",
+        )
+
+
+class CwsClient:
+    """Signed, verified requests to one CWS server over a keep-alive connection pool."""
+
+    def __init__(
+        self,
+        identity: SigningIdentity,
+        trusted: list[TrustedKey],
+        *,
+        base_url: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
+        verify_responses: bool = True,
+        allow_http: bool = False,
+        retries: int = 2,
+        max_connections: int = 10,
+    ) -> None:
+        if verify_responses and not trusted:
+            raise ProfileError(
+                "no pinned CorEMR key: responses cannot be verified",
+                hint="pin the server's public key: cwsctl profile trust COREMR_PUBLIC_KEY.pem",
+            )
+        self.identity = identity
+        self.base_url = base_url
+        self.allow_http = allow_http
+        self.retries = retries
+        self._auth = CwsAuth(identity, trusted, verify_responses=verify_responses)
+        # Connection failures happen before anything is sent, so the transport may retry them.
+        transport = httpx.HTTPTransport(
+            retries=retries, limits=httpx.Limits(max_connections=max_connections)
+        )
+        self._http = httpx.Client(
+            transport=transport, timeout=httpx.Timeout(timeout), follow_redirects=False
+        )
+
+    def __enter__(self) -> CwsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def build_request(
+        self,
+        method: str,
+        path_or_url: str,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Request:
+        """The exact request that would be sent, signed (for --dry-run and --curl)."""
+        url = resolve_url(self.base_url, path_or_url)
+        check_transport_security(url, allow_http=self.allow_http)
+        merged = {k: v for k, v in (headers or {}).items()}
+        if any(k.lower() == "authorization" for k in merged):
+            raise InputError(
+                "the Authorization header is computed by cwsctl; do not pass it with -H"
+            )
+        if body and not any(k.lower() == "content-type" for k in merged):
+            merged["Content-Type"] = "application/json"
+        request = self._http.build_request(method.upper(), url, content=body, headers=merged)
+        request.headers["Authorization"] = self.identity.authorize(body).format()
+        return request
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> CwsResponse:
+        """Send a signed request and return the verified response (any status).
+
+        Raises NetworkError (exit 6) when the server cannot be reached or the answer is lost,
+        SignatureError (exit 7) when the answer is not authentic.
+        """
+        request = self.build_request(method, path_or_url, body, headers)
+        method = request.method
+        attempts = 1 + (self.retries if method in IDEMPOTENT_METHODS else 0)
+        started = time.perf_counter()
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._http.send(request, auth=self._auth)
+                break
+            except httpx.HTTPError as exc:
+                error = network_error(exc, method, str(request.url))
+                if not isinstance(error, RetryableNetworkError) or attempt == attempts:
+                    raise error from None
+                time.sleep(0.2 * attempt)
+        return CwsResponse(
+            method=method,
+            url=str(request.url),
+            status=response.status_code,
+            reason=response.reason_phrase,
+            headers=dict(response.headers),
+            body=response.content,
+            verification=response.extensions.get(VERIFICATION_EXTENSION),
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+            request_headers=dict(request.headers),
+        )
+
+
+class OutcomeUnknownError(NetworkError):
+    """The request went out but no complete answer came back: it may or may not have taken effect."""
+
+
+class RetryableNetworkError(NetworkError):
+    """An idempotent request lost its answer; sending it again is safe."""
+
+
+def network_error(exc: httpx.HTTPError, method: str, url: str) -> CwsError:
+    """Turn an httpx failure into NetworkError, saying whether the request may have taken effect."""
+    host = urlsplit(url).netloc
+    if isinstance(exc, httpx.ConnectTimeout):
+        return NetworkError(
+            f"timed out connecting to {host}", hint="check the URL, VPN or firewall"
+        )
+    if isinstance(exc, httpx.ConnectError):
+        text = str(exc)
+        if "SSL" in text or "CERTIFICATE" in text.upper():
+            return NetworkError(
+                f"TLS handshake with {host} failed: {text}", hint="check the server certificate"
+            )
+        if (
+            "Name or service not known" in text
+            or "nodename nor servname" in text
+            or "getaddrinfo" in text
+        ):
+            return NetworkError(f"cannot resolve host {host}", hint="check the URL in the profile")
+        return NetworkError(f"cannot connect to {host}: {text or 'connection refused'}")
+    if isinstance(exc, httpx.TimeoutException | httpx.TransportError):
+        kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "lost the connection"
+        if method in IDEMPOTENT_METHODS:
+            return RetryableNetworkError(f"{method} {url}: {kind} waiting for the answer")
+        return OutcomeUnknownError(
+            f"{method} {url}: {kind} after the request was sent; its outcome is unknown",
+            hint="it may have been applied: check on the server before sending it again",
+        )
+    return NetworkError(f"{method} {url}: {exc}")

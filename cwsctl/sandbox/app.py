@@ -1,0 +1,363 @@
+"""The sandbox as an ASGI app: CWS signature checks and signed answers around a Starlette router.
+
+Every request, in order:
+
+1. body read into memory; more than ``max_body`` bytes → 413 (the rest is drained up to a bound
+   so the client sees the answer rather than a reset; beyond that the connection is closed);
+2. fault dice for ``/ws/patients`` requests: latency, injected 500 (see :mod:`.faults`);
+3. ``Authorization: CWS-SHA256|CWS-SHA1 Access=USER, Signature=B64`` checked over the raw body
+   (an empty body is signed too) against the key registered for USER → 401 with the reason;
+4. routing and the endpoint (Starlette), whose answer is captured whole;
+5. the answer is signed over its exact bytes as ``coremr`` (CWS-SHA256), whatever its status —
+   404, 405, 413, 401 and 500 included — then maybe unsigned / corrupted / dropped (faults).
+
+One access line per request goes to stderr: method, path without query string, status, duration,
+username. Never a body, a query string or a header value: they carry PHI and signatures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cwsctl.core import keys, signing
+from cwsctl.core.errors import SignatureError
+from cwsctl.core.patients import PatientValidationError, parse_patient_body
+from cwsctl.core.signing import Algorithm, AuthorizationHeader
+from cwsctl.sandbox.faults import FaultDice, Faults
+from cwsctl.sandbox.store import SERVER_USERNAME, DuplicatePatientError, SandboxStore
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MAX_BODY_BYTES = 1024 * 1024
+#: A too-large body is read and thrown away up to this size, so the 413 reaches the client.
+DRAIN_LIMIT_BYTES = 16 * MAX_BODY_BYTES
+SERVICE_INFO = {"service": "CWS sandbox", "version": 2}
+RESPONSE_ALGORITHM = Algorithm.SHA256
+_MAX_SQLITE_INT = 2**63 - 1
+_DROP_LOG_MESSAGE = "ASGI callable returned without completing response."
+
+
+class _Answer:
+    """A complete response before signing."""
+
+    __slots__ = ("body", "close", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+        self.close = close
+
+
+def _error(status: int, message: str, **extra: Any) -> _Answer:
+    return _Answer(status, _json_bytes({"error": message, **extra}))
+
+
+def _json_bytes(document: Any) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class SandboxApp:
+    """The ASGI callable. ``faults`` may be replaced while running (tests toggle it)."""
+
+    def __init__(
+        self,
+        store: SandboxStore,
+        server_key: rsa.RSAPrivateKey,
+        *,
+        faults: Faults | None = None,
+        access_log: bool = True,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.store = store
+        self._server_key = server_key
+        self.access_log = access_log
+        self.max_body = max_body
+        self.faults = faults if faults is not None else Faults()
+        self._public_keys: dict[str, rsa.RSAPublicKey] = {}  # parsed client keys, by PEM text
+        self._router = Starlette(
+            routes=[
+                Route("/ws/", _service_info, methods=["GET"]),
+                Route("/ws", _service_info, methods=["GET"]),
+                Route("/ws/patients/", self._patients, methods=["GET", "POST"]),
+                Route("/ws/patients", self._patients, methods=["GET", "POST"]),
+                Route("/ws/patients/{patient_id:int}", self._patient, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: _http_exception},
+        )
+        self._router.router.redirect_slashes = False  # a redirect would drop the signed body
+        _quiet_uvicorn_about_drops()
+
+    @property
+    def faults(self) -> Faults:
+        """The fault switches in force."""
+        return self._dice.faults
+
+    @faults.setter
+    def faults(self, value: Faults) -> None:
+        self._dice = FaultDice(value)
+
+    # -- ASGI -------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan, websocket: Starlette knows what to do
+            await self._router(scope, receive, send)
+            return
+        started = time.perf_counter()
+        dice = self._dice
+        path: str = scope["path"]
+        faulty = path == "/ws/patients" or path.startswith("/ws/patients/")
+        username = "-"
+        note = ""
+        if faulty and dice.faults.latency_ms:
+            await asyncio.sleep(dice.latency_seconds())
+        body, too_large = await self._read_body(scope, receive)
+        if too_large is not None:
+            answer = too_large
+        elif faulty and dice.hit(dice.faults.error_rate):
+            answer = _error(500, "internal server error (injected fault)")
+            note = " fault=error"
+        else:
+            username, refusal = self._authenticate(scope, body)
+            answer = refusal if refusal is not None else await self._dispatch(scope, body)
+        note += await self._respond(send, answer, dice if faulty else None)
+        if self.access_log:
+            elapsed = (time.perf_counter() - started) * 1000
+            sys.stderr.write(
+                f"cwsctl-sandbox: {scope['method']} {_printable(path)} {answer.status} "
+                f"{elapsed:.1f}ms user={username}{note}\n"
+            )
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, _Answer | None]:
+        declared = _header(scope, b"content-length")
+        too_large = _error(413, f"request body is larger than {self.max_body} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > DRAIN_LIMIT_BYTES:
+            too_large.close = True
+            return b"", too_large
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size <= self.max_body:
+                chunks.append(chunk)
+            elif size > DRAIN_LIMIT_BYTES:
+                too_large.close = True
+                return b"", too_large
+            if not message.get("more_body", False):
+                break
+        if size > self.max_body:
+            return b"", too_large
+        return b"".join(chunks), None
+
+    def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, _Answer | None]:
+        values = [v for k, v in scope["headers"] if k == b"authorization"]
+        if not values:
+            return "-", _error(
+                401, "missing Authorization header; every request must be signed, even with no body"
+            )
+        if len(values) > 1:
+            return "-", _error(401, "more than one Authorization header")
+        try:
+            header = AuthorizationHeader.parse(values[0].decode("latin-1"))
+        except SignatureError as exc:
+            return "-", _error(401, exc.message)
+        username = _printable(header.username, 64)
+        pem = self.store.client_key_pem(header.username)
+        if pem is None:
+            return username, _error(401, f"unknown username {username!r}: no public key registered")
+        key = self._public_key(pem)
+        if not signing.verify(key, body, header.signature, header.algorithm):
+            return username, _error(
+                401,
+                f"{header.algorithm.scheme} signature does not verify over the request body "
+                f"with the key registered for {username!r}",
+            )
+        return username, None
+
+    def _public_key(self, pem: str) -> rsa.RSAPublicKey:
+        key = self._public_keys.get(pem)
+        if key is None:
+            key = keys.parse_public_key(pem.encode("ascii"), source="registered key")
+            self._public_keys[pem] = key
+        return key
+
+    async def _dispatch(self, scope: Scope, body: bytes) -> _Answer:
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.disconnect"}
+
+        status = 500
+        headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = [
+                    (bytes(k).lower(), bytes(v))
+                    for k, v in message.get("headers", [])
+                    if bytes(k).lower() not in (b"content-length", b"content-type")
+                ]
+            elif message["type"] == "http.response.body":
+                chunks.append(bytes(message.get("body", b"")))
+
+        try:
+            await self._router(scope, replay, capture)
+        except Exception as exc:  # a bug in the sandbox: answer like CorEMR would, still signed
+            sys.stderr.write(f"cwsctl-sandbox: internal error: {type(exc).__name__}\n")
+            return _error(500, "internal server error")
+        return _Answer(status, b"".join(chunks), headers)
+
+    async def _respond(self, send: Send, answer: _Answer, dice: FaultDice | None) -> str:
+        """Sign and send ``answer``, applying faults; return a note for the access log."""
+        note = ""
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(answer.body)).encode("ascii")),
+            *answer.headers,
+        ]
+        if answer.close:
+            headers.append((b"connection", b"close"))
+        if dice is not None and dice.hit(dice.faults.unsigned_rate):
+            note += " fault=unsigned"
+        else:
+            signature = signing.sign(self._server_key, answer.body, RESPONSE_ALGORITHM)
+            if dice is not None and dice.hit(dice.faults.corrupt_rate):
+                signature = _flip(signature)
+                note += " fault=corrupt"
+            value = AuthorizationHeader(RESPONSE_ALGORITHM, SERVER_USERNAME, signature).format()
+            headers.append((b"authorization", value.encode("ascii")))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        if dice is not None and dice.hit(dice.faults.drop_rate):
+            # Headers and half the body, then uvicorn closes the connection: the client has a
+            # Content-Length it will never get and cannot tell whether the request took effect.
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": answer.body[: len(answer.body) // 2],
+                    "more_body": True,
+                }
+            )
+            return note + " fault=drop"
+        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+        return note
+
+    # -- endpoints --------------------------------------------------------------------------
+    async def _patients(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self._create_patient(request)
+        params = request.query_params
+        unknown = sorted(set(params) - {"external_id", "facility"})
+        if unknown:
+            return JSONResponse({"error": f"unknown query parameter {unknown[0][:40]!r}"}, 422)
+        external_id = params.get("external_id")
+        if not external_id:
+            return JSONResponse(
+                {"error": "query parameter 'external_id' is required", "field": "external_id"},
+                400,
+            )
+        found = self.store.find_patients(external_id, params.get("facility"))
+        return JSONResponse({"patients": found})
+
+    async def _create_patient(self, request: Request) -> Response:
+        try:
+            record = parse_patient_body(await request.body())
+        except PatientValidationError as exc:
+            return JSONResponse(exc.to_json(), exc.status)
+        try:
+            patient = self.store.insert_patient(record)
+        except DuplicatePatientError as exc:
+            return JSONResponse(
+                {
+                    "error": "a patient with this external_id already exists in this facility",
+                    "field": "external_id",
+                    "id": exc.existing_id,
+                },
+                409,
+            )
+        return JSONResponse(patient, 201, headers={"Location": f"/ws/patients/{patient['id']}"})
+
+    async def _patient(self, request: Request) -> Response:
+        patient_id: int = request.path_params["patient_id"]
+        patient = self.store.get_patient(patient_id) if patient_id <= _MAX_SQLITE_INT else None
+        if patient is None:
+            return JSONResponse({"error": f"no patient with id {patient_id}"}, 404)
+        return JSONResponse(patient)
+
+
+async def _service_info(request: Request) -> Response:
+    return JSONResponse(SERVICE_INFO)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = "no such endpoint"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed here"
+    else:  # pragma: no cover - the router raises only 404 and 405
+        message = str(exc.detail)
+    return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _flip(signature: bytes) -> bytes:
+    """Corrupt a signature but keep its length, so it still parses and only fails to verify."""
+    return bytes(b ^ 0xFF for b in signature[:8]) + signature[8:]
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Log-safe text: no control characters, bounded length."""
+    cleaned = "".join(c if c.isprintable() and c != " " else "?" for c in text)
+    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "…"
+
+
+class _DropFilter(logging.Filter):
+    """Hide uvicorn's complaint about the responses we truncate on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != _DROP_LOG_MESSAGE
+
+
+def _quiet_uvicorn_about_drops() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DropFilter) for f in logger.filters):
+        logger.addFilter(_DropFilter())

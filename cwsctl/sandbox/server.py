@@ -1,0 +1,291 @@
+"""Running the sandbox: in a background thread (tests, demos) or in the foreground (the CLI).
+
+``SandboxServer`` binds its socket itself (port 0 picks a free one), so ``url`` is known before
+uvicorn starts. uvicorn's access log is off (it would print query strings, which can carry PHI)
+and its logging config is left alone (``log_config=None``), so embedding the server does not
+reconfigure the host program's logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from types import TracebackType
+
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cwsctl.core import keys
+from cwsctl.core.errors import InputError, NetworkError
+from cwsctl.core.profile import TrustedKey
+from cwsctl.sandbox.app import MAX_BODY_BYTES, SandboxApp
+from cwsctl.sandbox.faults import Faults
+from cwsctl.sandbox.store import (
+    SERVER_USERNAME,
+    ClientKey,
+    SandboxStore,
+    default_data_dir,
+    load_or_create_server_key,
+)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+_BACKLOG = 2048
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn, with the stop signals caught early and not re-raised (so SIGTERM exits 0).
+
+    uvicorn installs its handlers only once ``run`` starts and re-raises the signal at the end;
+    we install them before announcing readiness, so a signal sent right after the "listening"
+    line still stops the server cleanly, and the process then exits normally.
+    """
+
+    _handlers_installed = False
+
+    @contextlib.contextmanager
+    def stop_signals_caught(self) -> Generator[None, None, None]:
+        """Route SIGINT/SIGTERM to a graceful shutdown while the block runs (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        self._handlers_installed = True
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+            self._handlers_installed = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if self._handlers_installed:
+            yield
+            return
+        with self.stop_signals_caught():
+            yield
+
+    @property
+    def stop_signal(self) -> int | None:
+        """The first signal that asked us to stop, if any."""
+        return self._captured_signals[0] if self._captured_signals else None
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class SandboxServer:
+    """A CWS-compatible server on ``host:port`` with state in ``data_dir``.
+
+    ``start()``/``stop()`` (or ``with SandboxServer(...) as server:``) run it in a background
+    thread; ``serve_forever()`` runs it in the calling thread until SIGINT/SIGTERM. ``faults``
+    defaults to the ``CWSCTL_SANDBOX_*`` environment; pass ``Faults()`` to ignore it.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        key_bits: int = keys.DEFAULT_BITS,
+        faults: Faults | None = None,
+        access_log: bool = True,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.host = host
+        self.requested_port = port
+        self.server_key: rsa.RSAPrivateKey = load_or_create_server_key(self.data_dir, key_bits)
+        self.public_key_pem: str = keys.public_key_pem(self.server_key.public_key()).decode("ascii")
+        self.store = SandboxStore(self.data_dir)
+        self.app = SandboxApp(
+            self.store,
+            self.server_key,
+            faults=faults if faults is not None else Faults.from_env(),
+            access_log=access_log,
+            max_body=max_body,
+        )
+        self._socket: socket.socket | None = None
+        self._server: _UvicornServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    # -- identity and state ----------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:43123`` (valid once bound)."""
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def public_key(self) -> rsa.RSAPublicKey:
+        """The key responses are signed with."""
+        return self.server_key.public_key()
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the server key."""
+        return keys.fingerprint(self.public_key)
+
+    @property
+    def trusted_key(self) -> TrustedKey:
+        """What a client pins to trust this server: signer ``coremr`` and its public key."""
+        return TrustedKey(SERVER_USERNAME, self.public_key_pem)
+
+    @property
+    def faults(self) -> Faults:
+        """Fault switches in force; assign a new ``Faults`` to change them while running."""
+        return self.app.faults
+
+    @faults.setter
+    def faults(self, value: Faults) -> None:
+        self.app.faults = value
+
+    def register_key(
+        self,
+        username: str,
+        public_key: rsa.RSAPublicKey | bytes | str,
+        *,
+        replace: bool = False,
+    ) -> ClientKey:
+        """Register a client public key (object or PEM) under ``username``."""
+        if isinstance(public_key, (bytes, str)):
+            data = public_key.encode("ascii") if isinstance(public_key, str) else public_key
+            public_key = keys.parse_public_key(data)
+        return self.store.add_client_key(username, public_key, replace=replace)
+
+    def reset(self, *, client_keys: bool = True) -> None:
+        """Forget all patients (and client keys), and switch faults off."""
+        self.store.clear(patients=True, client_keys=client_keys)
+        self.faults = Faults()
+
+    # -- running ----------------------------------------------------------------------------
+    def _prepare(self) -> tuple[_UvicornServer, socket.socket]:
+        if self._server is not None:
+            raise RuntimeError("sandbox server already started")
+        sock = _bind(self.host, self.requested_port)
+        self.port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            http="h11",
+            ws="none",
+            loop="asyncio",
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+        server = _UvicornServer(config)
+        self._socket, self._server = sock, server
+        return server, sock
+
+    def start(self, timeout: float = 15.0) -> SandboxServer:
+        """Run in a daemon thread; return once it accepts connections."""
+        server, sock = self._prepare()
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="cwsctl-sandbox", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise NetworkError(f"the sandbox server did not start on {self.url}")
+            time.sleep(0.005)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server and close the database; idempotent."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._server = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        self.store.close()
+
+    def serve_forever(self, on_ready: Callable[[SandboxServer], None] | None = None) -> int | None:
+        """Serve in this thread until SIGINT/SIGTERM; return the signal that stopped it."""
+        server, sock = self._prepare()
+        try:
+            with server.stop_signals_caught():
+                if on_ready is not None:
+                    on_ready(self)
+                server.run(sockets=[sock])
+            return server.stop_signal
+        finally:
+            self._server = None
+            self.stop()
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def serve(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    data_dir: Path | str | None = None,
+    *,
+    key_bits: int = keys.DEFAULT_BITS,
+    faults: Faults | None = None,
+    access_log: bool = True,
+    on_ready: Callable[[SandboxServer], None] | None = None,
+) -> int | None:
+    """Run a sandbox in the foreground until Ctrl-C or SIGTERM; return the stopping signal."""
+    server = SandboxServer(
+        data_dir, host=host, port=port, key_bits=key_bits, faults=faults, access_log=access_log
+    )
+    return server.serve_forever(on_ready)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InputError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(_BACKLOG)  # connections queue from now on, before uvicorn's loop runs
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise NetworkError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="choose another --port (0 picks a free one)",
+        ) from None
+    return sock
