@@ -152,7 +152,7 @@ def test_import_rejects_bad_keys_with_exit_3(cli, tmp_path, rsa2048, content, me
     elif content == "rsa1024":
         from cryptography.hazmat.primitives.asymmetric import rsa
 
-        small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the point of the test
         content = keys.private_key_pem(small)  # type: ignore[arg-type]
     path.write_bytes(content)
     path.chmod(0o600)
