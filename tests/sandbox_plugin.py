@@ -1,1 +1,134 @@
-"""Sandbox fixtures (filled in with the sandbox server)."""
+"""Sandbox fixtures: a real CWS sandbox server on 127.0.0.1, ephemeral port, 2048-bit server key.
+
+- ``sandbox_server`` (session): the one shared server; prefer ``sandbox``.
+- ``sandbox`` (function): the shared server, emptied before the test (no patients, no client
+  keys, no faults). ``sandbox.url``, ``sandbox.trusted_key``, ``sandbox.store``,
+  ``sandbox.register_key(...)``; assign ``sandbox.faults = Faults(...)`` to misbehave.
+- ``sandbox_user`` (function): ``SandboxUser("tester", rsa2048)`` registered in ``sandbox``;
+  ``sandbox_user.headers(body)`` gives signed request headers.
+- ``sandbox_profile`` (function): a ``default`` profile in the test's CWSCTL_HOME pointing at
+  ``sandbox`` as ``tester`` with rsa2048 as its key and the sandbox key pinned.
+- ``make_sandbox(**faults)`` (function): a fresh server with its own data dir and the given
+  fault switches (reuses the session server key, so ``sandbox_server.trusted_key`` trusts it);
+  stopped after the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cwsctl.core import keys, signing
+from cwsctl.core.profile import Config, Profile, Store
+from cwsctl.core.signing import Algorithm, AuthorizationHeader
+
+if TYPE_CHECKING:
+    from cwsctl.sandbox.server import SandboxServer
+
+SANDBOX_USERNAME = "tester"
+
+
+@dataclass
+class SandboxUser:
+    """A client identity registered in a sandbox."""
+
+    username: str
+    private_key: rsa.RSAPrivateKey
+    algorithm: Algorithm = Algorithm.SHA256
+
+    def authorization(self, body: bytes = b"", algorithm: Algorithm | None = None) -> str:
+        """The Authorization header value for ``body``."""
+        algo = algorithm or self.algorithm
+        signature = signing.sign(self.private_key, body, algo)
+        return AuthorizationHeader(algo, self.username, signature).format()
+
+    def headers(self, body: bytes = b"", algorithm: Algorithm | None = None) -> dict[str, str]:
+        """Signed request headers for ``body`` (JSON content type)."""
+        return {
+            "Authorization": self.authorization(body, algorithm),
+            "Content-Type": "application/json",
+        }
+
+
+def _sandbox_modules() -> Any:
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from cwsctl.sandbox import faults, server
+
+    return server, faults
+
+
+@pytest.fixture(scope="session")
+def sandbox_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
+    """One sandbox for the whole session (2048-bit key, data dir in tmp, no faults)."""
+    server_mod, faults_mod = _sandbox_modules()
+    data_dir = tmp_path_factory.mktemp("sandbox")
+    server = server_mod.SandboxServer(data_dir, key_bits=2048, faults=faults_mod.Faults())
+    with server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> SandboxServer:
+    """The session sandbox, with no patients, no client keys and no faults."""
+    sandbox_server.reset()
+    return sandbox_server
+
+
+@pytest.fixture
+def sandbox_user(sandbox: SandboxServer, rsa2048: rsa.RSAPrivateKey) -> SandboxUser:
+    """``tester`` with the session's rsa2048 key, registered in ``sandbox``."""
+    sandbox.register_key(SANDBOX_USERNAME, rsa2048.public_key())
+    return SandboxUser(SANDBOX_USERNAME, rsa2048)
+
+
+@pytest.fixture
+def sandbox_profile(
+    sandbox: SandboxServer, sandbox_user: SandboxUser, cwsctl_home: Path
+) -> Profile:
+    """The ``default`` profile in this test's CWSCTL_HOME, set up for ``sandbox``."""
+    store = Store(cwsctl_home)
+    profile = Profile(
+        name="default",
+        url=sandbox.url,
+        username=sandbox_user.username,
+        algorithm=Algorithm.SHA256,
+        trusted=[sandbox.trusted_key],
+    )
+    store.save(Config(default_profile="default", profiles={"default": profile}))
+    keys.save_private_key(
+        store.private_key_path("default"), sandbox_user.private_key, None, overwrite=True
+    )
+    return profile
+
+
+@pytest.fixture
+def make_sandbox(
+    tmp_path: Path, sandbox_server: SandboxServer
+) -> Iterator[Callable[..., SandboxServer]]:
+    """Factory: ``make_sandbox(drop_rate=1.0, ...)`` starts a fresh, fault-configured server."""
+    server_mod, faults_mod = _sandbox_modules()
+    started: list[SandboxServer] = []
+
+    def make(**faults: Any) -> SandboxServer:
+        data_dir = tmp_path / f"sandbox-{len(started)}"
+        data_dir.mkdir(mode=0o700)
+        key_path = data_dir / "server.pem"
+        shutil.copyfile(sandbox_server.data_dir / "server.pem", key_path)
+        os.chmod(key_path, 0o600)
+        server = server_mod.SandboxServer(
+            data_dir, key_bits=2048, faults=faults_mod.Faults(**faults)
+        )
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()

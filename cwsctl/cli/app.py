@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cwsctl import __version__
-from cwsctl.cli import keys, profile, sandbox, signature
+from cwsctl.cli import demo, keys, profile, request, sandbox, signature
 from cwsctl.cli.options import (
     DebugOption,
     JsonOption,
@@ -67,4 +67,6 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(profile.app, name="profile")
 app.command("sign")(signature.sign)
 app.command("verify")(signature.verify)
+app.command("request")(request.request)
+app.command("demo")(demo.demo)
 app.add_typer(sandbox.app, name="sandbox")
