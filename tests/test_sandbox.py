@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -33,7 +32,7 @@ from tests.sandbox_plugin import SandboxUser
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from cwsctl.sandbox.server import SandboxServer, is_loopback  # noqa: E402
+from cwsctl.sandbox.server import SandboxServer, is_loopback
 
 PATIENT = {
     "external_id": "FakeExternalID",
@@ -346,7 +345,7 @@ def test_is_loopback():
     assert is_loopback("127.0.0.1")
     assert is_loopback("localhost")
     assert is_loopback("::1")
-    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("0.0.0.0")  # noqa: S104
     assert not is_loopback("192.168.1.10")
     assert not is_loopback("example.org")
 
@@ -405,7 +404,7 @@ def test_drop_fault_commits_then_cuts_the_connection(make_sandbox, rsa2048):
 
 def test_latency_fault_delays_patient_requests(make_sandbox, rsa2048):
     server = make_sandbox(latency_ms=400, seed=7)
-    expected = random.Random(7).uniform(0, 400) / 1000  # the first draw of the seeded dice
+    expected = random.Random(7).uniform(0, 400) / 1000  # noqa: S311 - the dice's first draw
     user = SandboxUser("tester", rsa2048)
     server.register_key(user.username, rsa2048.public_key())
     started = time.perf_counter()
@@ -580,8 +579,12 @@ def test_serve_subprocess_answers_logs_no_phi_and_stops_on_sigterm(tmp_path, rsa
         text=True,
     )  # fmt: skip
     try:
-        first_line = process.stderr.readline()
-        assert f"listening on http://127.0.0.1:{port}" in first_line
+        startup = ""
+        while "listening on" not in startup:
+            line = process.stderr.readline()
+            assert line, f"server exited early: {startup}"
+            startup += line
+        assert f"listening on http://127.0.0.1:{port}" in startup
         trusted = TrustedKey("coremr", server_public_key_pem(data_dir))
         url = f"http://127.0.0.1:{port}"
         body = body_of(patient(external_id="SECRET-EXT-77", fname="Zebediah", lname="Quixote"))
@@ -600,7 +603,7 @@ def test_serve_subprocess_answers_logs_no_phi_and_stops_on_sigterm(tmp_path, rsa
             process.kill()
             process.communicate()
     assert process.returncode == 0
-    log = first_line + rest
+    log = startup + rest
     assert "POST /ws/patients/ 201" in log
     assert "GET /ws/patients/ 200" in log
     assert "user=alice" in log
