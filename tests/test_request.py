@@ -58,7 +58,16 @@ def test_output_is_byte_exact_and_verifiable_later_by_cwsctl_and_openssl(
         raw = tmp_path / "response_sign.sha256"
         raw.write_bytes(base64.b64decode(header.split("Signature=")[1]))
         check = subprocess.run(
-            ["openssl", "dgst", "-sha256", "-verify", str(pem), "-signature", str(raw), str(out_file)],
+            [
+                "openssl",
+                "dgst",
+                "-sha256",
+                "-verify",
+                str(pem),
+                "-signature",
+                str(raw),
+                str(out_file),
+            ],
             capture_output=True,
         )
         assert check.stdout == b"Verified OK\n"
@@ -68,7 +77,14 @@ def test_json_envelope(cli, sandbox, sandbox_profile, body_file):
     result = cli("request", "POST", "/ws/patients/", str(body_file), "--json")
     document = json.loads(result.stdout)
     assert set(document) == {
-        "status", "reason", "headers", "verified", "signer", "key_fingerprint", "body_sha256", "body"
+        "status",
+        "reason",
+        "headers",
+        "verified",
+        "signer",
+        "key_fingerprint",
+        "body_sha256",
+        "body",
     }
     assert document["status"] == 201 and document["verified"] is True
     assert document["signer"] == "coremr" and document["key_fingerprint"] == sandbox.fingerprint
@@ -87,12 +103,19 @@ def test_stdin_body_and_get_query(cli, sandbox, sandbox_profile):
     [
         ("GET", "/ws/patients/999999", b"", 404),
         ("POST", "/ws/patients/", b"{not json", 400),
-        ("POST", "/ws/patients/", json.dumps({**EXAMPLE_PATIENT, "dob": "yesterday"}).encode(), 422),
+        (
+            "POST",
+            "/ws/patients/",
+            json.dumps({**EXAMPLE_PATIENT, "dob": "yesterday"}).encode(),
+            422,
+        ),
         ("DELETE", "/ws/patients/", b"", 405),
         ("GET", "/ws/nothing-here", b"", 404),
     ],
 )
-def test_4xx_is_exit_4_with_server_message(cli, sandbox, sandbox_profile, tmp_path, method, path, body, status):
+def test_4xx_is_exit_4_with_server_message(
+    cli, sandbox, sandbox_profile, tmp_path, method, path, body, status
+):
     args = ["request", method, path]
     if body:
         (tmp_path / "b.json").write_bytes(body)
@@ -127,7 +150,9 @@ def test_500_is_exit_5(cli, sandbox, sandbox_profile, body_file):
 
 
 @pytest.mark.parametrize("fault", ["corrupt_rate", "unsigned_rate"])
-def test_forged_or_missing_signature_is_exit_7_and_body_withheld(cli, sandbox, sandbox_profile, body_file, tmp_path, fault):
+def test_forged_or_missing_signature_is_exit_7_and_body_withheld(
+    cli, sandbox, sandbox_profile, body_file, tmp_path, fault
+):
     sandbox.faults = Faults(**{fault: 1.0})
     out_file = tmp_path / "r.json"
     result = cli("request", "POST", "/ws/patients/", str(body_file))
@@ -180,7 +205,9 @@ def test_connection_refused_is_exit_6(cli, sandbox_profile):
     assert "cannot connect" in result.stderr
 
 
-def test_post_timeout_after_sending_is_exit_6_outcome_unknown(cli, sandbox, sandbox_profile, body_file):
+def test_post_timeout_after_sending_is_exit_6_outcome_unknown(
+    cli, sandbox, sandbox_profile, body_file
+):
     sandbox.faults = Faults(latency_ms=3000, seed=2)  # seed 2: the first delay drawn is 2.87 s
     result = cli("request", "POST", "/ws/patients/", str(body_file), "--timeout", "0.5")
     assert result.exit_code == 6
@@ -204,8 +231,12 @@ def test_dry_run_sends_nothing_and_shows_exact_request(cli, sandbox, sandbox_pro
     result = cli("request", "POST", "/ws/patients/", str(body_file), "--dry-run")
     assert result.exit_code == 0
     assert result.stdout_bytes.startswith(f"POST {sandbox.url}/ws/patients/\n".encode())
-    assert b"authorization: CWS-SHA256 Access=tester, Signature=" in result.stdout_bytes.lower().replace(
-        b"authorization: cws-sha256 access=tester, signature=", b"authorization: CWS-SHA256 Access=tester, Signature="
+    assert (
+        b"authorization: CWS-SHA256 Access=tester, Signature="
+        in result.stdout_bytes.lower().replace(
+            b"authorization: cws-sha256 access=tester, signature=",
+            b"authorization: CWS-SHA256 Access=tester, Signature=",
+        )
     )
     assert result.stdout_bytes.endswith(b"\n\n" + BODY)
     assert sandbox.store.count_patients() == 0
@@ -216,7 +247,11 @@ def test_curl_command_is_accepted_by_the_sandbox(cli, sandbox, sandbox_profile, 
     result = cli("request", "POST", "/ws/patients/", str(body_file), "--curl")
     assert result.stdout.startswith("curl ")
     assert sandbox.store.count_patients() == 0
-    replay = subprocess.run(["sh", "-c", result.stdout.strip() + " -w '%{http_code}' -o /dev/null"], capture_output=True, text=True)
+    replay = subprocess.run(
+        ["sh", "-c", result.stdout.strip() + " -w '%{http_code}' -o /dev/null"],
+        capture_output=True,
+        text=True,
+    )
     assert replay.stdout == "201"
     assert sandbox.store.count_patients() == 1
 
@@ -251,5 +286,9 @@ def test_demo_runs_clean(run_cwsctl, cwsctl_home):
     result = run_cwsctl("demo", timeout=120)
     assert result.returncode == 0, result.stderr
     err = result.stderr.decode()
-    assert "201 Created" in err and "openssl: Verified OK" in err and "Verification failure (as expected)" in err
+    assert (
+        "201 Created" in err
+        and "openssl: Verified OK" in err
+        and "Verification failure (as expected)" in err
+    )
     assert not cwsctl_home.exists()  # the demo left nothing in the user's home

@@ -635,3 +635,18 @@ def test_signing_is_over_exact_response_bytes(sandbox, sandbox_user):
     public = sandbox.public_key
     assert signing.verify(public, response.content, header.signature, header.algorithm)
     assert not signing.verify(public, reformatted, header.signature, header.algorithm)
+
+
+def test_signing_on_worker_threads_verifies(monkeypatch, make_sandbox, rsa2048):
+    """Big server keys sign on worker threads; force that path with the session's 2048-bit key."""
+    from cwsctl.sandbox import app as sandbox_app
+
+    monkeypatch.setattr(sandbox_app, "SIGN_IN_THREADS_FROM_BITS", 2048)
+    server = make_sandbox()
+    assert server.app._signer is not None
+    user = SandboxUser("tester", rsa2048)
+    server.register_key(user.username, rsa2048.public_key())
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: send(server, user, "GET", "/ws/"), range(12)))
+    for response in responses:
+        assert verified(response, server.trusted_key) == {"service": "CWS sandbox", "version": 2}

@@ -83,7 +83,9 @@ def _run_demo(out: Output, root: Path, bits: int) -> list[dict[str, Any]]:
     fingerprint = keys.fingerprint(client_key.public_key())
     step("Make your key pair", f"cwsctl -p demo keygen --bits {bits}", fingerprint=fingerprint)
 
-    with SandboxServer(root / "sandbox", key_bits=bits, faults=Faults(), access_log=False) as server:
+    with SandboxServer(
+        root / "sandbox", key_bits=bits, faults=Faults(), access_log=False
+    ) as server:
         server.register_key(DEMO_USERNAME, client_key.public_key())
         step(
             "Register the public key in CorEMR (Administration → Public Keys)",

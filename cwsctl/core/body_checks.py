@@ -39,7 +39,7 @@ def inspect_body(body: bytes) -> BodyReport:
         return report
     try:
         json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         warn(f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
     return report
 

@@ -224,6 +224,7 @@ class SandboxServer:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        self.app.close()
         self.store.close()
 
     def serve_forever(self, on_ready: Callable[[SandboxServer], None] | None = None) -> int | None:
