@@ -15,6 +15,7 @@ from cwsctl.core.identity import read_passphrase_file
 from cwsctl.core.keys import PassphraseSource
 
 if TYPE_CHECKING:
+    from cwsctl.core.client import CwsClient
     from cwsctl.core.profile import Store
 
 
@@ -56,3 +57,30 @@ def read_body(path: str) -> bytes:
     if path == "-":
         return sys.stdin.buffer.read()
     return read_bytes(Path(path), what="body file", error=InputError)
+
+
+def open_client(
+    settings: Settings,
+    *,
+    passphrase_file: Path | None = None,
+    timeout: float = 30.0,
+    verify_responses: bool = True,
+    allow_http: bool = False,
+    max_connections: int = 10,
+) -> CwsClient:
+    """A signing, verifying client for the profile in force."""
+    from cwsctl.core.client import CwsClient
+    from cwsctl.core.identity import load_identity
+
+    store, name = store_and_profile(settings)
+    profile = store.get_profile(name)
+    identity = load_identity(name, store=store, passphrase=passphrase_source(passphrase_file))
+    return CwsClient(
+        identity,
+        profile.trusted,
+        base_url=profile.url,
+        timeout=timeout,
+        verify_responses=verify_responses,
+        allow_http=allow_http,
+        max_connections=max_connections,
+    )

@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cwsctl.cli.common import passphrase_source, read_body, store_and_profile
+from cwsctl.cli.common import open_client, read_body
 from cwsctl.cli.options import with_globals
 from cwsctl.cli.output import Output
 from cwsctl.core.errors import ClientRequestError, InputError
 from cwsctl.core.files import atomic_write
-from cwsctl.core.identity import load_identity
 from cwsctl.core.redact import masked_body
 
 if TYPE_CHECKING:
     import httpx
 
     from cwsctl.core.client import CwsResponse
+    from cwsctl.core.identity import SigningIdentity
 
 
 def parse_header_option(values: list[str]) -> dict[str, str]:
@@ -88,21 +88,14 @@ def request(
     Example: cwsctl request POST /ws/patients/ body.json. Exit 0 on a verified 2xx, 4 on 4xx,
     5 on 5xx, 6 on network failure, 7 when the response signature is missing or invalid.
     """
-    from cwsctl.core.client import CwsClient
-
     body = read_body(body_file) if body_file is not None else b""
     extra_headers = parse_header_option(header or [])
-    store, name = store_and_profile(out.settings)
-    profile = store.get_profile(name)
-    identity = load_identity(name, store=store, passphrase=passphrase_source(passphrase_file))
     offline = dry_run or curl
-    skip = insecure_skip_verify or offline
-    with CwsClient(
-        identity,
-        profile.trusted,
-        base_url=profile.url,
+    with open_client(
+        out.settings,
+        passphrase_file=passphrase_file,
         timeout=timeout,
-        verify_responses=not skip,
+        verify_responses=not (insecure_skip_verify or offline),
         allow_http=allow_http,
     ) as client:
         if offline:
@@ -119,6 +112,13 @@ def request(
         response = client.request(method, path, body, extra_headers)
     if out.settings.verbose:
         _show_exchange(out, response, body, show_body)
+    show_response(out, response, client.identity, output)
+
+
+def show_response(
+    out: Output, response: CwsResponse, identity: SigningIdentity, output: Path | None = None
+) -> None:
+    """Print a verified response (body, status line) and raise for a 4xx/5xx status."""
     _emit(out, response, output)
     out.info(status_line(response), "green" if response.ok else "yellow")
     try:

@@ -361,3 +361,33 @@ def _json_type(value: object) -> str:
     if isinstance(value, Mapping):
         return "an object"
     return type(value).__name__
+
+
+def prepare_patient(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Client side: turn loosely typed input (CSV cells, CLI options) into a valid record.
+
+    Digit strings become integers for integer fields (and for ``facility``), blank cells of
+    optional fields are dropped, dates in ``YYYY-MM-DD`` or ISO 8601 are normalised to CWS form;
+    then the record is validated exactly as the server validates it.
+    """
+    record: dict[str, Any] = {}
+    for name, value in fields.items():
+        spec = _SPECS.get(name)
+        if isinstance(value, str) and spec is not None:
+            if not value.strip() and not spec.required:
+                continue
+            if (
+                spec.kind in ("int", "facility")
+                and value.strip().isascii()
+                and value.strip().isdigit()
+            ):
+                value = int(value.strip())
+            elif spec.kind == "datetime" and value.strip():
+                value = normalize_cws_datetime(value, name)
+        record[name] = value
+    return validate_patient(record)
+
+
+def patient_body(record: Mapping[str, Any]) -> bytes:
+    """The exact bytes sent for a record: compact UTF-8 JSON, fields in schema order."""
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,391 @@
+"""`cwsctl patients create`: one patient from options or a file, or a resumable bulk load."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cwsctl.cli.common import open_client, read_body
+from cwsctl.cli.options import with_globals
+from cwsctl.cli.output import Output
+from cwsctl.core.errors import CwsError, ExitStatus, InputError
+
+if TYPE_CHECKING:
+    from cwsctl.core.bulk import RowResult, Summary
+
+app = typer.Typer(
+    help="Create patients (POST /ws/patients/), one or thousands.", no_args_is_help=True
+)
+
+DATE_HELP = "YYYY-MM-DD, ISO 8601 or 'YYYY-MM-DD HH:MM:SS.fff' (normalised to the latter)."
+
+
+def _opt(flag: str, help_text: str) -> Any:
+    return typer.Option(flag, help=help_text, show_default=False, rich_help_panel="Single patient")
+
+
+class BulkLoadError(CwsError):
+    """A bulk load ended with rows not created; the exit status names the worst class."""
+
+    def __init__(self, message: str, status: ExitStatus, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.exit_status = status
+
+
+@app.command("create")
+@with_globals
+def create(
+    out: Output,
+    external_id: Annotated[str | None, _opt("--external-id", "External (jail system) id.")] = None,
+    facility: Annotated[str | None, _opt("--facility", "Facility code, e.g. 10000.")] = None,
+    agency: Annotated[str | None, _opt("--agency", "Agency number.")] = None,
+    billing_agency: Annotated[
+        str | None, _opt("--billing-agency", "Billing agency number.")
+    ] = None,
+    fname: Annotated[str | None, _opt("--fname", "First name.")] = None,
+    lname: Annotated[str | None, _opt("--lname", "Last name.")] = None,
+    dob: Annotated[str | None, _opt("--dob", f"Date of birth: {DATE_HELP}")] = None,
+    sex: Annotated[str | None, _opt("--sex", "M, F or U.")] = None,
+    booking_no: Annotated[str | None, _opt("--booking-no", "Booking number.")] = None,
+    booking_date: Annotated[
+        str | None, _opt("--booking-date", f"Booking date: {DATE_HELP}")
+    ] = None,
+    field: Annotated[
+        list[str] | None, _opt("--field", "Any other field as NAME=VALUE (repeatable).")
+    ] = None,
+    body: Annotated[
+        Path | None, _opt("--body", "A JSON file holding one patient object ('-' for stdin).")
+    ] = None,
+    from_file: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Bulk: CSV (header row), JSON array or NDJSON file; '-' for stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    file_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv, json or ndjson (default: from the extension).",
+            show_default=False,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            "--concurrency",
+            envvar="CWSCTL_CONCURRENCY",
+            help="Requests in flight [env: CWSCTL_CONCURRENCY].",
+            min=1,
+            max=64,
+        ),
+    ] = 8,
+    journal: Annotated[
+        Path | None,
+        typer.Option(
+            "--journal",
+            help="Journal file (default: the input path + .journal).",
+            show_default=False,
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="Write one line per row here (.csv or .json).", show_default=False
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate (and report) only; send nothing.")
+    ] = False,
+    stop_on_error: Annotated[
+        bool, typer.Option("--stop-on-error", help="Stop at the first row that fails.")
+    ] = False,
+    retries: Annotated[
+        int,
+        typer.Option("--retries", help="Re-tries per row after a 5xx or network failure.", min=0),
+    ] = 3,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", envvar="CWSCTL_TIMEOUT", help="Seconds per request [env: CWSCTL_TIMEOUT]."
+        ),
+    ] = 30.0,
+    allow_http: Annotated[
+        bool, typer.Option("--allow-http", help="Allow plain http to a non-loopback host.")
+    ] = False,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--passphrase-file",
+            help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Create one patient (from options or --body) or many (--from FILE), validated locally first.
+
+    Dates may be given as YYYY-MM-DD or ISO 8601 and are normalised to the CWS form
+    YYYY-MM-DD HH:MM:SS.fff. A bulk load journals every row, so re-running the same command
+    resumes: rows that got a verified 201 (or 409) are never sent again, and a row whose outcome
+    is unknown is looked up before it is re-sent.
+    """
+    connection = {"passphrase_file": passphrase_file, "timeout": timeout, "allow_http": allow_http}
+    if from_file is not None:
+        given = [
+            external_id,
+            facility,
+            agency,
+            billing_agency,
+            fname,
+            lname,
+            dob,
+            sex,
+            booking_no,
+            booking_date,
+            field,
+            body,
+        ]
+        if any(value is not None for value in given):
+            raise InputError("--from cannot be combined with single-patient options or --body")
+        _bulk(
+            out,
+            from_file,
+            file_format,
+            journal,
+            report,
+            concurrency,
+            dry_run,
+            stop_on_error,
+            retries,
+            connection,
+        )
+        return
+    options = {
+        "external_id": external_id,
+        "facility": facility,
+        "agency": agency,
+        "billing_agency": billing_agency,
+        "fname": fname,
+        "lname": lname,
+        "dob": dob,
+        "sex": sex,
+        "booking_no": booking_no,
+        "booking_date": booking_date,
+    }
+    _single(out, options, field or [], body, dry_run, connection)
+
+
+def _single(
+    out: Output,
+    options: dict[str, str | None],
+    extra_fields: list[str],
+    body: Path | None,
+    dry_run: bool,
+    connection: dict[str, Any],
+) -> None:
+    from cwsctl.cli.request import show_response
+    from cwsctl.core.patients import (
+        PatientValidationError,
+        parse_json_object,
+        patient_body,
+        prepare_patient,
+    )
+
+    fields: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    if body is not None:
+        try:
+            fields = {**parse_json_object(read_body(str(body))), **fields}
+        except PatientValidationError as exc:
+            raise InputError(f"{body}: {exc.message}") from None
+    for item in extra_fields:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InputError(f"bad --field {item!r}", hint="use --field NAME=VALUE")
+        fields[name] = value
+    try:
+        record = prepare_patient(fields)
+    except PatientValidationError as exc:
+        raise InputError(f"invalid patient: {exc.message}", hint=exc.hint) from None
+    payload = patient_body(record)
+    if dry_run:
+        out.data(payload + b"\n")
+        out.info("valid; nothing sent (--dry-run)")
+        return
+    with open_client(out.settings, **connection) as client:
+        response = client.request("POST", "/ws/patients/", payload)
+    show_response(out, response, client.identity)
+
+
+def _bulk(
+    out: Output,
+    source: str,
+    file_format: str | None,
+    journal_path: Path | None,
+    report_path: Path | None,
+    concurrency: int,
+    dry_run: bool,
+    stop_on_error: bool,
+    retries: int,
+    connection: dict[str, Any],
+) -> None:
+    from cwsctl.core.bulk import BulkLoad
+    from cwsctl.core.journal import Journal
+    from cwsctl.core.readers import detect_format, read_rows
+    from cwsctl.core.report import ReportWriter
+
+    if source == "-" and not file_format:
+        raise InputError("reading patients from stdin needs --format csv|json|ndjson")
+    fmt = detect_format(source, file_format)
+    if source == "-" and journal_path is None and not dry_run:
+        raise InputError("reading patients from stdin needs --journal FILE (to resume safely)")
+    with ExitStack() as stack:
+        stream = sys.stdin.buffer if source == "-" else _open_input(source, stack)
+        client = journal = None
+        if not dry_run:
+            client = stack.enter_context(
+                open_client(out.settings, max_connections=concurrency, **connection)
+            )
+            journal = stack.enter_context(Journal(journal_path or Path(source + ".journal")))
+            if journal.torn_lines:
+                out.warn("the journal's last line was torn (a crash?); that row will be re-checked")
+        writer = ReportWriter(report_path) if report_path is not None else None
+        if writer is not None:
+            stack.callback(writer.close)
+        progress = _Progress(out, stream)
+        stack.callback(progress.stop)
+
+        def on_result(result: RowResult) -> None:
+            if writer is not None:
+                writer.write(result)
+            progress.advance(result)
+
+        loader = BulkLoad(
+            client, journal, concurrency=concurrency, retries=retries, stop_on_error=stop_on_error
+        )
+        started = time.perf_counter()
+        summary = loader.run(read_rows(stream, fmt), on_result)
+        elapsed = time.perf_counter() - started
+    _finish(out, summary, elapsed, report_path, dry_run)
+
+
+def _open_input(source: str, stack: ExitStack) -> Any:
+    try:
+        return stack.enter_context(open(source, "rb"))
+    except FileNotFoundError:
+        raise InputError(f"input file not found: {source}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {source}: {exc.strerror}") from None
+
+
+def _finish(
+    out: Output, summary: Summary, elapsed: float, report_path: Path | None, dry_run: bool
+) -> None:
+    counts = summary.counts
+    rate = summary.total / elapsed if elapsed > 0 else 0.0
+    if out.settings.json:
+        out.json(
+            {**summary.to_json(), "seconds": round(elapsed, 3), "rows_per_second": round(rate, 1)}
+        )
+    parts = (
+        [f"valid {counts['valid']}"]
+        if dry_run
+        else [
+            f"created {counts['created']}",
+            f"already existed {counts['exists']}",
+            f"done earlier {counts['skipped']}",
+        ]
+    ) + [
+        f"invalid {counts['invalid']}",
+        f"rejected {counts['rejected']}",
+        f"failed {counts['failed']}",
+        f"unknown {counts['unknown']}",
+    ]
+    out.info(f"{' · '.join(parts)}  ({summary.total} rows in {elapsed:.1f} s, {rate:.0f} rows/s)")
+    if summary.security_error is not None:
+        raise summary.security_error
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    status = summary.exit_status()
+    if status is not ExitStatus.OK:
+        bad = (
+            summary.total
+            - counts["created"]
+            - counts["exists"]
+            - counts["skipped"]
+            - counts["valid"]
+        )
+        where = f"see {report_path}" if report_path else "rerun with --report FILE to see which"
+        raise BulkLoadError(
+            f"{bad} of {summary.total} rows were not created",
+            status,
+            hint=f"{where}; re-running the same command resumes without duplicates",
+        )
+
+
+class _Progress:
+    """A rich progress bar on a terminal (not with -q/--json); nothing otherwise.
+
+    Rows are streamed, so their number is unknown up front: the bar follows the bytes read from
+    the input file, which is what the ETA is computed from.
+    """
+
+    def __init__(self, out: Output, stream: Any) -> None:
+        self._bar: Any = None
+        if not out.stderr_isatty or out.settings.quiet:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._stream = stream
+        try:
+            total: int | None = os.fstat(stream.fileno()).st_size or None
+        except (OSError, ValueError):
+            total = None
+        self._bar = Progress(
+            BarColumn(),
+            TextColumn(
+                "{task.fields[rows]} rows · {task.fields[rate]:.0f}/s · {task.fields[status]}"
+            ),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True, no_color=not out.color),
+            transient=True,
+        )
+        self._task = self._bar.add_task("load", total=total, rows=0, rate=0.0, status="ok")
+        self._started = time.perf_counter()
+        self._rows = self._failures = 0
+        self._bar.start()
+
+    def advance(self, result: RowResult) -> None:
+        """Count one finished row."""
+        if self._bar is None:
+            return
+        self._rows += 1
+        if result.outcome not in ("created", "exists", "skipped", "valid"):
+            self._failures += 1
+        try:
+            position = self._stream.tell()
+        except (OSError, ValueError):
+            position = None
+        rate = self._rows / max(time.perf_counter() - self._started, 1e-6)
+        status = f"{self._failures} not created" if self._failures else "ok"
+        self._bar.update(self._task, completed=position, rows=self._rows, rate=rate, status=status)
+
+    def stop(self) -> None:
+        """Remove the bar."""
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,305 @@
+"""Bulk patient loads: validate, send concurrently, journal every step, never send a patient twice.
+
+``BulkLoad.run`` reads rows lazily, validates each locally (the same schema the sandbox uses),
+and keeps at most ``2 × concurrency`` rows in flight, so memory is flat in the number of rows.
+Each row goes through ``_send_row``: look it up first if an earlier attempt may have taken effect,
+journal ``sending``, POST, journal the outcome. A response that fails verification stops the run
+at once (the row stays "in doubt" and is looked up on the next run).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import urlencode
+
+from cwsctl.core.client import CwsClient, CwsResponse, OutcomeUnknownError
+from cwsctl.core.errors import CwsError, ExitStatus, NetworkError, SignatureError
+from cwsctl.core.journal import Journal
+from cwsctl.core.patients import (
+    PatientValidationError,
+    patient_body,
+    patient_key,
+    prepare_patient,
+)
+from cwsctl.core.readers import InputRow
+
+PATIENTS_PATH = "/ws/patients/"
+
+#: Every outcome a row can have, in the order summaries list them.
+OUTCOMES = ("created", "exists", "skipped", "valid", "invalid", "rejected", "failed", "unknown")
+
+
+class RowResult(NamedTuple):
+    """What happened to one input row (the report holds one of these per row)."""
+
+    number: int
+    external_id: str | None
+    facility: str | None
+    outcome: str
+    status: int | None = None
+    patient_id: Any = None
+    message: str = ""
+
+
+@dataclass
+class Summary:
+    """Counts per outcome, and how the run ended."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    interrupted: bool = False
+    server_failures: int = 0  # failed rows whose last answer was a 5xx (the rest: network)
+    security_error: SignatureError | None = None
+
+    def add(self, result: RowResult) -> None:
+        """Count one row."""
+        self.counts[result.outcome] += 1
+        if result.outcome == "failed" and result.status is not None and result.status >= 500:
+            self.server_failures += 1
+
+    @property
+    def total(self) -> int:
+        """Rows seen."""
+        return sum(self.counts.values())
+
+    def exit_status(self) -> ExitStatus:
+        """7 forged answer, 130 interrupted, 6/5 failures left, 4 bad rows, else 0."""
+        if self.security_error is not None:
+            return ExitStatus.SIGNATURE
+        if self.interrupted:
+            return ExitStatus.INTERRUPTED
+        network = self.counts["failed"] - self.server_failures + self.counts["unknown"]
+        if network:
+            return ExitStatus.NETWORK
+        if self.server_failures:
+            return ExitStatus.HTTP_5XX
+        if self.counts["invalid"] or self.counts["rejected"]:
+            return ExitStatus.HTTP_4XX
+        return ExitStatus.OK
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable ``--json`` shape."""
+        return {
+            "total": self.total,
+            **{name: self.counts[name] for name in OUTCOMES},
+            "interrupted": self.interrupted,
+            "exit_status": int(self.exit_status()),
+        }
+
+
+class BulkLoad:
+    """One bulk load of patient rows through a signing, verifying client."""
+
+    def __init__(
+        self,
+        client: CwsClient | None,
+        journal: Journal | None,
+        *,
+        concurrency: int = 8,
+        retries: int = 3,
+        stop_on_error: bool = False,
+        backoff: float = 0.5,
+    ) -> None:
+        """``client=None`` is a dry run: rows are validated, nothing is sent."""
+        self.client = client
+        self.journal = journal
+        self.concurrency = max(1, concurrency)
+        self.retries = max(0, retries)
+        self.stop_on_error = stop_on_error
+        self.backoff = backoff
+        self._stop = threading.Event()
+
+    def run(self, rows: Iterable[InputRow], on_result: Callable[[RowResult], None]) -> Summary:
+        """Process every row; call ``on_result`` (in this thread) as each one finishes.
+
+        Ctrl-C stops taking new rows, lets the rows in flight finish and be journaled, and
+        returns with ``interrupted`` set. A file-level input error is raised after the same
+        draining, so nothing already done is lost.
+        """
+        summary = Summary()
+        seen: dict[tuple[str, str], int] = {}
+        pending: set[Future[RowResult]] = set()
+
+        def finish(result: RowResult) -> None:
+            summary.add(result)
+            on_result(result)
+            if self.stop_on_error and result.outcome in (
+                "invalid",
+                "rejected",
+                "failed",
+                "unknown",
+            ):
+                self._stop.set()
+
+        def collect(block_until_below: int) -> None:
+            nonlocal pending
+            while len(pending) > block_until_below:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        finish(future.result())
+                    except SignatureError as exc:
+                        summary.security_error = summary.security_error or exc
+                        self._stop.set()
+
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="cwsctl-bulk") as pool:
+            try:
+                for row in rows:
+                    if self._stop.is_set():
+                        break
+                    result, record = self._check(row, seen)
+                    if result is not None:
+                        finish(result)
+                        continue
+                    assert record is not None
+                    pending.add(pool.submit(self._send_row, row.number, record))
+                    collect(2 * self.concurrency - 1)
+                collect(0)
+            except KeyboardInterrupt:
+                self._stop.set()
+                summary.interrupted = True
+                collect(0)
+            except CwsError:
+                self._stop.set()
+                collect(0)
+                raise
+        return summary
+
+    # -- per row -----------------------------------------------------------------------------
+    def _check(
+        self, row: InputRow, seen: dict[tuple[str, str], int]
+    ) -> tuple[RowResult | None, dict[str, Any] | None]:
+        """Validate a row locally; return a final result for it, or the record to send."""
+        fields = row.fields or {}
+        ext = str(fields.get("external_id")) if fields.get("external_id") is not None else None
+        fac = str(fields.get("facility")) if fields.get("facility") is not None else None
+        if row.error is not None:
+            return RowResult(row.number, ext, fac, "invalid", message=row.error), None
+        try:
+            record = prepare_patient(fields)
+        except PatientValidationError as exc:
+            return RowResult(row.number, ext, fac, "invalid", exc.status, message=exc.message), None
+        key = patient_key(record)
+        if key in seen:
+            message = f"duplicate of row {seen[key]} (same external_id and facility)"
+            return RowResult(row.number, *key, "invalid", message=message), None
+        seen[key] = row.number
+        if self.client is None:
+            return RowResult(row.number, *key, "valid"), None
+        if self.journal is not None and self.journal.is_done(self.journal.key_for(*key)):
+            entry = self.journal.state(self.journal.key_for(*key)) or {}
+            message = f"{entry.get('outcome')} in an earlier run"
+            return RowResult(
+                row.number, *key, "skipped", patient_id=entry.get("id"), message=message
+            ), None
+        return None, record
+
+    def _send_row(self, number: int, record: dict[str, Any]) -> RowResult:
+        """Send one patient, with lookups before any re-send; journal every step."""
+        assert self.client is not None
+        external_id, facility = patient_key(record)
+        key = self.journal.key_for(external_id, facility) if self.journal else ""
+        body = patient_body(record)
+        in_doubt = bool(self.journal and self.journal.in_doubt(key))
+        last = RowResult(number, external_id, facility, "failed", message="not sent")
+        for attempt in range(self.retries + 1):
+            if attempt and (self._stop.is_set() or not self._pause(attempt)):
+                break
+            try:
+                if in_doubt:
+                    found = self._lookup(external_id, facility)
+                    if found is not None:
+                        self._journal(key, number, "exists", id=found, via="lookup")
+                        return RowResult(
+                            number, external_id, facility, "exists", 200, found, "found by lookup"
+                        )
+                self._journal(key, number, "sending")
+                response = self.client.request("POST", PATIENTS_PATH, body)
+            except SignatureError:
+                self._journal(key, number, "unknown", verified=False)
+                raise
+            except OutcomeUnknownError as exc:
+                self._journal(key, number, "unknown")
+                last, in_doubt = (
+                    RowResult(number, external_id, facility, "unknown", message=exc.message),
+                    True,
+                )
+                continue
+            except NetworkError as exc:
+                self._journal(key, number, "failed")
+                last, in_doubt = (
+                    RowResult(number, external_id, facility, "failed", message=exc.message),
+                    True,
+                )
+                continue
+            result = self._outcome(number, external_id, facility, response)
+            self._journal(
+                key,
+                number,
+                result.outcome,
+                status=response.status,
+                id=result.patient_id,
+                body_sha256=response.body_sha256,
+                verified=response.verification is not None and response.verification.verified,
+            )
+            if result.outcome != "failed":
+                return result
+            last, in_doubt = result, True
+        return last
+
+    def _outcome(
+        self, number: int, external_id: str, facility: str, response: CwsResponse
+    ) -> RowResult:
+        status = response.status
+        if status == 201:
+            patient_id = _json_field(response.body, "id")
+            return RowResult(number, external_id, facility, "created", status, patient_id)
+        if status == 409:
+            patient_id = _json_field(response.body, "id")
+            return RowResult(
+                number,
+                external_id,
+                facility,
+                "exists",
+                status,
+                patient_id,
+                response.error_message(),
+            )
+        outcome = "failed" if status >= 500 or status < 200 else "rejected"
+        return RowResult(
+            number, external_id, facility, outcome, status, None, response.error_message()
+        )
+
+    def _lookup(self, external_id: str, facility: str) -> Any:
+        """The server id of an existing patient, or None (raises on network/signature failure)."""
+        assert self.client is not None
+        query = urlencode({"external_id": external_id, "facility": facility})
+        response = self.client.request("GET", f"{PATIENTS_PATH}?{query}")
+        if response.status >= 500:
+            raise NetworkError(f"lookup failed: {response.status} {response.reason}")
+        if response.status != 200:
+            return None
+        patients = _json_field(response.body, "patients") or []
+        return patients[0].get("id", True) if patients else None
+
+    def _journal(self, key: str, number: int, outcome: str, **facts: Any) -> None:
+        if self.journal is not None:
+            self.journal.record(key, number, outcome, **facts)
+
+    def _pause(self, attempt: int) -> bool:
+        """Back off before a retry; False if the run is being stopped meanwhile."""
+        return not self._stop.wait(self.backoff * (2 ** (attempt - 1)))
+
+
+def _json_field(body: bytes, name: str) -> Any:
+    import json
+
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    return document.get(name) if isinstance(document, dict) else None

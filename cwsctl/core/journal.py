@@ -1,0 +1,144 @@
+"""The bulk-load journal: an append-only, fsynced record of what was sent and what came back.
+
+One JSON object per line. The first line holds a random salt; every other line names a patient
+by ``key`` = HMAC-SHA256(salt, external_id + NUL + facility), so the journal itself holds no
+patient data. Before a row is sent a ``sending`` line is made durable; after the answer an
+``outcome`` line is. A ``sending`` with no later outcome means the request may have taken effect:
+the next run looks the patient up before sending it again. A torn last line (the process died
+mid-write) is cut off on open; the row it described is then re-checked the same way.
+
+An exclusive OS lock (``flock``) on the journal stops two runs at once; the kernel drops it when
+a process dies, so a killed run never blocks the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cwsctl.core.errors import InputError
+
+JOURNAL_VERSION = 1
+#: Outcomes after which a row is never sent again.
+FINAL_OUTCOMES = frozenset({"created", "exists"})
+
+
+class JournalBusyError(InputError):
+    """Another run holds the journal."""
+
+
+class Journal:
+    """Append-only journal with an in-memory index of each key's latest state."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._states: dict[str, dict[str, Any]] = {}
+        self.torn_lines = 0
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            _lock_exclusively(self._fd, path)
+            self._salt = self._load()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    # -- opening -------------------------------------------------------------------------
+    def _load(self) -> bytes:
+        data = _read_all(self._fd)
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a torn last line: drop it so the next append starts clean
+            self.torn_lines += 1
+            os.ftruncate(self._fd, end)
+            data = data[:end]
+        salt: bytes | None = None
+        for number, line in enumerate(data.splitlines(), start=1):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                raise InputError(
+                    f"journal {self.path} is corrupt at line {number}",
+                    hint="move it away to start over (rows already created will answer 409)",
+                ) from None
+            if number == 1:
+                if entry.get("journal") != JOURNAL_VERSION or "salt" not in entry:
+                    raise InputError(f"{self.path} is not a cwsctl journal")
+                salt = bytes.fromhex(entry["salt"])
+                continue
+            self._states[entry["key"]] = entry
+        if salt is None:
+            salt = secrets.token_bytes(16)
+            self._append({"journal": JOURNAL_VERSION, "salt": salt.hex()})
+        return salt
+
+    # -- queries -------------------------------------------------------------------------
+    def key_for(self, external_id: str, facility: str) -> str:
+        """The journal's name for a patient (no PHI: a salted hash)."""
+        message = f"{external_id}\0{facility}".encode()
+        return hmac.new(self._salt, message, hashlib.sha256).hexdigest()[:32]
+
+    def state(self, key: str) -> dict[str, Any] | None:
+        """The latest entry for ``key``, or None if it was never sent."""
+        return self._states.get(key)
+
+    def is_done(self, key: str) -> bool:
+        """True when the row got a verified 201 or 409 in an earlier run."""
+        entry = self._states.get(key)
+        return bool(entry and entry.get("outcome") in FINAL_OUTCOMES)
+
+    def in_doubt(self, key: str) -> bool:
+        """True when a request for ``key`` may have taken effect without our knowing."""
+        entry = self._states.get(key)
+        return bool(entry and entry.get("outcome") in ("sending", "unknown", "failed"))
+
+    # -- writing -------------------------------------------------------------------------
+    def record(self, key: str, row: int, outcome: str, **facts: Any) -> None:
+        """Append a durable entry for ``key`` (flushed and fsynced before returning)."""
+        entry = {"key": key, "row": row, "outcome": outcome, "t": round(time.time(), 3), **facts}
+        with self._lock:
+            self._append(entry)
+            self._states[key] = entry
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+        os.write(self._fd, line)
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Release the lock and close the file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lock_exclusively(fd: int, path: Path) -> None:
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise JournalBusyError(
+            f"another cwsctl run is using the journal {path}",
+            hint="wait for it to finish (overlapping cron runs?); a killed run releases it at once",
+        ) from None
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
