@@ -219,6 +219,11 @@ class BulkLoad:
                         )
                 self._journal(key, number, "sending")
                 response = self.client.request("POST", PATIENTS_PATH, body)
+            except _LookupFailed as exc:  # the state stays in doubt; nothing was sent
+                last = RowResult(
+                    number, external_id, facility, "failed", exc.status, message=exc.message
+                )
+                continue
             except SignatureError:
                 self._journal(key, number, "unknown", verified=False)
                 raise
@@ -280,7 +285,7 @@ class BulkLoad:
         query = urlencode({"external_id": external_id, "facility": facility})
         response = self.client.request("GET", f"{PATIENTS_PATH}?{query}")
         if response.status >= 500:
-            raise NetworkError(f"lookup failed: {response.status} {response.reason}")
+            raise _LookupFailed(response.status, f"lookup failed: {response.error_message()}")
         if response.status != 200:
             return None
         patients = _json_field(response.body, "patients") or []
@@ -293,6 +298,15 @@ class BulkLoad:
     def _pause(self, attempt: int) -> bool:
         """Back off before a retry; False if the run is being stopped meanwhile."""
         return not self._stop.wait(self.backoff * (2 ** (attempt - 1)))
+
+
+class _LookupFailed(Exception):
+    """The server failed (5xx) to say whether a patient exists."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 def _json_field(body: bytes, name: str) -> Any:
