@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cwsctl import __version__
-from cwsctl.cli import demo, keys, patients, profile, request, sandbox, signature
+from cwsctl.cli import audit, demo, doctor, keys, patients, profile, request, sandbox, signature
 from cwsctl.cli.options import (
     DebugOption,
     JsonOption,
@@ -70,4 +70,6 @@ app.command("verify")(signature.verify)
 app.command("request")(request.request)
 app.command("demo")(demo.demo)
 app.add_typer(patients.app, name="patients")
+app.command("audit")(audit.audit)
+app.command("doctor")(doctor.doctor)
 app.add_typer(sandbox.app, name="sandbox")

@@ -69,6 +69,7 @@ def open_client(
     max_connections: int = 10,
 ) -> CwsClient:
     """A signing, verifying client for the profile in force."""
+    from cwsctl.core.audit import AuditLog
     from cwsctl.core.client import CwsClient
     from cwsctl.core.identity import load_identity
 
@@ -83,4 +84,5 @@ def open_client(
         verify_responses=verify_responses,
         allow_http=allow_http,
         max_connections=max_connections,
+        audit=AuditLog(store.root, name),
     )

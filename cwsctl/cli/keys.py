@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -15,6 +15,9 @@ from cwsctl.core import keys
 from cwsctl.core.errors import InputError, LocalKeyError
 from cwsctl.core.files import atomic_write, read_bytes
 from cwsctl.core.identity import existing_key_path, read_passphrase_file
+
+if TYPE_CHECKING:
+    pass
 
 app = typer.Typer(
     help="Manage the profile's private key and show its public key.", no_args_is_help=True
@@ -62,6 +65,10 @@ def keygen(
     public_out: Annotated[
         Path | None, typer.Option("--public-out", help="Also write the public key PEM to FILE.")
     ] = None,
+    next_key: Annotated[
+        bool,
+        typer.Option("--next", help="Make a second key beside the active one, for `keys rotate`."),
+    ] = False,
 ) -> None:
     """Generate the profile's RSA key pair and print the public key to register in CorEMR.
 
@@ -71,11 +78,13 @@ def keygen(
     if bits not in keys.ALLOWED_BITS:
         raise InputError(f"--bits must be one of {', '.join(map(str, keys.ALLOWED_BITS))}")
     store, profile = store_and_profile(out.settings)
-    path = store.private_key_path(profile)
+    path = store.next_key_path(profile) if next_key else store.private_key_path(profile)
     if path.exists() and not force:
+        which = "next key" if next_key else "key"
         raise LocalKeyError(
-            f"profile {profile!r} already has a key at {path}",
-            hint="pass --force to replace it (the old key is lost), or use another --profile",
+            f"profile {profile!r} already has a {which} at {path}",
+            hint="pass --force to replace it (the old key is lost); to change keys safely use "
+            "keygen --next then keys rotate",
         )
     pass_path = passphrase_file_from(passphrase_file)
     passphrase = read_passphrase_file(pass_path) if pass_path else None
@@ -96,6 +105,8 @@ def keygen(
     )
     if profile not in config.profiles:
         out.info(f"Then: cwsctl profile init {profile} --url https://… --username USER")
+    if next_key:
+        out.info("Once CorEMR has it, switch to it with: cwsctl keys rotate")
 
 
 @app.command("import")
@@ -169,3 +180,144 @@ def export_public(
     if out.settings.json:
         out.json({**document, "path": str(file)})
     out.success(f"Public key written to {file} ({document['fingerprint']})")
+
+
+@app.command("list")
+@with_globals
+def list_keys(out: Output) -> None:
+    """List the profile's keys: active, next (from keygen --next) and retired ones."""
+    from cwsctl.core.rotation import profile_keys
+
+    store, profile = store_and_profile(out.settings)
+    documents = [
+        {
+            "role": k.role,
+            "label": k.label,
+            "path": str(k.path),
+            "fingerprint": _fingerprint_or_none(k.path),
+        }
+        for k in profile_keys(store, profile)
+    ]
+    if out.settings.json:
+        out.json({"profile": profile, "keys": documents})
+        return
+    if not documents:
+        out.info(f"profile {profile!r} has no keys: cwsctl keygen")
+    for doc in documents:
+        out.line(f"{doc['label']:<18} {doc['fingerprint'] or '(encrypted)'}  {doc['path']}")
+
+
+def _fingerprint_or_none(path: Path) -> str | None:
+    try:
+        return keys.fingerprint(keys.load_private_key(path).public_key())
+    except LocalKeyError:
+        return None  # encrypted: the fingerprint needs the passphrase
+
+
+@app.command("rotate")
+@with_globals
+def rotate(
+    out: Output,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rotate even if the server rejects the next key.")
+    ] = False,
+    passphrase_file: PassphraseFileOption = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds for the check request.")
+    ] = 15.0,
+) -> None:
+    """Make the next key (keygen --next) active once CorEMR knows it; the old key is kept.
+
+    When the profile's server is reachable, a signed GET /ws/ with the next key must succeed
+    first (a 401 means it is not registered yet: exit 4). The old key is kept as a retired key
+    until `cwsctl keys remove LABEL`.
+    """
+    from cwsctl.core.rotation import promote_next_key
+
+    store, profile = store_and_profile(out.settings)
+    next_path = store.next_key_path(profile)
+    if not next_path.exists():
+        raise LocalKeyError(
+            f"profile {profile!r} has no next key", hint="run: cwsctl keygen --next"
+        )
+    _check_next_key(out, store, profile, next_path, passphrase_file, timeout, force)
+    retired = promote_next_key(store, profile)
+    if out.settings.json:
+        out.json(
+            {
+                "profile": profile,
+                "active": str(store.private_key_path(profile)),
+                "retired": str(retired),
+            }
+        )
+    out.success(f"The next key is now active; the old one is kept as {retired}")
+    out.info(
+        "When CorEMR no longer needs the old key, remove it there and here: cwsctl keys remove LABEL"
+    )
+
+
+def _check_next_key(
+    out: Output,
+    store: Store,
+    profile: str,
+    next_path: Path,
+    passphrase_file: Path | None,
+    timeout: float,
+    force: bool,
+) -> None:
+    from cwsctl.core.client import CwsClient
+    from cwsctl.core.errors import ClientRequestError, NetworkError
+    from cwsctl.core.identity import load_identity
+
+    config = store.load()
+    settings = config.profiles.get(profile)
+    if settings is None or not settings.url or not settings.trusted:
+        out.warn(
+            "no server and pinned key in this profile: cannot check that CorEMR knows the next key"
+        )
+        return
+    identity = load_identity(
+        profile,
+        store=store,
+        key_path=next_path,
+        username=settings.username,
+        algorithm=settings.algorithm,
+        passphrase=passphrase_source(passphrase_file),
+    )
+    try:
+        with CwsClient(
+            identity, settings.trusted, base_url=settings.url, timeout=timeout, allow_http=True
+        ) as client:
+            response = client.request("GET", "/ws/")
+    except NetworkError as exc:
+        out.warn(
+            f"could not reach the server to check the next key ({exc.message}); rotating anyway"
+        )
+        return
+    if response.ok:
+        out.info(f"the server accepts the next key ({identity.fingerprint})")
+        return
+    message = f"the server answered {response.status} {response.reason} to the next key ({identity.fingerprint})"
+    if force:
+        out.warn(message + "; rotating anyway (--force)")
+        return
+    raise ClientRequestError(
+        message,
+        hint=f"register it in CorEMR under {settings.username!r} first (cwsctl keys list shows it), or pass --force",
+    )
+
+
+@app.command("remove")
+@with_globals
+def remove(
+    out: Output,
+    label: Annotated[str, typer.Argument(help="Label of a retired key (see: cwsctl keys list).")],
+) -> None:
+    """Delete a retired key for good (the active and next keys cannot be removed here)."""
+    from cwsctl.core.rotation import remove_retired_key
+
+    store, profile = store_and_profile(out.settings)
+    path = remove_retired_key(store, profile, label)
+    if out.settings.json:
+        out.json({"profile": profile, "removed": str(path)})
+    out.success(f"Removed {path}")

@@ -117,6 +117,15 @@ def serve(
             "--seed", help="Seed the fault dice [env: CWSCTL_SANDBOX_SEED].", show_default=False
         ),
     ] = None,
+    clock_skew_s: Annotated[
+        int | None,
+        typer.Option(
+            "--clock-skew-s",
+            help="Shift the Date header of every response by N seconds "
+            "[env: CWSCTL_SANDBOX_CLOCK_SKEW_S].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve a CWS-compatible sandbox until Ctrl-C or SIGTERM (then exit 0).
 
@@ -142,6 +151,7 @@ def serve(
         corrupt_rate=corrupt_rate,
         unsigned_rate=unsigned_rate,
         seed=seed,
+        clock_skew_s=clock_skew_s,
     )
     directory = _data_dir(data_dir)
     if not is_loopback(host):

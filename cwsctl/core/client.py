@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from cwsctl.core.audit import AuditLog
 from cwsctl.core.errors import (
     ClientRequestError,
     CwsError,
@@ -162,6 +163,7 @@ class CwsClient:
         allow_http: bool = False,
         retries: int = 2,
         max_connections: int = 10,
+        audit: AuditLog | None = None,
     ) -> None:
         if verify_responses and not trusted:
             raise ProfileError(
@@ -172,6 +174,7 @@ class CwsClient:
         self.base_url = base_url
         self.allow_http = allow_http
         self.retries = retries
+        self.audit = audit
         self._auth = CwsAuth(identity, trusted, verify_responses=verify_responses)
         # Connection failures happen before anything is sent, so the transport may retry them.
         transport = httpx.HTTPTransport(
@@ -235,9 +238,13 @@ class CwsClient:
             except httpx.HTTPError as exc:
                 error = network_error(exc, method, str(request.url))
                 if not isinstance(error, RetryableNetworkError) or attempt == attempts:
+                    self._record(request, None, started, type(error).__name__)
                     raise error from None
                 time.sleep(0.2 * attempt)
-        return CwsResponse(
+            except CwsError as exc:
+                self._record(request, None, started, type(exc).__name__)
+                raise
+        result = CwsResponse(
             method=method,
             url=str(request.url),
             status=response.status_code,
@@ -247,6 +254,31 @@ class CwsClient:
             verification=response.extensions.get(VERIFICATION_EXTENSION),
             elapsed_ms=(time.perf_counter() - started) * 1000,
             request_headers=dict(request.headers),
+        )
+        self._record(request, result, started)
+        return result
+
+    def _record(
+        self,
+        request: httpx.Request,
+        response: CwsResponse | None,
+        started: float,
+        error: str | None = None,
+    ) -> None:
+        if self.audit is None:
+            return
+        check = response.verification if response is not None else None
+        self.audit.record(
+            method=request.method,
+            url=str(request.url),
+            status=response.status if response is not None else None,
+            request_sha256=body_sha256(request.content),
+            response_sha256=response.body_sha256 if response is not None else None,
+            verified=bool(check and check.verified),
+            signer=check.signer if check else None,
+            key_fingerprint=check.key_fingerprint if check else None,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            error=error,
         )
 
 

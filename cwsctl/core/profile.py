@@ -145,6 +145,14 @@ class Store:
         """Where the active private key of ``profile`` is kept."""
         return self.keys_dir / f"{validate_profile_name(profile)}.pem"
 
+    def next_key_path(self, profile: str) -> Path:
+        """Where ``keygen --next`` puts the key waiting to be registered and rotated in."""
+        return self.keys_dir / f"{validate_profile_name(profile)}.next.pem"
+
+    def retired_key_path(self, profile: str, label: str) -> Path:
+        """Where a key retired by ``keys rotate`` is kept until ``keys remove``."""
+        return self.keys_dir / f"{validate_profile_name(profile)}.retired-{label}.pem"
+
     def load(self) -> Config:
         """Read config.toml; a missing file is an empty config."""
         try:

@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -292,6 +293,9 @@ class SandboxApp:
         ]
         if answer.close:
             headers.append((b"connection", b"close"))
+        # Our own Date header (uvicorn's is off) so a skewed server clock can be simulated.
+        now = time.time() + self.faults.clock_skew_s
+        headers.append((b"date", formatdate(now, usegmt=True).encode("ascii")))
         if dice is not None and dice.hit(dice.faults.unsigned_rate):
             note += " fault=unsigned"
         else:

@@ -13,6 +13,8 @@ or an environment variable (constructor values win):
 ``CWSCTL_SANDBOX_CORRUPT_RATE``   fraction whose response signature is altered (flipped bytes)
 ``CWSCTL_SANDBOX_UNSIGNED_RATE``  fraction whose response has no Authorization header
 ``CWSCTL_SANDBOX_SEED``           seed for the fault dice, for reproducible runs
+``CWSCTL_SANDBOX_CLOCK_SKEW_S``   seconds added to every response's Date header, /ws/ included
+                                  (a server with a wrong clock, for `cwsctl doctor`)
 ================================  ======================================================
 
 Order per request: latency, then error (500, nothing processed), else processing, then the
@@ -43,6 +45,7 @@ class Faults:
     corrupt_rate: float = 0.0
     unsigned_rate: float = 0.0
     seed: int | None = None
+    clock_skew_s: int = 0  # shifts every response's Date header (for `cwsctl doctor`)
 
     def __post_init__(self) -> None:
         for name in _RATE_FIELDS:
@@ -57,7 +60,7 @@ class Faults:
     @property
     def active(self) -> bool:
         """Whether any fault can happen."""
-        return any(getattr(self, name) for name in (*_RATE_FIELDS, "latency_ms"))
+        return any(getattr(self, name) for name in (*_RATE_FIELDS, "latency_ms", "clock_skew_s"))
 
     def describe(self) -> str:
         """A short human summary, e.g. ``drop 10%, latency ≤50 ms``."""
@@ -68,6 +71,8 @@ class Faults:
         ]
         if self.latency_ms:
             parts.append(f"latency ≤{self.latency_ms} ms")
+        if self.clock_skew_s:
+            parts.append(f"clock {self.clock_skew_s:+d} s")
         return ", ".join(parts) or "none"
 
     def to_json(self) -> dict[str, object]:

@@ -192,6 +192,7 @@ class SandboxServer:
             ws="none",
             loop="asyncio",
             server_header=False,
+            date_header=False,  # the app sends its own (see SandboxApp, clock skew)
             timeout_graceful_shutdown=5,
         )
         server = _UvicornServer(config)

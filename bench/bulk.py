@@ -1,0 +1,558 @@
+"""Bulk-load benchmark for ``cwsctl patients create --from`` (a measurement, not a test).
+
+In one run, against one local sandbox (``cwsctl sandbox serve --key-bits 4096 -q`` in a
+subprocess on 127.0.0.1, a free port, a fresh data dir) and with the walkthrough's client key
+(``openssl genrsa 4096``), it measures:
+
+1. ``cwsctl -q --json patients create --from rows.csv`` (N rows, concurrency 8, then 4 and 16 on
+   other external_ids, each with a fresh journal) versus the walkthrough's loop for the same
+   number of rows, written as one bash script: per row ``openssl dgst -sha256 -sign | openssl enc
+   -A -base64`` and ``curl -X POST``. Both are timed end to end (process start included), and the
+   sandbox database is checked to hold every row created;
+2. the RSA-4096 ceiling: ``openssl speed -seconds 3 rsa4096`` sign/s (one core) x nproc / 2, as
+   every row costs one private-key operation in the client and one in the server, both on this
+   machine; the same ceiling from ``cryptography``'s sign speed (cwsctl and the sandbox use its
+   bundled OpenSSL);
+3. peak RSS of ``cwsctl patients create --from big.csv --dry-run`` for 100,000 rows and for 1,000.
+
+It prints rows/s, ratios and a PASS/FAIL block against the goals (>= 10x the loop, >= 75% of
+the ceiling, < 150 MiB). Exit status: 0 whatever the figures are; 2 if the setup fails (openssl,
+curl, bash, cwsctl, the key, the profile or the sandbox).
+
+Run: ``python bench/bulk.py [--rows N] [--loop-rows N] [--big-rows N] [--quick]`` from the
+project's virtualenv. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GOAL_LOOP_RATIO = 10.0
+GOAL_CEILING_PCT = 75.0
+GOAL_PEAK_MIB = 150.0
+KEY_BITS = 4096
+USERNAME = "bench"
+PROFILE = "bench"
+CSV_HEADER = (
+    "external_id,facility,agency,billing_agency,fname,lname,dob,sex,booking_no,booking_date"
+)
+CSV_ROW = "{eid},10000,2,1,First,Name,2000-04-12,M,B{i},2023-04-07"
+CWS_BODY = (
+    '{{"external_id":"{eid}","facility":10000,"agency":2,"billing_agency":1,'
+    '"fname":"First","lname":"Name","dob":"2000-04-12 10:00:00.000","sex":"M",'
+    '"booking_no":"B{i}","booking_date":"2023-04-07 10:00:00.000"}}'
+)
+# Variables that would slow Python down or change what cwsctl or the sandbox do.
+DROP_ENV = ("PYTHONPROFILEIMPORTTIME", "PYTHONDEVMODE", "PYTHONTRACEMALLOC", "PYTHONMALLOC")
+
+LOOP_SCRIPT = """\
+#!/usr/bin/env bash
+# The walkthrough, once per row: sign with openssl, base64, POST with curl.
+# (It does not verify the response signatures: that would be five more steps per row.)
+set -u
+URL={url}
+USERNAME={username}
+KEY={key}
+for i in $(seq 1 {rows}); do
+  body="{bodies}/L$i.json"
+  SIG=$(openssl dgst -sha256 -sign "$KEY" "$body" | openssl enc -A -base64)
+  curl -sS -o /dev/null -w '%{{http_code}}\\n' -X POST "$URL/ws/patients/" \\
+    -H "Authorization: CWS-SHA256 Access=$USERNAME, Signature=$SIG" \\
+    -H 'Content-Type: application/json' --data-binary @"$body"
+done
+"""
+
+# Counts the private-key signatures cryptography makes in `seconds` (one thread).
+PY_SPEED = """\
+import sys, time
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.backends.openssl import backend
+key = serialization.load_pem_private_key(open(sys.argv[1], "rb").read(), None)
+body = sys.argv[2].encode()
+seconds = float(sys.argv[3])
+key.sign(body, padding.PKCS1v15(), hashes.SHA256())
+n, start = 0, time.perf_counter()
+while (elapsed := time.perf_counter() - start) < seconds:
+    key.sign(body, padding.PKCS1v15(), hashes.SHA256())
+    n += 1
+print(n / elapsed, backend.openssl_version_text())
+"""
+
+# Runs one command in this fresh process and prints the children's peak RSS (KiB on Linux).
+PEAK_RSS = """\
+import resource, subprocess, sys, time
+start = time.perf_counter()
+rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+elapsed = time.perf_counter() - start
+print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, elapsed)
+"""
+
+
+class SetupError(Exception):
+    """The benchmark cannot run (exit 2)."""
+
+
+# -- helpers --------------------------------------------------------------------------------
+def cwsctl_prefix() -> list[str]:
+    """The console script from this interpreter's bin dir if installed, else ``python -m``."""
+    script = Path(sys.executable).parent / "cwsctl"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "cwsctl"]
+
+
+def bench_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CWSCTL_") and k not in DROP_ENV}
+    env["CWSCTL_HOME"] = str(home)
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def run(argv: list[str], env: dict[str, str], *, what: str, **kwargs: object) -> str:
+    """Run a setup step; its stdout, or SetupError with its stderr."""
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, **kwargs)
+    except OSError as exc:
+        raise SetupError(f"{what}: {exc}") from None
+    if done.returncode != 0:
+        raise SetupError(f"{what}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_csv(path: Path, prefix: str, rows: int) -> None:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        f.write(CSV_HEADER + "\n")
+        for i in range(1, rows + 1):
+            f.write(CSV_ROW.format(eid=f"{prefix}{i}", i=i) + "\n")
+
+
+def count_patients(db: Path, prefix: str) -> int:
+    """Patients in the sandbox database whose external_id starts with ``prefix``."""
+    with sqlite3.connect(db, timeout=10) as conn:
+        (n,) = conn.execute(
+            "SELECT COUNT(*) FROM patients WHERE external_id LIKE ? || '%'", (prefix,)
+        ).fetchone()
+    return int(n)
+
+
+def mib(kib: float) -> float:
+    return kib / 1024
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+# -- the sandbox ----------------------------------------------------------------------------
+class Sandbox:
+    """``cwsctl sandbox serve`` in a subprocess; ``stop()`` sends SIGTERM."""
+
+    def __init__(
+        self, cws: list[str], env: dict[str, str], data_dir: Path, port: int, log: Path
+    ) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [*cws, "sandbox", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv += ["--data-dir", str(data_dir), "--key-bits", str(KEY_BITS), "-q"]
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.log_path = log
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                text = self.log_path.read_text(errors="replace").strip()[-500:]
+                raise SetupError(f"sandbox exited {self.proc.returncode}: {text}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise SetupError(f"sandbox did not listen on {self.url} within {timeout:.0f} s")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+# -- measurements ---------------------------------------------------------------------------
+def bulk_run(
+    cws: list[str],
+    env: dict[str, str],
+    work: Path,
+    db: Path,
+    prefix: str,
+    rows: int,
+    concurrency: int,
+) -> dict[str, object]:
+    """One timed ``cwsctl -q --json patients create --from`` over fresh external_ids."""
+    csv_path = work / f"rows-{prefix.rstrip('-')}.csv"
+    write_csv(csv_path, prefix, rows)
+    argv = [*cws, "-q", "--json", "patients", "create", "--from", str(csv_path)]
+    argv += ["--concurrency", str(concurrency)]
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    try:
+        summary = json.loads(done.stdout)
+    except ValueError:
+        summary = {}
+    return {
+        "concurrency": concurrency,
+        "rows": rows,
+        "wall": wall,
+        "rate": rows / wall,
+        "inner_rate": summary.get("rows_per_second"),
+        "created": summary.get("created"),
+        "in_db": count_patients(db, prefix),
+        "exit": done.returncode,
+        "stderr": done.stderr.strip(),
+    }
+
+
+def loop_run(work: Path, url: str, key: Path, db: Path, rows: int) -> dict[str, object]:
+    """The walkthrough's openssl+curl loop as one bash script, timed as a whole."""
+    bodies = work / "bodies"
+    bodies.mkdir()
+    for i in range(1, rows + 1):
+        (bodies / f"L{i}.json").write_text(CWS_BODY.format(eid=f"L{i}", i=i))
+    script = work / "loop.sh"
+    script.write_text(
+        LOOP_SCRIPT.format(url=url, username=USERNAME, key=key, rows=rows, bodies=bodies)
+    )
+    start = time.perf_counter()
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    codes = done.stdout.split()
+    return {
+        "rows": rows,
+        "wall": wall,
+        "rate": rows / wall,
+        "ok": codes.count("201"),
+        "codes": sorted(set(codes)),
+        "in_db": count_patients(db, "L"),
+        "exit": done.returncode,
+        "stderr": done.stderr.strip(),
+    }
+
+
+def openssl_speed() -> tuple[float | None, str]:
+    """Single-core RSA-4096 sign/s from ``openssl speed -seconds 3 rsa4096``."""
+    done = subprocess.run(
+        ["openssl", "speed", "-seconds", "3", "rsa4096"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    text = done.stdout + done.stderr
+    match = re.search(r"^rsa\s+4096 bits\s+\S+s\s+\S+s\s+([\d.]+)\s+([\d.]+)", text, re.M)
+    if match is None:
+        return None, text.strip()[-300:]
+    return float(match.group(1)), ""
+
+
+def python_speed(key: Path, seconds: float) -> tuple[float | None, str]:
+    """Single-thread RSA-4096 sign/s from ``cryptography`` (and its OpenSSL version)."""
+    body = CWS_BODY.format(eid="S1", i=1)
+    done = subprocess.run(
+        [sys.executable, "-c", PY_SPEED, str(key), body, str(seconds)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return None, done.stderr.strip()[-300:]
+    rate, _, lib = done.stdout.strip().partition(" ")
+    return float(rate), lib
+
+
+def peak_rss(cws: list[str], env: dict[str, str], csv_path: Path) -> tuple[int, float, float]:
+    """(exit status, peak RSS in KiB, seconds) of a dry run, measured from a fresh process."""
+    argv = [*cws, "-q", "patients", "create", "--from", str(csv_path), "--dry-run"]
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *argv], env=env, capture_output=True, text=True
+    )
+    rc, kib, secs = done.stdout.split()
+    return int(rc), float(kib), float(secs)
+
+
+# -- main -----------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=None, help="rows per cwsctl run (1000)")
+    parser.add_argument(
+        "--loop-rows", type=int, default=None, help="rows timed in the loop (default: --rows)"
+    )
+    parser.add_argument("--big-rows", type=int, default=None, help="dry-run rows (100000)")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="concurrency of the main run (8)"
+    )
+    parser.add_argument(
+        "--no-sweep", action="store_true", help="skip the concurrency 4/8/16 comparison"
+    )
+    parser.add_argument("--quick", action="store_true", help="small numbers, for a smoke run")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.rows = args.rows or (40 if quick else 1000)
+    args.loop_rows = args.loop_rows or args.rows
+    args.big_rows = args.big_rows or (5000 if quick else 100_000)
+    args.small_rows = min(1000, args.big_rows)
+    args.speed_seconds = 1.0 if quick else 3.0
+    for name in ("rows", "loop_rows", "big_rows"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def setup(work: Path, cws: list[str], env: dict[str, str], data_dir: Path, url: str) -> Path:
+    """Key, profile, registration and pinning; returns the openssl key path."""
+    for tool in ("openssl", "curl", "bash", "seq"):
+        if shutil.which(tool) is None:
+            raise SetupError(f"{tool} is not on PATH")
+    key = work / "rsa.private"
+    run(["openssl", "genrsa", "-out", str(key), str(KEY_BITS)], env, what="openssl genrsa")
+    key.chmod(0o600)
+    public = work / "rsa.public"
+    run(
+        ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(public)],
+        env,
+        what="openssl rsa -pubout",
+    )
+    run(
+        [*cws, "profile", "init", PROFILE, "--url", url, "--username", USERNAME],
+        env,
+        what="cwsctl profile init",
+    )
+    run([*cws, "keys", "import", str(key)], env, what="cwsctl keys import")
+    dd = ["--data-dir", str(data_dir)]
+    run([*cws, "sandbox", "add-key", USERNAME, str(public), *dd], env, what="sandbox add-key")
+    pem = run(
+        [*cws, "sandbox", "server-key", *dd, "--key-bits", str(KEY_BITS)],
+        env,
+        what="sandbox server-key",
+    )
+    server_pem = work / "coremr.pem"
+    server_pem.write_text(pem)
+    run([*cws, "profile", "trust", str(server_pem)], env, what="cwsctl profile trust")
+    return key
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cws = cwsctl_prefix()
+    nproc = os.cpu_count() or 1
+    work = Path(tempfile.mkdtemp(prefix="cwsctl-bulk-"))
+    home, data_dir = work / "home", work / "sandbox"
+    env = bench_env(home)
+    sandbox: Sandbox | None = None
+    results: dict[str, object] = {}
+    try:
+        print(f"work dir: {work}{' (kept)' if args.keep else ''}")
+        try:
+            port = free_port()
+            key = setup(work, cws, env, data_dir, f"http://127.0.0.1:{port}")
+            sandbox = Sandbox(cws, env, data_dir, port, work / "sandbox.log")
+            sandbox.wait_ready()
+        except SetupError as exc:
+            print(f"setup failed: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"sandbox: {sandbox.url} (pid {sandbox.proc.pid}, RSA-{KEY_BITS} server key); "
+            f"client key: openssl genrsa {KEY_BITS}; {nproc} CPUs"
+        )
+        results = measure(args, cws, env, work, sandbox, key, data_dir / "sandbox.db", nproc)
+    finally:
+        if sandbox is not None:
+            rc = sandbox.stop()
+            print(f"sandbox stopped (exit {rc})")
+            log = sandbox.log_path.read_text(errors="replace").strip()
+            if log:
+                print(f"sandbox output (last lines):\n  {log[-800:]}")
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    report(args, results, nproc)
+    return 0
+
+
+def measure(
+    args: argparse.Namespace,
+    cws: list[str],
+    env: dict[str, str],
+    work: Path,
+    sandbox: Sandbox,
+    key: Path,
+    db: Path,
+    nproc: int,
+) -> dict[str, object]:
+    r: dict[str, object] = {}
+
+    # 1. cwsctl bulk, main run, then the concurrency sweep; each on its own external_ids.
+    print(f"\n[1] cwsctl bulk load, {args.rows} rows, concurrency {args.concurrency} ...")
+    main_run = bulk_run(cws, env, work, db, f"C{args.concurrency}-", args.rows, args.concurrency)
+    show_bulk(main_run)
+    r["bulk"] = main_run
+    sweep = [main_run]
+    if not args.no_sweep:
+        for conc in (4, 8, 16):
+            if conc == args.concurrency:
+                continue
+            print(f"    concurrency {conc} ...")
+            one = bulk_run(cws, env, work, db, f"K{conc}-", args.rows, conc)
+            show_bulk(one)
+            sweep.append(one)
+    r["sweep"] = sorted(sweep, key=lambda x: int(x["concurrency"]))  # type: ignore[arg-type]
+
+    print(f"\n[1] openssl+curl loop (one bash script), {args.loop_rows} rows ...")
+    loop = loop_run(work, sandbox.url, key, db, args.loop_rows)
+    print(
+        f"    {loop['rows']} rows in {loop['wall']:.1f} s = {loop['rate']:.1f} rows/s; "
+        f"HTTP 201: {loop['ok']}/{loop['rows']}, in sandbox DB: {loop['in_db']}, "
+        f"codes {loop['codes']}, bash exit {loop['exit']}"
+    )
+    if loop["stderr"]:
+        print(f"    loop stderr: {str(loop['stderr'])[-300:]}")
+    r["loop"] = loop
+
+    # 2. The RSA ceiling.
+    print("\n[2] RSA-4096 sign speed (one core) ...")
+    ossl, err = openssl_speed()
+    print(
+        f"    openssl speed rsa4096: {ossl:.1f} sign/s per core"
+        if ossl
+        else f"    openssl speed failed: {err}"
+    )
+    py, lib = python_speed(key, args.speed_seconds)
+    print(
+        f"    cryptography ({lib}): {py:.1f} sign/s per thread"
+        if py
+        else f"    cryptography speed failed: {lib}"
+    )
+    r["openssl_speed"], r["py_speed"], r["py_lib"] = ossl, py, lib
+
+    # 3. Peak RSS of dry runs.
+    print(f"\n[3] peak RSS of --dry-run, {args.small_rows} and {args.big_rows} rows ...")
+    peaks = {}
+    for n in sorted({args.small_rows, args.big_rows}):
+        csv_path = work / f"big-{n}.csv"
+        write_csv(csv_path, "D", n)
+        rc, kib, secs = peak_rss(cws, env, csv_path)
+        peaks[n] = (rc, kib, secs)
+        print(
+            f"    {n:>7} rows: peak RSS {mib(kib):.1f} MiB, {secs:.2f} s "
+            f"({n / secs:.0f} rows/s), exit {rc}"
+        )
+    r["peaks"] = peaks
+    return r
+
+
+def show_bulk(run_: dict[str, object]) -> None:
+    inner = run_["inner_rate"]
+    print(
+        f"    concurrency {run_['concurrency']:>2}: {run_['rows']} rows in {run_['wall']:.2f} s "
+        f"= {run_['rate']:.1f} rows/s end to end"
+        + (f" ({inner:.1f} rows/s as cwsctl reports it, without start-up)" if inner else "")
+        + f"; created {run_['created']}, in sandbox DB {run_['in_db']}, exit {run_['exit']}"
+    )
+    if run_["stderr"]:
+        print(f"    cwsctl stderr: {str(run_['stderr'])[-300:]}")
+
+
+def report(args: argparse.Namespace, r: dict[str, object], nproc: int) -> None:
+    if not r:
+        return
+    bulk, loop = r["bulk"], r["loop"]
+    assert isinstance(bulk, dict) and isinstance(loop, dict)
+    print("\n== summary ==")
+    print("concurrency   rows/s (end to end)   rows/s (cwsctl's own figure)   created/rows")
+    for one in r["sweep"]:  # type: ignore[attr-defined]
+        inner = one["inner_rate"]
+        print(
+            f"{one['concurrency']:>11}   {one['rate']:>19.1f}   "
+            f"{(f'{inner:.1f}' if inner else '-'):>28}   {one['in_db']}/{one['rows']}"
+        )
+    sampled = loop["rows"] != bulk["rows"]
+    note = f" (timed on {loop['rows']} rows, per-row rate extrapolated)" if sampled else ""
+    print(f"openssl+curl loop: {loop['rate']:.1f} rows/s{note}; 201s {loop['ok']}/{loop['rows']}")
+    if sampled:
+        print(f"  loop for {bulk['rows']} rows would take ~{bulk['rows'] / loop['rate']:.0f} s")
+    ok_rows = bulk["in_db"] == bulk["rows"] and bulk["exit"] == 0
+    ok_loop = loop["ok"] == loop["rows"]
+    ratio = bulk["rate"] / loop["rate"]
+    lines = []
+    checks = "" if ok_rows and ok_loop else " [rows not all created: see above]"
+    lines.append(
+        f"bulk vs openssl+curl loop: {ratio:.1f}x (goal >= {GOAL_LOOP_RATIO:.0f}x): "
+        f"{verdict(ratio >= GOAL_LOOP_RATIO and ok_rows and ok_loop)}{checks}"
+    )
+    ossl, py = r["openssl_speed"], r["py_speed"]
+    for label, speed in (("openssl speed", ossl), ("cryptography", py)):
+        if not speed:
+            lines.append(f"bulk vs RSA-4096 ceiling ({label}): not measured")
+            continue
+        ceiling = float(speed) * nproc / 2  # type: ignore[arg-type]
+        pct = 100 * float(bulk["rate"]) / ceiling
+        lines.append(
+            f"bulk vs RSA-4096 ceiling ({label}): {pct:.0f}% of {ceiling:.0f} rows/s "
+            f"= {float(speed):.0f} sign/s x {nproc} CPUs / 2 "
+            f"(goal >= {GOAL_CEILING_PCT:.0f}%): {verdict(pct >= GOAL_CEILING_PCT)}"
+        )
+    peaks = r["peaks"]
+    assert isinstance(peaks, dict)
+    rc_big, kib_big, _ = peaks[args.big_rows]
+    _, kib_small, _ = peaks[args.small_rows]
+    lines.append(
+        f"peak RSS {args.big_rows}-row dry run: {mib(kib_big):.0f} MiB "
+        f"(goal < {GOAL_PEAK_MIB:.0f} MiB): {verdict(mib(kib_big) < GOAL_PEAK_MIB and rc_big == 0)}"
+        f"  [{args.small_rows} rows: {mib(kib_small):.0f} MiB]"
+    )
+    print("\n" + "\n".join(lines))
+    print(
+        f"\n{platform.machine()}, {nproc} CPUs, Python {platform.python_version()}, "
+        f"{version(['openssl', 'version'])}, cryptography's {r['py_lib']}, "
+        f"{' '.join(version(['curl', '--version']).split()[:2])}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

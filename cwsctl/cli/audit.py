@@ -1,0 +1,51 @@
+"""`cwsctl audit`: what was sent, when, and whether each answer verified."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cwsctl.cli.common import store_and_profile
+from cwsctl.cli.options import with_globals
+from cwsctl.cli.output import Output
+from cwsctl.core.audit import AuditLog, cutoff
+
+
+@with_globals
+def audit(
+    out: Output,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Only entries newer than this: 30m, 24h, 7d, 2w.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Show the profile's audit log (one line per request; no patient data).
+
+    Columns: time, method, path, status, verified-by, duration. The log lives in
+    $CWSCTL_HOME/audit/PROFILE.jsonl and rotates at 10 MiB (5 files kept).
+    """
+    store, name = store_and_profile(out.settings)
+    log = AuditLog(store.root, name)
+    entries = log.entries(cutoff(since))
+    if out.settings.json:
+        out.json({"profile": name, "path": str(log.path), "entries": list(entries)})
+        return
+    count = 0
+    for entry in entries:
+        count += 1
+        trust = (
+            f"verified by {entry['signer']}"
+            if entry.get("verified")
+            else entry.get("error") or "NOT verified"
+        )
+        out.line(
+            f"{entry['time']}  {entry['method']:<6} {entry['path']}  {entry['status'] or '-'}  "
+            f"{trust}  {entry['duration_ms']:.0f} ms"
+        )
+    if not count:
+        out.info(
+            f"no audit entries for profile {name!r}" + (f" in the last {since}" if since else "")
+        )

@@ -1,0 +1,72 @@
+"""`cwsctl doctor`: find out why a setup fails, one check at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cwsctl.cli.common import passphrase_source
+from cwsctl.cli.options import with_globals
+from cwsctl.cli.output import Output
+from cwsctl.core.errors import CwsError
+
+
+class DoctorFoundProblems(CwsError):
+    """Some checks failed; the exit status is the worst one's class."""
+
+
+@with_globals
+def doctor(
+    out: Output,
+    path: Annotated[
+        str, typer.Option("--path", help="Harmless endpoint for the signed test request.")
+    ] = "/ws/",
+    timeout: Annotated[
+        float, typer.Option("--timeout", envvar="CWSCTL_TIMEOUT", help="Seconds per network check.")
+    ] = 10.0,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--passphrase-file",
+            help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Check config, profile, key (present, 0600, 0700 dir, readable), pinned server keys,
+    https, DNS, TLS, clock skew, and a signed request whose response must verify.
+
+    Each check prints ✓ or ✗ with the fix. Exit status: the worst failure's class
+    (3 local, 4 rejected, 5 server, 6 network/clock, 7 signature), 0 when all pass.
+    """
+    from cwsctl.core.doctor import run_checks, worst_exit_status
+    from cwsctl.core.profile import Store
+
+    checks = []
+    for check in run_checks(
+        Store(),
+        out.settings.profile,
+        passphrase_source(passphrase_file),
+        path=path,
+        timeout=timeout,
+    ):
+        checks.append(check)
+        if out.settings.json or (out.settings.quiet and check.ok):
+            continue
+        mark = "✓" if check.ok else "✗"
+        out.line(f"{mark} {check.name}: {check.detail}")
+        if check.fix:
+            out.line(f"    fix: {check.fix}")
+    if out.settings.json:
+        out.json({"ok": all(c.ok for c in checks), "checks": [c.to_json() for c in checks]})
+    failures = [c for c in checks if not c.ok]
+    if failures:
+        error = DoctorFoundProblems(
+            f"{len(failures)} check(s) failed: {', '.join(c.name for c in failures)}",
+            hint=failures[0].fix,
+        )
+        error.exit_status = worst_exit_status(checks)
+        raise error
+    out.success("all checks passed")

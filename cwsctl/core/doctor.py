@@ -1,0 +1,283 @@
+"""`cwsctl doctor`: check a setup step by step and say how to fix what is wrong.
+
+Most CWS trouble is a bare 401. The checks go from the local end to the server, each with its
+exit class, and a failed prerequisite skips the checks that depend on it.
+"""
+
+from __future__ import annotations
+
+import socket
+import stat
+import time
+from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from cwsctl.core import keys
+from cwsctl.core.errors import CwsError, ExitStatus, SignatureError
+from cwsctl.core.profile import Profile, Store
+
+MAX_CLOCK_SKEW_S = 300
+
+
+class Check(NamedTuple):
+    """One line of the doctor's report."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    exit_status: ExitStatus = ExitStatus.OK
+
+    def to_json(self) -> dict[str, object]:
+        """The stable ``--json`` shape of a check."""
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "detail": self.detail,
+            "fix": self.fix,
+            "exit_status": int(self.exit_status),
+        }
+
+
+def passed(name: str, detail: str) -> Check:
+    """A check that passed."""
+    return Check(name, True, detail)
+
+
+def failed(name: str, detail: str, fix: str, status: ExitStatus) -> Check:
+    """A check that failed, with its fix and exit class."""
+    return Check(name, False, detail, fix, status)
+
+
+def worst_exit_status(checks: list[Check]) -> ExitStatus:
+    """The highest exit class among failed checks (0 when all passed)."""
+    return max((c.exit_status for c in checks if not c.ok), default=ExitStatus.OK)
+
+
+def run_checks(
+    store: Store,
+    requested_profile: str | None,
+    passphrase: keys.PassphraseSource | None,
+    *,
+    path: str = "/ws/",
+    timeout: float = 10.0,
+) -> Iterator[Check]:
+    """Yield the checks in order; stop early where later checks cannot mean anything."""
+    try:
+        config = store.load()
+    except CwsError as exc:
+        yield failed(
+            "config", exc.message, exc.hint or "fix or move config.toml", ExitStatus.LOCAL_KEY
+        )
+        return
+    yield passed(
+        "config", f"{store.config_path} parses" if store.config_path.exists() else "no config yet"
+    )
+    name = store.active_profile_name(requested_profile, config)
+    profile = config.profiles.get(name)
+    if profile is None or not profile.url or not profile.username:
+        yield failed(
+            "profile",
+            f"profile {name!r} is missing or incomplete",
+            f"cwsctl profile init {name} --url https://… --username USER",
+            ExitStatus.LOCAL_KEY,
+        )
+        return
+    yield passed(
+        "profile", f"{name}: {profile.url} as {profile.username!r} ({profile.algorithm.scheme})"
+    )
+    key_checks = list(_key_checks(store, name, profile, passphrase))
+    yield from key_checks
+    yield _pinned_check(profile)
+    url_ok = _url_check(profile)
+    yield url_ok
+    if not all(c.ok for c in key_checks) or not profile.trusted or not url_ok.ok:
+        return
+    reach = list(_reach_checks(profile.url, path, timeout))
+    yield from reach
+    if not all(c.ok for c in reach):
+        return
+    yield _signed_request_check(store, name, profile, passphrase, path, timeout)
+
+
+def _key_checks(
+    store: Store, name: str, profile: Profile, passphrase: keys.PassphraseSource | None
+) -> Iterator[Check]:
+    path = store.private_key_path(name)
+    if not path.exists():
+        yield failed(
+            "private key",
+            f"no key at {path}",
+            "cwsctl keygen  (or: cwsctl keys import rsa.private)",
+            ExitStatus.LOCAL_KEY,
+        )
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        yield failed(
+            "key permissions",
+            f"{path} is mode {mode:04o}",
+            f"chmod 600 {path}",
+            ExitStatus.LOCAL_KEY,
+        )
+        return
+    yield passed("key permissions", f"{path} is mode {mode:04o}")
+    dir_mode = stat.S_IMODE(path.parent.stat().st_mode)
+    if dir_mode & 0o077:
+        yield failed(
+            "key directory",
+            f"{path.parent} is mode {dir_mode:04o}",
+            f"chmod 700 {path.parent}",
+            ExitStatus.LOCAL_KEY,
+        )
+        return
+    yield passed("key directory", f"{path.parent} is mode {dir_mode:04o}")
+    try:
+        key = keys.load_private_key(path, passphrase)
+    except CwsError as exc:
+        yield failed(
+            "key readable",
+            exc.message,
+            exc.hint or "check the key and its passphrase",
+            ExitStatus.LOCAL_KEY,
+        )
+        return
+    yield passed("key readable", f"RSA {key.key_size} bits")
+    yield passed(
+        "key fingerprint",
+        f"{keys.fingerprint(key.public_key())} — CorEMR's Public Keys page must hold this key "
+        f"under the username {profile.username!r}",
+    )
+
+
+def _pinned_check(profile: Profile) -> Check:
+    if not profile.trusted:
+        return failed(
+            "pinned server key",
+            "no CorEMR key pinned: responses cannot be verified",
+            "cwsctl profile trust COREMR_PUBLIC_KEY.pem",
+            ExitStatus.LOCAL_KEY,
+        )
+    pins = ", ".join(f"{t.username} {t.fingerprint}" for t in profile.trusted)
+    return passed("pinned server key", pins)
+
+
+def _url_check(profile: Profile) -> Check:
+    from cwsctl.core.client import is_loopback
+
+    parts = urlsplit(profile.url)
+    if parts.scheme == "https":
+        return passed("https", profile.url)
+    if parts.scheme == "http" and is_loopback(parts.hostname or ""):
+        return passed("https", f"{profile.url} (plain http, but loopback)")
+    return failed(
+        "https",
+        f"{profile.url} is not https",
+        f"cwsctl profile init {profile.name} --url https://… --username {profile.username}",
+        ExitStatus.LOCAL_KEY,
+    )
+
+
+def _reach_checks(url: str, path: str, timeout: float) -> Iterator[Check]:
+    import httpx
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = {
+            str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        }
+    except OSError as exc:
+        yield failed(
+            "dns",
+            f"cannot resolve {host}: {exc}",
+            "check the host name in the profile URL",
+            ExitStatus.NETWORK,
+        )
+        return
+    yield passed("dns", f"{host} → {', '.join(sorted(addresses))}")
+    try:
+        response = httpx.get(url.rstrip("/") + path, timeout=timeout)
+    except httpx.HTTPError as exc:
+        what = "TLS handshake" if parts.scheme == "https" else "connection"
+        yield failed(
+            "reach",
+            f"{what} to {parts.netloc} failed: {exc or type(exc).__name__}",
+            "check the URL/port, VPN, firewall or certificate",
+            ExitStatus.NETWORK,
+        )
+        return
+    via = "TLS ok" if parts.scheme == "https" else "plain http"
+    yield passed("reach", f"{parts.netloc} answered ({via})")
+    yield _clock_check(response.headers.get("date"))
+
+
+def _clock_check(date_header: str | None) -> Check:
+    if not date_header:
+        return passed("clock", "the server sends no Date header; skew unknown")
+    try:
+        server_time = parsedate_to_datetime(date_header).timestamp()
+    except (TypeError, ValueError):
+        return passed("clock", f"unreadable Date header {date_header!r}; skew unknown")
+    skew = server_time - time.time()
+    detail = f"server clock {skew:+.0f} s from ours"
+    if abs(skew) > MAX_CLOCK_SKEW_S:
+        return failed(
+            "clock",
+            detail,
+            "fix the clock (NTP) here or on the server: certificates and logs depend on it",
+            ExitStatus.NETWORK,
+        )
+    return passed("clock", detail)
+
+
+def _signed_request_check(
+    store: Store,
+    name: str,
+    profile: Profile,
+    passphrase: keys.PassphraseSource | None,
+    path: str,
+    timeout: float,
+) -> Check:
+    from cwsctl.core.client import CwsClient
+    from cwsctl.core.identity import load_identity
+
+    identity = load_identity(name, store=store, passphrase=passphrase)
+    try:
+        with CwsClient(
+            identity, profile.trusted, base_url=profile.url, timeout=timeout, allow_http=True
+        ) as client:
+            response = client.request("GET", path)
+    except SignatureError as exc:
+        return failed(
+            "signed request",
+            exc.message,
+            "pin CorEMR's current key (cwsctl profile trust KEY.pem); if it did not change, the answer was tampered with",
+            exc.exit_status,
+        )
+    except CwsError as exc:
+        return failed("signed request", exc.message, exc.hint or "", exc.exit_status)
+    verdict = (
+        f"verified by {response.verification.signer}" if response.verification else "not verified"
+    )
+    detail = f"GET {path}: {response.status} {response.reason}, {verdict}"
+    if response.status == 401:
+        return failed(
+            "signed request",
+            detail + f" ({response.error_message()})",
+            f"register our key ({identity.fingerprint}) in CorEMR under {identity.username!r}, "
+            "or fix the username in the profile",
+            ExitStatus.HTTP_4XX,
+        )
+    if not response.ok:
+        status = ExitStatus.HTTP_5XX if response.status >= 500 else ExitStatus.HTTP_4XX
+        return failed(
+            "signed request",
+            detail,
+            f"try another harmless path with --path (the server said: {response.error_message()})",
+            status,
+        )
+    return passed("signed request", detail)
