@@ -17,7 +17,7 @@ from cwsctl.core.files import atomic_write, read_bytes
 from cwsctl.core.identity import existing_key_path, read_passphrase_file
 
 if TYPE_CHECKING:
-    pass
+    from cwsctl.core.profile import Store
 
 app = typer.Typer(
     help="Manage the profile's private key and show its public key.", no_args_is_help=True
