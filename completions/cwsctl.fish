@@ -1,0 +1,1 @@
+complete --command cwsctl --no-files --arguments "(env _CWSCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) cwsctl)" --condition "env _CWSCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) cwsctl"
