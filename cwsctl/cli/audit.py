@@ -18,7 +18,10 @@ def audit(
     since: Annotated[
         str | None,
         typer.Option(
-            "--since", help="Only entries newer than this: 30m, 24h, 7d, 2w.", show_default=False
+            "--since",
+            metavar="DURATION",
+            help="Only entries newer than this: 30m, 24h, 7d, 2w.",
+            show_default=False,
         ),
     ] = None,
 ) -> None:

@@ -39,7 +39,10 @@ DEMO_USERNAME = "demo-user"
 def demo(
     out: Output,
     bits: Annotated[
-        int, typer.Option("--bits", help="Key size for the demo keys (keygen defaults to 4096).")
+        int,
+        typer.Option(
+            "--bits", metavar="BITS", help="Key size for the demo keys (keygen defaults to 4096)."
+        ),
     ] = 2048,
 ) -> None:
     """Run the walkthrough end to end against a throw-away local sandbox.

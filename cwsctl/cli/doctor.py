@@ -21,15 +21,25 @@ class DoctorFoundProblems(CwsError):
 def doctor(
     out: Output,
     path: Annotated[
-        str, typer.Option("--path", help="Harmless endpoint for the signed test request.")
+        str,
+        typer.Option(
+            "--path", metavar="PATH", help="Harmless endpoint for the signed test request."
+        ),
     ] = "/ws/",
     timeout: Annotated[
-        float, typer.Option("--timeout", envvar="CWSCTL_TIMEOUT", help="Seconds per network check.")
+        float,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            envvar="CWSCTL_TIMEOUT",
+            help="Seconds per network check.",
+        ),
     ] = 10.0,
     passphrase_file: Annotated[
         Path | None,
         typer.Option(
             "--passphrase-file",
+            metavar="FILE",
             help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE].",
             show_default=False,
         ),

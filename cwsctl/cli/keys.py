@@ -27,6 +27,7 @@ PassphraseFileOption = Annotated[
     Path | None,
     typer.Option(
         "--passphrase-file",
+        metavar="FILE",
         help="File whose first line is the key passphrase [env: CWSCTL_PASSPHRASE_FILE].",
         show_default=False,
     ),
@@ -58,12 +59,13 @@ def _show_public(
 def keygen(
     out: Output,
     bits: Annotated[
-        int, typer.Option("--bits", help="RSA key size: 2048, 3072 or 4096.")
+        int, typer.Option("--bits", metavar="BITS", help="RSA key size: 2048, 3072 or 4096.")
     ] = keys.DEFAULT_BITS,
     passphrase_file: PassphraseFileOption = None,
     force: ForceOption = False,
     public_out: Annotated[
-        Path | None, typer.Option("--public-out", help="Also write the public key PEM to FILE.")
+        Path | None,
+        typer.Option("--public-out", metavar="FILE", help="Also write the public key PEM to FILE."),
     ] = None,
     next_key: Annotated[
         bool,
@@ -114,7 +116,10 @@ def keygen(
 def import_key(
     out: Output,
     file: Annotated[
-        Path, typer.Argument(help="Existing private key, e.g. the walkthrough's rsa.private.")
+        Path,
+        typer.Argument(
+            metavar="FILE", help="Existing private key, e.g. the walkthrough's rsa.private."
+        ),
     ],
     passphrase_file: PassphraseFileOption = None,
     force: ForceOption = False,
@@ -164,7 +169,7 @@ def show(out: Output, passphrase_file: PassphraseFileOption = None) -> None:
 def export_public(
     out: Output,
     file: Annotated[
-        Path | None, typer.Argument(help="Write the PEM here instead of stdout.")
+        Path | None, typer.Argument(metavar="FILE", help="Write the PEM here instead of stdout.")
     ] = None,
     passphrase_file: PassphraseFileOption = None,
 ) -> None:
@@ -223,7 +228,7 @@ def rotate(
     ] = False,
     passphrase_file: PassphraseFileOption = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds for the check request.")
+        float, typer.Option("--timeout", metavar="SECONDS", help="Seconds for the check request.")
     ] = 15.0,
 ) -> None:
     """Make the next key (keygen --next) active once CorEMR knows it; the old key is kept.
@@ -311,7 +316,9 @@ def _check_next_key(
 @with_globals
 def remove(
     out: Output,
-    label: Annotated[str, typer.Argument(help="Label of a retired key (see: cwsctl keys list).")],
+    label: Annotated[
+        str, typer.Argument(metavar="LABEL", help="Label of a retired key (see: cwsctl keys list).")
+    ],
 ) -> None:
     """Delete a retired key for good (the active and next keys cannot be removed here)."""
     from cwsctl.core.rotation import remove_retired_key

@@ -26,8 +26,10 @@ app = typer.Typer(
 DATE_HELP = "YYYY-MM-DD, ISO 8601 or 'YYYY-MM-DD HH:MM:SS.fff' (normalised to the latter)."
 
 
-def _opt(flag: str, help_text: str) -> Any:
-    return typer.Option(flag, help=help_text, show_default=False, rich_help_panel="Single patient")
+def _opt(flag: str, *, metavar: str, help_text: str) -> Any:
+    return typer.Option(
+        flag, metavar=metavar, help=help_text, show_default=False, rich_help_panel="Single patient"
+    )
 
 
 class BulkLoadError(CwsError):
@@ -42,30 +44,47 @@ class BulkLoadError(CwsError):
 @with_globals
 def create(
     out: Output,
-    external_id: Annotated[str | None, _opt("--external-id", "External (jail system) id.")] = None,
-    facility: Annotated[str | None, _opt("--facility", "Facility code, e.g. 10000.")] = None,
-    agency: Annotated[str | None, _opt("--agency", "Agency number.")] = None,
-    billing_agency: Annotated[
-        str | None, _opt("--billing-agency", "Billing agency number.")
+    external_id: Annotated[
+        str | None, _opt("--external-id", metavar="TEXT", help_text="External (jail system) id.")
     ] = None,
-    fname: Annotated[str | None, _opt("--fname", "First name.")] = None,
-    lname: Annotated[str | None, _opt("--lname", "Last name.")] = None,
-    dob: Annotated[str | None, _opt("--dob", f"Date of birth: {DATE_HELP}")] = None,
-    sex: Annotated[str | None, _opt("--sex", "M, F or U.")] = None,
-    booking_no: Annotated[str | None, _opt("--booking-no", "Booking number.")] = None,
+    facility: Annotated[
+        str | None, _opt("--facility", metavar="CODE", help_text="Facility code, e.g. 10000.")
+    ] = None,
+    agency: Annotated[str | None, _opt("--agency", metavar="N", help_text="Agency number.")] = None,
+    billing_agency: Annotated[
+        str | None, _opt("--billing-agency", metavar="N", help_text="Billing agency number.")
+    ] = None,
+    fname: Annotated[str | None, _opt("--fname", metavar="TEXT", help_text="First name.")] = None,
+    lname: Annotated[str | None, _opt("--lname", metavar="TEXT", help_text="Last name.")] = None,
+    dob: Annotated[
+        str | None, _opt("--dob", metavar="DATE", help_text=f"Date of birth: {DATE_HELP}")
+    ] = None,
+    sex: Annotated[str | None, _opt("--sex", metavar="M|F|U", help_text="M, F or U.")] = None,
+    booking_no: Annotated[
+        str | None, _opt("--booking-no", metavar="TEXT", help_text="Booking number.")
+    ] = None,
     booking_date: Annotated[
-        str | None, _opt("--booking-date", f"Booking date: {DATE_HELP}")
+        str | None, _opt("--booking-date", metavar="DATE", help_text=f"Booking date: {DATE_HELP}")
     ] = None,
     field: Annotated[
-        list[str] | None, _opt("--field", "Any other field as NAME=VALUE (repeatable).")
+        list[str] | None,
+        _opt(
+            "--field", metavar="NAME=VALUE", help_text="Any other field as NAME=VALUE (repeatable)."
+        ),
     ] = None,
     body: Annotated[
-        Path | None, _opt("--body", "A JSON file holding one patient object ('-' for stdin).")
+        Path | None,
+        _opt(
+            "--body",
+            metavar="FILE",
+            help_text="A JSON file holding one patient object ('-' for stdin).",
+        ),
     ] = None,
     from_file: Annotated[
         str | None,
         typer.Option(
             "--from",
+            metavar="FILE",
             help="Bulk: CSV (header row), JSON array or NDJSON file; '-' for stdin.",
             show_default=False,
         ),
@@ -74,6 +93,7 @@ def create(
         str | None,
         typer.Option(
             "--format",
+            metavar="csv|json|ndjson",
             help="csv, json or ndjson (default: from the extension).",
             show_default=False,
         ),
@@ -82,8 +102,9 @@ def create(
         int,
         typer.Option(
             "--concurrency",
+            metavar="N",
             envvar="CWSCTL_CONCURRENCY",
-            help="Requests in flight [env: CWSCTL_CONCURRENCY].",
+            help="Requests in flight.",
             min=1,
             max=64,
         ),
@@ -92,6 +113,7 @@ def create(
         Path | None,
         typer.Option(
             "--journal",
+            metavar="FILE",
             help="Journal file (default: the input path + .journal).",
             show_default=False,
         ),
@@ -99,7 +121,10 @@ def create(
     report: Annotated[
         Path | None,
         typer.Option(
-            "--report", help="Write one line per row here (.csv or .json).", show_default=False
+            "--report",
+            metavar="FILE",
+            help="Write one line per row here (.csv or .json).",
+            show_default=False,
         ),
     ] = None,
     dry_run: Annotated[
@@ -110,12 +135,17 @@ def create(
     ] = False,
     retries: Annotated[
         int,
-        typer.Option("--retries", help="Re-tries per row after a 5xx or network failure.", min=0),
+        typer.Option(
+            "--retries", metavar="N", help="Re-tries per row after a 5xx or network failure.", min=0
+        ),
     ] = 3,
     timeout: Annotated[
         float,
         typer.Option(
-            "--timeout", envvar="CWSCTL_TIMEOUT", help="Seconds per request [env: CWSCTL_TIMEOUT]."
+            "--timeout",
+            metavar="SECONDS",
+            envvar="CWSCTL_TIMEOUT",
+            help="Seconds per request.",
         ),
     ] = 30.0,
     allow_http: Annotated[
@@ -125,6 +155,7 @@ def create(
         Path | None,
         typer.Option(
             "--passphrase-file",
+            metavar="FILE",
             help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE].",
             show_default=False,
         ),

@@ -27,7 +27,12 @@ app = typer.Typer(
 )
 
 AlgorithmChoice = Annotated[
-    str, typer.Option("--algorithm", help="Signature algorithm: sha256 (recommended) or sha1.")
+    str,
+    typer.Option(
+        "--algorithm",
+        metavar="sha256|sha1",
+        help="Signature algorithm: sha256 (recommended) or sha1.",
+    ),
 ]
 
 
@@ -64,13 +69,18 @@ def _check_url(url: str) -> str:
 @with_globals
 def init(
     out: Output,
-    name: Annotated[str, typer.Argument(help="Profile name, e.g. prod or test.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Profile name, e.g. prod or test.")],
     url: Annotated[
-        str, typer.Option("--url", help="CWS base URL, e.g. https://coremr.example.org")
+        str,
+        typer.Option("--url", metavar="URL", help="CWS base URL, e.g. https://coremr.example.org"),
     ],
     username: Annotated[
         str,
-        typer.Option("--username", help="Username your public key is registered under in CorEMR."),
+        typer.Option(
+            "--username",
+            metavar="USER",
+            help="Username your public key is registered under in CorEMR.",
+        ),
     ],
     algorithm: AlgorithmChoice = "sha256",
     default: Annotated[
@@ -122,7 +132,8 @@ def list_profiles(out: Output) -> None:
 def show(
     out: Output,
     name: Annotated[
-        str | None, typer.Argument(help="Profile to show (default: the active one).")
+        str | None,
+        typer.Argument(metavar="NAME", help="Profile to show (default: the active one)."),
     ] = None,
 ) -> None:
     """Show one profile: URL, username, algorithm, key and pinned server keys."""
@@ -152,7 +163,8 @@ def show(
 @app.command("use")
 @with_globals
 def use(
-    out: Output, name: Annotated[str, typer.Argument(help="Profile to make the default.")]
+    out: Output,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Profile to make the default.")],
 ) -> None:
     """Make NAME the default profile."""
     store = Store()
@@ -170,10 +182,13 @@ def use(
 def trust(
     out: Output,
     public_key_file: Annotated[
-        Path, typer.Argument(help="CorEMR's public key PEM (from its Public Keys page).")
+        Path,
+        typer.Argument(
+            metavar="PUBLIC_KEY_FILE", help="CorEMR's public key PEM (from its Public Keys page)."
+        ),
     ],
     username: Annotated[
-        str, typer.Option("--username", help="Name CorEMR signs responses as.")
+        str, typer.Option("--username", metavar="USER", help="Name CorEMR signs responses as.")
     ] = DEFAULT_SERVER_USERNAME,
     remove: Annotated[bool, typer.Option("--remove", help="Unpin this key instead.")] = False,
 ) -> None:

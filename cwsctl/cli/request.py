@@ -37,22 +37,38 @@ def parse_header_option(values: list[str]) -> dict[str, str]:
 @with_globals
 def request(
     out: Output,
-    method: Annotated[str, typer.Argument(help="HTTP method: GET, POST, PUT, PATCH, DELETE.")],
-    path: Annotated[str, typer.Argument(help="Path joined to the profile URL, or a full URL.")],
+    method: Annotated[
+        str, typer.Argument(metavar="METHOD", help="HTTP method: GET, POST, PUT, PATCH, DELETE.")
+    ],
+    path: Annotated[
+        str,
+        typer.Argument(
+            metavar="PATH_OR_URL", help="Path joined to the profile URL, or a full URL."
+        ),
+    ],
     body_file: Annotated[
-        str | None, typer.Argument(help="Body file sent byte for byte; '-' reads stdin.")
+        str | None,
+        typer.Argument(
+            metavar="BODY_FILE", help="Body file sent byte for byte; '-' reads stdin."
+        ),
     ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
             "--output",
             "-o",
+            metavar="FILE",
             help="Save the exact response body here and its signature in FILE.sig.",
         ),
     ] = None,
     header: Annotated[
         list[str] | None,
-        typer.Option("--header", "-H", help="Extra header 'Name: value' (repeatable)."),
+        typer.Option(
+            "--header",
+            "-H",
+            metavar="'NAME: VALUE'",
+            help="Extra header 'Name: value' (repeatable).",
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the exact signed request; send nothing.")
@@ -63,7 +79,10 @@ def request(
     timeout: Annotated[
         float,
         typer.Option(
-            "--timeout", envvar="CWSCTL_TIMEOUT", help="Seconds to wait [env: CWSCTL_TIMEOUT]."
+            "--timeout",
+            metavar="SECONDS",
+            envvar="CWSCTL_TIMEOUT",
+            help="Seconds to wait for the server.",
         ),
     ] = 30.0,
     insecure_skip_verify: Annotated[
@@ -80,7 +99,11 @@ def request(
     ] = False,
     passphrase_file: Annotated[
         Path | None,
-        typer.Option("--passphrase-file", help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE]."),
+        typer.Option(
+            "--passphrase-file",
+            metavar="FILE",
+            help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE].",
+        ),
     ] = None,
 ) -> None:
     """Send a signed request and verify CorEMR's signed response.

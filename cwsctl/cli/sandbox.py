@@ -28,6 +28,7 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
+        metavar="DIR",
         envvar="CWSCTL_SANDBOX_DIR",
         help="Sandbox state: server key, client keys, patients "
         "[env: CWSCTL_SANDBOX_DIR; default: $CWSCTL_HOME/sandbox].",
@@ -37,7 +38,9 @@ DataDirOption = Annotated[
 ]
 KeyBitsOption = Annotated[
     int,
-    typer.Option("--key-bits", help="Size of the server key, if one has to be made."),
+    typer.Option(
+        "--key-bits", metavar="BITS", help="Size of the server key, if one has to be made."
+    ),
 ]
 
 
@@ -62,15 +65,18 @@ def _check_bits(bits: int) -> None:
 def serve(
     out: Output,
     host: Annotated[
-        str, typer.Option("--host", help="Address to listen on (keep it loopback).")
+        str, typer.Option("--host", metavar="HOST", help="Address to listen on (keep it loopback).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port; 0 picks a free one.")] = 8080,
+    port: Annotated[
+        int, typer.Option("--port", metavar="PORT", help="TCP port; 0 picks a free one.")
+    ] = 8080,
     data_dir: DataDirOption = None,
     key_bits: KeyBitsOption = _DEFAULT_BITS,
     drop_rate: Annotated[
         float | None,
         typer.Option(
             "--drop-rate",
+            metavar="RATE",
             help="Fraction of patient requests processed, then cut off mid-response "
             "[env: CWSCTL_SANDBOX_DROP_RATE].",
             show_default=False,
@@ -80,6 +86,7 @@ def serve(
         float | None,
         typer.Option(
             "--error-rate",
+            metavar="RATE",
             help="Fraction of patient requests answered 500 without processing "
             "[env: CWSCTL_SANDBOX_ERROR_RATE].",
             show_default=False,
@@ -89,6 +96,7 @@ def serve(
         int | None,
         typer.Option(
             "--latency-ms",
+            metavar="MS",
             help="Random extra delay up to N ms per patient request [env: CWSCTL_SANDBOX_LATENCY_MS].",
             show_default=False,
         ),
@@ -97,6 +105,7 @@ def serve(
         float | None,
         typer.Option(
             "--corrupt-rate",
+            metavar="RATE",
             help="Fraction of patient responses with a corrupted signature "
             "[env: CWSCTL_SANDBOX_CORRUPT_RATE].",
             show_default=False,
@@ -106,6 +115,7 @@ def serve(
         float | None,
         typer.Option(
             "--unsigned-rate",
+            metavar="RATE",
             help="Fraction of patient responses without a signature "
             "[env: CWSCTL_SANDBOX_UNSIGNED_RATE].",
             show_default=False,
@@ -114,13 +124,17 @@ def serve(
     seed: Annotated[
         int | None,
         typer.Option(
-            "--seed", help="Seed the fault dice [env: CWSCTL_SANDBOX_SEED].", show_default=False
+            "--seed",
+            metavar="N",
+            help="Seed the fault dice [env: CWSCTL_SANDBOX_SEED].",
+            show_default=False,
         ),
     ] = None,
     clock_skew_s: Annotated[
         int | None,
         typer.Option(
             "--clock-skew-s",
+            metavar="SECONDS",
             help="Shift the Date header of every response by N seconds "
             "[env: CWSCTL_SANDBOX_CLOCK_SKEW_S].",
             show_default=False,
@@ -203,10 +217,15 @@ def serve(
 @with_globals
 def add_key(
     out: Output,
-    username: Annotated[str, typer.Argument(help="Username the client signs as (Access=…).")],
+    username: Annotated[
+        str, typer.Argument(metavar="USERNAME", help="Username the client signs as (Access=…).")
+    ],
     public_key_file: Annotated[
         Path,
-        typer.Argument(help="The client's public key PEM (a private key file works too)."),
+        typer.Argument(
+            metavar="PUBLIC_KEY_FILE",
+            help="The client's public key PEM (a private key file works too).",
+        ),
     ],
     data_dir: DataDirOption = None,
     replace: Annotated[

@@ -24,7 +24,12 @@ from cwsctl.core.verification import Candidate, VerificationResult, verify_with_
 
 AlgorithmOption = Annotated[
     str | None,
-    typer.Option("--algorithm", help="sha256 (default) or sha1 (legacy).", show_default=False),
+    typer.Option(
+        "--algorithm",
+        metavar="sha256|sha1",
+        help="sha256 (default) or sha1 (legacy).",
+        show_default=False,
+    ),
 ]
 
 
@@ -32,17 +37,30 @@ AlgorithmOption = Annotated[
 def sign(
     out: Output,
     file: Annotated[
-        str, typer.Argument(help="Body file to sign, exactly as it will be sent; '-' reads stdin.")
+        str,
+        typer.Argument(
+            metavar="FILE|-", help="Body file to sign, exactly as it will be sent; '-' reads stdin."
+        ),
     ],
     key: Annotated[
-        Path | None, typer.Option("--key", help="Private key file (default: the profile's key).")
+        Path | None,
+        typer.Option(
+            "--key", metavar="FILE", help="Private key file (default: the profile's key)."
+        ),
     ] = None,
     passphrase_file: Annotated[
         Path | None,
-        typer.Option("--passphrase-file", help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE]."),
+        typer.Option(
+            "--passphrase-file",
+            metavar="FILE",
+            help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE].",
+        ),
     ] = None,
     username: Annotated[
-        str | None, typer.Option("--username", help="Access= username (default: the profile's).")
+        str | None,
+        typer.Option(
+            "--username", metavar="USER", help="Access= username (default: the profile's)."
+        ),
     ] = None,
     algorithm: AlgorithmOption = None,
     signature_only: Annotated[
@@ -51,7 +69,9 @@ def sign(
     raw_out: Annotated[
         Path | None,
         typer.Option(
-            "--raw-out", help="Write the binary signature here (as openssl dgst -sign does)."
+            "--raw-out",
+            metavar="FILE",
+            help="Write the binary signature here (as openssl dgst -sign does).",
         ),
     ] = None,
     explain: Annotated[
@@ -75,22 +95,31 @@ def sign(
 @with_globals
 def verify(
     out: Output,
-    file: Annotated[Path, typer.Argument(help="The body exactly as received (raw bytes).")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="The body exactly as received (raw bytes).")
+    ],
     key: Annotated[
         Path | None,
         typer.Option(
-            "--key", help="Public (or private) key file (default: the profile's pinned keys)."
+            "--key",
+            metavar="FILE",
+            help="Public (or private) key file (default: the profile's pinned keys).",
         ),
     ] = None,
     signature: Annotated[
-        str | None, typer.Option("--signature", help="The base64 signature.")
+        str | None, typer.Option("--signature", metavar="BASE64", help="The base64 signature.")
     ] = None,
     signature_file: Annotated[
         Path | None,
-        typer.Option("--signature-file", help="Signature file: header value, base64 or binary."),
+        typer.Option(
+            "--signature-file",
+            metavar="FILE",
+            help="Signature file: header value, base64 or binary.",
+        ),
     ] = None,
     header: Annotated[
-        str | None, typer.Option("--header", help="The Authorization header value.")
+        str | None,
+        typer.Option("--header", metavar="VALUE", help="The Authorization header value."),
     ] = None,
     algorithm: AlgorithmOption = None,
 ) -> None:
