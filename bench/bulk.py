@@ -159,6 +159,13 @@ def mib(kib: float) -> float:
     return kib / 1024
 
 
+def loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -399,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
             f"sandbox: {sandbox.url} (pid {sandbox.proc.pid}, RSA-{KEY_BITS} server key); "
             f"client key: openssl genrsa {KEY_BITS}; {nproc} CPUs"
         )
+        load_before = loadavg()
+        print(f"load average before: {load_before}")
         results = measure(args, cws, env, work, sandbox, key, data_dir / "sandbox.db", nproc)
+        results["load"] = (load_before, loadavg())
     finally:
         if sandbox is not None:
             rc = sandbox.stop()
@@ -547,6 +557,10 @@ def report(args: argparse.Namespace, r: dict[str, object], nproc: int) -> None:
         f"  [{args.small_rows} rows: {mib(kib_small):.0f} MiB]"
     )
     print("\n" + "\n".join(lines))
+    before, after = r["load"]  # type: ignore[misc]
+    print(f"\nload average (1, 5, 15 min) before: {before}; after: {after}")
+    if float(str(before).split()[0]) > 0.5 * nproc:
+        print("warning: the machine was busy before the run; rows/s figures are low and noisy")
     print(
         f"\n{platform.machine()}, {nproc} CPUs, Python {platform.python_version()}, "
         f"{version(['openssl', 'version'])}, cryptography's {r['py_lib']}, "

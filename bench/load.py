@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from soak import Sandbox, SetupError, clean_env, free_port, machine  # noqa: E402
+from soak import Sandbox, SetupError, clean_env, free_port, machine
 
 USERNAME = "load"
 BODY = (
@@ -109,7 +109,9 @@ def client_loop(
                 counts[f"error HTTP {response.status}"] += 1
                 if len(samples) < 3:
                     samples.append(f"{response.status}: {response.error_message()}"[:200])
-    results.put({"index": index, "counts": dict(counts), "latencies": latencies, "samples": samples})
+    results.put(
+        {"index": index, "counts": dict(counts), "latencies": latencies, "samples": samples}
+    )
 
 
 # -- memory ---------------------------------------------------------------------------------

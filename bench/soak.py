@@ -400,14 +400,18 @@ class Soak:
                         f"entries, {self.restart_seconds:.1f} s down"
                     )
             rc = self.client.wait()
+            if self.killed_in == number and rc != -signal.SIGKILL:
+                self.killed_in, event = None, "ended before the SIGKILL landed"
         self.client = None
         seconds = time.monotonic() - started
         try:
             summary = json.loads(out_path.read_text() or "{}")
         except ValueError:
             summary = {}
-        error = err_path.read_text(errors="replace").strip().splitlines()
-        return Run(number, rc, seconds, event, summary, error[0][:160] if error else "")
+        lines = err_path.read_text(errors="replace").strip().splitlines()
+        # The error line, or a traceback's last line (exit 1: a crash, e.g. a broken import).
+        error = (lines[-1] if lines[0].startswith("Traceback") else lines[0]) if lines else ""
+        return Run(number, rc, seconds, event, summary, error[:200])
 
     def drive(self) -> bool:
         """Run until exit 0 (True) or a bound is hit (False)."""
@@ -629,7 +633,12 @@ def report(args: argparse.Namespace, soak: Soak, finished: bool, wall: float, db
     print(
         "  journal entries      "
         + ", ".join(f"{k} {v}" for k, v in sorted(journal.items()))
-        + "  (lines torn by the SIGKILL are cut on reopen)"
+        + "  (a line torn by the SIGKILL is cut on reopen)"
+    )
+    print(
+        f"  re-sent POSTs        {statuses.get('POST 409', 0)} answered 409 (a patient sent "
+        f"again after it was created); {journal.get('exists via lookup', 0)} in-doubt rows "
+        "were found by lookup instead"
     )
     print(
         f"  sandbox DB           {check['stored']} patients; lost {check['lost']}, "

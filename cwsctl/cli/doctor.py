@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cwsctl.cli.common import passphrase_source
-from cwsctl.cli.options import with_globals
+from cwsctl.cli.options import PassphraseFileOption, TimeoutOption, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.core.errors import CwsError
 
@@ -26,24 +25,8 @@ def doctor(
             "--path", metavar="PATH", help="Harmless endpoint for the signed test request."
         ),
     ] = "/ws/",
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            metavar="SECONDS",
-            envvar="CWSCTL_TIMEOUT",
-            help="Seconds per network check.",
-        ),
-    ] = 10.0,
-    passphrase_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--passphrase-file",
-            metavar="FILE",
-            help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE].",
-            show_default=False,
-        ),
-    ] = None,
+    timeout: TimeoutOption = 10.0,
+    passphrase_file: PassphraseFileOption = None,
 ) -> None:
     """Check config, profile, key (present, 0600, 0700 dir, readable), pinned server keys,
     https, DNS, TLS, clock skew, and a signed request whose response must verify.

@@ -9,7 +9,7 @@ import typer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from cwsctl.cli.common import passphrase_file_from, passphrase_source, store_and_profile
-from cwsctl.cli.options import with_globals
+from cwsctl.cli.options import PassphraseFileOption, TimeoutOption, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.core import keys
 from cwsctl.core.errors import InputError, LocalKeyError
@@ -23,15 +23,6 @@ app = typer.Typer(
     help="Manage the profile's private key and show its public key.", no_args_is_help=True
 )
 
-PassphraseFileOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--passphrase-file",
-        metavar="FILE",
-        help="File whose first line is the key passphrase [env: CWSCTL_PASSPHRASE_FILE].",
-        show_default=False,
-    ),
-]
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace the profile's existing key.")]
 
 
@@ -227,9 +218,7 @@ def rotate(
         bool, typer.Option("--force", help="Rotate even if the server rejects the next key.")
     ] = False,
     passphrase_file: PassphraseFileOption = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", metavar="SECONDS", help="Seconds for the check request.")
-    ] = 15.0,
+    timeout: TimeoutOption = 15.0,
 ) -> None:
     """Make the next key (keygen --next) active once CorEMR knows it; the old key is kept.
 

@@ -12,6 +12,7 @@ import functools
 import inspect
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -46,6 +47,31 @@ VerboseOption = Annotated[
 DebugOption = Annotated[
     bool | None,
     typer.Option("--debug", help="Show tracebacks for errors.", show_default=False),
+]
+
+# Options shared by several commands (not global: only where they mean something).
+PassphraseFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--passphrase-file",
+        metavar="FILE",
+        envvar="CWSCTL_PASSPHRASE_FILE",
+        show_envvar=False,
+        help="File whose first line is the key passphrase [env: CWSCTL_PASSPHRASE_FILE].",
+        show_default=False,
+    ),
+]
+TimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        envvar="CWSCTL_TIMEOUT",
+        help="Seconds to wait for each answer.",
+    ),
+]
+AllowHttpOption = Annotated[
+    bool, typer.Option("--allow-http", help="Allow plain http to a non-loopback host.")
 ]
 
 _GLOBALS: dict[str, Any] = {

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cwsctl.cli.common import open_client, read_body
-from cwsctl.cli.options import with_globals
+from cwsctl.cli.options import AllowHttpOption, PassphraseFileOption, TimeoutOption, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.core.errors import CwsError, ExitStatus, InputError
 
@@ -139,27 +139,9 @@ def create(
             "--retries", metavar="N", help="Re-tries per row after a 5xx or network failure.", min=0
         ),
     ] = 3,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            metavar="SECONDS",
-            envvar="CWSCTL_TIMEOUT",
-            help="Seconds per request.",
-        ),
-    ] = 30.0,
-    allow_http: Annotated[
-        bool, typer.Option("--allow-http", help="Allow plain http to a non-loopback host.")
-    ] = False,
-    passphrase_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--passphrase-file",
-            metavar="FILE",
-            help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE].",
-            show_default=False,
-        ),
-    ] = None,
+    timeout: TimeoutOption = 30.0,
+    allow_http: AllowHttpOption = False,
+    passphrase_file: PassphraseFileOption = None,
 ) -> None:
     """Create one patient (from options or --body) or many (--from FILE), validated locally first.
 

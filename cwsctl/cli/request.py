@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cwsctl.cli.common import open_client, read_body
-from cwsctl.cli.options import with_globals
+from cwsctl.cli.options import AllowHttpOption, PassphraseFileOption, TimeoutOption, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.core.errors import ClientRequestError, InputError
 from cwsctl.core.files import atomic_write
@@ -48,9 +48,7 @@ def request(
     ],
     body_file: Annotated[
         str | None,
-        typer.Argument(
-            metavar="BODY_FILE", help="Body file sent byte for byte; '-' reads stdin."
-        ),
+        typer.Argument(metavar="BODY_FILE", help="Body file sent byte for byte; '-' reads stdin."),
     ] = None,
     output: Annotated[
         Path | None,
@@ -76,35 +74,18 @@ def request(
     curl: Annotated[
         bool, typer.Option("--curl", help="Print an equivalent curl command line; send nothing.")
     ] = False,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            metavar="SECONDS",
-            envvar="CWSCTL_TIMEOUT",
-            help="Seconds to wait for the server.",
-        ),
-    ] = 30.0,
+    timeout: TimeoutOption = 30.0,
     insecure_skip_verify: Annotated[
         bool,
         typer.Option(
             "--insecure-skip-verify", help="Do not verify the response signature (dangerous)."
         ),
     ] = False,
-    allow_http: Annotated[
-        bool, typer.Option("--allow-http", help="Allow plain http to a non-loopback host.")
-    ] = False,
+    allow_http: AllowHttpOption = False,
     show_body: Annotated[
         bool, typer.Option("--show-body", help="With -v, show body values instead of masking them.")
     ] = False,
-    passphrase_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--passphrase-file",
-            metavar="FILE",
-            help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE].",
-        ),
-    ] = None,
+    passphrase_file: PassphraseFileOption = None,
 ) -> None:
     """Send a signed request and verify CorEMR's signed response.
 

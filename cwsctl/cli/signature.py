@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cwsctl.cli.common import passphrase_source, store_and_profile
-from cwsctl.cli.options import with_globals
+from cwsctl.cli.options import PassphraseFileOption, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.cli.sign_run import SignRequest, sign_file
 from cwsctl.core import keys
@@ -48,14 +48,7 @@ def sign(
             "--key", metavar="FILE", help="Private key file (default: the profile's key)."
         ),
     ] = None,
-    passphrase_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--passphrase-file",
-            metavar="FILE",
-            help="Passphrase file [env: CWSCTL_PASSPHRASE_FILE].",
-        ),
-    ] = None,
+    passphrase_file: PassphraseFileOption = None,
     username: Annotated[
         str | None,
         typer.Option(
