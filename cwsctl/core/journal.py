@@ -62,17 +62,17 @@ class Journal:
         for number, line in enumerate(data.splitlines(), start=1):
             try:
                 entry = json.loads(line)
-            except ValueError:
+                if number == 1:
+                    salt = _salt_of(entry)
+                elif isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                    self._states[entry["key"]] = entry
+                else:
+                    raise ValueError("not a journal entry")
+            except (ValueError, RecursionError):
                 raise InputError(
-                    f"journal {self.path} is corrupt at line {number}",
+                    f"{self.path} is not a cwsctl journal, or is corrupt at line {number}",
                     hint="move it away to start over (rows already created will answer 409)",
                 ) from None
-            if number == 1:
-                if entry.get("journal") != JOURNAL_VERSION or "salt" not in entry:
-                    raise InputError(f"{self.path} is not a cwsctl journal")
-                salt = bytes.fromhex(entry["salt"])
-                continue
-            self._states[entry["key"]] = entry
         if salt is None:
             salt = secrets.token_bytes(16)
             self._append({"journal": JOURNAL_VERSION, "salt": salt.hex()})
@@ -122,6 +122,16 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _salt_of(header: Any) -> bytes:
+    """The salt from a journal's first line; ValueError if it is not one."""
+    if not isinstance(header, dict) or header.get("journal") != JOURNAL_VERSION:
+        raise ValueError("not a journal header")
+    salt = header.get("salt")
+    if not isinstance(salt, str):
+        raise ValueError("no salt")
+    return bytes.fromhex(salt)
 
 
 def _lock_exclusively(fd: int, path: Path) -> None:

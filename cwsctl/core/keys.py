@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InternalError, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -121,7 +121,9 @@ def parse_private_key(
             raise LocalKeyError(
                 f"wrong passphrase for {source}", hint="check the passphrase file"
             ) from None
-    except (ValueError, UnsupportedAlgorithm):
+        except (UnsupportedAlgorithm, InternalError):
+            raise LocalKeyError(f"{source} holds a key type CWS cannot use (not RSA)") from None
+    except (ValueError, UnsupportedAlgorithm, InternalError):
         raise LocalKeyError(
             f"{source} is not a readable private key (expected PEM or DER RSA key)"
         ) from None
@@ -144,7 +146,7 @@ def parse_public_key(data: bytes, *, source: str = "key") -> rsa.RSAPublicKey:
             key = serialization.load_pem_public_key(data)
         else:
             key = serialization.load_der_public_key(data)
-    except (ValueError, UnsupportedAlgorithm):
+    except (ValueError, UnsupportedAlgorithm, InternalError):
         raise LocalKeyError(f"{source} is not a readable public key (expected PEM)") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise LocalKeyError(f"{source} is a {_kind(key)} key; CWS uses RSA keys")

@@ -302,6 +302,12 @@ def _check_string(spec: FieldSpec, value: object) -> str:
         raise PatientValidationError(
             f"field {spec.name!r} contains a control character", status=422, field=spec.name
         )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
+        raise PatientValidationError(
+            f"field {spec.name!r} is not valid Unicode text", status=422, field=spec.name
+        ) from None
     return value
 
 
@@ -380,6 +386,9 @@ def prepare_patient(fields: Mapping[str, Any]) -> dict[str, Any]:
                 spec.kind in ("int", "facility")
                 and value.strip().isascii()
                 and value.strip().isdigit()
+                # ten digits cover 2**31-1; longer stays a string and fails validation clearly
+                # (int() of thousands of digits raises instead)
+                and len(value.strip()) <= 10
             ):
                 value = int(value.strip())
             elif spec.kind == "datetime" and value.strip():

@@ -121,6 +121,8 @@ def _decoded(number: int, text: str, where: str) -> InputRow:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return InputRow(number, None, f"{where} is not valid JSON ({exc.msg})")
+    except (ValueError, RecursionError) as exc:  # e.g. a 5000-digit number, absurd nesting
+        return InputRow(number, None, f"{where} is not acceptable JSON ({_reason(exc)})")
     if not isinstance(value, dict):
         return InputRow(number, None, f"{where} is not a JSON object")
     return InputRow(number, value)
@@ -178,12 +180,20 @@ def _json_array_rows(text: IO[str]) -> Iterator[InputRow]:
         while True:
             try:
                 value, end = decoder.raw_decode(buf.data, buf.pos)
-                break
             except json.JSONDecodeError as exc:
                 if not buf.more():
                     raise InputError(
                         f"element {number + 1} of the JSON array is not valid JSON ({exc.msg})"
                     ) from None
+                continue
+            except (ValueError, RecursionError) as exc:
+                raise InputError(
+                    f"element {number + 1} of the JSON array is not acceptable JSON ({_reason(exc)})"
+                ) from None
+            # A number that ends where the buffer ends may go on in the next chunk.
+            if isinstance(value, int | float) and end == len(buf.data) and buf.more():
+                continue
+            break
         buf.pos = end
         number += 1
         yield (
@@ -191,3 +201,7 @@ def _json_array_rows(text: IO[str]) -> Iterator[InputRow]:
             if isinstance(value, dict)
             else InputRow(number, None, f"element {number} is not a JSON object")
         )
+
+
+def _reason(exc: BaseException) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
