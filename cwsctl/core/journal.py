@@ -129,7 +129,7 @@ def _salt_of(header: Any) -> bytes:
     if not isinstance(header, dict) or header.get("journal") != JOURNAL_VERSION:
         raise ValueError("not a journal header")
     salt = header.get("salt")
-    if not isinstance(salt, str):
+    if not isinstance(salt, str) or not salt:
         raise ValueError("no salt")
     return bytes.fromhex(salt)
 
