@@ -171,7 +171,7 @@ def _candidates(out: Output, key: Path | None, signer: str | None) -> list[Candi
             f"profile {name!r} has no pinned key for {who}",
             hint="pass --key PUBLIC_KEY, or pin CorEMR's key: cwsctl profile trust KEY.pem",
         )
-    return [Candidate(t.public_key, t.username) for t in pinned]
+    return [Candidate.pinned(t) for t in pinned]
 
 
 def _report(out: Output, result: VerificationResult) -> None:

@@ -36,6 +36,8 @@ class AuditLog:
         self.max_bytes = max_bytes
         self.keep = keep
         self._lock = threading.Lock()
+        self._fd = -1  # opened on first use and kept: bulk loads write one line per request
+        self._size = 0
 
     def record(
         self,
@@ -69,26 +71,32 @@ class AuditLog:
             entry["error"] = error
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            ensure_private_dir(self.directory)
-            self._rotate_if_needed(len(line))
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            if self._fd < 0:
+                self._open()
+            if self._size and self._size + len(line) > self.max_bytes:
+                self._rotate()
+            self._size += os.write(self._fd, line)
 
-    def _rotate_if_needed(self, incoming: int) -> None:
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return
-        if size + incoming <= self.max_bytes:
-            return
+    def _open(self) -> None:
+        ensure_private_dir(self.directory)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = os.fstat(self._fd).st_size
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
         for index in range(self.keep - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{index}")
             if older.exists():
                 os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._open()
+
+    def close(self) -> None:
+        """Close the log file (it is reopened if more is recorded)."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def entries(self, since: float | None = None) -> Iterator[dict[str, Any]]:
         """Entries oldest first (rotated files included), optionally only those after ``since``."""

@@ -191,8 +191,10 @@ class CwsClient:
         self.close()
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool (and the audit log)."""
         self._http.close()
+        if self.audit is not None:
+            self.audit.close()
 
     def build_request(
         self,
@@ -200,8 +202,11 @@ class CwsClient:
         path_or_url: str,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
+        *,
+        sign: bool = True,
     ) -> httpx.Request:
-        """The exact request that would be sent, signed (for --dry-run and --curl)."""
+        """The exact request that would be sent (signed unless ``sign=False``: ``request()``
+        leaves signing to ``CwsAuth``, so each body is signed exactly once)."""
         url = resolve_url(self.base_url, path_or_url)
         check_transport_security(url, allow_http=self.allow_http)
         merged = {k: v for k, v in (headers or {}).items()}
@@ -212,7 +217,8 @@ class CwsClient:
         if body and not any(k.lower() == "content-type" for k in merged):
             merged["Content-Type"] = "application/json"
         request = self._http.build_request(method.upper(), url, content=body, headers=merged)
-        request.headers["Authorization"] = self.identity.authorize(body).format()
+        if sign:
+            request.headers["Authorization"] = self.identity.authorize(body).format()
         return request
 
     def request(
@@ -227,7 +233,7 @@ class CwsClient:
         Raises NetworkError (exit 6) when the server cannot be reached or the answer is lost,
         SignatureError (exit 7) when the answer is not authentic.
         """
-        request = self.build_request(method, path_or_url, body, headers)
+        request = self.build_request(method, path_or_url, body, headers, sign=False)
         method = request.method
         attempts = 1 + (self.retries if method in IDEMPOTENT_METHODS else 0)
         started = time.perf_counter()

@@ -102,13 +102,16 @@ class Journal:
     def record(self, key: str, row: int, outcome: str, **facts: Any) -> None:
         """Append a durable entry for ``key`` (flushed and fsynced before returning)."""
         entry = {"key": key, "row": row, "outcome": outcome, "t": round(time.time(), 3), **facts}
+        line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
         with self._lock:
-            self._append(entry)
+            os.write(self._fd, line)  # O_APPEND: whole lines, never interleaved
             self._states[key] = entry
+        # Outside the lock, so concurrent rows share disk flushes (group commit); this entry is
+        # durable when fsync returns, whichever thread's call flushed it.
+        os.fsync(self._fd)
 
     def _append(self, entry: dict[str, Any]) -> None:
-        line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
-        os.write(self._fd, line)
+        os.write(self._fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
         os.fsync(self._fd)
 
     def close(self) -> None:

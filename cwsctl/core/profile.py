@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +64,12 @@ class TrustedKey:
     username: str
     public_key_pem: str
 
-    @property
+    @cached_property
     def public_key(self) -> rsa.RSAPublicKey:
-        """The key object (parsed from the stored PEM)."""
+        """The key object (parsed from the stored PEM once: responses are verified per request)."""
         return keys.parse_public_key(self.public_key_pem.encode("ascii"), source="pinned key")
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Fingerprint of the pinned key."""
         return keys.fingerprint(self.public_key)

@@ -18,11 +18,16 @@ class Candidate:
 
     public_key: rsa.RSAPublicKey
     username: str | None = None
+    fingerprint: str = ""  # computed when not given
 
-    @property
-    def fingerprint(self) -> str:
-        """Fingerprint of the key."""
-        return keys.fingerprint(self.public_key)
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            object.__setattr__(self, "fingerprint", keys.fingerprint(self.public_key))
+
+    @classmethod
+    def pinned(cls, trusted: TrustedKey) -> Candidate:
+        """A pinned key, with its parsed key and fingerprint cached on the TrustedKey."""
+        return cls(trusted.public_key, trusted.username, trusted.fingerprint)
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ def verify_response(
         body,
         header.signature,
         header.algorithm,
-        [Candidate(t.public_key, t.username) for t in pinned],
+        [Candidate.pinned(t) for t in pinned],
         signer=header.username,
     )
     if not result.verified:
