@@ -16,20 +16,10 @@ import time
 import pytest
 
 from cwsctl.core.journal import Journal
+from cwsctl.core.patients import REQUIRED_FIELDS
 from cwsctl.sandbox.faults import Faults
 
-COLUMNS = [
-    "external_id",
-    "facility",
-    "agency",
-    "billing_agency",
-    "fname",
-    "lname",
-    "dob",
-    "sex",
-    "booking_no",
-    "booking_date",
-]
+COLUMNS = list(REQUIRED_FIELDS)
 
 
 def patient(i: int) -> dict:

@@ -13,6 +13,7 @@ from cwsctl.core.errors import ExitStatus, InputError
 from cwsctl.core.patients import (
     FIELD_NAMES,
     REQUIRED_FIELDS,
+    WALKTHROUGH_EXAMPLE,
     PatientValidationError,
     normalize_cws_datetime,
     parse_patient_body,
@@ -20,18 +21,7 @@ from cwsctl.core.patients import (
     validate_patient,
 )
 
-EXAMPLE = {
-    "external_id": "FakeExternalID",
-    "facility": 10000,
-    "agency": 2,
-    "billing_agency": 1,
-    "fname": "First",
-    "lname": "Name",
-    "dob": "2000-04-12 10:00:00.000",
-    "sex": "M",
-    "booking_no": "EthanBooking14",
-    "booking_date": "2023-04-07 10:00:00.00",
-}
+EXAMPLE = WALKTHROUGH_EXAMPLE
 
 
 def with_(**changes: object) -> dict[str, object]:

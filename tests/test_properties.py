@@ -11,21 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cwsctl.core.journal import Journal
-from cwsctl.core.patients import PatientValidationError, prepare_patient
+from cwsctl.core.patients import REQUIRED_FIELDS, PatientValidationError, prepare_patient
 from cwsctl.core.readers import read_rows
 
-COLUMNS = [
-    "external_id",
-    "facility",
-    "agency",
-    "billing_agency",
-    "fname",
-    "lname",
-    "dob",
-    "sex",
-    "booking_no",
-    "booking_date",
-]
+COLUMNS = list(REQUIRED_FIELDS)
 
 # Printable text including the characters that break naive CSV and JSON writers.
 cell_text = st.text(

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from cwsctl.cli.demo import EXAMPLE_PATIENT
+from cwsctl.core.patients import WALKTHROUGH_EXAMPLE as EXAMPLE_PATIENT
 from cwsctl.core import keys
 from cwsctl.core.profile import Store, TrustedKey
 from cwsctl.sandbox.faults import Faults

@@ -17,6 +17,7 @@ import pytest
 
 from cwsctl.core import keys, signing
 from cwsctl.core.errors import InputError, SignatureError
+from cwsctl.core.patients import WALKTHROUGH_EXAMPLE
 from cwsctl.core.profile import TrustedKey
 from cwsctl.core.signing import Algorithm, AuthorizationHeader
 from cwsctl.core.verification import verify_response
@@ -34,18 +35,7 @@ pytest.importorskip("uvicorn")
 
 from cwsctl.sandbox.server import SandboxServer, is_loopback
 
-PATIENT = {
-    "external_id": "FakeExternalID",
-    "facility": 10000,
-    "agency": 2,
-    "billing_agency": 1,
-    "fname": "First",
-    "lname": "Name",
-    "dob": "2000-04-12 10:00:00.000",
-    "sex": "M",
-    "booking_no": "EthanBooking14",
-    "booking_date": "2023-04-07 10:00:00.00",
-}
+PATIENT = WALKTHROUGH_EXAMPLE
 
 
 def body_of(document: object) -> bytes:

@@ -18,20 +18,8 @@ import typer
 from cwsctl.cli.options import with_globals
 from cwsctl.cli.output import Output
 from cwsctl.core.errors import SignatureError
+from cwsctl.core.patients import WALKTHROUGH_EXAMPLE
 
-#: The walkthrough's example patient (seed 001), byte for byte the body the demo sends.
-EXAMPLE_PATIENT = {
-    "external_id": "FakeExternalID",
-    "facility": 10000,
-    "agency": 2,
-    "billing_agency": 1,
-    "fname": "First",
-    "lname": "Name",
-    "dob": "2000-04-12 10:00:00.000",
-    "sex": "M",
-    "booking_no": "EthanBooking14",
-    "booking_date": "2023-04-07 10:00:00.00",
-}
 DEMO_USERNAME = "demo-user"
 
 
@@ -103,7 +91,7 @@ def _run_demo(out: Output, root: Path, bits: int) -> list[dict[str, Any]]:
             server_key=server.fingerprint,
         )
 
-        body = json.dumps(EXAMPLE_PATIENT, indent=2).encode() + b"\n"
+        body = json.dumps(WALKTHROUGH_EXAMPLE, indent=2).encode() + b"\n"
         body_file = root / "body.json"
         body_file.write_bytes(body)
         identity = load_identity("demo", store=store)

@@ -41,6 +41,20 @@ from typing import Any, Literal
 
 from cwsctl.core.errors import InputError
 
+#: The walkthrough's example body (seed 001), as CWS expects it.
+WALKTHROUGH_EXAMPLE: dict[str, Any] = {
+    "external_id": "FakeExternalID",
+    "facility": 10000,
+    "agency": 2,
+    "billing_agency": 1,
+    "fname": "First",
+    "lname": "Name",
+    "dob": "2000-04-12 10:00:00.000",
+    "sex": "M",
+    "booking_no": "EthanBooking14",
+    "booking_date": "2023-04-07 10:00:00.00",
+}
+
 FieldKind = Literal["str", "int", "facility", "datetime", "sex"]
 
 MAX_INT = 2**31 - 1
