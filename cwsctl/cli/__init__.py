@@ -1,0 +1,1 @@
+"""The command-line interface: argument parsing and presentation over ``cwsctl.core``."""
