@@ -31,14 +31,14 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from sandbox_process import Sandbox, SetupError, clean_env, free_port
 
 GOAL_LOOP_RATIO = 10.0
 GOAL_CEILING_PCT = 75.0
@@ -56,7 +56,6 @@ CWS_BODY = (
     '"booking_no":"B{i}","booking_date":"2023-04-07 10:00:00.000"}}'
 )
 # Variables that would slow Python down or change what cwsctl or the sandbox do.
-DROP_ENV = ("PYTHONPROFILEIMPORTTIME", "PYTHONDEVMODE", "PYTHONTRACEMALLOC", "PYTHONMALLOC")
 
 LOOP_SCRIPT = """\
 #!/usr/bin/env bash
@@ -102,10 +101,6 @@ print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, elapsed)
 """
 
 
-class SetupError(Exception):
-    """The benchmark cannot run (exit 2)."""
-
-
 # -- helpers --------------------------------------------------------------------------------
 def cwsctl_prefix() -> list[str]:
     """The console script from this interpreter's bin dir if installed, else ``python -m``."""
@@ -113,13 +108,6 @@ def cwsctl_prefix() -> list[str]:
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
     return [sys.executable, "-m", "cwsctl"]
-
-
-def bench_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CWSCTL_") and k not in DROP_ENV}
-    env["CWSCTL_HOME"] = str(home)
-    env["NO_COLOR"] = "1"
-    return env
 
 
 def run(argv: list[str], env: dict[str, str], *, what: str, **kwargs: object) -> str:
@@ -131,12 +119,6 @@ def run(argv: list[str], env: dict[str, str], *, what: str, **kwargs: object) ->
     if done.returncode != 0:
         raise SetupError(f"{what}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
     return done.stdout
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_csv(path: Path, prefix: str, rows: int) -> None:
@@ -176,48 +158,6 @@ def version(argv: list[str]) -> str:
         return (out.stdout or out.stderr).strip().splitlines()[0]
     except (OSError, IndexError):
         return "?"
-
-
-# -- the sandbox ----------------------------------------------------------------------------
-class Sandbox:
-    """``cwsctl sandbox serve`` in a subprocess; ``stop()`` sends SIGTERM."""
-
-    def __init__(
-        self, cws: list[str], env: dict[str, str], data_dir: Path, port: int, log: Path
-    ) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{self.port}"
-        argv = [*cws, "sandbox", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        argv += ["--data-dir", str(data_dir), "--key-bits", str(KEY_BITS), "-q"]
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        self.log_path = log
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                text = self.log_path.read_text(errors="replace").strip()[-500:]
-                raise SetupError(f"sandbox exited {self.proc.returncode}: {text}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise SetupError(f"sandbox did not listen on {self.url} within {timeout:.0f} s")
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 # -- measurements ---------------------------------------------------------------------------
@@ -389,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     nproc = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="cwsctl-bulk-"))
     home, data_dir = work / "home", work / "sandbox"
-    env = bench_env(home)
+    env = clean_env(home)
     sandbox: Sandbox | None = None
     results: dict[str, object] = {}
     try:
@@ -397,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             port = free_port()
             key = setup(work, cws, env, data_dir, f"http://127.0.0.1:{port}")
-            sandbox = Sandbox(cws, env, data_dir, port, work / "sandbox.log")
+            sandbox = Sandbox(
+                env, data_dir, port, work / "sandbox.log", key_bits=KEY_BITS, quiet=True, cws=cws
+            )
             sandbox.wait_ready()
         except SetupError as exc:
             print(f"setup failed: {exc}", file=sys.stderr)

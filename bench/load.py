@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from soak import Sandbox, SetupError, clean_env, free_port, machine
+from sandbox_process import Sandbox, SetupError, clean_env, free_port, machine
 
 USERNAME = "load"
 BODY = (
