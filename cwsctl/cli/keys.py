@@ -190,7 +190,7 @@ def list_keys(out: Output) -> None:
             "role": k.role,
             "label": k.label,
             "path": str(k.path),
-            "fingerprint": _fingerprint_or_none(k.path),
+            "fingerprint": keys.fingerprint_if_readable(k.path),
         }
         for k in profile_keys(store, profile)
     ]
@@ -201,13 +201,6 @@ def list_keys(out: Output) -> None:
         out.info(f"profile {profile!r} has no keys: cwsctl keygen")
     for doc in documents:
         out.line(f"{doc['label']:<18} {doc['fingerprint'] or '(encrypted)'}  {doc['path']}")
-
-
-def _fingerprint_or_none(path: Path) -> str | None:
-    try:
-        return keys.fingerprint(keys.load_private_key(path).public_key())
-    except LocalKeyError:
-        return None  # encrypted: the fingerprint needs the passphrase
 
 
 @app.command("rotate")

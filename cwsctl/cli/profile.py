@@ -38,13 +38,8 @@ AlgorithmChoice = Annotated[
 
 def _describe(store: Store, profile: Profile, default: str | None) -> dict[str, object]:
     key_path = store.private_key_path(profile.name)
-    fingerprint = None
-    if key_path.exists():
-        # The public half is enough for a fingerprint; an encrypted key is not decrypted here.
-        try:
-            fingerprint = keys.fingerprint(keys.load_private_key(key_path).public_key())
-        except keys.LocalKeyError:
-            fingerprint = None
+    # An encrypted key is not decrypted here: no fingerprint then, and no prompt.
+    fingerprint = keys.fingerprint_if_readable(key_path) if key_path.exists() else None
     return {
         "name": profile.name,
         "default": profile.name == (default or "default"),

@@ -227,19 +227,12 @@ class BulkLoad:
             except SignatureError:
                 self._journal(key, number, "unknown", verified=False)
                 raise
-            except OutcomeUnknownError as exc:
-                self._journal(key, number, "unknown")
-                last, in_doubt = (
-                    RowResult(number, external_id, facility, "unknown", message=exc.message),
-                    True,
-                )
-                continue
             except NetworkError as exc:
-                self._journal(key, number, "failed")
-                last, in_doubt = (
-                    RowResult(number, external_id, facility, "failed", message=exc.message),
-                    True,
-                )
+                # "unknown": the request went out and its answer was lost; "failed": it never did.
+                outcome = "unknown" if isinstance(exc, OutcomeUnknownError) else "failed"
+                self._journal(key, number, outcome)
+                last = RowResult(number, external_id, facility, outcome, message=exc.message)
+                in_doubt = True
                 continue
             result = self._outcome(number, external_id, facility, response)
             self._journal(

@@ -88,6 +88,15 @@ def load_private_key(path: Path, passphrase: PassphraseSource | None = None) -> 
     return parse_private_key(data, passphrase, source=str(path))
 
 
+def fingerprint_if_readable(path: Path) -> str | None:
+    """Fingerprint of a private key file, or None when it cannot be read without a passphrase
+    (or at all): for listings, which must never prompt."""
+    try:
+        return fingerprint(load_private_key(path).public_key())
+    except LocalKeyError:
+        return None
+
+
 def parse_private_key(
     data: bytes,
     passphrase: PassphraseSource | None = None,
