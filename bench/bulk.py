@@ -8,19 +8,25 @@ subprocess on 127.0.0.1, a free port, a fresh data dir) and with the walkthrough
    other external_ids, each with a fresh journal) versus the walkthrough's loop for the same
    number of rows, written as one bash script: per row ``openssl dgst -sha256 -sign | openssl enc
    -A -base64`` and ``curl -X POST``. Both are timed end to end (process start included), and the
-   sandbox database is checked to hold every row created;
+   sandbox database is checked to hold every row created. The CPU time per row of each side
+   (the client's from ``RUSAGE_CHILDREN``, the sandbox's from ``/proc/PID/stat``) gives the most
+   rows/s the shared CPUs allow, printed as a multiple of the loop;
 2. the RSA-4096 ceiling: ``openssl speed -seconds 3 rsa4096`` sign/s (one core) x nproc / 2, as
    every row costs one private-key operation in the client and one in the server, both on this
    machine; the same ceiling from ``cryptography``'s sign speed (cwsctl and the sandbox use its
    bundled OpenSSL);
 3. peak RSS of ``cwsctl patients create --from big.csv --dry-run`` for 100,000 rows and for 1,000.
 
+``--latency-ms N`` runs all of it against a sandbox that delays each patients request by a
+uniform 0..N ms (a remote server); the default, loopback, is the measurement the goals are judged
+on.
+
 It prints rows/s, ratios and a PASS/FAIL block against the goals (>= 10x the loop, >= 75% of
 the ceiling, < 150 MiB). Exit status: 0 whatever the figures are; 2 if the setup fails (openssl,
 curl, bash, cwsctl, the key, the profile or the sandbox).
 
-Run: ``python bench/bulk.py [--rows N] [--loop-rows N] [--big-rows N] [--quick]`` from the
-project's virtualenv. Standard library only.
+Run from the project's virtualenv (standard library only):
+``python bench/bulk.py [--rows N] [--loop-rows N] [--big-rows N] [--latency-ms N] [--quick]``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -37,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from sandbox_process import Sandbox, SetupError, clean_env, free_port
 
@@ -137,6 +145,46 @@ def count_patients(db: Path, prefix: str) -> int:
     return int(n)
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished, waited-for children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by a running process (Linux /proc; else None)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class TimedRun(NamedTuple):
+    done: subprocess.CompletedProcess[str]
+    wall: float
+    client_cpu_ms: float  # per row: the command and everything it ran
+    server_cpu_ms: float | None  # per row: the sandbox (None without /proc)
+
+
+def timed_run(
+    argv: list[str], sandbox: Sandbox, rows: int, env: dict[str, str] | None = None
+) -> TimedRun:
+    """Run a command to completion: wall time, and CPU per row on each side."""
+    client_before, server_before = children_cpu(), process_cpu(sandbox.pid)
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    client_after, server_after = children_cpu(), process_cpu(sandbox.pid)
+    server = (
+        None
+        if server_before is None or server_after is None
+        else 1000 * (server_after - server_before) / rows
+    )
+    return TimedRun(done, wall, 1000 * (client_after - client_before) / rows, server)
+
+
 def mib(kib: float) -> float:
     return kib / 1024
 
@@ -165,19 +213,20 @@ def bulk_run(
     cws: list[str],
     env: dict[str, str],
     work: Path,
+    sandbox: Sandbox,
     db: Path,
     prefix: str,
     rows: int,
     concurrency: int,
 ) -> dict[str, object]:
-    """One timed ``cwsctl -q --json patients create --from`` over fresh external_ids."""
+    """One timed ``cwsctl -q --json patients create --from`` over fresh external_ids, with the
+    CPU time cwsctl and the sandbox each spent on it."""
     csv_path = work / f"rows-{prefix.rstrip('-')}.csv"
     write_csv(csv_path, prefix, rows)
     argv = [*cws, "-q", "--json", "patients", "create", "--from", str(csv_path)]
     argv += ["--concurrency", str(concurrency)]
-    start = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
+    timed = timed_run(argv, sandbox, rows, env)
+    done, wall = timed.done, timed.wall
     try:
         summary = json.loads(done.stdout)
     except ValueError:
@@ -192,10 +241,14 @@ def bulk_run(
         "in_db": count_patients(db, prefix),
         "exit": done.returncode,
         "stderr": done.stderr.strip(),
+        "client_cpu_ms": timed.client_cpu_ms,
+        "server_cpu_ms": timed.server_cpu_ms,
     }
 
 
-def loop_run(work: Path, url: str, key: Path, db: Path, rows: int) -> dict[str, object]:
+def loop_run(
+    work: Path, url: str, key: Path, sandbox: Sandbox, db: Path, rows: int
+) -> dict[str, object]:
     """The walkthrough's openssl+curl loop as one bash script, timed as a whole."""
     bodies = work / "bodies"
     bodies.mkdir()
@@ -205,9 +258,8 @@ def loop_run(work: Path, url: str, key: Path, db: Path, rows: int) -> dict[str, 
     script.write_text(
         LOOP_SCRIPT.format(url=url, username=USERNAME, key=key, rows=rows, bodies=bodies)
     )
-    start = time.perf_counter()
-    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
+    timed = timed_run(["bash", str(script)], sandbox, rows)
+    done, wall = timed.done, timed.wall
     codes = done.stdout.split()
     return {
         "rows": rows,
@@ -218,6 +270,8 @@ def loop_run(work: Path, url: str, key: Path, db: Path, rows: int) -> dict[str, 
         "in_db": count_patients(db, "L"),
         "exit": done.returncode,
         "stderr": done.stderr.strip(),
+        "client_cpu_ms": timed.client_cpu_ms,
+        "server_cpu_ms": timed.server_cpu_ms,
     }
 
 
@@ -275,6 +329,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-sweep", action="store_true", help="skip the concurrency 4/8/16 comparison"
     )
+    parser.add_argument(
+        "--latency-ms",
+        type=int,
+        default=0,
+        help="sandbox delay per patients request, uniform 0..N ms, for both cwsctl and the "
+        "loop (models a remote CorEMR; default 0: loopback, the issue's measurement)",
+    )
     parser.add_argument("--quick", action="store_true", help="small numbers, for a smoke run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
@@ -287,6 +348,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("rows", "loop_rows", "big_rows"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.latency_ms < 0:
+        parser.error("--latency-ms must be at least 0")
     return args
 
 
@@ -337,8 +400,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             port = free_port()
             key = setup(work, cws, env, data_dir, f"http://127.0.0.1:{port}")
+            faults = {"latency_ms": args.latency_ms} if args.latency_ms else None
             sandbox = Sandbox(
-                env, data_dir, port, work / "sandbox.log", key_bits=KEY_BITS, quiet=True, cws=cws
+                env,
+                data_dir,
+                port,
+                work / "sandbox.log",
+                key_bits=KEY_BITS,
+                faults=faults,
+                quiet=True,
+                cws=cws,
             )
             sandbox.wait_ready()
         except SetupError as exc:
@@ -348,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             f"sandbox: {sandbox.url} (pid {sandbox.proc.pid}, RSA-{KEY_BITS} server key); "
             f"client key: openssl genrsa {KEY_BITS}; {nproc} CPUs"
         )
+        print(f"network: {network_text(args)}")
         load_before = loadavg()
         print(f"load average before: {load_before}")
         results = measure(args, cws, env, work, sandbox, key, data_dir / "sandbox.db", nproc)
@@ -381,7 +453,9 @@ def measure(
 
     # 1. cwsctl bulk, main run, then the concurrency sweep; each on its own external_ids.
     print(f"\n[1] cwsctl bulk load, {args.rows} rows, concurrency {args.concurrency} ...")
-    main_run = bulk_run(cws, env, work, db, f"C{args.concurrency}-", args.rows, args.concurrency)
+    main_run = bulk_run(
+        cws, env, work, sandbox, db, f"C{args.concurrency}-", args.rows, args.concurrency
+    )
     show_bulk(main_run)
     r["bulk"] = main_run
     sweep = [main_run]
@@ -390,17 +464,17 @@ def measure(
             if conc == args.concurrency:
                 continue
             print(f"    concurrency {conc} ...")
-            one = bulk_run(cws, env, work, db, f"K{conc}-", args.rows, conc)
+            one = bulk_run(cws, env, work, sandbox, db, f"K{conc}-", args.rows, conc)
             show_bulk(one)
             sweep.append(one)
     r["sweep"] = sorted(sweep, key=lambda x: int(x["concurrency"]))  # type: ignore[arg-type]
 
     print(f"\n[1] openssl+curl loop (one bash script), {args.loop_rows} rows ...")
-    loop = loop_run(work, sandbox.url, key, db, args.loop_rows)
+    loop = loop_run(work, sandbox.url, key, sandbox, db, args.loop_rows)
     print(
         f"    {loop['rows']} rows in {loop['wall']:.1f} s = {loop['rate']:.1f} rows/s; "
         f"HTTP 201: {loop['ok']}/{loop['rows']}, in sandbox DB: {loop['in_db']}, "
-        f"codes {loop['codes']}, bash exit {loop['exit']}"
+        f"codes {loop['codes']}, bash exit {loop['exit']}; CPU per row: {cpu_text(loop)}"
     )
     if loop["stderr"]:
         print(f"    loop stderr: {str(loop['stderr'])[-300:]}")
@@ -445,9 +519,45 @@ def show_bulk(run_: dict[str, object]) -> None:
         f"= {run_['rate']:.1f} rows/s end to end"
         + (f" ({inner:.1f} rows/s as cwsctl reports it, without start-up)" if inner else "")
         + f"; created {run_['created']}, in sandbox DB {run_['in_db']}, exit {run_['exit']}"
+        + f"; CPU per row: {cpu_text(run_)}"
     )
     if run_["stderr"]:
         print(f"    cwsctl stderr: {str(run_['stderr'])[-300:]}")
+
+
+def network_text(args: argparse.Namespace) -> str:
+    if not args.latency_ms:
+        return "loopback, no added latency"
+    return (
+        f"sandbox adds 0-{args.latency_ms} ms (uniform) before each patients request, "
+        f"for cwsctl and the loop alike (a remote server)"
+    )
+
+
+def cpu_text(run_: dict[str, object]) -> str:
+    server = run_["server_cpu_ms"]
+    sandbox = f"sandbox {server:.2f} ms" if server is not None else "sandbox not measured"
+    return f"client {run_['client_cpu_ms']:.2f} ms + {sandbox}"
+
+
+def cpu_budget(bulk: dict[str, Any], loop: dict[str, Any], nproc: int) -> list[str]:
+    """Why the loop ratio is what it is: the CPU each side spent per row, and the cap it sets."""
+    client, server, loop_client = (
+        bulk["client_cpu_ms"],
+        bulk["server_cpu_ms"],
+        loop["client_cpu_ms"],
+    )
+    if server is None:
+        return ["CPU budget: not measured (the sandbox's CPU time needs Linux /proc)"]
+    per_row = client + server
+    cap = 1000 * nproc / per_row
+    return [
+        f"CPU per row, cwsctl run: cwsctl {client:.2f} ms + sandbox {server:.2f} ms = "
+        f"{per_row:.2f} ms on {nproc} shared CPUs -> at most {cap:.0f} rows/s "
+        f"= {cap / loop['rate']:.1f}x the loop, were every CPU busy all the time",
+        f"client CPU per row: loop (bash, openssl x2, curl) {loop_client:.2f} ms vs cwsctl "
+        f"{client:.2f} ms = {loop_client / client:.1f}x less CPU on the client's machine",
+    ]
 
 
 def report(args: argparse.Namespace, r: dict[str, object], nproc: int) -> None:
@@ -473,10 +583,12 @@ def report(args: argparse.Namespace, r: dict[str, object], nproc: int) -> None:
     ratio = bulk["rate"] / loop["rate"]
     lines = []
     checks = "" if ok_rows and ok_loop else " [rows not all created: see above]"
+    lines.append(f"network: {network_text(args)}")
     lines.append(
         f"bulk vs openssl+curl loop: {ratio:.1f}x (goal >= {GOAL_LOOP_RATIO:.0f}x): "
         f"{verdict(ratio >= GOAL_LOOP_RATIO and ok_rows and ok_loop)}{checks}"
     )
+    lines += cpu_budget(bulk, loop, nproc)
     ossl, py = r["openssl_speed"], r["py_speed"]
     for label, speed in (("openssl speed", ossl), ("cryptography", py)):
         if not speed:
