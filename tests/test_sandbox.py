@@ -535,7 +535,7 @@ def test_cli_serve_without_the_extra_says_what_to_install(tmp_path):
 def test_cli_import_does_not_load_the_server():
     code = (
         "import sys, cwsctl.cli.app\n"
-        "loaded = [m for m in ('starlette', 'uvicorn', 'cwsctl.sandbox.app', 'cwsctl.sandbox.server')"
+        "loaded = [m for m in ('starlette', 'uvicorn', 'cwsctl.sandbox.app', 'cwsctl.sandbox.routes', 'cwsctl.sandbox.server')"
         " if m in sys.modules]\n"
         "print(','.join(loaded))\n"
     )

@@ -2,11 +2,12 @@
 
 - :mod:`cwsctl.sandbox.store` — data dir, server key, client keys, patients (SQLite); needs no extra.
 - :mod:`cwsctl.sandbox.faults` — fault switches (``CWSCTL_SANDBOX_*``); needs no extra.
-- :mod:`cwsctl.sandbox.app` — the ASGI app (starlette).
+- :mod:`cwsctl.sandbox.app` — the ASGI app: the CWS envelope (body limit, signatures, faults).
+- :mod:`cwsctl.sandbox.routes` — the endpoints inside it (starlette).
 - :mod:`cwsctl.sandbox.server` — ``SandboxServer`` and ``serve`` (uvicorn).
 
-The last two need the optional extra ``cwsctl[sandbox]``; call :func:`require_server_deps` first
-to get a clear error instead of an ImportError. Importing this package imports neither.
+The last three need the optional extra ``cwsctl[sandbox]``; call :func:`require_server_deps` first
+to get a clear error instead of an ImportError. Importing this package imports none of them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The sandbox as an ASGI app: CWS signature checks and signed answers around a Starlette router.
+"""The sandbox as an ASGI app: CWS signature checks and signed answers around the endpoints.
 
 Every request, in order:
 
@@ -7,7 +7,7 @@ Every request, in order:
 2. fault dice for ``/ws/patients`` requests: latency, injected 500 (see :mod:`.faults`);
 3. ``Authorization: CWS-SHA256|CWS-SHA1 Access=USER, Signature=B64`` checked over the raw body
    (an empty body is signed too) against the key registered for USER → 401 with the reason;
-4. routing and the endpoint (Starlette), whose answer is captured whole;
+4. routing and the endpoint (:mod:`.routes`, Starlette), whose answer is captured whole;
 5. the answer is signed over its exact bytes as ``coremr`` (CWS-SHA256), whatever its status —
    404, 405, 413, 401 and 500 included — then maybe unsigned / corrupted / dropped (faults).
 
@@ -29,18 +29,13 @@ from email.utils import formatdate
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from cwsctl.core import keys, signing
 from cwsctl.core.errors import SignatureError
-from cwsctl.core.patients import PatientValidationError, parse_patient_body
 from cwsctl.core.signing import Algorithm, AuthorizationHeader
 from cwsctl.sandbox.faults import FaultDice, Faults
-from cwsctl.sandbox.store import SERVER_USERNAME, DuplicatePatientError, SandboxStore
+from cwsctl.sandbox.routes import cws_routes
+from cwsctl.sandbox.store import SERVER_USERNAME, SandboxStore
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,10 +45,8 @@ Send = Callable[[Message], Awaitable[None]]
 MAX_BODY_BYTES = 1024 * 1024
 #: A too-large body is read and thrown away up to this size, so the 413 reaches the client.
 DRAIN_LIMIT_BYTES = 16 * MAX_BODY_BYTES
-SERVICE_INFO = {"service": "CWS sandbox", "version": 2}
 RESPONSE_ALGORITHM = Algorithm.SHA256
 SIGN_IN_THREADS_FROM_BITS = 3072
-_MAX_SQLITE_INT = 2**63 - 1
 _DROP_LOG_MESSAGE = "ASGI callable returned without completing response."
 
 
@@ -114,17 +107,7 @@ class SandboxApp:
             if server_key.key_size >= SIGN_IN_THREADS_FROM_BITS
             else None
         )
-        self._router = Starlette(
-            routes=[
-                Route("/ws/", _service_info, methods=["GET"]),
-                Route("/ws", _service_info, methods=["GET"]),
-                Route("/ws/patients/", self._patients, methods=["GET", "POST"]),
-                Route("/ws/patients", self._patients, methods=["GET", "POST"]),
-                Route("/ws/patients/{patient_id:int}", self._patient, methods=["GET"]),
-            ],
-            exception_handlers={HTTPException: _http_exception},
-        )
-        self._router.router.redirect_slashes = False  # a redirect would drop the signed body
+        self._router = cws_routes(store)
         _quiet_uvicorn_about_drops()
 
     def close(self) -> None:
@@ -320,63 +303,6 @@ class SandboxApp:
             )
             return
         await send({"type": "http.response.body", "body": answer.body, "more_body": False})
-
-    # -- endpoints --------------------------------------------------------------------------
-    async def _patients(self, request: Request) -> Response:
-        if request.method == "POST":
-            return await self._create_patient(request)
-        params = request.query_params
-        unknown = sorted(set(params) - {"external_id", "facility"})
-        if unknown:
-            return JSONResponse({"error": f"unknown query parameter {unknown[0][:40]!r}"}, 422)
-        external_id = params.get("external_id")
-        if not external_id:
-            return JSONResponse(
-                {"error": "query parameter 'external_id' is required", "field": "external_id"},
-                400,
-            )
-        found = self.store.find_patients(external_id, params.get("facility"))
-        return JSONResponse({"patients": found})
-
-    async def _create_patient(self, request: Request) -> Response:
-        try:
-            record = parse_patient_body(await request.body())
-        except PatientValidationError as exc:
-            return JSONResponse(exc.to_json(), exc.status)
-        try:
-            patient = self.store.insert_patient(record)
-        except DuplicatePatientError as exc:
-            return JSONResponse(
-                {
-                    "error": "a patient with this external_id already exists in this facility",
-                    "field": "external_id",
-                    "id": exc.existing_id,
-                },
-                409,
-            )
-        return JSONResponse(patient, 201, headers={"Location": f"/ws/patients/{patient['id']}"})
-
-    async def _patient(self, request: Request) -> Response:
-        patient_id: int = request.path_params["patient_id"]
-        patient = self.store.get_patient(patient_id) if patient_id <= _MAX_SQLITE_INT else None
-        if patient is None:
-            return JSONResponse({"error": f"no patient with id {patient_id}"}, 404)
-        return JSONResponse(patient)
-
-
-async def _service_info(request: Request) -> Response:
-    return JSONResponse(SERVICE_INFO)
-
-
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        message = "no such endpoint"
-    elif exc.status_code == 405:
-        message = f"method {request.method} is not allowed here"
-    else:  # pragma: no cover - the router raises only 404 and 405
-        message = str(exc.detail)
-    return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
