@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sandbox_process import Sandbox, SetupError, clean_env, free_port
+from sandbox_process import Sandbox, SetupError, clean_env, free_port, remove_work_dir
 
 GOAL_LOOP_RATIO = 10.0
 GOAL_CEILING_PCT = 75.0
@@ -431,10 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             log = sandbox.log_path.read_text(errors="replace").strip()
             if log:
                 print(f"sandbox output (last lines):\n  {log[-800:]}")
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_work_dir(work, keep=args.keep)
     report(args, results, nproc)
     return 0
 

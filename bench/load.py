@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import shutil
 import signal
 import sqlite3
 import statistics
@@ -44,7 +43,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sandbox_process import Sandbox, SetupError, clean_env, free_port, machine
+from sandbox_process import (
+    Sandbox,
+    SetupError,
+    clean_env,
+    free_port,
+    machine,
+    remove_work_dir,
+)
 
 USERNAME = "load"
 BODY = (
@@ -298,10 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         if sandbox is not None:
             sandbox.stop()
         signal.signal(signal.SIGTERM, previous)
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_work_dir(work, keep=args.keep)
 
 
 def report(args: argparse.Namespace, outcome: dict[str, Any], stored: int, stop_rc: Any) -> int:

@@ -40,7 +40,6 @@ import contextlib
 import csv
 import json
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -58,6 +57,7 @@ from sandbox_process import (
     cwsctl_argv,
     free_port,
     machine,
+    remove_work_dir,
     run_setup,
 )
 
@@ -457,10 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         if soak is not None:
             soak.cleanup()
         signal.signal(signal.SIGTERM, previous)
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_work_dir(work, keep=args.keep)
 
 
 _DB_CHECK: dict[str, object] = {}
