@@ -190,12 +190,14 @@ class BulkLoad:
         seen[key] = row.number
         if self.client is None:
             return RowResult(row.number, *key, "valid"), None
-        if self.journal is not None and self.journal.is_done(self.journal.key_for(*key)):
-            entry = self.journal.state(self.journal.key_for(*key)) or {}
-            message = f"{entry.get('outcome')} in an earlier run"
-            return RowResult(
-                row.number, *key, "skipped", patient_id=entry.get("id"), message=message
-            ), None
+        if self.journal is not None:
+            journal_key = self.journal.key_for(*key)
+            if self.journal.is_done(journal_key):
+                entry = self.journal.state(journal_key) or {}
+                message = f"{entry.get('outcome')} in an earlier run"
+                return RowResult(
+                    row.number, *key, "skipped", patient_id=entry.get("id"), message=message
+                ), None
         return None, record
 
     def _send_row(self, number: int, record: dict[str, Any]) -> RowResult:
