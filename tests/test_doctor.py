@@ -127,3 +127,24 @@ def test_missing_profile_and_key(cli, cwsctl_home):
     cli("profile", "init", "default", "--url", "https://cws.example.org", "--username", "u")
     result = cli("doctor")
     assert result.exit_code == 3 and "cwsctl keygen" in result.stdout
+
+
+def test_encrypted_key_is_unlocked_once_for_every_check(
+    sandbox, sandbox_profile, sandbox_user, cwsctl_home
+):
+    from cwsctl.core.doctor import run_checks, worst_exit_status
+
+    store = Store(cwsctl_home)
+    keys.save_private_key(
+        store.private_key_path("default"), sandbox_user.private_key, b"s3cret", overwrite=True
+    )
+    asked: list[int] = []
+
+    def passphrase() -> bytes:
+        asked.append(1)
+        return b"s3cret"
+
+    results = list(run_checks(store, None, passphrase))
+    assert worst_exit_status(results) == 0, [c for c in results if not c.ok]
+    assert [c.name for c in results][-1] == "signed request"
+    assert len(asked) == 1

@@ -9,13 +9,14 @@ from __future__ import annotations
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from cwsctl.core import keys
 from cwsctl.core.errors import CwsError, ExitStatus, SignatureError
+from cwsctl.core.identity import SigningIdentity
 from cwsctl.core.profile import Profile, Store
 
 MAX_CLOCK_SKEW_S = 300
@@ -88,23 +89,30 @@ def run_checks(
     yield passed(
         "profile", f"{name}: {profile.url} as {profile.username!r} ({profile.algorithm.scheme})"
     )
-    key_checks = list(_key_checks(store, name, profile, passphrase))
-    yield from key_checks
+    identity = yield from _key_checks(store, name, profile, passphrase)
     yield _pinned_check(profile)
     url_ok = _url_check(profile)
     yield url_ok
-    if not all(c.ok for c in key_checks) or not profile.trusted or not url_ok.ok:
+    if identity is None or not profile.trusted or not url_ok.ok:
         return
     reach = list(_reach_checks(profile.url, path, timeout))
     yield from reach
     if not all(c.ok for c in reach):
         return
-    yield _signed_request_check(store, name, profile, passphrase, path, timeout)
+    yield _signed_request_check(identity, profile, path, timeout)
 
 
 def _key_checks(
-    store: Store, name: str, profile: Profile, passphrase: keys.PassphraseSource | None
-) -> Iterator[Check]:
+    store: Store,
+    name: str,
+    profile: Profile,
+    passphrase: keys.PassphraseSource | None,
+) -> Generator[Check, None, SigningIdentity | None]:
+    """Yield the key's checks; return the loaded identity, or None if any check failed.
+
+    The identity is reused for the signed request, so an encrypted key is unlocked (and its
+    passphrase asked for) once.
+    """
     path = store.private_key_path(name)
     if not path.exists():
         yield failed(
@@ -113,7 +121,7 @@ def _key_checks(
             "cwsctl keygen  (or: cwsctl keys import rsa.private)",
             ExitStatus.LOCAL_KEY,
         )
-        return
+        return None
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         yield failed(
@@ -122,7 +130,7 @@ def _key_checks(
             f"chmod 600 {path}",
             ExitStatus.LOCAL_KEY,
         )
-        return
+        return None
     yield passed("key permissions", f"{path} is mode {mode:04o}")
     dir_mode = stat.S_IMODE(path.parent.stat().st_mode)
     if dir_mode & 0o077:
@@ -132,7 +140,7 @@ def _key_checks(
             f"chmod 700 {path.parent}",
             ExitStatus.LOCAL_KEY,
         )
-        return
+        return None
     yield passed("key directory", f"{path.parent} is mode {dir_mode:04o}")
     try:
         key = keys.load_private_key(path, passphrase)
@@ -143,13 +151,15 @@ def _key_checks(
             exc.hint or "check the key and its passphrase",
             ExitStatus.LOCAL_KEY,
         )
-        return
+        return None
     yield passed("key readable", f"RSA {key.key_size} bits")
+    identity = SigningIdentity(key, profile.username, profile.algorithm, path)
     yield passed(
         "key fingerprint",
-        f"{keys.fingerprint(key.public_key())} — CorEMR's Public Keys page must hold this key "
+        f"{identity.fingerprint} — CorEMR's Public Keys page must hold this key "
         f"under the username {profile.username!r}",
     )
+    return identity
 
 
 def _pinned_check(profile: Profile) -> Check:
@@ -235,17 +245,10 @@ def _clock_check(date_header: str | None) -> Check:
 
 
 def _signed_request_check(
-    store: Store,
-    name: str,
-    profile: Profile,
-    passphrase: keys.PassphraseSource | None,
-    path: str,
-    timeout: float,
+    identity: SigningIdentity, profile: Profile, path: str, timeout: float
 ) -> Check:
     from cwsctl.core.client import CwsClient
-    from cwsctl.core.identity import load_identity
 
-    identity = load_identity(name, store=store, passphrase=passphrase)
     try:
         with CwsClient(
             identity, profile.trusted, base_url=profile.url, timeout=timeout, allow_http=True
