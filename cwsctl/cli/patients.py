@@ -328,16 +328,9 @@ def _finish(
         raise KeyboardInterrupt
     status = summary.exit_status()
     if status is not ExitStatus.OK:
-        bad = (
-            summary.total
-            - counts["created"]
-            - counts["exists"]
-            - counts["skipped"]
-            - counts["valid"]
-        )
         where = f"see {report_path}" if report_path else "rerun with --report FILE to see which"
         raise BulkLoadError(
-            f"{bad} of {summary.total} rows were not created",
+            f"{summary.not_done} of {summary.total} rows were not created",
             status,
             hint=f"{where}; re-running the same command resumes without duplicates",
         )

@@ -57,7 +57,7 @@ class BulkProgress:
         if self._bar is None:
             return
         self._rows += 1
-        if result.outcome not in ("created", "exists", "skipped", "valid"):
+        if not result.done:
             self._failures += 1
         try:
             position = self._stream.tell()

@@ -32,6 +32,8 @@ PATIENTS_PATH = "/ws/patients/"
 
 #: Every outcome a row can have, in the order summaries list them.
 OUTCOMES = ("created", "exists", "skipped", "valid", "invalid", "rejected", "failed", "unknown")
+#: The outcomes of rows that need nothing more: created (now or earlier), or valid in a dry run.
+DONE_OUTCOMES = frozenset({"created", "exists", "skipped", "valid"})
 
 
 class RowResult(NamedTuple):
@@ -44,6 +46,20 @@ class RowResult(NamedTuple):
     status: int | None = None
     patient_id: Any = None
     message: str = ""
+
+    @property
+    def done(self) -> bool:
+        """True when the row needs nothing more (see DONE_OUTCOMES)."""
+        return self.outcome in DONE_OUTCOMES
+
+
+class _ToSend(NamedTuple):
+    """A valid row not finished by an earlier run: what ``_send_row`` needs."""
+
+    record: dict[str, Any]
+    external_id: str
+    facility: str
+    journal_key: str  # "" without a journal
 
 
 @dataclass
@@ -65,6 +81,11 @@ class Summary:
     def total(self) -> int:
         """Rows seen."""
         return sum(self.counts.values())
+
+    @property
+    def not_done(self) -> int:
+        """Rows that were not created (and, in a dry run, not valid)."""
+        return self.total - sum(self.counts[name] for name in DONE_OUTCOMES)
 
     def exit_status(self) -> ExitStatus:
         """7 forged answer, 130 interrupted, 6/5 failures left, 4 bad rows, else 0."""
@@ -127,12 +148,7 @@ class BulkLoad:
         def finish(result: RowResult) -> None:
             summary.add(result)
             on_result(result)
-            if self.stop_on_error and result.outcome in (
-                "invalid",
-                "rejected",
-                "failed",
-                "unknown",
-            ):
+            if self.stop_on_error and not result.done:
                 self._stop.set()
 
         def collect(block_until_below: int) -> None:
@@ -151,12 +167,11 @@ class BulkLoad:
                 for row in rows:
                     if self._stop.is_set():
                         break
-                    result, record = self._check(row, seen)
-                    if result is not None:
-                        finish(result)
+                    checked = self._check(row, seen)
+                    if isinstance(checked, RowResult):
+                        finish(checked)
                         continue
-                    assert record is not None
-                    pending.add(pool.submit(self._send_row, row.number, record))
+                    pending.add(pool.submit(self._send_row, row.number, checked))
                     collect(2 * self.concurrency - 1)
                 collect(0)
             except KeyboardInterrupt:
@@ -170,42 +185,38 @@ class BulkLoad:
         return summary
 
     # -- per row -----------------------------------------------------------------------------
-    def _check(
-        self, row: InputRow, seen: dict[tuple[str, str], int]
-    ) -> tuple[RowResult | None, dict[str, Any] | None]:
-        """Validate a row locally; return a final result for it, or the record to send."""
+    def _check(self, row: InputRow, seen: dict[tuple[str, str], int]) -> RowResult | _ToSend:
+        """Validate a row locally; return a final result for it, or what to send."""
         fields = row.fields or {}
         ext = str(fields.get("external_id")) if fields.get("external_id") is not None else None
         fac = str(fields.get("facility")) if fields.get("facility") is not None else None
         if row.error is not None:
-            return RowResult(row.number, ext, fac, "invalid", message=row.error), None
+            return RowResult(row.number, ext, fac, "invalid", message=row.error)
         try:
             record = prepare_patient(fields)
         except PatientValidationError as exc:
-            return RowResult(row.number, ext, fac, "invalid", exc.status, message=exc.message), None
+            return RowResult(row.number, ext, fac, "invalid", exc.status, message=exc.message)
         key = patient_key(record)
         if key in seen:
             message = f"duplicate of row {seen[key]} (same external_id and facility)"
-            return RowResult(row.number, *key, "invalid", message=message), None
+            return RowResult(row.number, *key, "invalid", message=message)
         seen[key] = row.number
         if self.client is None:
-            return RowResult(row.number, *key, "valid"), None
-        if self.journal is not None:
-            journal_key = self.journal.key_for(*key)
-            if self.journal.is_done(journal_key):
-                entry = self.journal.state(journal_key) or {}
-                message = f"{entry.get('outcome')} in an earlier run"
-                return RowResult(
-                    row.number, *key, "skipped", patient_id=entry.get("id"), message=message
-                ), None
-        return None, record
+            return RowResult(row.number, *key, "valid")
+        journal_key = self.journal.key_for(*key) if self.journal is not None else ""
+        if self.journal is not None and self.journal.is_done(journal_key):
+            entry = self.journal.state(journal_key) or {}
+            message = f"{entry.get('outcome')} in an earlier run"
+            return RowResult(
+                row.number, *key, "skipped", patient_id=entry.get("id"), message=message
+            )
+        return _ToSend(record, *key, journal_key)
 
-    def _send_row(self, number: int, record: dict[str, Any]) -> RowResult:
+    def _send_row(self, number: int, row: _ToSend) -> RowResult:
         """Send one patient, with lookups before any re-send; journal every step."""
         assert self.client is not None
-        external_id, facility = patient_key(record)
-        key = self.journal.key_for(external_id, facility) if self.journal else ""
-        body = patient_body(record)
+        external_id, facility, key = row.external_id, row.facility, row.journal_key
+        body = patient_body(row.record)
         in_doubt = bool(self.journal and self.journal.in_doubt(key))
         last = RowResult(number, external_id, facility, "failed", message="not sent")
         for attempt in range(self.retries + 1):
