@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field
 
-from cwsctl.core.signing import Algorithm
+from cwsctl.core.signing import Algorithm, body_sha256
 
 
 @dataclass
@@ -21,7 +20,7 @@ class BodyReport:
 
 def inspect_body(body: bytes) -> BodyReport:
     """Find what usually goes wrong when people sign bodies by hand."""
-    report = BodyReport(len(body), hashlib.sha256(body).hexdigest())
+    report = BodyReport(len(body), body_sha256(body))
     warn = report.warnings.append
     if not body:
         warn("the body is empty: fine for GET/DELETE, and it is still signed")

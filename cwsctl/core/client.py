@@ -12,6 +12,7 @@ import ipaddress
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from urllib.parse import urlsplit
 
 import httpx
@@ -84,9 +85,9 @@ class CwsResponse:
         """The response's Authorization header value, as received."""
         return self.headers.get("authorization")
 
-    @property
+    @cached_property
     def body_sha256(self) -> str:
-        """Hex SHA-256 of the raw body."""
+        """Hex SHA-256 of the raw body (the audit log and the bulk journal both record it)."""
         return body_sha256(self.body)
 
     def error_message(self) -> str:
