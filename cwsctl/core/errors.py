@@ -82,12 +82,3 @@ class SignatureError(CwsError):
     """A signature is missing, malformed, from an untrusted signer, or does not verify."""
 
     exit_status = ExitStatus.SIGNATURE
-
-
-def exit_status_for_http(status_code: int) -> ExitStatus:
-    """Map an HTTP status code to the exit status of a request that got it."""
-    if 400 <= status_code < 500:
-        return ExitStatus.HTTP_4XX
-    if status_code >= 500:
-        return ExitStatus.HTTP_5XX
-    return ExitStatus.OK

@@ -89,7 +89,6 @@ FIELDS: tuple[FieldSpec, ...] = (
 )
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 REQUIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.required)
-OPTIONAL_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if not f.required)
 _SPECS = {f.name: f for f in FIELDS}
 
 # [0-9], not \d: \d also matches non-ASCII digits.

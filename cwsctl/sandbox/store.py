@@ -29,7 +29,7 @@ from cwsctl.core import keys
 from cwsctl.core.errors import CwsError, InputError
 from cwsctl.core.files import ensure_private_dir
 from cwsctl.core.patients import patient_key
-from cwsctl.core.profile import DEFAULT_SERVER_USERNAME, TrustedKey, cwsctl_home
+from cwsctl.core.profile import DEFAULT_SERVER_USERNAME, cwsctl_home
 
 DATA_DIR_ENV = "CWSCTL_SANDBOX_DIR"
 SERVER_KEY_FILE = "server.pem"
@@ -98,11 +98,6 @@ def server_public_key_pem(data_dir: Path, bits: int = keys.DEFAULT_BITS) -> str:
     return keys.public_key_pem(load_or_create_server_key(data_dir, bits).public_key()).decode(
         "ascii"
     )
-
-
-def server_trusted_key(data_dir: Path, bits: int = keys.DEFAULT_BITS) -> TrustedKey:
-    """The sandbox's key as a client pins it: signer ``coremr`` plus the public PEM."""
-    return TrustedKey(SERVER_USERNAME, server_public_key_pem(data_dir, bits))
 
 
 @dataclass(frozen=True)
@@ -191,12 +186,6 @@ class SandboxStore:
                 (entry.username, entry.public_key_pem, entry.fingerprint, entry.added_at),
             )
         return entry
-
-    def remove_client_key(self, username: str) -> bool:
-        """Unregister ``username``; return whether it was registered."""
-        with self._lock:
-            cursor = self._db.execute("DELETE FROM client_keys WHERE username = ?", (username,))
-        return cursor.rowcount > 0
 
     def client_key_pem(self, username: str) -> str | None:
         """The PEM registered for ``username``, or None."""
