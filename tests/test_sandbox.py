@@ -33,7 +33,8 @@ from tests.sandbox_plugin import SandboxUser
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from cwsctl.sandbox.server import SandboxServer, is_loopback
+from cwsctl.core.urls import is_loopback
+from cwsctl.sandbox.server import SandboxServer
 
 PATIENT = WALKTHROUGH_EXAMPLE
 

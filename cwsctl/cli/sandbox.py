@@ -151,8 +151,8 @@ def serve(
     from cwsctl.sandbox import require_server_deps
 
     require_server_deps()
+    from cwsctl.core.urls import is_loopback
     from cwsctl.sandbox.faults import Faults
-    from cwsctl.sandbox.server import is_loopback
     from cwsctl.sandbox.server import serve as run_server
 
     _check_bits(key_bits)

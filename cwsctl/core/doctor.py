@@ -175,7 +175,7 @@ def _pinned_check(profile: Profile) -> Check:
 
 
 def _url_check(profile: Profile) -> Check:
-    from cwsctl.core.client import is_loopback
+    from cwsctl.core.urls import is_loopback
 
     parts = urlsplit(profile.url)
     if parts.scheme == "https":

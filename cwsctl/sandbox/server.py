@@ -9,7 +9,6 @@ reconfigure the host program's logging.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import signal
 import socket
 import threading
@@ -77,16 +76,6 @@ class _UvicornServer(uvicorn.Server):
     def stop_signal(self) -> int | None:
         """The first signal that asked us to stop, if any."""
         return self._captured_signals[0] if self._captured_signals else None
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` only accepts connections from this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class SandboxServer:
