@@ -15,6 +15,7 @@ import typer
 from cwsctl.cli.options import with_globals
 from cwsctl.cli.output import Output
 from cwsctl.core.errors import InputError
+from cwsctl.core.keys import ALLOWED_BITS, DEFAULT_BITS
 
 if TYPE_CHECKING:
     from cwsctl.sandbox.server import SandboxServer
@@ -44,11 +45,6 @@ KeyBitsOption = Annotated[
 ]
 
 
-# cwsctl.core.keys is imported lazily (it pulls in cryptography); these mirror its constants.
-_DEFAULT_BITS = 4096
-_ALLOWED_BITS = (2048, 3072, 4096)
-
-
 def _data_dir(option: Path | None) -> Path:
     from cwsctl.sandbox.store import default_data_dir
 
@@ -56,8 +52,8 @@ def _data_dir(option: Path | None) -> Path:
 
 
 def _check_bits(bits: int) -> None:
-    if bits not in _ALLOWED_BITS:
-        raise InputError(f"--key-bits must be one of {', '.join(map(str, _ALLOWED_BITS))}")
+    if bits not in ALLOWED_BITS:
+        raise InputError(f"--key-bits must be one of {', '.join(map(str, ALLOWED_BITS))}")
 
 
 @app.command("serve")
@@ -71,7 +67,7 @@ def serve(
         int, typer.Option("--port", metavar="PORT", help="TCP port; 0 picks a free one.")
     ] = 8080,
     data_dir: DataDirOption = None,
-    key_bits: KeyBitsOption = _DEFAULT_BITS,
+    key_bits: KeyBitsOption = DEFAULT_BITS,
     drop_rate: Annotated[
         float | None,
         typer.Option(
@@ -154,6 +150,7 @@ def serve(
     from cwsctl.core.urls import is_loopback
     from cwsctl.sandbox.faults import Faults
     from cwsctl.sandbox.server import serve as run_server
+    from cwsctl.sandbox.store import SERVER_KEY_FILE
 
     _check_bits(key_bits)
     if not 0 <= port <= 65535:
@@ -174,7 +171,7 @@ def serve(
             "It is a test server: plain HTTP, no rate limits, fake-patient storage. "
             "Never put real patient data in it; prefer --host 127.0.0.1."
         )
-    if not (directory / "server.pem").exists():
+    if not (directory / SERVER_KEY_FILE).exists():
         out.info(f"Generating the sandbox's {key_bits}-bit server key in {directory}…")
 
     def ready(server: SandboxServer) -> None:
@@ -270,7 +267,7 @@ def list_keys(out: Output, data_dir: DataDirOption = None) -> None:
 @app.command("server-key")
 @with_globals
 def server_key(
-    out: Output, data_dir: DataDirOption = None, key_bits: KeyBitsOption = _DEFAULT_BITS
+    out: Output, data_dir: DataDirOption = None, key_bits: KeyBitsOption = DEFAULT_BITS
 ) -> None:
     """Print the sandbox's public key PEM (made if the data dir is new), to pin with profile trust.
 
