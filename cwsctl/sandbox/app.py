@@ -164,10 +164,8 @@ class SandboxApp:
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, _Answer | None]:
         declared = _header(scope, b"content-length")
-        too_large = _error(413, f"request body is larger than {self.max_body} bytes")
         if declared is not None and declared.isdigit() and int(declared) > DRAIN_LIMIT_BYTES:
-            too_large.close = True
-            return b"", too_large
+            return b"", self._too_large(close=True)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -179,13 +177,18 @@ class SandboxApp:
             if size <= self.max_body:
                 chunks.append(chunk)
             elif size > DRAIN_LIMIT_BYTES:
-                too_large.close = True
-                return b"", too_large
+                return b"", self._too_large(close=True)
             if not message.get("more_body", False):
                 break
         if size > self.max_body:
-            return b"", too_large
+            return b"", self._too_large(close=False)
         return b"".join(chunks), None
+
+    def _too_large(self, *, close: bool) -> _Answer:
+        """413; ``close`` when the rest of the body was not drained (too much to read)."""
+        answer = _error(413, f"request body is larger than {self.max_body} bytes")
+        answer.close = close
+        return answer
 
     def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, _Answer | None]:
         values = [v for k, v in scope["headers"] if k == b"authorization"]
