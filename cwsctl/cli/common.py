@@ -64,13 +64,15 @@ def open_client(
     *,
     passphrase_file: Path | None = None,
     timeout: float = 30.0,
+    max_response_size: int | None = None,
     verify_responses: bool = True,
     allow_http: bool = False,
     max_connections: int = 10,
 ) -> CwsClient:
-    """A signing, verifying client for the profile in force."""
+    """A signing, verifying client for the profile in force (``max_response_size=None``: 64 MiB)."""
     from cwsctl.core.audit import AuditLog
     from cwsctl.core.client import CwsClient
+    from cwsctl.core.exchange import DEFAULT_MAX_RESPONSE_SIZE
     from cwsctl.core.identity import load_identity
 
     store, name = store_and_profile(settings)
@@ -81,6 +83,9 @@ def open_client(
         profile.trusted,
         base_url=profile.url,
         timeout=timeout,
+        max_response_size=(
+            DEFAULT_MAX_RESPONSE_SIZE if max_response_size is None else max_response_size
+        ),
         verify_responses=verify_responses,
         allow_http=allow_http,
         max_connections=max_connections,

@@ -25,13 +25,22 @@ from cwsctl.core.errors import (
     ProfileError,
     ServerFailureError,
 )
+from cwsctl.core.exchange import (
+    DEFAULT_MAX_RESPONSE_SIZE,
+    DEFAULT_TIMEOUT,
+    ResponseTooLargeError,
+    UnexpectedEncodingError,
+    bounded_client,
+    exchange_deadline,
+    format_size,
+    time_left,
+)
 from cwsctl.core.identity import SigningIdentity
 from cwsctl.core.profile import TrustedKey
 from cwsctl.core.signing import body_sha256
 from cwsctl.core.urls import check_transport_security, resolve_url
 from cwsctl.core.verification import VerificationResult, verify_response
 
-DEFAULT_TIMEOUT = 30.0
 #: Methods that may be re-sent after the request went out without changing anything twice.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 VERIFICATION_EXTENSION = "cwsctl.verification"
@@ -126,6 +135,7 @@ class CwsClient:
         *,
         base_url: str = "",
         timeout: float = DEFAULT_TIMEOUT,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
         verify_responses: bool = True,
         allow_http: bool = False,
         retries: int = 2,
@@ -141,14 +151,16 @@ class CwsClient:
         self.base_url = base_url
         self.allow_http = allow_http
         self.retries = retries
+        self.timeout = timeout
+        self.max_response_size = max_response_size
         self.audit = audit
         self._auth = CwsAuth(identity, trusted, verify_responses=verify_responses)
         # Connection failures happen before anything is sent, so the transport may retry them.
-        transport = httpx.HTTPTransport(
-            retries=retries, limits=httpx.Limits(max_connections=max_connections)
-        )
-        self._http = httpx.Client(
-            transport=transport, timeout=httpx.Timeout(timeout), follow_redirects=False
+        self._http = bounded_client(
+            timeout=timeout,
+            max_response_size=max_response_size,
+            retries=retries,
+            max_connections=max_connections,
         )
 
     def __enter__(self) -> CwsClient:
@@ -197,26 +209,32 @@ class CwsClient:
     ) -> CwsResponse:
         """Send a signed request and return the verified response (any status).
 
-        Raises NetworkError (exit 6) when the server cannot be reached or the answer is lost,
+        The whole call, retries of an idempotent request included, ends within ``timeout``
+        seconds and reads at most ``max_response_size`` bytes of answer. Raises NetworkError
+        (exit 6) when the server cannot be reached, the answer is lost, late or too large, and
         SignatureError (exit 7) when the answer is not authentic.
         """
         request = self.build_request(method, path_or_url, body, headers, sign=False)
         method = request.method
         attempts = 1 + (self.retries if method in IDEMPOTENT_METHODS else 0)
         started = time.perf_counter()
-        for attempt in range(1, attempts + 1):
-            try:
-                response = self._http.send(request, auth=self._auth)
-                break
-            except httpx.HTTPError as exc:
-                error = network_error(exc, method, str(request.url))
-                if not isinstance(error, RetryableNetworkError) or attempt == attempts:
-                    self._record(request, None, started, type(error).__name__)
-                    raise error from None
-                time.sleep(0.2 * attempt)
-            except CwsError as exc:
-                self._record(request, None, started, type(exc).__name__)
-                raise
+        with exchange_deadline(self.timeout):
+            for attempt in range(1, attempts + 1):
+                try:
+                    response = self._http.send(request, auth=self._auth)
+                    break
+                except httpx.HTTPError as exc:
+                    error = self.network_error(exc, method, str(request.url))
+                    pause = 0.2 * attempt
+                    left = time_left() or 0.0
+                    retry = isinstance(error, RetryableNetworkError) and attempt < attempts
+                    if not retry or left <= pause:
+                        self._record(request, None, started, type(error).__name__)
+                        raise error from None
+                    time.sleep(pause)
+                except CwsError as exc:
+                    self._record(request, None, started, type(exc).__name__)
+                    raise
         result = CwsResponse(
             method=method,
             url=str(request.url),
@@ -230,6 +248,12 @@ class CwsClient:
         )
         self._record(request, result, started)
         return result
+
+    def network_error(self, exc: httpx.HTTPError, method: str, url: str) -> CwsError:
+        """:func:`network_error`, with this client's timeout and size cap in the message."""
+        return network_error(
+            exc, method, url, timeout=self.timeout, max_response_size=self.max_response_size
+        )
 
     def _record(
         self,
@@ -263,7 +287,14 @@ class RetryableNetworkError(NetworkError):
     """An idempotent request lost its answer; sending it again is safe."""
 
 
-def network_error(exc: httpx.HTTPError, method: str, url: str) -> CwsError:
+def network_error(
+    exc: httpx.HTTPError,
+    method: str,
+    url: str,
+    *,
+    timeout: float | None = None,
+    max_response_size: int | None = None,
+) -> CwsError:
     """Turn an httpx failure into NetworkError, saying whether the request may have taken effect."""
     host = urlsplit(url).netloc
     if isinstance(exc, httpx.ConnectTimeout):
@@ -283,12 +314,28 @@ def network_error(exc: httpx.HTTPError, method: str, url: str) -> CwsError:
         ):
             return NetworkError(f"cannot resolve host {host}", hint="check the URL in the profile")
         return NetworkError(f"cannot connect to {host}: {text or 'connection refused'}")
-    if isinstance(exc, httpx.TimeoutException | httpx.TransportError):
-        kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "lost the connection"
+    if isinstance(exc, ResponseTooLargeError):
+        cap = format_size(max_response_size if max_response_size is not None else exc.limit)
+        what = f"{method} {url}: the answer is larger than {cap}; stopped reading"
+        hint = "raise --max-response-size if the answer is legitimately this large"
         if method in IDEMPOTENT_METHODS:
-            return RetryableNetworkError(f"{method} {url}: {kind} waiting for the answer")
+            return NetworkError(what, hint=hint)  # the same request would get the same answer
         return OutcomeUnknownError(
-            f"{method} {url}: {kind} after the request was sent; its outcome is unknown",
-            hint="it may have been applied: check on the server before sending it again",
+            f"{what}, so its outcome is unknown",
+            hint=f"it may have been applied: check on the server before sending it again; {hint}",
         )
-    return NetworkError(f"{method} {url}: {exc}")
+    if isinstance(exc, httpx.TimeoutException):
+        within = f" within {timeout:g} s (--timeout)" if timeout is not None else ""
+        kind = f"no complete answer{within}"
+    elif isinstance(exc, httpx.ProtocolError | UnexpectedEncodingError):
+        kind = f"the answer was cut off or is not valid HTTP ({exc})"
+    elif isinstance(exc, httpx.TransportError):
+        kind = "lost the connection before the answer was complete"
+    else:
+        return NetworkError(f"{method} {url}: {exc}")
+    if method in IDEMPOTENT_METHODS:
+        return RetryableNetworkError(f"{method} {url}: {kind}")
+    return OutcomeUnknownError(
+        f"{method} {url}: {kind}; its outcome is unknown",
+        hint="it may have been applied: check on the server before sending it again",
+    )

@@ -193,6 +193,8 @@ def _url_check(profile: Profile) -> Check:
 def _reach_checks(url: str, path: str, timeout: float) -> Iterator[Check]:
     import httpx
 
+    from cwsctl.core.exchange import bounded_client
+
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -210,7 +212,9 @@ def _reach_checks(url: str, path: str, timeout: float) -> Iterator[Check]:
         return
     yield passed("dns", f"{host} → {', '.join(sorted(addresses))}")
     try:
-        response = httpx.get(url.rstrip("/") + path, timeout=timeout)
+        # Only the head matters here; the body is read (and bounded) but not used.
+        with bounded_client(timeout=timeout) as http:
+            response = http.get(url.rstrip("/") + path)
     except httpx.HTTPError as exc:
         what = "TLS handshake" if parts.scheme == "https" else "connection"
         yield failed(

@@ -1,0 +1,249 @@
+"""Bounded HTTP exchanges: one deadline for the whole exchange and a cap on the answer's size.
+
+httpx's timeouts apply to each network operation, so a server that trickles one byte a second
+never trips a 3-second read timeout, and nothing stops a server that streams an endless body.
+Every request cwsctl sends goes through :class:`BoundedTransport`, which closes both gaps in one
+place:
+
+- **Deadline.** Each socket operation (connect, TLS handshake, write, read) gets at most the time
+  left until the exchange's deadline, via a thin wrapper around httpcore's network backend. The
+  deadline starts when the request is handed to the transport, or earlier when the caller opens
+  :func:`exchange_deadline` (so that retries share one budget).
+- **Size cap.** The raw answer is counted while it streams in; past ``max_response_size`` bytes
+  (or on a ``Content-Length`` above it) reading stops with :class:`ResponseTooLargeError` and
+  httpx closes the connection instead of returning it to the pool. cwsctl asks for
+  ``Accept-Encoding: identity`` and refuses a compressed answer, so the bytes counted are the bytes
+  kept (and a small compressed body cannot expand past the cap).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpcore
+import httpx
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_RESPONSE_SIZE = 64 * 1024 * 1024
+
+# The monotonic time by which the exchange in progress on this thread must be over (None: none).
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "cwsctl_exchange_deadline", default=None
+)
+
+
+class ResponseTooLargeError(httpx.TransportError):
+    """The answer passed the size cap; reading stopped and the connection was closed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer is larger than {format_size(limit)}")
+        self.limit = limit
+
+
+class UnexpectedEncodingError(httpx.TransportError):
+    """The server compressed its answer although cwsctl asked for ``identity``."""
+
+
+def format_size(size: int) -> str:
+    """``67108864`` → ``64 MiB``; sizes that are not whole KiB/MiB/GiB stay in bytes."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} bytes"
+
+
+def time_left() -> float | None:
+    """Seconds left before the current exchange's deadline (None when there is none)."""
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+@contextmanager
+def exchange_deadline(seconds: float) -> Iterator[None]:
+    """Bound everything sent and received inside the block (on this thread) to ``seconds``.
+
+    An enclosing deadline that ends sooner stays in force.
+    """
+    deadline = time.monotonic() + seconds
+    current = _deadline.get()
+    token = _deadline.set(deadline if current is None else min(current, deadline))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _clamp(timeout: float | None, expired: type[Exception]) -> float | None:
+    """The per-operation timeout, shortened to what is left of the deadline."""
+    left = time_left()
+    if left is None:
+        return timeout
+    if left <= 0:
+        raise expired("the exchange's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose every operation ends by the exchange's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _clamp(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's own socket backend, with connects and streams bound by the deadline."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _clamp(timeout, httpcore.ConnectTimeout)
+        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        timeout = _clamp(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _BoundedBody(httpx.SyncByteStream):
+    """The answer's raw bytes, counted against the cap and read before the deadline."""
+
+    def __init__(self, inner: httpx.SyncByteStream, deadline: float, limit: int) -> None:
+        self._inner = inner
+        self._deadline = deadline
+        self._limit = limit
+
+    def __iter__(self) -> Iterator[bytes]:
+        received = 0
+        chunks = iter(self._inner)
+        while True:
+            token = _deadline.set(self._deadline)
+            try:
+                chunk = next(chunks, None)
+            finally:
+                _deadline.reset(token)
+            if chunk is None:
+                return
+            received += len(chunk)
+            if received > self._limit:
+                raise ResponseTooLargeError(self._limit)
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class BoundedTransport(httpx.HTTPTransport):
+    """httpx's transport with a whole-exchange deadline and a response-size cap."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        retries: int = 0,
+        max_connections: int = 10,
+    ) -> None:
+        # httpx.HTTPTransport.__init__ only builds its httpcore pool, with no way to pass a
+        # network backend; build the pool the same way (no proxy: cwsctl's clients never take one
+        # from the environment) with ours, instead of calling it and paying for two SSL contexts.
+        self.timeout = timeout
+        self.max_response_size = max_response_size
+        limits = httpx.Limits(max_connections=max_connections)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            retries=retries,
+            network_backend=_DeadlineBackend(),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and return its answer, whose body streams under the same bounds."""
+        own = time.monotonic() + self.timeout
+        enclosing = _deadline.get()
+        deadline = own if enclosing is None else min(own, enclosing)
+        token = _deadline.set(deadline)
+        try:
+            response = super().handle_request(request)
+        finally:
+            _deadline.reset(token)
+        try:
+            self._check_head(response)
+        except httpx.TransportError:
+            response.close()
+            raise
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        response.stream = _BoundedBody(response.stream, deadline, self.max_response_size)
+        return response
+
+    def _check_head(self, response: httpx.Response) -> None:
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise UnexpectedEncodingError(
+                f"the server sent a {encoding!r}-encoded answer although cwsctl asked for none"
+            )
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_response_size:
+            raise ResponseTooLargeError(self.max_response_size)
+
+
+def bounded_client(
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+    retries: int = 0,
+    max_connections: int = 10,
+) -> httpx.Client:
+    """An ``httpx.Client`` whose every exchange is bounded in time and size (no redirects)."""
+    transport = BoundedTransport(
+        timeout=timeout,
+        max_response_size=max_response_size,
+        retries=retries,
+        max_connections=max_connections,
+    )
+    return httpx.Client(
+        transport=transport,
+        timeout=httpx.Timeout(timeout),
+        follow_redirects=False,
+        headers={"Accept-Encoding": "identity"},
+    )
