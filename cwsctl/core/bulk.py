@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 from cwsctl.core.client import CwsClient, CwsResponse, OutcomeUnknownError
 from cwsctl.core.errors import CwsError, ExitStatus, NetworkError, SignatureError
+from cwsctl.core.exchange import exchange_deadline
 from cwsctl.core.journal import Journal
 from cwsctl.core.patients import (
     PatientValidationError,
@@ -223,15 +224,23 @@ class BulkLoad:
             if attempt and (self._stop.is_set() or not self._pause(attempt)):
                 break
             try:
-                if in_doubt:
-                    found = self._lookup(external_id, facility)
-                    if found is not None:
-                        self._journal(key, number, "exists", id=found, via="lookup")
-                        return RowResult(
-                            number, external_id, facility, "exists", 200, found, "found by lookup"
-                        )
-                self._journal(key, number, "sending")
-                response = self.client.request("POST", PATIENTS_PATH, body)
+                # One deadline per attempt: its look-up and its send share the --timeout budget.
+                with exchange_deadline(self.client.timeout):
+                    if in_doubt:
+                        found = self._lookup(external_id, facility)
+                        if found is not None:
+                            self._journal(key, number, "exists", id=found, via="lookup")
+                            return RowResult(
+                                number,
+                                external_id,
+                                facility,
+                                "exists",
+                                200,
+                                found,
+                                "found by lookup",
+                            )
+                    self._journal(key, number, "sending")
+                    response = self.client.request("POST", PATIENTS_PATH, body)
             except _LookupFailed as exc:  # the state stays in doubt; nothing was sent
                 last = RowResult(
                     number, external_id, facility, "failed", exc.status, message=exc.message
