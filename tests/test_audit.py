@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import threading
+
+import pytest
 
 from cwsctl.core.audit import AuditLog
 from cwsctl.sandbox.faults import Faults
@@ -54,25 +59,113 @@ def test_audit_command_with_since_and_json(cli, sandbox, sandbox_profile):
     assert cli("audit", "--since", "yesterday").exit_code == 2
 
 
-def test_rotation_by_size_keeps_a_bounded_number_of_files(tmp_path):
+def _record(log: AuditLog, path: str) -> None:
+    log.record(
+        method="GET",
+        url=f"https://x{path}?external_id=secret",
+        status=200,
+        request_sha256="a" * 64,
+        response_sha256="b" * 64,
+        verified=True,
+        signer="coremr",
+        key_fingerprint="SHA256:x",
+        duration_ms=1.0,
+    )
+
+
+def _numbers(entries: list[dict]) -> list[int]:
+    return [int(e["path"].rsplit("/", 1)[1]) for e in entries]
+
+
+@pytest.fixture
+def open_umask():
+    """Umask 000, so a file created with the default mode would be 0666 (world-readable)."""
+    previous = os.umask(0)
+    yield
+    os.umask(previous)
+
+
+def test_rotation_by_size_keeps_a_bounded_number_of_private_files(tmp_path, open_umask):
     log = AuditLog(tmp_path, "p", max_bytes=2000, keep=3)
     for i in range(100):
-        log.record(
-            method="GET",
-            url=f"https://x/ws/{i}?external_id=secret",
-            status=200,
-            request_sha256="a",
-            response_sha256="b",
-            verified=True,
-            signer="coremr",
-            key_fingerprint="SHA256:x",
-            duration_ms=1.0,
-        )
-    files = sorted(p.name for p in (tmp_path / "audit").iterdir())
+        _record(log, f"/ws/{i}")
+    log.close()
+    folder = tmp_path / "audit"
+    files = sorted(p.name for p in folder.iterdir())
     assert files == ["p.jsonl", "p.jsonl.1", "p.jsonl.2", "p.jsonl.3"]
-    assert all((tmp_path / "audit" / f).stat().st_size <= 2000 for f in files)
+    line = len((folder / "p.jsonl").read_text().splitlines()[0]) + 1
+    for name in files:
+        size = (folder / name).stat().st_size
+        assert size < 2000  # rotated before the size was reached…
+        if name != "p.jsonl":
+            assert size > 2000 - 2 * line  # …and not much earlier
+        assert (folder / name).stat().st_mode & 0o777 == 0o600, name  # backups too
+    assert folder.stat().st_mode & 0o777 == 0o700
     entries = list(log.entries())
-    assert entries[-1]["path"] == "/ws/99"
-    assert [int(e["path"].rsplit("/", 1)[1]) for e in entries] == sorted(
-        int(e["path"].rsplit("/", 1)[1]) for e in entries
+    numbers = _numbers(entries)
+    assert numbers == list(range(100 - len(numbers), 100))  # the newest, oldest first, no gap
+    assert "secret" not in "".join((folder / name).read_text() for name in files)
+
+
+def test_lines_from_many_threads_are_whole_and_all_kept(tmp_path):
+    log = AuditLog(tmp_path, "p", max_bytes=20_000, keep=100)
+
+    def write(thread: int) -> None:
+        for i in range(200):
+            _record(log, f"/ws/{thread * 1000 + i}")
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+    folder = tmp_path / "audit"
+    assert len(list(folder.iterdir())) > 10  # it rotated many times under contention
+    raw = b"".join(path.read_bytes() for path in folder.iterdir())
+    assert all(json.loads(line)["method"] == "GET" for line in raw.splitlines())  # no torn line
+    assert sorted(_numbers(list(log.entries()))) == sorted(
+        t * 1000 + i for t in range(8) for i in range(200)
     )
+
+
+def test_entries_reach_no_logger_and_other_records_not_the_file(tmp_path):
+    seen: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    root = logging.getLogger()
+    collector, level = Collect(), root.level
+    root.addHandler(collector)
+    root.setLevel(logging.DEBUG)
+    try:
+        log = AuditLog(tmp_path, "p")
+        _record(log, "/ws/1")
+        logging.getLogger("cwsctl").warning("not an audit entry")
+        _record(log, "/ws/2")
+        log.close()
+    finally:
+        root.removeHandler(collector)
+        root.setLevel(level)
+    assert [r.getMessage() for r in seen] == ["not an audit entry"]
+    text = (tmp_path / "audit" / "p.jsonl").read_text()
+    assert "not an audit entry" not in text and _numbers(list(log.entries())) == [1, 2]
+
+
+def test_a_write_that_fails_raises_instead_of_printing(tmp_path, capsys):
+    (tmp_path / "audit").write_text("a file where the directory should be")
+    log = AuditLog(tmp_path, "p")
+    with pytest.raises(OSError):
+        _record(log, "/ws/1")
+    assert capsys.readouterr().err == ""  # logging's "--- Logging error ---" would land here
+
+
+def test_close_then_record_appends_to_the_same_file(tmp_path):
+    log = AuditLog(tmp_path, "p")
+    _record(log, "/ws/1")
+    log.close()
+    _record(log, "/ws/2")
+    log.close()
+    assert _numbers(list(AuditLog(tmp_path, "p").entries())) == [1, 2]

@@ -102,6 +102,20 @@ def test_root_page_has_exit_status_environment_and_no_date(generated: Path):
     assert '.SH "GLOBAL OPTIONS"' in text and "\\fB\\-\\-profile\\fR" in text
 
 
+def test_root_page_files_section_has_every_row_of_readmes_files_table(generated: Path):
+    readme = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Files\n", 1)[1]
+    rows = [
+        line
+        for line in readme.split("\n## ", 1)[0].splitlines()
+        if line.startswith("|") and not line.startswith("|---")
+    ][1:]  # without the header row
+    text = (generated / "man" / "cwsctl.1").read_text(encoding="utf-8")
+    files = text.split(".SH FILES\n")[1].split(".SH ")[0]
+    assert files.count(".TP\n") == len(rows) > 0
+    assert ".TP\n\\fB$CWSCTL_HOME/audit/<profile>.jsonl\\fR (mode 0600" in files
+    assert ".SH FILES\n" not in (generated / "man" / "cwsctl-request.1").read_text()
+
+
 def test_output_is_reproducible_and_machine_independent(generated: Path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "20")
     monkeypatch.setenv("CWSCTL_TIMEOUT", "3")

@@ -8,8 +8,20 @@ is out of date and exits 1 (tests/test_docs.py does the same).
   produced in-process, with the surrounding blank lines removed (zsh only recognises ``#compdef`` on
   the first line of a file in ``$fpath``).
 - ``man/``: ``cwsctl.1`` plus one page per command and subcommand, roff written from the command
-  tree (click-man cannot see Typer's vendored Click). Global options are documented once, in
-  cwsctl(1). Hidden commands and options are left out, as in ``--help``.
+  tree. Global options are documented once, in cwsctl(1). Hidden commands and options are left
+  out, as in ``--help``.
+
+Why not click-man (0.6.0, compared with typer 0.29): Typer now vendors a trimmed Click
+(``typer._click``) whose commands are not ``click.Command`` and which has no ``Option`` class at
+all. ``click-man cwsctl`` stops with "Could not find click.Command object"; its library call
+``write_man_pages("cwsctl", typer.main.get_command(app))`` writes a page per command, but none
+has an OPTIONS section (it keeps only params that are ``click.Option``). Even with options
+patched in, its pages lack ARGUMENTS, EXIT STATUS, ENVIRONMENT, FILES and SEE ALSO, cut short
+help at 45 characters ("Send a signed request and verify CorEMR's..."), bold only an option's
+first flag, repeat the global options on every page, put today's date in .TH unless
+SOURCE_DATE_EPOCH is set, and leave hyphens and non-ASCII unescaped (groff -ww warns on the
+latter); click-man 0.6.0 also needs Python 3.11 while cwsctl supports 3.10. Post-processing its
+pages would mean rewriting most of each one, so this module stays.
 
 Output is reproducible: no dates (the version goes in .TH), no paths from this machine, no terminal
 width (Click's formatter is not used), commands in the app's own order, everything else sorted.

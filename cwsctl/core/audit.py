@@ -4,21 +4,32 @@ Each line says when, which profile, method and path (never the query string: it 
 external_id), the status, the SHA-256 of both bodies, whether the response verified, who signed
 it with which key, and how long it took. No body content, no signature, no patient data.
 Files rotate by size: ``<profile>.jsonl`` → ``.1`` → … → ``.{KEEP}``, oldest dropped.
+
+The writing and rotating is the standard library's ``logging.handlers.RotatingFileHandler``, used as
+a plain file writer: it is attached to no logger, so an entry never reaches the root logger or any
+other handler, and nothing else is written to the audit file. Its files are created 0600 (in a 0700
+directory) whatever the umask, and a failed write raises instead of being printed and ignored.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from io import TextIOWrapper
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from cwsctl.core.files import ensure_private_dir
+
+if TYPE_CHECKING:
+    import logging
+    from logging.handlers import RotatingFileHandler
 
 MAX_BYTES = 10 * 1024 * 1024
 KEEP = 5
@@ -36,8 +47,7 @@ class AuditLog:
         self.max_bytes = max_bytes
         self.keep = keep
         self._lock = threading.Lock()
-        self._fd = -1  # opened on first use and kept: bulk loads write one line per request
-        self._size = 0
+        self._file: RotatingFileHandler | None = None  # made on first use, kept open
 
     def record(
         self,
@@ -54,6 +64,8 @@ class AuditLog:
         error: str | None = None,
     ) -> None:
         """Append one entry (the URL's query string and fragment are dropped)."""
+        import logging
+
         entry: dict[str, Any] = {
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "profile": self.profile,
@@ -69,34 +81,28 @@ class AuditLog:
         }
         if error:
             entry["error"] = error
-        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        line = json.dumps(entry, separators=(",", ":"))  # ASCII: its length is its size on disk
+        # handle() takes the handler's own lock around the size check, rotation and write.
+        self._handler().handle(logging.makeLogRecord({"msg": line}))
+
+    def _handler(self) -> RotatingFileHandler:
         with self._lock:
-            if self._fd < 0:
-                self._open()
-            if self._size and self._size + len(line) > self.max_bytes:
-                self._rotate()
-            self._size += os.write(self._fd, line)
-
-    def _open(self) -> None:
-        ensure_private_dir(self.directory)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._size = os.fstat(self._fd).st_size
-
-    def _rotate(self) -> None:
-        os.close(self._fd)
-        for index in range(self.keep - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{index}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._open()
+            if self._file is None:
+                self._file = _private_rotating_file_handler()(
+                    self.path,
+                    maxBytes=self.max_bytes,
+                    backupCount=self.keep,
+                    encoding="utf-8",
+                    delay=True,
+                )
+            return self._file
 
     def close(self) -> None:
         """Close the log file (it is reopened if more is recorded)."""
         with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def entries(self, since: float | None = None) -> Iterator[dict[str, Any]]:
         """Entries oldest first (rotated files included), optionally only those after ``since``."""
@@ -114,6 +120,36 @@ class AuditLog:
                         continue  # a line torn by a crash: skip it
                     if since is None or _timestamp(entry) >= since:
                         yield entry
+
+
+# Made on first use: `cwsctl --help` imports this module, and logging.handlers costs milliseconds.
+@functools.cache
+def _private_rotating_file_handler() -> type[RotatingFileHandler]:
+    from logging.handlers import RotatingFileHandler
+
+    class PrivateRotatingFileHandler(RotatingFileHandler):
+        """Writes each record's message as one line, in files that are 0600 from creation on."""
+
+        def _open(self) -> TextIOWrapper:
+            # FileHandler's open() would create the file (and the new one after each rotation)
+            # with the umask's mode; os.open gives 0600 at creation, never readable by others.
+            ensure_private_dir(Path(self.baseFilename).parent)
+            fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                return open(fd, "a", encoding="utf-8", newline="")
+            except BaseException:
+                os.close(fd)
+                raise
+
+        def format(self, record: logging.LogRecord) -> str:
+            return str(record.msg)  # already a JSON line
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            # logging would print a traceback to stderr and carry on; an entry that could not be
+            # written is the caller's error. Called from inside emit's except block: re-raise.
+            raise
+
+    return PrivateRotatingFileHandler
 
 
 def _timestamp(entry: dict[str, Any]) -> float:
