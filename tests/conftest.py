@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cwsctl.cli.app import app
 from cwsctl.core import keys
 
-pytest_plugins = ["tests.sandbox_plugin"]
+pytest_plugins = ["tests.sandbox_plugin", "tests.hostile_server"]
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl binary not installed")
