@@ -314,28 +314,29 @@ def network_error(
         ):
             return NetworkError(f"cannot resolve host {host}", hint="check the URL in the profile")
         return NetworkError(f"cannot connect to {host}: {text or 'connection refused'}")
+    # The request went out; what follows depends on whether sending it again is harmless, and
+    # on whether asking again could get a different answer (only when the answer was lost).
+    hint = None
     if isinstance(exc, ResponseTooLargeError):
         cap = format_size(max_response_size if max_response_size is not None else exc.limit)
-        what = f"{method} {url}: the answer is larger than {cap}; stopped reading"
+        what, again = f"the answer is larger than {cap}; stopped reading", False
         hint = "raise --max-response-size if the answer is legitimately this large"
-        if method in IDEMPOTENT_METHODS:
-            return NetworkError(what, hint=hint)  # the same request would get the same answer
-        return OutcomeUnknownError(
-            f"{what}, so its outcome is unknown",
-            hint=f"it may have been applied: check on the server before sending it again; {hint}",
-        )
-    if isinstance(exc, httpx.TimeoutException):
+    elif isinstance(exc, UnexpectedEncodingError):
+        what, again = str(exc), False
+    elif isinstance(exc, httpx.TimeoutException):
         within = f" within {timeout:g} s (--timeout)" if timeout is not None else ""
-        kind = f"no complete answer{within}"
-    elif isinstance(exc, httpx.ProtocolError | UnexpectedEncodingError):
-        kind = f"the answer was cut off or is not valid HTTP ({exc})"
+        what, again = f"no complete answer{within}", True
+    elif isinstance(exc, httpx.ProtocolError):
+        what, again = f"the answer was cut off or is not valid HTTP ({exc})", True
     elif isinstance(exc, httpx.TransportError):
-        kind = "lost the connection before the answer was complete"
+        what, again = "lost the connection before the answer was complete", True
     else:
         return NetworkError(f"{method} {url}: {exc}")
     if method in IDEMPOTENT_METHODS:
-        return RetryableNetworkError(f"{method} {url}: {kind}")
+        error = RetryableNetworkError if again else NetworkError
+        return error(f"{method} {url}: {what}", hint=hint)
+    check = "it may have been applied: check on the server before sending it again"
     return OutcomeUnknownError(
-        f"{method} {url}: {kind}; its outcome is unknown",
-        hint="it may have been applied: check on the server before sending it again",
+        f"{method} {url}: {what}; its outcome is unknown",
+        hint=f"{check}; {hint}" if hint else check,
     )
