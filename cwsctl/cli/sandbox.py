@@ -143,6 +143,16 @@ def serve(
     is signed as `coremr` with the key shown by `cwsctl sandbox server-key`. Faults hit only
     /ws/patients requests. One access line per request goes to stderr (no query strings, no
     bodies); --quiet turns it off.
+
+    Limits, so that one misbehaving client cannot exhaust the sandbox or lock others out: a
+    request body over 1 MiB gets 413 as soon as that much has arrived (or is declared in
+    Content-Length), then the connection is closed after at most 16 MiB more is read and thrown
+    away; a request head (request line and headers) over 16 KiB gets 400 and is closed. A client
+    has 10 s to send a request head, counted from connecting or from its previous answer, then
+    10 s more for the body; past that it is disconnected without an answer, and a connection
+    that sends nothing is closed the same way. An idle keep-alive connection is closed 5 s after
+    its last answer. There is no cap on connections or concurrent requests (only the open-file
+    limit, ulimit -n): idle ones are reclaimed by these timeouts rather than refused.
     """
     from cwsctl.sandbox import require_server_deps
 

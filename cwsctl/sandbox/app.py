@@ -2,8 +2,13 @@
 
 Every request, in order:
 
-1. body read into memory; more than ``max_body`` bytes → 413 (the rest is drained up to a bound
-   so the client sees the answer rather than a reset; beyond that the connection is closed);
+1. body read into memory, counted as it arrives; as soon as it is known to be more than
+   ``max_body`` bytes (a declared Content-Length, or the bytes received so far) → 413, sent at
+   once with ``Connection: close``. The rest of the body is then read and thrown away, at most
+   ``DRAIN_LIMIT_BYTES`` (and within the server's request timeout), before the connection is
+   closed: closing a socket with unread input makes the kernel reset the connection, and a client
+   still sending a finite body could lose the answer with it. Only ``max_body`` bytes are ever
+   held, whatever the client sends;
 2. fault dice for ``/ws/patients`` requests: latency, injected 500 (see :mod:`.faults`);
 3. ``Authorization: CWS-SHA256|CWS-SHA1 Access=USER, Signature=B64`` checked over the raw body
    (an empty body is signed too) against the key registered for USER → 401 with the reason;
@@ -43,7 +48,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY_BYTES = 1024 * 1024
-#: A too-large body is read and thrown away up to this size, so the 413 reaches the client.
+#: After a 413, at most this much more of the body is read and thrown away before closing, so a
+#: client still sending a finite body reads the answer instead of a connection reset.
 DRAIN_LIMIT_BYTES = 16 * MAX_BODY_BYTES
 RESPONSE_ALGORITHM = Algorithm.SHA256
 SIGN_IN_THREADS_FROM_BITS = 3072
@@ -57,7 +63,7 @@ class _ClientGone(Exception):
 class _Answer:
     """A complete response before signing."""
 
-    __slots__ = ("body", "close", "headers", "status")
+    __slots__ = ("body", "body_complete", "close", "headers", "status")
 
     def __init__(
         self,
@@ -71,6 +77,7 @@ class _Answer:
         self.body = body
         self.headers = headers or []
         self.close = close
+        self.body_complete = True  # False: the request body was not all read (see _respond)
 
 
 def _error(status: int, message: str, **extra: Any) -> _Answer:
@@ -160,12 +167,14 @@ class SandboxApp:
                     f"{elapsed:.1f}ms user={username}{note}{response_note}\n"
                 )
 
-        await self._respond(send, answer, dice if faulty else None, log)
+        unread = receive if too_large is not None and not too_large.body_complete else None
+        await self._respond(send, answer, dice if faulty else None, log, unread)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, _Answer | None]:
+        """The whole body, or a 413 as soon as the body is known to be over ``max_body``."""
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > DRAIN_LIMIT_BYTES:
-            return b"", self._too_large(close=True)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            return b"", self._too_large(body_complete=False)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -173,21 +182,19 @@ class SandboxApp:
             if message["type"] == "http.disconnect":
                 raise _ClientGone
             chunk: bytes = message.get("body", b"")
+            more = bool(message.get("more_body", False))
             size += len(chunk)
-            if size <= self.max_body:
-                chunks.append(chunk)
-            elif size > DRAIN_LIMIT_BYTES:
-                return b"", self._too_large(close=True)
-            if not message.get("more_body", False):
-                break
-        if size > self.max_body:
-            return b"", self._too_large(close=False)
-        return b"".join(chunks), None
+            if size > self.max_body:
+                return b"", self._too_large(body_complete=not more)
+            chunks.append(chunk)
+            if not more:
+                return b"".join(chunks), None
 
-    def _too_large(self, *, close: bool) -> _Answer:
-        """413; ``close`` when the rest of the body was not drained (too much to read)."""
+    def _too_large(self, *, body_complete: bool) -> _Answer:
+        """413, closing the connection after it (the body may not end, or not soon)."""
         answer = _error(413, f"request body is larger than {self.max_body} bytes")
-        answer.close = close
+        answer.close = True
+        answer.body_complete = body_complete
         return answer
 
     def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, _Answer | None]:
@@ -269,8 +276,14 @@ class SandboxApp:
         answer: _Answer,
         dice: FaultDice | None,
         log: Callable[[str], None],
+        unread: Receive | None = None,
     ) -> None:
-        """Sign and send ``answer``, applying faults; ``log`` gets the faults applied, first."""
+        """Sign and send ``answer``, applying faults; ``log`` gets the faults applied, first.
+
+        ``unread``: the request body was not all read. The answer goes out whole at once, but
+        the response (and so the connection, which ``answer.close`` closes) ends only after the
+        rest of the body has been thrown away, up to ``DRAIN_LIMIT_BYTES``.
+        """
         note = ""
         headers = [
             (b"content-type", b"application/json"),
@@ -305,7 +318,22 @@ class SandboxApp:
                 }
             )
             return
+        if unread is not None:
+            await send({"type": "http.response.body", "body": answer.body, "more_body": True})
+            await _discard(unread, DRAIN_LIMIT_BYTES)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+
+
+async def _discard(receive: Receive, limit: int) -> None:
+    """Read and drop request body bytes until the body ends, the client leaves, or ``limit``."""
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        seen += len(message.get("body", b""))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -4,11 +4,28 @@
 uvicorn starts. uvicorn's access log is off (it would print query strings, which can carry PHI)
 and its logging config is left alone (``log_config=None``), so embedding the server does not
 reconfigure the host program's logging.
+
+Limits against a hostile or broken client (all documented in ``cwsctl sandbox serve --help``):
+
+- request body: ``MAX_BODY_BYTES`` (1 MiB), counted as it arrives → 413 and close (see
+  :mod:`.app`); nothing past the limit is kept, so an endless body costs no memory;
+- request head (request line and headers): ``MAX_HEAD_BYTES``, h11's own limit → 400 and close;
+- time to send a request: ``REQUEST_TIMEOUT_S`` for the head (from the connection opening or the
+  previous answer), then as long again for the body → closed without an answer
+  (:mod:`.protocol`; uvicorn has no such clock of its own). This also closes connections that
+  never send a byte;
+- an idle keep-alive connection is closed ``KEEP_ALIVE_S`` after its last answer (uvicorn);
+- no cap on the number of connections: uvicorn's ``limit_concurrency`` answers 503 to *every*
+  request once that many connections are open, so a client holding idle connections would lock
+  everyone else out; the request timeout reclaims them instead. The listen backlog is
+  ``_BACKLOG`` (the kernel may cap it at net.core.somaxconn).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import signal
 import socket
 import threading
@@ -25,6 +42,7 @@ from cwsctl.core.errors import InputError, NetworkError
 from cwsctl.core.profile import TrustedKey
 from cwsctl.sandbox.app import MAX_BODY_BYTES, SandboxApp
 from cwsctl.sandbox.faults import Faults
+from cwsctl.sandbox.protocol import DeadlineH11Protocol
 from cwsctl.sandbox.store import (
     SERVER_USERNAME,
     ClientKey,
@@ -36,6 +54,12 @@ from cwsctl.sandbox.store import (
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 _BACKLOG = 2048
+#: Largest request head h11 buffers (its own default, pinned here because --help quotes it).
+MAX_HEAD_BYTES = 16 * 1024
+#: Seconds a client has to send a request head, and then as long again for its body.
+REQUEST_TIMEOUT_S = 10.0
+#: Seconds an idle keep-alive connection stays open after an answer (uvicorn's default).
+KEEP_ALIVE_S = 5
 
 
 class _UvicornServer(uvicorn.Server):
@@ -84,6 +108,7 @@ class SandboxServer:
     ``start()``/``stop()`` (or ``with SandboxServer(...) as server:``) run it in a background
     thread; ``serve_forever()`` runs it in the calling thread until SIGINT/SIGTERM. ``faults``
     defaults to the ``CWSCTL_SANDBOX_*`` environment; pass ``Faults()`` to ignore it.
+    ``request_timeout``: seconds a client has to send a request head, then its body (module doc).
     """
 
     def __init__(
@@ -96,7 +121,12 @@ class SandboxServer:
         faults: Faults | None = None,
         access_log: bool = True,
         max_body: int = MAX_BODY_BYTES,
+        request_timeout: float = REQUEST_TIMEOUT_S,
     ) -> None:
+        if not (math.isfinite(request_timeout) and request_timeout > 0):
+            raise ValueError(f"request_timeout must be a positive number, not {request_timeout!r}")
+        self.request_timeout = request_timeout
+        self.access_log = access_log
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.host = host
         self.requested_port = port
@@ -172,13 +202,22 @@ class SandboxServer:
             raise RuntimeError("sandbox server already started")
         sock = _bind(self.host, self.requested_port)
         self.port = int(sock.getsockname()[1])
+        protocol = functools.partial(
+            DeadlineH11Protocol,
+            request_timeout=self.request_timeout,
+            log_timeouts=self.access_log,
+        )
         config = uvicorn.Config(
             self.app,
             log_config=None,
             access_log=False,
             lifespan="off",
-            http="h11",
+            http=protocol,  # type: ignore[arg-type]  # a factory, as uvicorn calls it
             ws="none",
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+            timeout_keep_alive=KEEP_ALIVE_S,
+            limit_concurrency=None,  # see the module docstring: a cap would lock clients out
+            backlog=_BACKLOG,
             loop="asyncio",
             server_header=False,
             date_header=False,  # the app sends its own (see SandboxApp, clock skew)
@@ -251,10 +290,17 @@ def serve(
     faults: Faults | None = None,
     access_log: bool = True,
     on_ready: Callable[[SandboxServer], None] | None = None,
+    request_timeout: float = REQUEST_TIMEOUT_S,
 ) -> int | None:
     """Run a sandbox in the foreground until Ctrl-C or SIGTERM; return the stopping signal."""
     server = SandboxServer(
-        data_dir, host=host, port=port, key_bits=key_bits, faults=faults, access_log=access_log
+        data_dir,
+        host=host,
+        port=port,
+        key_bits=key_bits,
+        faults=faults,
+        access_log=access_log,
+        request_timeout=request_timeout,
     )
     return server.serve_forever(on_ready)
 
