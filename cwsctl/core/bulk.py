@@ -15,21 +15,14 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-from urllib.parse import urlencode
 
-from cwsctl.core.client import CwsClient, CwsResponse, OutcomeUnknownError
+from cwsctl.core.client import ApiClient, ApiResponse, OutcomeUnknownError
 from cwsctl.core.errors import CwsError, ExitStatus, NetworkError, SignatureError
 from cwsctl.core.exchange import exchange_deadline
 from cwsctl.core.journal import Journal
-from cwsctl.core.patients import (
-    PatientValidationError,
-    patient_body,
-    patient_key,
-    prepare_patient,
-)
+from cwsctl.core.kinds import PatientMapping
+from cwsctl.core.patients import PatientValidationError, patient_key, prepare_patient
 from cwsctl.core.readers import InputRow
-
-PATIENTS_PATH = "/ws/patients/"
 
 #: Every outcome a row can have, in the order summaries list them.
 OUTCOMES = ("created", "exists", "skipped", "valid", "invalid", "rejected", "failed", "unknown")
@@ -114,12 +107,13 @@ class Summary:
 
 
 class BulkLoad:
-    """One bulk load of patient rows through a signing, verifying client."""
+    """One bulk load of patient rows through a profile kind's client and patient mapping."""
 
     def __init__(
         self,
-        client: CwsClient | None,
+        client: ApiClient | None,
         journal: Journal | None,
+        mapping: PatientMapping,
         *,
         concurrency: int = 8,
         retries: int = 3,
@@ -129,6 +123,7 @@ class BulkLoad:
         """``client=None`` is a dry run: rows are validated, nothing is sent."""
         self.client = client
         self.journal = journal
+        self.mapping = mapping
         self.concurrency = max(1, concurrency)
         self.retries = max(0, retries)
         self.stop_on_error = stop_on_error
@@ -217,7 +212,7 @@ class BulkLoad:
         """Send one patient, with lookups before any re-send; journal every step."""
         assert self.client is not None
         external_id, facility, key = row.external_id, row.facility, row.journal_key
-        body = patient_body(row.record)
+        create = self.mapping.create_request(row.record)
         in_doubt = bool(self.journal and self.journal.in_doubt(key))
         last = RowResult(number, external_id, facility, "failed", message="not sent")
         for attempt in range(self.retries + 1):
@@ -240,7 +235,7 @@ class BulkLoad:
                                 "found by lookup",
                             )
                     self._journal(key, number, "sending")
-                    response = self.client.request("POST", PATIENTS_PATH, body)
+                    response = self.client.request(*create)
             except _LookupFailed as exc:  # the state stays in doubt; nothing was sent
                 last = RowResult(
                     number, external_id, facility, "failed", exc.status, message=exc.message
@@ -272,39 +267,28 @@ class BulkLoad:
         return last
 
     def _outcome(
-        self, number: int, external_id: str, facility: str, response: CwsResponse
+        self, number: int, external_id: str, facility: str, response: ApiResponse
     ) -> RowResult:
-        status = response.status
-        if status == 201:
-            patient_id = _json_field(response.body, "id")
-            return RowResult(number, external_id, facility, "created", status, patient_id)
-        if status == 409:
-            patient_id = _json_field(response.body, "id")
-            return RowResult(
-                number,
-                external_id,
-                facility,
-                "exists",
-                status,
-                patient_id,
-                response.error_message(),
-            )
-        outcome = "failed" if status >= 500 or status < 200 else "rejected"
+        verdict = self.mapping.verdict(response)
         return RowResult(
-            number, external_id, facility, outcome, status, None, response.error_message()
+            number,
+            external_id,
+            facility,
+            verdict.outcome,
+            response.status,
+            verdict.patient_id,
+            verdict.message,
         )
 
     def _lookup(self, external_id: str, facility: str) -> Any:
         """The server id of an existing patient, or None (raises on network/signature failure)."""
         assert self.client is not None
-        query = urlencode({"external_id": external_id, "facility": facility})
-        response = self.client.request("GET", f"{PATIENTS_PATH}?{query}")
+        response = self.client.request("GET", self.mapping.lookup_path(external_id, facility))
         if response.status >= 500:
             raise _LookupFailed(response.status, f"lookup failed: {response.error_message()}")
         if response.status != 200:
             return None
-        patients = _json_field(response.body, "patients") or []
-        return patients[0].get("id", True) if patients else None
+        return self.mapping.found_id(response)
 
     def _journal(self, key: str, number: int, outcome: str, **facts: Any) -> None:
         if self.journal is not None:
@@ -322,13 +306,3 @@ class _LookupFailed(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def _json_field(body: bytes, name: str) -> Any:
-    import json
-
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    return document.get(name) if isinstance(document, dict) else None

@@ -1,9 +1,11 @@
-"""The CWS client: an ``httpx.Auth`` that signs every request and verifies every response.
+"""Clients for the profile kinds: one bounded, audited request loop, and the CWS signer/verifier.
 
-``CwsAuth`` follows httpx's auth-flow shape: sign the request body, ``yield`` the request, check the
-response's signature over its raw bytes. It needs both bodies, so httpx reads them first and the
-flow itself does no I/O. Verification fails closed: a response without a valid signature from a
-pinned key raises ``SignatureError`` and its body never reaches the caller.
+``ApiClient`` sends requests through the bounded transport (see :mod:`.exchange`) with a kind's
+``httpx.Auth``, retries what is safe to retry, and records every exchange in the audit log.
+``CwsAuth`` follows httpx's auth-flow shape: sign the request body, ``yield`` the request, check
+the response's signature over its raw bytes. It needs both bodies, so httpx reads them first and
+the flow itself does no I/O. Verification fails closed: a response without a valid signature from
+a pinned key raises ``SignatureError`` and its body never reaches the caller.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -71,8 +74,8 @@ class CwsAuth(httpx.Auth):
 
 
 @dataclass
-class CwsResponse:
-    """A response whose signature was checked (unless verification was switched off)."""
+class ApiResponse:
+    """A complete answer; on a CWS profile, one whose signature was checked (unless switched off)."""
 
     method: str
     url: str
@@ -100,18 +103,18 @@ class CwsResponse:
         return body_sha256(self.body)
 
     def error_message(self) -> str:
-        """The server's error text from a JSON body such as ``{"error": "..."}``, else a snippet."""
+        """The server's error text from its JSON body, else a snippet of the body.
+
+        Understands CWS's ``{"error": …}``, OAuth's ``error_description``, OpenEMR's
+        ``validationErrors``/``internalErrors`` envelope and FHIR's ``OperationOutcome``.
+        """
         import json
 
         try:
             document = json.loads(self.body)
         except ValueError:
             return self.body[:200].decode("utf-8", "replace").strip()
-        if isinstance(document, dict):
-            for key in ("error", "message", "detail"):
-                if key in document:
-                    return str(document[key])
-        return str(document)[:200]
+        return (_error_text(document) or str(document))[:300]
 
     def raise_for_status(self) -> None:
         """Raise ClientRequestError for 4xx and ServerFailureError for 5xx."""
@@ -120,41 +123,75 @@ class CwsResponse:
         message = f"{self.status} {self.reason}: {self.error_message()}"
         if self.status >= 500:
             raise ServerFailureError(
-                message, hint="the server failed; retry later or contact CorEMR"
+                message, hint="the server failed; retry later or contact its administrators"
             )
         raise ClientRequestError(message)
 
 
-class CwsClient:
-    """Signed, verified requests to one CWS server over a keep-alive connection pool."""
+def _error_text(document: object) -> str | None:
+    """The human part of a JSON error document, for the formats the kinds' servers use."""
+    if not isinstance(document, dict):
+        return None
+    if document.get("resourceType") == "OperationOutcome":
+        issues = document.get("issue") or []
+        texts = [
+            str(i.get("diagnostics") or i.get("details", {}).get("text") or i.get("code", ""))
+            for i in issues
+            if isinstance(i, dict)
+        ]
+        return "; ".join(t for t in texts if t) or None
+    if "error_description" in document:
+        return f"{document.get('error', 'error')}: {document['error_description']}"
+    for key in ("error", "message", "detail"):
+        if key in document:
+            return str(document[key])
+    problems = []
+    for key in ("validationErrors", "internalErrors"):
+        value = document.get(key)
+        if isinstance(value, dict):
+            problems += [f"{field}: {_flatten(text)}" for field, text in value.items()]
+        elif isinstance(value, list):
+            problems += [_flatten(item) for item in value]
+    return "; ".join(problems) or None
+
+
+def _flatten(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(_flatten(v) for v in value.values())
+    if isinstance(value, list):
+        return ", ".join(_flatten(v) for v in value)
+    return str(value)
+
+
+class ApiClient:
+    """Requests to one server through a kind's ``httpx.Auth``, bounded, retried where safe, audited.
+
+    Subclasses say how their kind authenticates (``auth``), which headers a path needs by default,
+    what a 401 most likely means, and whether answers carry a signature.
+    """
+
+    #: Whether this kind's server signs its answers (CWS does; OAuth-protected APIs do not).
+    signs_responses = False
 
     def __init__(
         self,
-        identity: SigningIdentity,
-        trusted: list[TrustedKey],
+        auth: httpx.Auth | None,
         *,
         base_url: str = "",
         timeout: float = DEFAULT_TIMEOUT,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
-        verify_responses: bool = True,
         allow_http: bool = False,
         retries: int = 2,
         max_connections: int = 10,
         audit: AuditLog | None = None,
     ) -> None:
-        if verify_responses and not trusted:
-            raise ProfileError(
-                "no pinned CorEMR key: responses cannot be verified",
-                hint="pin the server's public key: cwsctl profile trust COREMR_PUBLIC_KEY.pem",
-            )
-        self.identity = identity
         self.base_url = base_url
         self.allow_http = allow_http
         self.retries = retries
         self.timeout = timeout
         self.max_response_size = max_response_size
         self.audit = audit
-        self._auth = CwsAuth(identity, trusted, verify_responses=verify_responses)
+        self._auth = auth
         # Connection failures happen before anything is sent, so the transport may retry them.
         self._http = bounded_client(
             timeout=timeout,
@@ -163,7 +200,19 @@ class CwsClient:
             max_connections=max_connections,
         )
 
-    def __enter__(self) -> CwsClient:
+    def default_headers(self, url: str, body: bytes) -> dict[str, str]:
+        """Headers a request to ``url`` gets unless the caller gives them (JSON bodies here)."""
+        return {"Content-Type": "application/json"} if body else {}
+
+    def unauthorized_hint(self) -> str:
+        """What a 401 from this server most likely means, and what to do."""
+        return "the server did not accept our credentials"
+
+    def trust_description(self, response: ApiResponse) -> str:
+        """How far the answer can be trusted, for the status line."""
+        return "TLS only (this kind's answers carry no signature)"
+
+    def __enter__(self) -> ApiClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -181,11 +230,8 @@ class CwsClient:
         path_or_url: str,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
-        *,
-        sign: bool = True,
     ) -> httpx.Request:
-        """The exact request that would be sent (signed unless ``sign=False``: ``request()``
-        leaves signing to ``CwsAuth``, so each body is signed exactly once)."""
+        """The request as it will be sent, before the kind's authentication is added."""
         url = resolve_url(self.base_url, path_or_url)
         check_transport_security(url, allow_http=self.allow_http)
         merged = {k: v for k, v in (headers or {}).items()}
@@ -193,12 +239,11 @@ class CwsClient:
             raise InputError(
                 "the Authorization header is computed by cwsctl; do not pass it with -H"
             )
-        if body and not any(k.lower() == "content-type" for k in merged):
-            merged["Content-Type"] = "application/json"
-        request = self._http.build_request(method.upper(), url, content=body, headers=merged)
-        if sign:
-            request.headers["Authorization"] = self.identity.authorize(body).format()
-        return request
+        given = {k.lower() for k in merged}
+        for key, value in self.default_headers(url, body).items():
+            if key.lower() not in given:
+                merged[key] = value
+        return self._http.build_request(method.upper(), url, content=body, headers=merged)
 
     def request(
         self,
@@ -206,15 +251,15 @@ class CwsClient:
         path_or_url: str,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
-    ) -> CwsResponse:
-        """Send a signed request and return the verified response (any status).
+    ) -> ApiResponse:
+        """Send a request and return its complete answer (any status), verified where signed.
 
         The whole call, retries of an idempotent request included, ends within ``timeout``
         seconds and reads at most ``max_response_size`` bytes of answer. Raises NetworkError
         (exit 6) when the server cannot be reached, the answer is lost, late or too large, and
         SignatureError (exit 7) when the answer is not authentic.
         """
-        request = self.build_request(method, path_or_url, body, headers, sign=False)
+        request = ApiClient.build_request(self, method, path_or_url, body, headers)
         method = request.method
         attempts = 1 + (self.retries if method in IDEMPOTENT_METHODS else 0)
         started = time.perf_counter()
@@ -235,7 +280,7 @@ class CwsClient:
                 except CwsError as exc:
                     self._record(request, None, started, type(exc).__name__)
                     raise
-        result = CwsResponse(
+        result = ApiResponse(
             method=method,
             url=str(request.url),
             status=response.status_code,
@@ -258,7 +303,7 @@ class CwsClient:
     def _record(
         self,
         request: httpx.Request,
-        response: CwsResponse | None,
+        response: ApiResponse | None,
         started: float,
         error: str | None = None,
     ) -> None:
@@ -277,6 +322,57 @@ class CwsClient:
             duration_ms=(time.perf_counter() - started) * 1000,
             error=error,
         )
+
+
+class CwsClient(ApiClient):
+    """Signed requests to one CWS server, every answer's signature verified against pinned keys."""
+
+    signs_responses = True
+
+    def __init__(
+        self,
+        identity: SigningIdentity,
+        trusted: list[TrustedKey],
+        *,
+        verify_responses: bool = True,
+        **options: Any,
+    ) -> None:
+        if verify_responses and not trusted:
+            raise ProfileError(
+                "no pinned CorEMR key: responses cannot be verified",
+                hint="pin the server's public key: cwsctl profile trust COREMR_PUBLIC_KEY.pem",
+            )
+        super().__init__(CwsAuth(identity, trusted, verify_responses=verify_responses), **options)
+        self.identity = identity
+
+    def build_request(
+        self,
+        method: str,
+        path_or_url: str,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Request:
+        """The exact signed request that would be sent (``request()`` leaves signing to
+        ``CwsAuth``, so each body sent is signed exactly once)."""
+        request = super().build_request(method, path_or_url, body, headers)
+        request.headers["Authorization"] = self.identity.authorize(body).format()
+        return request
+
+    def unauthorized_hint(self) -> str:
+        """A CWS 401: CorEMR could not check the body's signature."""
+        return (
+            f"likely causes: username {self.identity.username!r} is not registered in CorEMR's "
+            f"Public Keys; a different key is registered there (ours is "
+            f"{self.identity.fingerprint}); or the body was altered on the way (a proxy "
+            "reformatting JSON)"
+        )
+
+    def trust_description(self, response: ApiResponse) -> str:
+        """``verified by coremr (SHA256:…)`` or ``NOT VERIFIED``."""
+        check = response.verification
+        if check is not None and check.verified:
+            return f"verified by {check.signer} ({check.key_fingerprint})"
+        return "NOT VERIFIED"
 
 
 class OutcomeUnknownError(NetworkError):

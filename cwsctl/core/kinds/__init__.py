@@ -1,0 +1,108 @@
+"""Profile kinds: what differs between the EMR APIs cwsctl talks to, one module each.
+
+A kind says how a client authenticates (its ``httpx.Auth``, inside an :class:`ApiClient`
+subclass) and how a patient row becomes a request, how the answer reads, and how an in-doubt row
+is looked up (its :class:`PatientMapping`). Everything else — profiles and keys, the bounded
+client, the bulk runner and journal, exit codes — is shared. Adding a kind means adding a module
+here, an entry in ``_MODULES``, and a sandbox flavour; no command changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from cwsctl.core.audit import AuditLog
+    from cwsctl.core.client import ApiClient, ApiResponse
+    from cwsctl.core.keys import PassphraseSource
+    from cwsctl.core.profile import Profile, Store
+
+_MODULES = {"cws": "cwsctl.core.kinds.cws", "openemr": "cwsctl.core.kinds.openemr"}
+
+
+class PatientRequest(NamedTuple):
+    """One patient as the request that creates it."""
+
+    method: str
+    path: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class Verdict(NamedTuple):
+    """What an answer to a create request means for the row."""
+
+    outcome: str  # created | exists | rejected | failed
+    patient_id: Any = None
+    message: str = ""
+
+
+class PatientMapping(ABC):
+    """How a validated patient record is created on, and found again in, one kind of server."""
+
+    #: Input columns this kind's server has no place for (listed as not sent in the summary).
+    unsent_fields: tuple[str, ...] = ()
+
+    @abstractmethod
+    def create_request(self, record: dict[str, Any]) -> PatientRequest:
+        """The request that creates ``record``."""
+
+    @abstractmethod
+    def verdict(self, response: ApiResponse) -> Verdict:
+        """Read the answer to :meth:`create_request`."""
+
+    @abstractmethod
+    def lookup_path(self, external_id: str, facility: str) -> str:
+        """The GET path that finds a patient by external id in a facility."""
+
+    @abstractmethod
+    def found_id(self, response: ApiResponse) -> Any:
+        """The server id in a 200 answer to :meth:`lookup_path`, or None when none matched."""
+
+
+class Kind(ABC):
+    """One EMR API: its client and its patient mapping."""
+
+    name: str
+
+    @abstractmethod
+    def open_client(
+        self,
+        profile: Profile,
+        store: Store,
+        *,
+        passphrase: PassphraseSource | None,
+        audit: AuditLog | None,
+        verify_responses: bool = True,
+        **options: Any,
+    ) -> ApiClient:
+        """A client for ``profile`` (``options``: ApiClient's timeout, size cap, retries…)."""
+
+    @abstractmethod
+    def patients(self, profile: Profile) -> PatientMapping:
+        """How patients are created on ``profile``'s server."""
+
+
+def kind_of(profile: Profile) -> Kind:
+    """The kind of ``profile`` (its module is imported only now)."""
+    module = importlib.import_module(_MODULES[profile.kind])
+    kind: Kind = module.KIND
+    return kind
+
+
+def json_field(body: bytes, *path: str | int) -> Any:
+    """``body``'s JSON value at ``path`` (keys and list indexes), or None if it is not there."""
+    import json
+
+    try:
+        value: Any = json.loads(body)
+    except ValueError:
+        return None
+    for step in path:
+        try:
+            value = value[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value

@@ -1,0 +1,80 @@
+"""CorEMR Web Services: signed bodies, signed answers, ``POST /ws/patients/``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from cwsctl.core.kinds import Kind, PatientMapping, PatientRequest, Verdict, json_field
+from cwsctl.core.patients import patient_body
+
+if TYPE_CHECKING:
+    from cwsctl.core.audit import AuditLog
+    from cwsctl.core.client import ApiClient, ApiResponse
+    from cwsctl.core.keys import PassphraseSource
+    from cwsctl.core.profile import Profile, Store
+
+PATIENTS_PATH = "/ws/patients/"
+
+
+class CwsPatients(PatientMapping):
+    """A patient is the walkthrough's JSON body; 201 created, 409 already there."""
+
+    def create_request(self, record: dict[str, Any]) -> PatientRequest:
+        """``POST /ws/patients/`` with the record as CWS JSON."""
+        return PatientRequest("POST", PATIENTS_PATH, patient_body(record), {})
+
+    def verdict(self, response: ApiResponse) -> Verdict:
+        """201 created, 409 exists (both with the id CorEMR gives), else rejected or failed."""
+        if response.status == 201:
+            return Verdict("created", json_field(response.body, "id"))
+        if response.status == 409:
+            return Verdict("exists", json_field(response.body, "id"), response.error_message())
+        outcome = "failed" if response.status >= 500 or response.status < 200 else "rejected"
+        return Verdict(outcome, None, response.error_message())
+
+    def lookup_path(self, external_id: str, facility: str) -> str:
+        """``GET /ws/patients/?external_id=…&facility=…``."""
+        return f"{PATIENTS_PATH}?{urlencode({'external_id': external_id, 'facility': facility})}"
+
+    def found_id(self, response: ApiResponse) -> Any:
+        """The first match's id (True when CorEMR gives none), or None."""
+        patients = json_field(response.body, "patients") or []
+        return patients[0].get("id", True) if patients else None
+
+
+class CwsKind(Kind):
+    """CorEMR: sign every body with the profile key, verify every answer with pinned keys."""
+
+    name = "cws"
+
+    def open_client(
+        self,
+        profile: Profile,
+        store: Store,
+        *,
+        passphrase: PassphraseSource | None,
+        audit: AuditLog | None,
+        verify_responses: bool = True,
+        **options: Any,
+    ) -> ApiClient:
+        """A signing, verifying ``CwsClient`` as the profile's username."""
+        from cwsctl.core.client import CwsClient
+        from cwsctl.core.identity import load_identity
+
+        identity = load_identity(profile.name, store=store, passphrase=passphrase)
+        return CwsClient(
+            identity,
+            profile.trusted,
+            base_url=profile.url,
+            verify_responses=verify_responses,
+            audit=audit,
+            **options,
+        )
+
+    def patients(self, profile: Profile) -> PatientMapping:
+        """``POST /ws/patients/``."""
+        return CwsPatients()
+
+
+KIND = CwsKind()
