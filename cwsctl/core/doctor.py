@@ -11,13 +11,17 @@ import stat
 import time
 from collections.abc import Generator, Iterator
 from email.utils import parsedate_to_datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
 from cwsctl.core import keys
-from cwsctl.core.errors import CwsError, ExitStatus, SignatureError
-from cwsctl.core.identity import SigningIdentity
+from cwsctl.core.errors import CwsError, ExitStatus
 from cwsctl.core.profile import Profile, Store
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from cwsctl.core.client import ApiClient
 
 MAX_CLOCK_SKEW_S = 300
 
@@ -62,10 +66,16 @@ def run_checks(
     requested_profile: str | None,
     passphrase: keys.PassphraseSource | None,
     *,
-    path: str = "/ws/",
+    path: str | None = None,
     timeout: float = 10.0,
 ) -> Iterator[Check]:
-    """Yield the checks in order; stop early where later checks cannot mean anything."""
+    """Yield the checks in order; stop early where later checks cannot mean anything.
+
+    The profile's kind adds its own checks (CWS: pinned key, signed request; OpenEMR: client
+    registration, FHIR server, token) and picks the default ``path`` to reach.
+    """
+    from cwsctl.core.kinds import kind_of
+
     try:
         config = store.load()
     except CwsError as exc:
@@ -78,39 +88,38 @@ def run_checks(
     )
     name = store.active_profile_name(requested_profile, config)
     profile = config.profiles.get(name)
-    if profile is None or not profile.url or not profile.username:
+    kind = kind_of(profile) if profile is not None else None
+    fix = kind.incomplete(profile) if kind is not None and profile is not None else None
+    if profile is None or kind is None or fix is not None:
         yield failed(
             "profile",
             f"profile {name!r} is missing or incomplete",
-            f"cwsctl profile init {name} --url https://… --username USER",
+            fix or f"cwsctl profile init {name} --url https://… --username USER",
             ExitStatus.LOCAL_KEY,
         )
         return
-    yield passed(
-        "profile", f"{name}: {profile.url} as {profile.username!r} ({profile.algorithm.scheme})"
-    )
-    identity = yield from _key_checks(store, name, profile, passphrase)
-    yield _pinned_check(profile)
+    yield passed("profile", f"{name} ({kind.name}): {kind.summary(profile)}")
+    private_key = yield from _key_checks(store, name, passphrase, kind.key_note(profile))
+    local = list(kind.local_checks(profile))
+    yield from local
     url_ok = _url_check(profile)
     yield url_ok
-    if identity is None or not profile.trusted or not url_ok.ok:
+    if private_key is None or not all(c.ok for c in local) or not url_ok.ok:
         return
+    path = path or kind.doctor_path(profile)
     reach = list(_reach_checks(profile.url, path, timeout))
     yield from reach
     if not all(c.ok for c in reach):
         return
-    yield _signed_request_check(identity, profile, path, timeout)
+    yield from kind.remote_checks(profile, store, private_key, path, timeout)
 
 
 def _key_checks(
-    store: Store,
-    name: str,
-    profile: Profile,
-    passphrase: keys.PassphraseSource | None,
-) -> Generator[Check, None, SigningIdentity | None]:
-    """Yield the key's checks; return the loaded identity, or None if any check failed.
+    store: Store, name: str, passphrase: keys.PassphraseSource | None, note: str
+) -> Generator[Check, None, rsa.RSAPrivateKey | None]:
+    """Yield the key's checks; return the loaded key, or None if any check failed.
 
-    The identity is reused for the signed request, so an encrypted key is unlocked (and its
+    The key is reused for the server checks, so an encrypted key is unlocked (and its
     passphrase asked for) once.
     """
     path = store.private_key_path(name)
@@ -153,25 +162,8 @@ def _key_checks(
         )
         return None
     yield passed("key readable", f"RSA {key.key_size} bits")
-    identity = SigningIdentity(key, profile.username, profile.algorithm, path)
-    yield passed(
-        "key fingerprint",
-        f"{identity.fingerprint} — CorEMR's Public Keys page must hold this key "
-        f"under the username {profile.username!r}",
-    )
-    return identity
-
-
-def _pinned_check(profile: Profile) -> Check:
-    if not profile.trusted:
-        return failed(
-            "pinned server key",
-            "no CorEMR key pinned: responses cannot be verified",
-            "cwsctl profile trust COREMR_PUBLIC_KEY.pem",
-            ExitStatus.LOCAL_KEY,
-        )
-    pins = ", ".join(f"{t.username} {t.fingerprint}" for t in profile.trusted)
-    return passed("pinned server key", pins)
+    yield passed("key fingerprint", f"{keys.fingerprint(key.public_key())} — {note}")
+    return key
 
 
 def _url_check(profile: Profile) -> Check:
@@ -185,7 +177,7 @@ def _url_check(profile: Profile) -> Check:
     return failed(
         "https",
         f"{profile.url} is not https",
-        f"cwsctl profile init {profile.name} --url https://… --username {profile.username}",
+        f"cwsctl profile init {profile.name} --kind {profile.kind} --url https://…",
         ExitStatus.LOCAL_KEY,
     )
 
@@ -248,43 +240,34 @@ def _clock_check(date_header: str | None) -> Check:
     return passed("clock", detail)
 
 
-def _signed_request_check(
-    identity: SigningIdentity, profile: Profile, path: str, timeout: float
-) -> Check:
-    from cwsctl.core.client import CwsClient
+def request_check(name: str, client: ApiClient, path: str, fix_401: str) -> Check:
+    """GET ``path`` as the profile (closing ``client``); pass on a 2xx the kind can trust."""
+    from cwsctl.core.errors import SignatureError
 
     try:
-        with CwsClient(
-            identity, profile.trusted, base_url=profile.url, timeout=timeout, allow_http=True
-        ) as client:
+        with client:
             response = client.request("GET", path)
     except SignatureError as exc:
         return failed(
-            "signed request",
+            name,
             exc.message,
-            "pin CorEMR's current key (cwsctl profile trust KEY.pem); if it did not change, the answer was tampered with",
+            "pin the server's current key (cwsctl profile trust KEY.pem); if it did not change, "
+            "the answer was tampered with",
             exc.exit_status,
         )
     except CwsError as exc:
-        return failed("signed request", exc.message, exc.hint or "", exc.exit_status)
-    verdict = (
-        f"verified by {response.verification.signer}" if response.verification else "not verified"
+        return failed(name, exc.message, exc.hint or "", exc.exit_status)
+    detail = (
+        f"GET {path}: {response.status} {response.reason}, {client.trust_description(response)}"
     )
-    detail = f"GET {path}: {response.status} {response.reason}, {verdict}"
     if response.status == 401:
-        return failed(
-            "signed request",
-            detail + f" ({response.error_message()})",
-            f"register our key ({identity.fingerprint}) in CorEMR under {identity.username!r}, "
-            "or fix the username in the profile",
-            ExitStatus.HTTP_4XX,
-        )
+        return failed(name, f"{detail} ({response.error_message()})", fix_401, ExitStatus.HTTP_4XX)
     if not response.ok:
         status = ExitStatus.HTTP_5XX if response.status >= 500 else ExitStatus.HTTP_4XX
         return failed(
-            "signed request",
+            name,
             detail,
             f"try another harmless path with --path (the server said: {response.error_message()})",
             status,
         )
-    return passed("signed request", detail)
+    return passed(name, detail)

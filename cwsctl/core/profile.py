@@ -75,22 +75,45 @@ class TrustedKey:
         return keys.fingerprint(self.public_key)
 
 
+#: Profile kinds: which EMR API a profile talks to (see cwsctl.core.kinds).
+KINDS = ("cws", "openemr")
+DEFAULT_KIND = "cws"
+DEFAULT_OPENEMR_SITE = "default"
+
+
 @dataclass
 class Profile:
-    """One CWS server and the identity used with it."""
+    """One server and the identity used with it.
+
+    ``kind`` decides how requests are authenticated: ``cws`` signs bodies as ``username`` and
+    verifies responses against ``trusted`` keys; ``openemr`` gets OAuth2 tokens for ``client_id``
+    on OpenEMR site ``site`` with a JWT signed by the profile's key.
+    """
 
     name: str
     url: str = ""
     username: str = ""
     algorithm: Algorithm = Algorithm.SHA256
     trusted: list[TrustedKey] = field(default_factory=list)
+    kind: str = DEFAULT_KIND
+    site: str = DEFAULT_OPENEMR_SITE
+    client_id: str = ""
+    scope: str = ""
 
     def trusted_for(self, username: str) -> list[TrustedKey]:
         """Pinned keys whose signer name matches ``username``."""
         return [t for t in self.trusted if t.username == username]
 
     def to_toml(self) -> dict[str, Any]:
-        """The TOML table for this profile."""
+        """The TOML table for this profile (a cws profile keeps the shape it always had)."""
+        if self.kind == "openemr":
+            return {
+                "kind": self.kind,
+                "url": self.url,
+                "site": self.site,
+                "client_id": self.client_id,
+                "scope": self.scope,
+            }
         return {
             "url": self.url,
             "username": self.username,
@@ -103,9 +126,19 @@ class Profile:
     @classmethod
     def from_toml(cls, name: str, table: dict[str, Any]) -> Profile:
         """Build a profile from its TOML table, rejecting wrong types with a clear error."""
+        kind = str(table.get("kind", DEFAULT_KIND))
+        if kind not in KINDS:
+            raise ProfileError(
+                f"profile {name!r} in config.toml has unknown kind {kind!r}",
+                hint=f"kinds this cwsctl knows: {', '.join(KINDS)}",
+            )
         try:
             return cls(
                 name=name,
+                kind=kind,
+                site=str(table.get("site", DEFAULT_OPENEMR_SITE)),
+                client_id=str(table.get("client_id", "")),
+                scope=str(table.get("scope", "")),
                 url=str(table.get("url", "")),
                 username=str(table.get("username", "")),
                 algorithm=Algorithm.from_name(str(table.get("algorithm", "sha256"))),

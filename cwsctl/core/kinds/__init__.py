@@ -14,8 +14,13 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     from cwsctl.core.audit import AuditLog
     from cwsctl.core.client import ApiClient, ApiResponse
+    from cwsctl.core.doctor import Check
     from cwsctl.core.keys import PassphraseSource
     from cwsctl.core.profile import Profile, Store
 
@@ -83,6 +88,38 @@ class Kind(ABC):
     @abstractmethod
     def patients(self, profile: Profile) -> PatientMapping:
         """How patients are created on ``profile``'s server."""
+
+    # -- for `cwsctl doctor` ------------------------------------------------------------------
+    @abstractmethod
+    def summary(self, profile: Profile) -> str:
+        """One line saying where the profile points and as whom."""
+
+    @abstractmethod
+    def incomplete(self, profile: Profile) -> str | None:
+        """The command that completes an unusable profile, or None when it is complete."""
+
+    @abstractmethod
+    def key_note(self, profile: Profile) -> str:
+        """Where the server must know the profile's public key from."""
+
+    @abstractmethod
+    def local_checks(self, profile: Profile) -> Iterator[Check]:
+        """Checks of the kind's own settings, before anything is sent."""
+
+    @abstractmethod
+    def doctor_path(self, profile: Profile) -> str:
+        """A harmless path on the server to test reachability with."""
+
+    @abstractmethod
+    def remote_checks(
+        self,
+        profile: Profile,
+        store: Store,
+        private_key: rsa.RSAPrivateKey,
+        path: str,
+        timeout: float,
+    ) -> Iterator[Check]:
+        """Checks that talk to the server as the profile (authentication, server identity)."""
 
 
 def kind_of(profile: Profile) -> Kind:
