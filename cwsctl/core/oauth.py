@@ -1,0 +1,979 @@
+"""OpenEMR's OAuth2, client side: registration, client assertions, token grants, the token cache.
+
+OpenEMR identifies a backend client by a JWT it signs with its own RSA key (``private_key_jwt``,
+RS384, RFC 7523): the server checks it against the JWK Set the client registered. cwsctl uses the
+profile's key for it, so an OpenEMR profile needs nothing but its key and a client id.
+
+- **Endpoints** (:func:`endpoints`): for profile URL ``U`` and site ``S``, ``U/oauth2/S/token``,
+  ``…/registration``, ``…/authorize``; the FHIR base (the ``aud`` of an authorization request) is
+  ``U/apis/S/fhir``.
+- **Client assertion** (:func:`client_assertion`): header ``alg`` RS384, ``typ`` JWT, ``kid`` as in
+  :func:`cwsctl.core.jwks.key_id`; claims ``iss`` = ``sub`` = client id, ``aud`` = the token
+  endpoint URL, ``iat`` now, ``exp`` ``ASSERTION_LIFETIME_S`` later (under the 5 minutes OpenEMR
+  allows, leaving a minute for clock skew), a fresh uuid4 ``jti``. Signed by PyJWT.
+- **Grants** (:class:`TokenSource`): a stored refresh token (from ``cwsctl oauth login``) is used
+  first; otherwise the client-credentials grant. Both authenticate with a fresh assertion. A
+  refused refresh token (``invalid_grant``) is dropped and client credentials are tried; when
+  that is refused too, the error names ``cwsctl oauth login``.
+- **Token cache** (:class:`TokenStore`): ``$CWSCTL_HOME/tokens/<profile>.json`` (mode 0600, in a
+  0700 directory, replaced atomically) holds the access token with its expiry, the refresh token
+  and the registration access token. An access token is reused until ``min(10 s, 10 % of its
+  lifetime)`` before it expires (6 s for OpenEMR's 60-second tokens). Tokens never appear in
+  ``repr``, error messages or the audit log.
+- **Requests** (:class:`OAuthBearerAuth`, built by :func:`bearer_auth`): an ``httpx.Auth`` that
+  adds ``Authorization: Bearer …``. When no cached token is usable it *yields* the token request
+  from its auth flow, so the token exchange goes through the same bounded client as the API
+  request (same deadline, same size cap). A 401 answer gets exactly one fresh token and exactly
+  one retry; a second 401 is returned to the caller.
+- **Login** (:class:`LoopbackReceiver`, :func:`pkce_pair`, :func:`authorize_url`): the
+  authorization-code grant with PKCE (S256) and a redirect to ``http://127.0.0.1:PORT/callback``
+  (RFC 8252 loopback redirect).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cwsctl.core.errors import (
+    ClientRequestError,
+    NetworkError,
+    ProfileError,
+    ServerFailureError,
+)
+from cwsctl.core.files import atomic_write, ensure_private_dir
+from cwsctl.core.jwks import JWS_ALGORITHM, key_id
+from cwsctl.core.profile import Profile, Store
+
+#: Scopes asked for when the profile names none: patient loading through both APIs, a refresh
+#: token for cron (offline_access), and system/Patient.read for the client-credentials grant.
+DEFAULT_SCOPE = (
+    "openid offline_access api:oemr api:fhir user/Patient.read user/Patient.write "
+    "system/Patient.read"
+)
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: Seconds a client assertion is valid (OpenEMR refuses more than 300).
+ASSERTION_LIFETIME_S = 240
+MAX_ASSERTION_LIFETIME_S = 300
+#: Lifetime assumed for a token whose answer has no ``expires_in`` (OpenEMR's backend tokens).
+DEFAULT_TOKEN_LIFETIME_S = 60
+#: A cached token is reused until this long before it expires (or 10 % of its lifetime, if less).
+REUSE_MARGIN_S = 10.0
+CALLBACK_PATH = "/callback"
+#: The redirect URI registered by default: loopback redirects match any port (RFC 8252 §7.3).
+LOOPBACK_REDIRECT_URI = f"http://127.0.0.1{CALLBACK_PATH}"
+TOKENS_DIR = "tokens"
+
+GRANT_CLIENT_CREDENTIALS = "client_credentials"
+GRANT_REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type name, not a secret
+GRANT_AUTHORIZATION_CODE = "authorization_code"
+
+_MAX_SERVER_TEXT = 200
+
+T = TypeVar("T")
+TokenFlow = Generator[httpx.Request, httpx.Response, "Token"]
+
+
+# -- endpoints -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a profile's OAuth2 exchanges go."""
+
+    token: str
+    registration: str
+    authorize: str
+    fhir_base: str
+
+
+def endpoints(profile: Profile) -> Endpoints:
+    """The OAuth2 endpoints of an openemr profile: ``{url}/oauth2/{site}/token`` and so on."""
+    if not profile.url:
+        raise ProfileError(
+            f"profile {profile.name!r} has no URL",
+            hint=f"set it: cwsctl profile init {profile.name} --kind openemr --url https://…",
+        )
+    base = profile.url.rstrip("/")
+    site = quote(profile.site or "default", safe="")
+    oauth = f"{base}/oauth2/{site}"
+    return Endpoints(
+        token=f"{oauth}/token",
+        registration=f"{oauth}/registration",
+        authorize=f"{oauth}/authorize",
+        fhir_base=f"{base}/apis/{site}/fhir",
+    )
+
+
+def effective_scope(profile: Profile) -> str:
+    """The scopes a profile asks for: its own, else :data:`DEFAULT_SCOPE`."""
+    return " ".join(profile.scope.split()) or DEFAULT_SCOPE
+
+
+def require_client_id(profile: Profile) -> str:
+    """The profile's client id, or ProfileError naming the command that gets one."""
+    if not profile.client_id:
+        raise ProfileError(
+            f"profile {profile.name!r} has no OAuth client id",
+            hint="register cwsctl with OpenEMR: cwsctl oauth register (or, for a client made in "
+            "OpenEMR's admin pages: cwsctl oauth register --client-id ID)",
+        )
+    return profile.client_id
+
+
+def require_openemr(profile: Profile) -> None:
+    """Refuse a profile of another kind with a hint."""
+    if profile.kind != "openemr":
+        raise ProfileError(
+            f"profile {profile.name!r} is a {profile.kind} profile; OAuth2 is for openemr profiles",
+            hint=f"make one: cwsctl profile init NAME --kind openemr --url https://… "
+            f"(this is profile {profile.name!r})",
+        )
+
+
+# -- client assertion ----------------------------------------------------------------------
+
+
+def client_assertion(
+    private_key: rsa.RSAPrivateKey,
+    client_id: str,
+    audience: str,
+    *,
+    now: float | None = None,
+    lifetime: int = ASSERTION_LIFETIME_S,
+) -> str:
+    """A compact JWS (RS384) proving ``client_id`` holds ``private_key``, for ``audience``.
+
+    ``audience`` is the token endpoint URL. Every call gets a new ``jti``, so an assertion is
+    never sent twice.
+    """
+    import jwt
+
+    if not 0 < lifetime <= MAX_ASSERTION_LIFETIME_S:
+        raise ValueError(f"assertion lifetime must be 1..{MAX_ASSERTION_LIFETIME_S} s")
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + lifetime,
+        "jti": str(uuid.uuid4()),
+    }
+    headers = {"kid": key_id(private_key.public_key()), "typ": "JWT"}
+    return jwt.encode(claims, private_key, algorithm=JWS_ALGORITHM, headers=headers)
+
+
+# -- tokens and their cache ----------------------------------------------------------------
+
+
+@dataclass
+class Token:
+    """An access token and when it stops being usable (times are Unix seconds)."""
+
+    access_token: str
+    token_type: str
+    scope: str
+    obtained_at: float
+    expires_at: float
+
+    def __repr__(self) -> str:  # never show the token itself
+        return (
+            f"Token(token_type={self.token_type!r}, scope={self.scope!r}, "
+            f"expires_at={self.expires_at!r}, access_token=<redacted>)"
+        )
+
+    @property
+    def lifetime(self) -> float:
+        """Seconds between obtaining the token and its expiry."""
+        return max(0.0, self.expires_at - self.obtained_at)
+
+    def usable(self, now: float | None = None) -> bool:
+        """True until :func:`reuse_margin` before the token expires."""
+        now = time.time() if now is None else now
+        return now < self.expires_at - reuse_margin(self.lifetime)
+
+    @property
+    def authorization(self) -> str:
+        """The ``Authorization`` header value."""
+        return f"Bearer {self.access_token}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The cached form."""
+        return {
+            "access_token": self.access_token,
+            "token_type": self.token_type,
+            "scope": self.scope,
+            "obtained_at": self.obtained_at,
+            "expires_at": self.expires_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Token | None:
+        """The cached token, or None when the entry is not one."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(
+                access_token=str(data["access_token"]),
+                token_type=str(data.get("token_type", "Bearer")),
+                scope=str(data.get("scope", "")),
+                obtained_at=float(data["obtained_at"]),
+                expires_at=float(data["expires_at"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def reuse_margin(lifetime: float) -> float:
+    """How long before expiry a token stops being reused: the smaller of 10 s and 10 %."""
+    return min(REUSE_MARGIN_S, 0.1 * lifetime)
+
+
+@dataclass
+class GrantResult:
+    """What a token endpoint granted."""
+
+    token: Token
+    refresh_token: str | None
+
+    def __repr__(self) -> str:
+        return f"GrantResult(token={self.token!r}, refresh_token={'<redacted>' if self.refresh_token else None})"
+
+
+class TokenStore:
+    """A profile's OAuth2 secrets on disk: ``$CWSCTL_HOME/tokens/<profile>.json``, mode 0600.
+
+    The file holds the cached access token and the refresh token (both valid only for the
+    ``client_id`` and token URL they were issued for: after a new registration or a URL change
+    they are ignored) and the registration answer's secrets. Writers hold an exclusive lock on
+    ``<profile>.lock`` beside it (see :meth:`locked`) so that two cron jobs do not both spend a
+    rotating refresh token.
+    """
+
+    def __init__(self, store: Store, profile: str) -> None:
+        self.directory = store.root / TOKENS_DIR
+        store.private_key_path(profile)  # validates the name: it becomes a file name
+        self.path = self.directory / f"{profile}.json"
+        self.lock_path = self.directory / f"{profile}.lock"
+
+    def read(self) -> dict[str, Any]:
+        """The whole file (empty when missing or unreadable as JSON)."""
+        try:
+            data = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return {}  # a damaged cache only costs a new token
+        return data if isinstance(data, dict) else {}
+
+    def write(self, data: dict[str, Any]) -> None:
+        """Replace the file atomically (0600 in a 0700 directory)."""
+        ensure_private_dir(self.directory)
+        atomic_write(self.path, json.dumps(data, indent=1).encode("utf-8"), mode=0o600)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the profile's token lock (an advisory ``flock``; a no-op where there is none)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        ensure_private_dir(self.directory)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _grants(self, client_id: str, token_url: str) -> dict[str, Any]:
+        data = self.read()
+        if data.get("client_id") != client_id or data.get("token_url") != token_url:
+            return {}
+        return data
+
+    def access_token(self, client_id: str, token_url: str) -> Token | None:
+        """The cached access token for this client and token URL (usable or not), if any."""
+        return Token.from_json(self._grants(client_id, token_url).get("access"))
+
+    def refresh_token(self, client_id: str, token_url: str) -> str | None:
+        """The stored refresh token for this client and token URL, if any."""
+        value = self._grants(client_id, token_url).get("refresh_token")
+        return value if isinstance(value, str) and value else None
+
+    def save_grant(self, client_id: str, token_url: str, result: GrantResult) -> None:
+        """Cache a granted access token; keep (or replace, when rotated) the refresh token."""
+        data = self.read()
+        if data.get("client_id") != client_id or data.get("token_url") != token_url:
+            data.pop("refresh_token", None)
+        data.update({"client_id": client_id, "token_url": token_url})
+        data["access"] = result.token.to_json()
+        if result.refresh_token:
+            data["refresh_token"] = result.refresh_token
+        self.write(data)
+
+    def drop_refresh_token(self) -> None:
+        """Forget a refresh token the server refused."""
+        data = self.read()
+        if data.pop("refresh_token", None) is not None:
+            self.write(data)
+
+    def clear_grants(self) -> None:
+        """Forget the access and refresh tokens (the registration secrets stay)."""
+        data = self.read()
+        for name in ("access", "refresh_token", "client_id", "token_url"):
+            data.pop(name, None)
+        self.write(data)
+
+    def registration(self) -> dict[str, Any]:
+        """The stored registration secrets (``client_id``, ``registration_access_token`` …)."""
+        value = self.read().get("registration")
+        return value if isinstance(value, dict) else {}
+
+    def save_registration(self, secrets_: dict[str, str]) -> None:
+        """Store a registration answer's secrets."""
+        data = self.read()
+        data["registration"] = secrets_
+        self.write(data)
+
+
+# -- token endpoint answers ----------------------------------------------------------------
+
+_GRANT_LABEL = {
+    GRANT_CLIENT_CREDENTIALS: "client-credentials",
+    GRANT_REFRESH_TOKEN: "refresh-token",
+    GRANT_AUTHORIZATION_CODE: "authorization-code",
+}
+
+
+class TokenRefusedError(ClientRequestError):
+    """The token endpoint refused a grant (HTTP 4xx), with its OAuth2 ``error`` code."""
+
+    def __init__(
+        self, message: str, *, grant: str, error: str, status: int, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.grant = grant
+        self.error = error
+        self.status = status
+
+
+def server_text(value: object) -> str:
+    """A server-supplied string made safe for a one-line message (no controls, bounded)."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_SERVER_TEXT else text[: _MAX_SERVER_TEXT - 1] + "…"
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        data = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _refusal_hint(grant: str, error: str) -> str:
+    if error == "invalid_client":
+        return (
+            "OpenEMR does not accept this client's assertion: check that the client id is "
+            "registered and enabled and that its JWKS holds this key (cwsctl keys jwks), or "
+            "register again: cwsctl oauth register; a wrong system clock also causes this"
+        )
+    if grant == GRANT_REFRESH_TOKEN:
+        return "the refresh token is no longer valid: run cwsctl oauth login on a terminal"
+    if grant == GRANT_AUTHORIZATION_CODE:
+        return "run cwsctl oauth login again (the code is single-use and short-lived)"
+    if error in ("unauthorized_client", "invalid_scope", "unsupported_grant_type"):
+        return (
+            "this client may not get tokens without a person for these scopes: run "
+            "cwsctl oauth login on a terminal once (cron then uses the refresh token), or "
+            "register system/ scopes: cwsctl oauth register --scope '…'"
+        )
+    return (
+        "check the client in OpenEMR (cwsctl oauth register) or sign in again (cwsctl oauth login)"
+    )
+
+
+def parse_token_response(response: httpx.Response, grant: str, *, sent_at: float) -> GrantResult:
+    """The token and refresh token of a token endpoint answer, or the error it stands for.
+
+    A 4xx answer raises :class:`TokenRefusedError` naming the OAuth2 error and a hint; a 5xx
+    raises ServerFailureError. Token values never appear in a message.
+    """
+    label = _GRANT_LABEL.get(grant, grant)
+    status = response.status_code
+    body = _json_object(response)
+    if 400 <= status < 500:
+        error = server_text(body.get("error", "")) if body else ""
+        description = server_text(body.get("error_description", "")) if body else ""
+        what = error or f"HTTP {status} {server_text(response.reason_phrase)}"
+        message = f"the token endpoint refused the {label} grant: {what}"
+        if description:
+            message += f" ({description})"
+        raise TokenRefusedError(
+            message, grant=grant, error=error, status=status, hint=_refusal_hint(grant, error)
+        )
+    if status >= 500:
+        raise ServerFailureError(
+            f"the token endpoint failed: HTTP {status} {server_text(response.reason_phrase)}",
+            hint="try again later",
+        )
+    if status != 200 or body is None:
+        raise ServerFailureError(
+            f"the token endpoint answered HTTP {status} without a token document"
+        )
+    access = body.get("access_token")
+    token_type = str(body.get("token_type", ""))
+    if not isinstance(access, str) or not access:
+        raise ServerFailureError("the token endpoint's answer has no access_token")
+    if token_type.lower() != "bearer":
+        raise ServerFailureError(
+            f"the token endpoint granted a {server_text(token_type) or 'typeless'} token; "
+            "cwsctl uses Bearer tokens"
+        )
+    try:
+        lifetime = float(body.get("expires_in", DEFAULT_TOKEN_LIFETIME_S))
+    except (TypeError, ValueError):
+        lifetime = DEFAULT_TOKEN_LIFETIME_S
+    lifetime = max(0.0, lifetime)
+    refresh = body.get("refresh_token")
+    return GrantResult(
+        token=Token(
+            access_token=access,
+            token_type="Bearer",  # noqa: S106 - the scheme name, checked above
+            scope=str(body.get("scope", "")),
+            obtained_at=sent_at,
+            expires_at=sent_at + lifetime,
+        ),
+        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+    )
+
+
+# -- getting tokens ------------------------------------------------------------------------
+
+
+class TokenSource:
+    """Gets access tokens for one openemr profile, from the cache or a grant.
+
+    The ``*_flow`` methods are generators in httpx's auth-flow style: they yield the token
+    request, receive its response and return the :class:`Token`, doing no I/O themselves, so
+    that :class:`OAuthBearerAuth` can run them inside the API request's own client. Use
+    :func:`run_flow` to run one with a client of your own.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        store: Store,
+        private_key: rsa.RSAPrivateKey,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        require_openemr(profile)
+        self.profile = profile
+        self.private_key = private_key
+        self.endpoints = endpoints(profile)
+        self.tokens = TokenStore(store, profile.name)
+        self.clock = clock
+        self.scope = effective_scope(profile)
+        self.token_requests = 0  # token requests yielded so far (for tests and benchmarks)
+        self._lock = threading.Lock()
+
+    @property
+    def client_id(self) -> str:
+        """The profile's client id (ProfileError naming ``cwsctl oauth register`` if none)."""
+        return require_client_id(self.profile)
+
+    def cached_token(self) -> Token | None:
+        """A cached access token that is still usable, if any."""
+        token = self.tokens.access_token(self.client_id, self.endpoints.token)
+        return token if token is not None and token.usable(self.clock()) else None
+
+    def grant_request(
+        self, form: dict[str, str], template: httpx.Request | None = None
+    ) -> httpx.Request:
+        """A POST to the token endpoint with ``form`` plus a fresh client assertion."""
+        fields = {
+            **form,
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": client_assertion(
+                self.private_key, self.client_id, self.endpoints.token, now=self.clock()
+            ),
+        }
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        if template is not None and "user-agent" in template.headers:
+            headers["User-Agent"] = template.headers["user-agent"]
+        self.token_requests += 1
+        return httpx.Request("POST", self.endpoints.token, data=fields, headers=headers)
+
+    def token_flow(
+        self, *, reject: str | None = None, template: httpx.Request | None = None
+    ) -> TokenFlow:
+        """A usable token: the cached one (unless it is ``reject``, the one a 401 refused),
+        else from the refresh-token grant, else from the client-credentials grant."""
+        client_id = self.client_id
+        token_url = self.endpoints.token
+        with self._lock, self.tokens.locked():
+            # Read under the lock: another thread or process may have just renewed it.
+            cached = self.tokens.access_token(client_id, token_url)
+            if cached is not None and cached.usable(self.clock()) and cached.access_token != reject:
+                return cached
+            refused: TokenRefusedError | None = None
+            refresh = self.tokens.refresh_token(client_id, token_url)
+            if refresh:
+                form = {
+                    "grant_type": GRANT_REFRESH_TOKEN,
+                    "refresh_token": refresh,
+                    "client_id": client_id,
+                }
+                sent_at = self.clock()
+                response = yield self.grant_request(form, template)
+                try:
+                    result = parse_token_response(response, GRANT_REFRESH_TOKEN, sent_at=sent_at)
+                except TokenRefusedError as exc:
+                    if exc.error != "invalid_grant":
+                        raise
+                    self.tokens.drop_refresh_token()
+                    refused = exc
+                else:
+                    self.tokens.save_grant(client_id, token_url, result)
+                    return result.token
+            form = {"grant_type": GRANT_CLIENT_CREDENTIALS, "scope": self.scope}
+            sent_at = self.clock()
+            response = yield self.grant_request(form, template)
+            try:
+                result = parse_token_response(response, GRANT_CLIENT_CREDENTIALS, sent_at=sent_at)
+            except TokenRefusedError as exc:
+                if refused is None:
+                    raise
+                raise TokenRefusedError(
+                    f"no grant works for profile {self.profile.name!r}: the refresh token was "
+                    f"refused ({refused.error}) and so was the client-credentials grant "
+                    f"({exc.error or exc.status})",
+                    grant=GRANT_CLIENT_CREDENTIALS,
+                    error=exc.error,
+                    status=exc.status,
+                    hint="run cwsctl oauth login on a terminal to sign in again",
+                ) from None
+            self.tokens.save_grant(client_id, token_url, result)
+            return result.token
+
+    def code_flow(
+        self, code: str, redirect_uri: str, code_verifier: str
+    ) -> Generator[httpx.Request, httpx.Response, GrantResult]:
+        """Exchange an authorization code (with its PKCE verifier) for tokens; store them."""
+        client_id = self.client_id
+        form = {
+            "grant_type": GRANT_AUTHORIZATION_CODE,
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "code_verifier": code_verifier,
+            "client_id": client_id,
+        }
+        with self._lock, self.tokens.locked():
+            sent_at = self.clock()
+            response = yield self.grant_request(form)
+            result = parse_token_response(response, GRANT_AUTHORIZATION_CODE, sent_at=sent_at)
+            self.tokens.save_grant(client_id, self.endpoints.token, result)
+            return result
+
+    def has_refresh_token(self) -> bool:
+        """True when a refresh token is stored for this client."""
+        return self.tokens.refresh_token(self.client_id, self.endpoints.token) is not None
+
+
+def run_flow(
+    flow: Generator[httpx.Request, httpx.Response, T],
+    client: httpx.Client,
+    *,
+    timeout: float | None = None,
+    max_response_size: int | None = None,
+) -> T:
+    """Drive an auth-style flow with ``client``: send each request it yields, return its result.
+
+    Network failures become NetworkError (exit 6) naming the endpoint.
+    """
+    from cwsctl.core.client import network_error
+
+    try:
+        request = next(flow)
+        while True:
+            try:
+                response = client.send(request)
+            except httpx.HTTPError as exc:
+                raise network_error(
+                    exc,
+                    request.method,
+                    str(request.url),
+                    timeout=timeout,
+                    max_response_size=max_response_size,
+                ) from None
+            try:
+                request = flow.send(response)
+            finally:
+                response.close()
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    finally:
+        flow.close()
+
+
+class OAuthBearerAuth(httpx.Auth):
+    """Adds ``Authorization: Bearer <token>``; a 401 gets one fresh token and one retry.
+
+    A token request, when one is needed, is yielded from the flow and so travels through the
+    same (bounded) client as the request it authorizes.
+    """
+
+    requires_request_body = True  # the one retry must be able to send the body again
+    requires_response_body = True  # token answers are read inside the flow
+
+    def __init__(self, source: TokenSource) -> None:
+        self.source = source
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        """httpx's driver of :meth:`auth_flow`, closing the flow whatever happens (it may hold
+        the token lock while a token request is out)."""
+        request.read()
+        flow = self.auth_flow(request)
+        try:
+            outgoing = next(flow)
+            while True:
+                response = yield outgoing
+                response.read()
+                try:
+                    outgoing = flow.send(response)
+                except StopIteration:
+                    return
+        finally:
+            flow.close()
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Authorize ``request``; on a 401, renew the token once and send it once more."""
+        token = yield from self.source.token_flow(template=request)
+        request.headers["Authorization"] = token.authorization
+        response = yield request
+        if response.status_code != 401:
+            return
+        token = yield from self.source.token_flow(reject=token.access_token, template=request)
+        request.headers["Authorization"] = token.authorization
+        yield request  # whatever comes back now, 401 included, goes to the caller
+
+
+def bearer_auth(profile: Profile, store: Store, private_key: rsa.RSAPrivateKey) -> httpx.Auth:
+    """The ``httpx.Auth`` for an openemr profile (ProfileError at once if it has no client id)."""
+    source = TokenSource(profile, store, private_key)
+    require_client_id(profile)
+    return OAuthBearerAuth(source)
+
+
+# -- registration --------------------------------------------------------------------------
+
+
+def registration_document(
+    *,
+    client_name: str,
+    scope: str,
+    redirect_uris: list[str],
+    contacts: list[str] | None = None,
+    jwks: dict[str, Any] | None = None,
+    jwks_uri: str | None = None,
+) -> dict[str, Any]:
+    """The dynamic-registration request: a private client authenticating with private_key_jwt,
+    with its JWK Set inline (``jwks``) or by reference (``jwks_uri``)."""
+    if (jwks is None) == (jwks_uri is None):
+        raise ValueError("give exactly one of jwks and jwks_uri")
+    document: dict[str, Any] = {
+        "application_type": "private",
+        "token_endpoint_auth_method": "private_key_jwt",
+        "client_name": client_name,
+        "redirect_uris": list(redirect_uris),
+        "contacts": list(contacts or []),
+        "scope": scope,
+    }
+    if jwks is not None:
+        document["jwks"] = jwks
+    else:
+        document["jwks_uri"] = jwks_uri
+    return document
+
+
+@dataclass
+class Registration:
+    """What a registration answer holds (secrets kept out of ``repr``)."""
+
+    client_id: str
+    scope: str
+    registration_access_token: str | None
+    registration_client_uri: str | None
+    client_secret: str | None
+
+    def __repr__(self) -> str:
+        return (
+            f"Registration(client_id={self.client_id!r}, scope={self.scope!r}, <secrets redacted>)"
+        )
+
+    def secrets(self) -> dict[str, str]:
+        """The parts to keep in the profile's 0600 token file."""
+        kept = {"client_id": self.client_id}
+        for name in ("registration_access_token", "registration_client_uri", "client_secret"):
+            value = getattr(self, name)
+            if value:
+                kept[name] = value
+        return kept
+
+
+def registration_flow(
+    profile: Profile, document: dict[str, Any]
+) -> Generator[httpx.Request, httpx.Response, Registration]:
+    """POST ``document`` to the profile's registration endpoint; return the registration."""
+    url = endpoints(profile).registration
+    response = yield httpx.Request(
+        "POST",
+        url,
+        json=document,
+        headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+    )
+    body = _json_object(response)
+    status = response.status_code
+    if 400 <= status < 500:
+        error = server_text(body.get("error", "")) if body else ""
+        description = server_text(body.get("error_description", "")) if body else ""
+        message = f"OpenEMR refused the registration: {error or f'HTTP {status}'}"
+        raise ClientRequestError(
+            message + (f" ({description})" if description else ""),
+            hint="check the scopes, redirect URIs and that the site accepts registrations",
+        )
+    if status >= 500:
+        raise ServerFailureError(f"the registration endpoint failed: HTTP {status}")
+    client_id = body.get("client_id") if body else None
+    if status not in (200, 201) or body is None or not isinstance(client_id, str) or not client_id:
+        raise ServerFailureError(
+            f"the registration endpoint answered HTTP {status} without a client_id"
+        )
+
+    def optional(name: str) -> str | None:
+        value = body.get(name) if body else None
+        return value if isinstance(value, str) and value else None
+
+    return Registration(
+        client_id=client_id,
+        scope=str(body.get("scope") or document.get("scope", "")),
+        registration_access_token=optional("registration_access_token"),
+        registration_client_uri=optional("registration_client_uri"),
+        client_secret=optional("client_secret"),
+    )
+
+
+def record_client(
+    store: Store, profile_name: str, client_id: str, *, scope: str | None = None
+) -> Profile:
+    """Set the profile's client id (and scope, if given) in config.toml; forget old tokens."""
+    config = store.load()
+    profile = store.get_profile(profile_name, config)
+    require_openemr(profile)
+    changed = profile.client_id != client_id
+    profile.client_id = client_id
+    if scope:
+        profile.scope = scope
+    store.save(config)
+    if changed:
+        TokenStore(store, profile_name).clear_grants()
+    return profile
+
+
+def record_registration(store: Store, profile_name: str, registration: Registration) -> Profile:
+    """Keep a registration: client id and scope in the profile, its secrets in the 0600 file."""
+    profile = record_client(
+        store, profile_name, registration.client_id, scope=registration.scope or None
+    )
+    TokenStore(store, profile_name).save_registration(registration.secrets())
+    return profile
+
+
+# -- login: authorization code with PKCE and a loopback redirect ---------------------------
+
+
+@dataclass(frozen=True)
+class PkcePair:
+    """A PKCE code verifier and its S256 challenge (RFC 7636)."""
+
+    verifier: str
+    challenge: str
+
+    def __repr__(self) -> str:
+        return "PkcePair(<redacted>)"
+
+
+def pkce_pair() -> PkcePair:
+    """A fresh verifier (43+ unreserved characters) and ``BASE64URL(SHA256(verifier))``."""
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    challenge = base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+    return PkcePair(verifier, challenge)
+
+
+def authorize_url(
+    profile: Profile, *, redirect_uri: str, state: str, code_challenge: str, scope: str
+) -> str:
+    """The authorization request URL for the person to open (``aud`` = the FHIR base)."""
+    ends = endpoints(profile)
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": require_client_id(profile),
+            "redirect_uri": redirect_uri,
+            "scope": scope,
+            "state": state,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+            "aud": ends.fhir_base,
+        },
+        quote_via=quote,
+    )
+    return f"{ends.authorize}?{query}"
+
+
+@dataclass(frozen=True)
+class Callback:
+    """The query of the request that reached the loopback redirect."""
+
+    code: str | None
+    state: str | None
+    error: str | None
+    error_description: str | None
+
+    def __repr__(self) -> str:
+        return f"Callback(state={self.state!r}, error={self.error!r}, code=<redacted>)"
+
+
+_PAGE = (
+    b"<!doctype html><meta charset=utf-8><title>cwsctl</title>"
+    b"<p>cwsctl received the answer. You can close this window.</p>"
+)
+
+
+class _CallbackHandler(BaseHTTPRequestHandler):
+    server: _CallbackServer
+    timeout = 10  # a stalled browser connection must not hold a handler thread for ever
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path != CALLBACK_PATH:
+            self.send_error(404)
+            return
+        query = parse_qs(parts.query)
+
+        def first(name: str) -> str | None:
+            values = query.get(name)
+            return values[0] if values else None
+
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(_PAGE)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(_PAGE)
+        self.server.answers.put(
+            Callback(first("code"), first("state"), first("error"), first("error_description"))
+        )
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing: the request line carries the authorization code."""
+
+
+class _CallbackServer(ThreadingHTTPServer):
+    daemon_threads = True
+    answers: queue.Queue[Callback]
+
+
+class LoopbackReceiver:
+    """A one-shot HTTP server on 127.0.0.1 that receives the authorization redirect.
+
+    Use as a context manager; ``redirect_uri`` is ``http://127.0.0.1:PORT/callback``.
+    """
+
+    def __init__(self, port: int = 0) -> None:
+        try:
+            self._server = _CallbackServer(("127.0.0.1", port), _CallbackHandler)
+        except OSError as exc:
+            raise NetworkError(
+                f"cannot listen on 127.0.0.1:{port} for the redirect: {exc.strerror or exc}",
+                hint="choose another --port, or 0 for any free port",
+            ) from None
+        self._server.answers = queue.Queue()
+        self.port: int = self._server.server_address[1]
+        self.redirect_uri = f"http://127.0.0.1:{self.port}{CALLBACK_PATH}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="cwsctl-oauth-callback", daemon=True
+        )
+
+    def __enter__(self) -> LoopbackReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop listening."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()
+
+    def wait(self, expected_state: str, timeout: float) -> str:
+        """The authorization code from the redirect; errors for a refusal, a wrong ``state``
+        (CSRF) or no redirect within ``timeout`` seconds."""
+        try:
+            answer = self._server.answers.get(timeout=timeout)
+        except queue.Empty:
+            raise NetworkError(
+                f"no answer reached {self.redirect_uri} within {timeout:g} s",
+                hint="open the printed URL in a browser on this machine and approve; "
+                "allow more time with --wait SECONDS",
+            ) from None
+        if answer.state != expected_state:
+            raise ClientRequestError(
+                "the redirect carried the wrong state; refusing its code (possible forgery)",
+                hint="run cwsctl oauth login again",
+            )
+        if answer.error:
+            description = server_text(answer.error_description or "")
+            raise ClientRequestError(
+                f"authorization refused: {server_text(answer.error)}"
+                + (f" ({description})" if description else ""),
+                hint="sign in as a user allowed these scopes, or ask for fewer with --scope",
+            )
+        if not answer.code:
+            raise ClientRequestError(
+                "the redirect carried no authorization code", hint="run cwsctl oauth login again"
+            )
+        return answer.code
+
+
+def new_state() -> str:
+    """An unguessable ``state`` for one authorization request."""
+    return secrets.token_urlsafe(24)
