@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cwsctl.cli.options import with_globals
+from cwsctl.cli.options import KEY_BITS, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.core.errors import SignatureError
 from cwsctl.core.patients import WALKTHROUGH_EXAMPLE
@@ -29,7 +29,10 @@ def demo(
     bits: Annotated[
         int,
         typer.Option(
-            "--bits", metavar="BITS", help="Key size for the demo keys (keygen defaults to 4096)."
+            "--bits",
+            metavar="BITS",
+            parser=KEY_BITS,
+            help="Key size for the demo keys: 2048, 3072 or 4096 (keygen defaults to 4096).",
         ),
     ] = 2048,
 ) -> None:

@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 from cwsctl.cli.common import passphrase_source
-from cwsctl.cli.options import PassphraseFileOption, TimeoutOption, with_globals
+from cwsctl.cli.options import DoctorTimeoutOption, PassphraseFileOption, with_globals
 from cwsctl.cli.output import Output
+from cwsctl.cli.params import UrlPath
 from cwsctl.core.errors import CwsError
 
 
@@ -22,10 +23,13 @@ def doctor(
     path: Annotated[
         str,
         typer.Option(
-            "--path", metavar="PATH", help="Harmless endpoint for the signed test request."
+            "--path",
+            metavar="PATH",
+            parser=UrlPath(),
+            help="Harmless endpoint for the signed test request (a path on the profile's server).",
         ),
     ] = "/ws/",
-    timeout: TimeoutOption = 10.0,
+    timeout: DoctorTimeoutOption = 10.0,
     passphrase_file: PassphraseFileOption = None,
 ) -> None:
     """Check config, profile, key (present, 0600, 0700 dir, readable), pinned server keys,

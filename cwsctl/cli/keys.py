@@ -9,7 +9,7 @@ import typer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from cwsctl.cli.common import passphrase_file_from, passphrase_source, store_and_profile
-from cwsctl.cli.options import PassphraseFileOption, TimeoutOption, with_globals
+from cwsctl.cli.options import KEY_BITS, PassphraseFileOption, RotateTimeoutOption, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.core import keys
 from cwsctl.core.errors import InputError, LocalKeyError
@@ -50,7 +50,10 @@ def _show_public(
 def keygen(
     out: Output,
     bits: Annotated[
-        int, typer.Option("--bits", metavar="BITS", help="RSA key size: 2048, 3072 or 4096.")
+        int,
+        typer.Option(
+            "--bits", metavar="BITS", parser=KEY_BITS, help="RSA key size: 2048, 3072 or 4096."
+        ),
     ] = keys.DEFAULT_BITS,
     passphrase_file: PassphraseFileOption = None,
     force: ForceOption = False,
@@ -211,7 +214,7 @@ def rotate(
         bool, typer.Option("--force", help="Rotate even if the server rejects the next key.")
     ] = False,
     passphrase_file: PassphraseFileOption = None,
-    timeout: TimeoutOption = 15.0,
+    timeout: RotateTimeoutOption = 15.0,
 ) -> None:
     """Make the next key (keygen --next) active once CorEMR knows it; the old key is kept.
 

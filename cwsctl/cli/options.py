@@ -19,6 +19,8 @@ import typer
 
 from cwsctl.cli.errors import run_reporting_errors
 from cwsctl.cli.output import Output, Settings
+from cwsctl.cli.params import ByteSize, Number, OneOf
+from cwsctl.core.keys import ALLOWED_BITS
 
 ProfileOption = Annotated[
     str | None,
@@ -61,13 +63,69 @@ PassphraseFileOption = Annotated[
         show_default=False,
     ),
 ]
-TimeoutOption = Annotated[
-    float,
-    typer.Option(
+# The documented ranges of numeric options (README lists them; tests/test_bad_inputs.py checks them).
+MAX_TIMEOUT_S = 86400  # one day: any longer is a hung job, not a slow server
+CONCURRENCY_RANGE = (1, 64)
+RETRIES_RANGE = (0, 10)
+PORT_RANGE = (0, 65535)
+MAX_LATENCY_MS = 600_000  # ten minutes
+MAX_CLOCK_SKEW_S = 366 * 86400  # a year either way
+
+SECONDS = Number("seconds", above=0, at_most=MAX_TIMEOUT_S)
+KEY_BITS = OneOf(ALLOWED_BITS, "RSA key sizes in bits")
+
+
+def timeout_option(help_text: str) -> Any:
+    """``--timeout SECONDS`` (env CWSCTL_TIMEOUT): finite, > 0, at most a day."""
+    return typer.Option(
         "--timeout",
         metavar="SECONDS",
         envvar="CWSCTL_TIMEOUT",
-        help="Seconds to wait for each answer.",
+        parser=SECONDS,
+        help=help_text,
+    )
+
+
+TimeoutOption = Annotated[
+    float,
+    timeout_option(
+        "Seconds for the whole exchange: connecting, sending and reading the answer to its "
+        "last byte (a GET's retries included); past it, exit 6."
+    ),
+]
+RowTimeoutOption = Annotated[
+    float,
+    timeout_option(
+        "Seconds for each attempt of a row (its look-up, if any, and its send share them): "
+        "connecting, sending and reading each answer to its last byte; past it, the attempt "
+        "counts as a network failure (exit 6 when no retry succeeds)."
+    ),
+]
+DoctorTimeoutOption = Annotated[
+    float,
+    timeout_option(
+        "Seconds for each request the checks send: connecting, sending and reading the answer "
+        "to its last byte; past it, that check fails (exit 6)."
+    ),
+]
+RotateTimeoutOption = Annotated[
+    float,
+    timeout_option(
+        "Seconds for the check that the server knows the next key: connecting, sending and "
+        "reading the answer to its last byte; past it, the key is rotated anyway, with a warning."
+    ),
+]
+MaxResponseSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-response-size",
+        metavar="SIZE",
+        envvar="CWSCTL_MAX_RESPONSE_SIZE",
+        show_envvar=False,
+        parser=ByteSize(),
+        help="Stop reading an answer larger than this and exit 6 (default 64MiB) "
+        "[env: CWSCTL_MAX_RESPONSE_SIZE].",
+        show_default=False,
     ),
 ]
 AllowHttpOption = Annotated[

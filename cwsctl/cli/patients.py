@@ -11,8 +11,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cwsctl.cli.common import open_client, read_body
-from cwsctl.cli.options import AllowHttpOption, PassphraseFileOption, TimeoutOption, with_globals
+from cwsctl.cli.options import (
+    CONCURRENCY_RANGE,
+    RETRIES_RANGE,
+    AllowHttpOption,
+    MaxResponseSizeOption,
+    PassphraseFileOption,
+    RowTimeoutOption,
+    with_globals,
+)
 from cwsctl.cli.output import Output
+from cwsctl.cli.params import WholeNumber
 from cwsctl.cli.progress import BulkProgress
 from cwsctl.core.errors import CwsError, ExitStatus, InputError
 
@@ -104,9 +113,8 @@ def create(
             "--concurrency",
             metavar="N",
             envvar="CWSCTL_CONCURRENCY",
-            help="Requests in flight.",
-            min=1,
-            max=64,
+            parser=WholeNumber(*CONCURRENCY_RANGE),
+            help="Requests in flight, 1 to 64.",
         ),
     ] = 8,
     journal: Annotated[
@@ -136,10 +144,14 @@ def create(
     retries: Annotated[
         int,
         typer.Option(
-            "--retries", metavar="N", help="Re-tries per row after a 5xx or network failure.", min=0
+            "--retries",
+            metavar="N",
+            parser=WholeNumber(*RETRIES_RANGE),
+            help="Re-tries per row after a 5xx or network failure, 0 to 10.",
         ),
     ] = 3,
-    timeout: TimeoutOption = 30.0,
+    timeout: RowTimeoutOption = 30.0,
+    max_response_size: MaxResponseSizeOption = None,
     allow_http: AllowHttpOption = False,
     passphrase_file: PassphraseFileOption = None,
 ) -> None:
@@ -150,7 +162,12 @@ def create(
     resumes: rows that got a verified 201 (or 409) are never sent again, and a row whose outcome
     is unknown is looked up before it is re-sent.
     """
-    connection = {"passphrase_file": passphrase_file, "timeout": timeout, "allow_http": allow_http}
+    connection = {
+        "passphrase_file": passphrase_file,
+        "timeout": timeout,
+        "max_response_size": max_response_size,
+        "allow_http": allow_http,
+    }
     if from_file is not None:
         given = [
             external_id,

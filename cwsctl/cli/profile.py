@@ -10,6 +10,7 @@ import typer
 from cwsctl.cli.common import store_and_profile
 from cwsctl.cli.options import with_globals
 from cwsctl.cli.output import Output
+from cwsctl.cli.params import HttpUrl
 from cwsctl.core import keys
 from cwsctl.core.errors import InputError, ProfileError
 from cwsctl.core.files import read_bytes
@@ -67,7 +68,12 @@ def init(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Profile name, e.g. prod or test.")],
     url: Annotated[
         str,
-        typer.Option("--url", metavar="URL", help="CWS base URL, e.g. https://coremr.example.org"),
+        typer.Option(
+            "--url",
+            metavar="URL",
+            parser=HttpUrl(),
+            help="CWS base URL, e.g. https://coremr.example.org",
+        ),
     ],
     username: Annotated[
         str,

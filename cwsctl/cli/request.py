@@ -10,8 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cwsctl.cli.common import open_client, read_body
-from cwsctl.cli.options import AllowHttpOption, PassphraseFileOption, TimeoutOption, with_globals
+from cwsctl.cli.options import (
+    AllowHttpOption,
+    MaxResponseSizeOption,
+    PassphraseFileOption,
+    TimeoutOption,
+    with_globals,
+)
 from cwsctl.cli.output import Output
+from cwsctl.cli.params import PathOrUrl
 from cwsctl.core.errors import ClientRequestError, InputError
 from cwsctl.core.files import atomic_write
 from cwsctl.core.redact import masked_body
@@ -43,7 +50,9 @@ def request(
     path: Annotated[
         str,
         typer.Argument(
-            metavar="PATH_OR_URL", help="Path joined to the profile URL, or a full URL."
+            metavar="PATH_OR_URL",
+            parser=PathOrUrl(),
+            help="Path joined to the profile URL, or a full http(s) URL.",
         ),
     ],
     body_file: Annotated[
@@ -75,6 +84,7 @@ def request(
         bool, typer.Option("--curl", help="Print an equivalent curl command line; send nothing.")
     ] = False,
     timeout: TimeoutOption = 30.0,
+    max_response_size: MaxResponseSizeOption = None,
     insecure_skip_verify: Annotated[
         bool,
         typer.Option(
@@ -99,6 +109,7 @@ def request(
         out.settings,
         passphrase_file=passphrase_file,
         timeout=timeout,
+        max_response_size=max_response_size,
         verify_responses=not (insecure_skip_verify or offline),
         allow_http=allow_http,
     ) as client:

@@ -12,8 +12,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cwsctl.cli.options import with_globals
+from cwsctl.cli.options import (
+    KEY_BITS,
+    MAX_CLOCK_SKEW_S,
+    MAX_LATENCY_MS,
+    PORT_RANGE,
+    with_globals,
+)
 from cwsctl.cli.output import Output
+from cwsctl.cli.params import Fraction, ListenHost, WholeNumber
 from cwsctl.core.errors import InputError
 from cwsctl.core.keys import ALLOWED_BITS, DEFAULT_BITS
 
@@ -40,7 +47,10 @@ DataDirOption = Annotated[
 KeyBitsOption = Annotated[
     int,
     typer.Option(
-        "--key-bits", metavar="BITS", help="Size of the server key, if one has to be made."
+        "--key-bits",
+        metavar="BITS",
+        parser=KEY_BITS,
+        help="Size of the server key, if one has to be made: 2048, 3072 or 4096.",
     ),
 ]
 
@@ -61,10 +71,22 @@ def _check_bits(bits: int) -> None:
 def serve(
     out: Output,
     host: Annotated[
-        str, typer.Option("--host", metavar="HOST", help="Address to listen on (keep it loopback).")
+        str,
+        typer.Option(
+            "--host",
+            metavar="HOST",
+            parser=ListenHost(),
+            help="Address to listen on: a host name or IP address (keep it loopback).",
+        ),
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", metavar="PORT", help="TCP port; 0 picks a free one.")
+        int,
+        typer.Option(
+            "--port",
+            metavar="PORT",
+            parser=WholeNumber(*PORT_RANGE),
+            help="TCP port, 0 to 65535; 0 picks a free one.",
+        ),
     ] = 8080,
     data_dir: DataDirOption = None,
     key_bits: KeyBitsOption = DEFAULT_BITS,
@@ -73,6 +95,9 @@ def serve(
         typer.Option(
             "--drop-rate",
             metavar="RATE",
+            envvar="CWSCTL_SANDBOX_DROP_RATE",
+            show_envvar=False,
+            parser=Fraction(),
             help="Fraction of patient requests processed, then cut off mid-response "
             "[env: CWSCTL_SANDBOX_DROP_RATE].",
             show_default=False,
@@ -83,6 +108,9 @@ def serve(
         typer.Option(
             "--error-rate",
             metavar="RATE",
+            envvar="CWSCTL_SANDBOX_ERROR_RATE",
+            show_envvar=False,
+            parser=Fraction(),
             help="Fraction of patient requests answered 500 without processing "
             "[env: CWSCTL_SANDBOX_ERROR_RATE].",
             show_default=False,
@@ -93,7 +121,11 @@ def serve(
         typer.Option(
             "--latency-ms",
             metavar="MS",
-            help="Random extra delay up to N ms per patient request [env: CWSCTL_SANDBOX_LATENCY_MS].",
+            envvar="CWSCTL_SANDBOX_LATENCY_MS",
+            show_envvar=False,
+            parser=WholeNumber(0, MAX_LATENCY_MS, "milliseconds"),
+            help="Random extra delay up to N ms (0 to 600000) per patient request "
+            "[env: CWSCTL_SANDBOX_LATENCY_MS].",
             show_default=False,
         ),
     ] = None,
@@ -102,6 +134,9 @@ def serve(
         typer.Option(
             "--corrupt-rate",
             metavar="RATE",
+            envvar="CWSCTL_SANDBOX_CORRUPT_RATE",
+            show_envvar=False,
+            parser=Fraction(),
             help="Fraction of patient responses with a corrupted signature "
             "[env: CWSCTL_SANDBOX_CORRUPT_RATE].",
             show_default=False,
@@ -112,6 +147,9 @@ def serve(
         typer.Option(
             "--unsigned-rate",
             metavar="RATE",
+            envvar="CWSCTL_SANDBOX_UNSIGNED_RATE",
+            show_envvar=False,
+            parser=Fraction(),
             help="Fraction of patient responses without a signature "
             "[env: CWSCTL_SANDBOX_UNSIGNED_RATE].",
             show_default=False,
@@ -131,8 +169,11 @@ def serve(
         typer.Option(
             "--clock-skew-s",
             metavar="SECONDS",
-            help="Shift the Date header of every response by N seconds "
-            "[env: CWSCTL_SANDBOX_CLOCK_SKEW_S].",
+            envvar="CWSCTL_SANDBOX_CLOCK_SKEW_S",
+            show_envvar=False,
+            parser=WholeNumber(-MAX_CLOCK_SKEW_S, MAX_CLOCK_SKEW_S, "seconds, a year either way"),
+            help="Shift the Date header of every response by N seconds, at most a year either "
+            "way [env: CWSCTL_SANDBOX_CLOCK_SKEW_S].",
             show_default=False,
         ),
     ] = None,
