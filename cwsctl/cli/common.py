@@ -15,7 +15,8 @@ from cwsctl.core.identity import read_passphrase_file
 from cwsctl.core.keys import PassphraseSource
 
 if TYPE_CHECKING:
-    from cwsctl.core.client import CwsClient
+    from cwsctl.core.client import ApiClient
+    from cwsctl.core.kinds import PatientMapping
     from cwsctl.core.profile import Store
 
 
@@ -68,26 +69,39 @@ def open_client(
     verify_responses: bool = True,
     allow_http: bool = False,
     max_connections: int = 10,
-) -> CwsClient:
-    """A signing, verifying client for the profile in force (``max_response_size=None``: 64 MiB)."""
+) -> ApiClient:
+    """A client for the profile in force, authenticating as its kind does (``max_response_size``
+    None: 64 MiB). ``verify_responses`` matters only to kinds whose servers sign answers."""
     from cwsctl.core.audit import AuditLog
-    from cwsctl.core.client import CwsClient
     from cwsctl.core.exchange import DEFAULT_MAX_RESPONSE_SIZE
-    from cwsctl.core.identity import load_identity
+    from cwsctl.core.kinds import kind_of
 
     store, name = store_and_profile(settings)
     profile = store.get_profile(name)
-    identity = load_identity(name, store=store, passphrase=passphrase_source(passphrase_file))
-    return CwsClient(
-        identity,
-        profile.trusted,
-        base_url=profile.url,
+    return kind_of(profile).open_client(
+        profile,
+        store,
+        passphrase=passphrase_source(passphrase_file),
+        audit=AuditLog(store.root, name),
+        verify_responses=verify_responses,
         timeout=timeout,
         max_response_size=(
             DEFAULT_MAX_RESPONSE_SIZE if max_response_size is None else max_response_size
         ),
-        verify_responses=verify_responses,
         allow_http=allow_http,
         max_connections=max_connections,
-        audit=AuditLog(store.root, name),
     )
+
+
+def patient_mapping(settings: Settings, *, dry_run: bool = False) -> PatientMapping:
+    """How the profile in force creates and finds patients. A dry run needs no profile: without
+    one, rows are checked (and shown) as CWS bodies."""
+    from cwsctl.core.kinds import kind_of
+    from cwsctl.core.profile import Profile
+
+    store, name = store_and_profile(settings)
+    config = store.load()
+    profile = config.profiles.get(name)
+    if profile is None:
+        profile = Profile(name) if dry_run else store.get_profile(name, config)
+    return kind_of(profile).patients(profile)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cwsctl.cli.common import open_client, read_body
+from cwsctl.cli.common import open_client, patient_mapping, read_body
 from cwsctl.cli.options import (
     CONCURRENCY_RANGE,
     RETRIES_RANGE,
@@ -225,7 +225,6 @@ def _single(
     from cwsctl.core.patients import (
         PatientValidationError,
         parse_json_object,
-        patient_body,
         prepare_patient,
     )
 
@@ -244,14 +243,14 @@ def _single(
         record = prepare_patient(fields)
     except PatientValidationError as exc:
         raise InputError(f"invalid patient: {exc.message}", hint=exc.hint) from None
-    payload = patient_body(record)
+    create = patient_mapping(out.settings, dry_run=dry_run).create_request(record)
     if dry_run:
-        out.data(payload + b"\n")
+        out.data(create.body + b"\n")
         out.info("valid; nothing sent (--dry-run)")
         return
     with open_client(out.settings, **connection) as client:
-        response = client.request("POST", "/ws/patients/", payload)
-    show_response(out, response, client.identity)
+        response = client.request(*create)
+    show_response(out, response, client)
 
 
 def _bulk(
@@ -297,8 +296,18 @@ def _bulk(
                 writer.write(result)
             progress.advance(result)
 
+        mapping = patient_mapping(out.settings, dry_run=dry_run)
+        if mapping.unsent_fields:
+            out.info(
+                f"not sent (this kind has no place for them): {', '.join(mapping.unsent_fields)}"
+            )
         loader = BulkLoad(
-            client, journal, concurrency=concurrency, retries=retries, stop_on_error=stop_on_error
+            client,
+            journal,
+            mapping,
+            concurrency=concurrency,
+            retries=retries,
+            stop_on_error=stop_on_error,
         )
         started = time.perf_counter()
         summary = loader.run(read_rows(stream, fmt), on_result)

@@ -26,8 +26,7 @@ from cwsctl.core.redact import masked_body
 if TYPE_CHECKING:
     import httpx
 
-    from cwsctl.core.client import CwsResponse
-    from cwsctl.core.identity import SigningIdentity
+    from cwsctl.core.client import ApiClient, ApiResponse
 
 
 def parse_header_option(values: list[str]) -> dict[str, str]:
@@ -127,39 +126,30 @@ def request(
         response = client.request(method, path, body, extra_headers)
     if out.settings.verbose:
         _show_exchange(out, response, body, show_body)
-    show_response(out, response, client.identity, output)
+    show_response(out, response, client, output)
 
 
 def show_response(
-    out: Output, response: CwsResponse, identity: SigningIdentity, output: Path | None = None
+    out: Output, response: ApiResponse, client: ApiClient, output: Path | None = None
 ) -> None:
-    """Print a verified response (body, status line) and raise for a 4xx/5xx status."""
+    """Print a complete (on CWS: verified) response and its status line; raise for 4xx/5xx."""
     _emit(out, response, output)
-    out.info(status_line(response), "green" if response.ok else "yellow")
+    out.info(status_line(response, client), "green" if response.ok else "yellow")
     try:
         response.raise_for_status()
     except ClientRequestError as exc:
         if response.status == 401:
-            exc.hint = (
-                f"likely causes: username {identity.username!r} is not registered in CorEMR's "
-                f"Public Keys; a different key is registered there (ours is {identity.fingerprint}); "
-                "or the body was altered on the way (a proxy reformatting JSON)"
-            )
+            exc.hint = client.unauthorized_hint()
         raise
 
 
-def status_line(response: CwsResponse) -> str:
-    """``201 Created · verified by coremr (SHA256:…)``."""
-    check = response.verification
-    trust = (
-        f"verified by {check.signer} ({check.key_fingerprint})"
-        if check is not None and check.verified
-        else "NOT VERIFIED"
-    )
+def status_line(response: ApiResponse, client: ApiClient) -> str:
+    """``201 Created · verified by coremr (SHA256:…) · 12 ms``."""
+    trust = client.trust_description(response)
     return f"{response.status} {response.reason} · {trust} · {response.elapsed_ms:.0f} ms"
 
 
-def response_document(response: CwsResponse) -> dict[str, object]:
+def response_document(response: ApiResponse) -> dict[str, object]:
     """The ``--json`` envelope of a response."""
     check = response.verification
     try:
@@ -178,7 +168,7 @@ def response_document(response: CwsResponse) -> dict[str, object]:
     }
 
 
-def _emit(out: Output, response: CwsResponse, output: Path | None) -> None:
+def _emit(out: Output, response: ApiResponse, output: Path | None) -> None:
     if output is not None:
         atomic_write(output, response.body)
         if response.signature_header:
@@ -206,7 +196,7 @@ def _write_body(out: Output, body: bytes) -> None:
     out.data(body)
 
 
-def _show_exchange(out: Output, response: CwsResponse, body: bytes, show_body: bool) -> None:
+def _show_exchange(out: Output, response: ApiResponse, body: bytes, show_body: bool) -> None:
     for key, value in response.request_headers.items():
         out.info(f"> {key}: {value}", "dim")
     out.info(f"> {body.decode('utf-8', 'replace') if show_body else masked_body(body)}", "dim")
