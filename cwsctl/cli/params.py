@@ -130,6 +130,20 @@ class OneOf(_Rule):
         return int(text)
 
 
+class Choice(_Rule):
+    """A word from a fixed set, e.g. the profile kinds."""
+
+    def __init__(self, choices: Sequence[str]) -> None:
+        self.choices = tuple(choices)
+        self.rule = f"must be one of {', '.join(self.choices)}"
+
+    def __call__(self, value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in self.choices:
+            raise self.fail(value)
+        return text
+
+
 _SIZE = re.compile(r"(\d+)\s*(?:([kmg])(?:ib)?)?", re.IGNORECASE)
 _MULTIPLIER = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 

@@ -10,12 +10,14 @@ import typer
 from cwsctl.cli.common import store_and_profile
 from cwsctl.cli.options import with_globals
 from cwsctl.cli.output import Output
-from cwsctl.cli.params import HttpUrl
+from cwsctl.cli.params import Choice, HttpUrl
 from cwsctl.core import keys
 from cwsctl.core.errors import InputError, ProfileError
 from cwsctl.core.files import read_bytes
 from cwsctl.core.profile import (
+    DEFAULT_KIND,
     DEFAULT_SERVER_USERNAME,
+    KINDS,
     Profile,
     Store,
     TrustedKey,
@@ -41,24 +43,21 @@ def _describe(store: Store, profile: Profile, default: str | None) -> dict[str, 
     key_path = store.private_key_path(profile.name)
     # An encrypted key is not decrypted here: no fingerprint then, and no prompt.
     fingerprint = keys.fingerprint_if_readable(key_path) if key_path.exists() else None
-    return {
+    settings = profile.to_toml()  # the kind's own settings, as config.toml holds them
+    trusted = settings.pop("trusted", None)
+    document: dict[str, object] = {
         "name": profile.name,
         "default": profile.name == (default or "default"),
-        "url": profile.url,
-        "username": profile.username,
-        "algorithm": profile.algorithm.value,
+        "kind": profile.kind,
+        **settings,
         "key_path": str(key_path) if key_path.exists() else None,
         "key_fingerprint": fingerprint,
-        "trusted": [
-            {"username": t.username, "fingerprint": t.fingerprint} for t in profile.trusted
-        ],
     }
-
-
-def _check_url(url: str) -> str:
-    if not url.startswith(("https://", "http://")):
-        raise InputError(f"--url must start with https:// (got {url!r})")
-    return url.rstrip("/")
+    if trusted is not None:
+        document["trusted"] = [
+            {"username": t.username, "fingerprint": t.fingerprint} for t in profile.trusted
+        ]
+    return document
 
 
 @app.command("init")
@@ -76,30 +75,82 @@ def init(
         ),
     ],
     username: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--username",
             metavar="USER",
-            help="Username your public key is registered under in CorEMR.",
+            help="cws: the username your public key is registered under in CorEMR.",
+            show_default=False,
         ),
-    ],
+    ] = None,
     algorithm: AlgorithmChoice = "sha256",
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            metavar="|".join(KINDS),
+            parser=Choice(KINDS),
+            help="Which API the profile talks to: cws (CorEMR, signed bodies) or openemr "
+            "(OAuth2 with a JWT signed by the profile key).",
+        ),
+    ] = DEFAULT_KIND,
+    site: Annotated[
+        str | None,
+        typer.Option(
+            "--site",
+            metavar="SITE",
+            help="openemr: the OpenEMR site (multisite), default 'default'.",
+            show_default=False,
+        ),
+    ] = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            "--client-id",
+            metavar="ID",
+            help="openemr: a client registered in OpenEMR's admin pages (else: cwsctl oauth register).",
+            show_default=False,
+        ),
+    ] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            "--scope",
+            metavar="SCOPES",
+            help="openemr: space-separated OAuth2 scopes to ask for.",
+            show_default=False,
+        ),
+    ] = None,
     default: Annotated[
         bool, typer.Option("--default", help="Make this the default profile.")
     ] = False,
 ) -> None:
-    """Create or update a profile."""
+    """Create or update a profile.
+
+    Examples: cwsctl profile init prod --url https://coremr.example.org --username my-site;
+    cwsctl profile init emr --kind openemr --url https://emr.example.org:9300 --scope
+    'openid api:fhir user/Patient.read user/Patient.write'.
+    """
+    from cwsctl.core.kinds import kind_of
+
     validate_profile_name(name)
     store = Store()
     config = store.load()
-    existing = config.profiles.get(name)
+    existing = config.profiles.get(name) or Profile(name)
     profile = Profile(
         name=name,
-        url=_check_url(url),
-        username=username,
+        url=url.rstrip("/"),
+        username=username if username is not None else existing.username,
         algorithm=Algorithm.from_name(algorithm),
-        trusted=existing.trusted if existing else [],
+        trusted=existing.trusted,
+        kind=kind,
+        site=site or existing.site,
+        client_id=client_id if client_id is not None else existing.client_id,
+        scope=scope if scope is not None else existing.scope,
     )
+    missing = kind_of(profile).incomplete(profile)
+    if missing is not None:
+        raise InputError(f"a {kind} profile needs more settings", hint=missing)
     config.profiles[name] = profile
     if default or config.default_profile is None:
         config.default_profile = name
@@ -125,7 +176,8 @@ def list_profiles(out: Output) -> None:
         out.info("No profiles yet: cwsctl profile init NAME --url URL --username USER")
     for doc in documents:
         mark = "*" if doc["default"] else " "
-        out.line(f"{mark} {doc['name']}\t{doc['url']}\t{doc['username']}")
+        who = doc.get("username") or doc.get("client_id") or ""
+        out.line(f"{mark} {doc['name']}\t{doc['kind']}\t{doc['url']}\t{who}")
 
 
 @app.command("show")
@@ -148,16 +200,17 @@ def show(
         out.json(doc)
         return
     out.line(f"name:        {doc['name']}{' (default)' if doc['default'] else ''}")
-    out.line(f"url:         {doc['url']}")
-    out.line(f"username:    {doc['username']}")
-    out.line(f"algorithm:   {doc['algorithm']}")
+    for key, value in doc.items():
+        if key not in ("name", "default", "key_path", "key_fingerprint", "trusted"):
+            out.line(f"{key + ':':<13}{value}")
     out.line(f"private key: {doc['key_path'] or '(none: run cwsctl keygen)'}")
     if doc["key_fingerprint"]:
         out.line(f"fingerprint: {doc['key_fingerprint']}")
-    trusted = profile.trusted
-    if not trusted:
+    if "trusted" not in doc:
+        return
+    if not profile.trusted:
         out.line("trusted:     (none: run cwsctl profile trust COREMR_PUBLIC_KEY.pem)")
-    for t in trusted:
+    for t in profile.trusted:
         out.line(f"trusted:     {t.username} {t.fingerprint}")
 
 
