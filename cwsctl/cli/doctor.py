@@ -21,19 +21,23 @@ class DoctorFoundProblems(CwsError):
 def doctor(
     out: Output,
     path: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--path",
             metavar="PATH",
             parser=UrlPath(),
-            help="Harmless endpoint for the signed test request (a path on the profile's server).",
+            help="Harmless endpoint to test with, a path on the profile's server "
+            "[default: /ws/ on cws, the FHIR metadata on openemr].",
+            show_default=False,
         ),
-    ] = "/ws/",
+    ] = None,
     timeout: DoctorTimeoutOption = 10.0,
     passphrase_file: PassphraseFileOption = None,
 ) -> None:
-    """Check config, profile, key (present, 0600, 0700 dir, readable), pinned server keys,
-    https, DNS, TLS, clock skew, and a signed request whose response must verify.
+    """Check config, profile, key (present, 0600, 0700 dir, readable), https, DNS, TLS, clock
+    skew, and what the profile's kind needs: on cws, pinned server keys and a signed request whose
+    response must verify; on openemr, the registered client, a token and an authenticated FHIR
+    search (OpenEMR's answers carry no signature: only TLS protects them).
 
     Each check prints ✓ or ✗ with the fix. Exit status: the worst failure's class
     (3 local, 4 rejected, 5 server, 6 network/clock, 7 signature), 0 when all pass.
