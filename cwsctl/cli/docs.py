@@ -59,7 +59,10 @@ ENVIRONMENT = {
     "marked as default.",
     "CWSCTL_PASSPHRASE_FILE": "File whose first line is the private key's passphrase, used "
     "when `--passphrase-file` is not given. Without either, cwsctl prompts only on a terminal.",
-    "CWSCTL_TIMEOUT": "Seconds to wait for the server.",
+    "CWSCTL_TIMEOUT": "Seconds for each whole exchange with the server: connecting, sending and "
+    "reading the answer to its last byte (a GET's retries included). Past it, exit 6.",
+    "CWSCTL_MAX_RESPONSE_SIZE": "Largest answer read, in bytes or with a K/M/G (KiB/MiB/GiB) "
+    "suffix; past it cwsctl stops reading and exits 6. Default 64MiB.",
     "CWSCTL_CONCURRENCY": "Requests in flight during a bulk load.",
     "CWSCTL_DEBUG": "If set to a non-empty value, act as if `--debug` were given.",
     "NO_COLOR": "If set, never colour the output (colour is used only when stderr is a terminal).",
