@@ -662,3 +662,12 @@ def test_library_callers_get_input_error_for_a_malformed_url():
         resolve_url("https://[::1", "/ws/")
     assert resolve_url("https://cws.example.org/", "/ws/") == "https://cws.example.org/ws/"
     assert parse_http_url("http://[::1]:8080/ws/") == "http://[::1]:8080/ws/"
+
+
+def test_a_file_where_a_directory_belongs_is_one_line_not_a_bug(tmp_path, run_cwsctl):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    result = run_cwsctl("sandbox", "server-key", "--data-dir", str(blocker), "--key-bits", "2048")
+    assert result.returncode == 3
+    assert result.stderr.decode().startswith("cwsctl: error: cannot use ")
+    assert b"Traceback" not in result.stderr and b"internal error" not in result.stderr

@@ -6,7 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from cwsctl.core.errors import CwsError, InputError
+from cwsctl.core.errors import CwsError, InputError, LocalKeyError
 
 
 def read_bytes(path: Path, *, what: str = "file", error: type[CwsError] = InputError) -> bytes:
@@ -25,7 +25,13 @@ def read_bytes(path: Path, *, what: str = "file", error: type[CwsError] = InputE
 
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` (and parents) if needed and make sure only the owner can enter it."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:  # e.g. a regular file is in the way
+        raise LocalKeyError(
+            f"cannot use {path} as a directory: {exc.strerror}",
+            hint="point it at a directory, or move what is in the way",
+        ) from None
     if os.name == "posix" and (path.stat().st_mode & 0o077):
         path.chmod(0o700)
 
