@@ -667,7 +667,9 @@ def test_library_callers_get_input_error_for_a_malformed_url():
 def test_a_file_where_a_directory_belongs_is_one_line_not_a_bug(tmp_path, run_cwsctl):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    result = run_cwsctl("sandbox", "server-key", "--data-dir", str(blocker), "--key-bits", "2048")
+    result = run_cwsctl(
+        "-q", "sandbox", "server-key", "--data-dir", str(blocker), "--key-bits", "2048"
+    )
     assert result.returncode == 3
     assert result.stderr.decode().startswith("cwsctl: error: cannot use ")
     assert b"Traceback" not in result.stderr and b"internal error" not in result.stderr
