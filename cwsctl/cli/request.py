@@ -96,10 +96,14 @@ def request(
     ] = False,
     passphrase_file: PassphraseFileOption = None,
 ) -> None:
-    """Send a signed request and verify CorEMR's signed response.
+    """Send a request as the profile's kind does, and check the answer.
 
-    Example: cwsctl request POST /ws/patients/ body.json. Exit 0 on a verified 2xx, 4 on 4xx,
-    5 on 5xx, 6 on network failure, 7 when the response signature is missing or invalid.
+    cws: the body is signed and CorEMR's signed response verified (exit 7 when its signature is
+    missing or invalid). openemr: an OAuth2 bearer token is got, cached and renewed for you;
+    FHIR paths get Accept: application/fhir+json; OpenEMR does not sign its answers, so only TLS
+    protects them. Examples: cwsctl request POST /ws/patients/ body.json;
+    cwsctl -p emr request GET '/apis/default/fhir/Patient?name=Smith'. Exit 0 on a 2xx, 4 on
+    4xx, 5 on 5xx, 6 on network failure, an answer past --timeout or --max-response-size.
     """
     body = read_body(body_file) if body_file is not None else b""
     extra_headers = parse_header_option(header or [])
