@@ -671,15 +671,29 @@ class OAuthBearerAuth(httpx.Auth):
             flow.close()
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Authorize ``request``; on a 401, renew the token once and send it once more."""
+        """Authorize ``request``; on a 401, renew the token once and send it once more.
+
+        What goes out is a copy carrying the token: the caller's request object never holds
+        it, so whatever shows or logs that object (``request -v``, the audit log) cannot leak it.
+        """
         token = yield from self.source.token_flow(template=request)
-        request.headers["Authorization"] = token.authorization
-        response = yield request
+        response = yield _with_token(request, token)
         if response.status_code != 401:
             return
         token = yield from self.source.token_flow(reject=token.access_token, template=request)
-        request.headers["Authorization"] = token.authorization
-        yield request  # whatever comes back now, 401 included, goes to the caller
+        yield _with_token(request, token)  # whatever comes back now, 401 included, is final
+
+
+def _with_token(request: httpx.Request, token: Token) -> httpx.Request:
+    headers = request.headers.copy()
+    headers["Authorization"] = token.authorization
+    return httpx.Request(
+        request.method,
+        request.url,
+        headers=headers,
+        content=request.content,
+        extensions=request.extensions,
+    )
 
 
 def bearer_auth(profile: Profile, store: Store, private_key: rsa.RSAPrivateKey) -> httpx.Auth:
