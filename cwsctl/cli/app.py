@@ -7,7 +7,18 @@ from typing import Annotated
 import typer
 
 from cwsctl import __version__
-from cwsctl.cli import audit, demo, doctor, keys, patients, profile, request, sandbox, signature
+from cwsctl.cli import (
+    audit,
+    demo,
+    doctor,
+    keys,
+    oauth,
+    patients,
+    profile,
+    request,
+    sandbox,
+    signature,
+)
 from cwsctl.cli.options import (
     DebugOption,
     JsonOption,
@@ -65,6 +76,7 @@ def root(
 app.command("keygen")(keys.keygen)
 app.add_typer(keys.app, name="keys")
 app.add_typer(profile.app, name="profile")
+app.add_typer(oauth.app, name="oauth")
 app.command("sign")(signature.sign)
 app.command("verify")(signature.verify)
 app.command("request")(request.request)

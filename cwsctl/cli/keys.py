@@ -181,6 +181,28 @@ def export_public(
     out.success(f"Public key written to {file} ({document['fingerprint']})")
 
 
+@app.command("jwks")
+@with_globals
+def jwks(out: Output, passphrase_file: PassphraseFileOption = None) -> None:
+    """Print the profile's public key(s) as a JWK Set, for OpenEMR client registration.
+
+    Each key is an RSA JWK with use "sig", alg "RS384" and kid = the SHA-256 digest of its
+    fingerprint in unpadded base64url (`keys show` prints the same digest in base64); the
+    client assertions cwsctl signs carry the same kid. While a rotation is pending (keygen
+    --next) the set holds the active key and the next one. The set goes to stdout (--json
+    prints the same document).
+    """
+    from cwsctl.core.jwks import jwk_set, profile_public_keys
+
+    store, profile = store_and_profile(out.settings)
+    key_set = jwk_set(profile_public_keys(store, profile, passphrase_source(passphrase_file)))
+    out.json(key_set)
+    for entry in key_set["keys"]:
+        out.info(f"kid {entry['kid']}")
+    if len(key_set["keys"]) > 1:
+        out.info("The set holds the active key and the next one (rotation pending)")
+
+
 @app.command("list")
 @with_globals
 def list_keys(out: Output) -> None:
