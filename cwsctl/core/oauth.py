@@ -59,7 +59,7 @@ from cwsctl.core.errors import (
 )
 from cwsctl.core.files import atomic_write, ensure_private_dir
 from cwsctl.core.jwks import JWS_ALGORITHM, key_id
-from cwsctl.core.profile import Profile, Store
+from cwsctl.core.profile import Profile, Store, validate_profile_name
 
 #: Scopes asked for when the profile names none: patient loading through both APIs, a refresh
 #: token for cron (offline_access), and system/Patient.read for the client-credentials grant.
@@ -269,7 +269,7 @@ class TokenStore:
 
     def __init__(self, store: Store, profile: str) -> None:
         self.directory = store.root / TOKENS_DIR
-        store.private_key_path(profile)  # validates the name: it becomes a file name
+        validate_profile_name(profile)  # it becomes a file name
         self.path = self.directory / f"{profile}.json"
         self.lock_path = self.directory / f"{profile}.lock"
 
@@ -497,6 +497,7 @@ class TokenSource:
         self.scope = effective_scope(profile)
         self.token_requests = 0  # token requests yielded so far (for tests and benchmarks)
         self._lock = threading.Lock()
+        self._last: Token | None = None  # the token this source last used, kept in memory
 
     @property
     def client_id(self) -> str:
@@ -532,10 +533,14 @@ class TokenSource:
         else from the refresh-token grant, else from the client-credentials grant."""
         client_id = self.client_id
         token_url = self.endpoints.token
+        last = self._last  # the fast path of a bulk run: no lock, no file read
+        if last is not None and last.usable(self.clock()) and last.access_token != reject:
+            return last
         with self._lock, self.tokens.locked():
             # Read under the lock: another thread or process may have just renewed it.
             cached = self.tokens.access_token(client_id, token_url)
             if cached is not None and cached.usable(self.clock()) and cached.access_token != reject:
+                self._last = cached
                 return cached
             refused: TokenRefusedError | None = None
             refresh = self.tokens.refresh_token(client_id, token_url)
@@ -556,6 +561,7 @@ class TokenSource:
                     refused = exc
                 else:
                     self.tokens.save_grant(client_id, token_url, result)
+                    self._last = result.token
                     return result.token
             form = {"grant_type": GRANT_CLIENT_CREDENTIALS, "scope": self.scope}
             sent_at = self.clock()
@@ -575,6 +581,7 @@ class TokenSource:
                     hint="run cwsctl oauth login on a terminal to sign in again",
                 ) from None
             self.tokens.save_grant(client_id, token_url, result)
+            self._last = result.token
             return result.token
 
     def code_flow(
