@@ -11,6 +11,11 @@
 - ``make_sandbox(**faults)`` (function): a fresh server with its own data dir and the given
   fault switches (reuses the session server key, so ``sandbox_server.trusted_key`` trusts it);
   stopped after the test.
+- ``make_openemr_sandbox(token_lifetime=60, site="default", **faults)`` (function): a fresh
+  OpenEMR-flavour server (``OpenEmrSandboxServer``) with its own data dir, started; stopped after
+  the test. ``.url``, ``.site``, ``.token_url``, ``.api_url``, ``.revoke_tokens(refresh=False)``,
+  ``.patients()``, ``.count_patients()``, ``.token_lifetime`` (settable), ``.faults`` (settable).
+- ``openemr_sandbox`` (function): ``make_openemr_sandbox()`` with the defaults.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from cwsctl.core.profile import Config, Profile, Store
 from cwsctl.core.signing import Algorithm, AuthorizationHeader
 
 if TYPE_CHECKING:
+    from cwsctl.sandbox.openemr import OpenEmrSandboxServer
     from cwsctl.sandbox.server import SandboxServer
 
 SANDBOX_USERNAME = "tester"
@@ -132,3 +138,37 @@ def make_sandbox(
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def make_openemr_sandbox(tmp_path: Path) -> Iterator[Callable[..., OpenEmrSandboxServer]]:
+    """Factory: ``make_openemr_sandbox(token_lifetime=2, drop_rate=1.0, ...)`` starts a server."""
+    _sandbox_modules()
+    pytest.importorskip("jwt")
+    from cwsctl.sandbox.faults import Faults
+    from cwsctl.sandbox.openemr import OpenEmrSandboxServer
+
+    started: list[OpenEmrSandboxServer] = []
+
+    def make(
+        token_lifetime: int = 60, site: str = "default", **faults: Any
+    ) -> OpenEmrSandboxServer:
+        data_dir = tmp_path / f"openemr-sandbox-{len(started)}"
+        data_dir.mkdir(mode=0o700)
+        server = OpenEmrSandboxServer(
+            data_dir, site=site, token_lifetime=token_lifetime, faults=Faults(**faults)
+        )
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def openemr_sandbox(
+    make_openemr_sandbox: Callable[..., OpenEmrSandboxServer],
+) -> OpenEmrSandboxServer:
+    """A fresh OpenEMR-flavour sandbox (site ``default``, 60-second tokens, no faults)."""
+    return make_openemr_sandbox()

@@ -20,12 +20,16 @@ from cwsctl.cli.options import (
     with_globals,
 )
 from cwsctl.cli.output import Output
-from cwsctl.cli.params import Fraction, ListenHost, WholeNumber
+from cwsctl.cli.params import Choice, Fraction, ListenHost, WholeNumber
 from cwsctl.core.errors import InputError
 from cwsctl.core.keys import ALLOWED_BITS, DEFAULT_BITS
 
 if TYPE_CHECKING:
-    from cwsctl.sandbox.server import SandboxServer
+    from cwsctl.sandbox.server import BaseSandboxServer
+
+SANDBOX_KINDS = ("cws", "openemr")
+#: Longest --token-lifetime: a day (OpenEMR's own are 60 s; long ones only hide renewal bugs).
+MAX_TOKEN_LIFETIME_S = 86400
 
 app = typer.Typer(
     help="Run a local CWS sandbox server (a CorEMR stand-in for demos and tests).",
@@ -177,13 +181,50 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            metavar="KIND",
+            parser=Choice(SANDBOX_KINDS),
+            help="Which EMR API to stand in for: cws (CorEMR, signed bodies) or openemr "
+            "(OAuth2 bearer tokens, Standard API and FHIR R4; described above).",
+        ),
+    ] = "cws",
+    token_lifetime: Annotated[
+        int,
+        typer.Option(
+            "--token-lifetime",
+            metavar="SECONDS",
+            parser=WholeNumber(1, MAX_TOKEN_LIFETIME_S, "seconds"),
+            help="--kind openemr: seconds an access token lives (OpenEMR's backend tokens: 60).",
+        ),
+    ] = 60,
 ) -> None:
-    """Serve a CWS-compatible sandbox until Ctrl-C or SIGTERM (then exit 0).
+    """Serve a CWS-compatible (or OpenEMR-like) sandbox until Ctrl-C or SIGTERM (then exit 0).
 
-    Requests must be signed by a key registered with `cwsctl sandbox add-key`; every response
-    is signed as `coremr` with the key shown by `cwsctl sandbox server-key`. Faults hit only
-    /ws/patients requests. One access line per request goes to stderr (no query strings, no
-    bodies); --quiet turns it off.
+    --kind cws (the default): requests must be signed by a key registered with `cwsctl sandbox
+    add-key`; every response is signed as `coremr` with the key shown by `cwsctl sandbox
+    server-key`. Faults hit only /ws/patients requests. One access line per request goes to
+    stderr (method, path without query, status; no bodies); --quiet turns it off.
+
+    --kind openemr: a test stand-in for OpenEMR's API, site `default`, state in openemr.db in
+    the data dir. POST /oauth2/default/registration registers a client (JSON; application_type
+    private, token_endpoint_auth_method private_key_jwt, jwks inline or a loopback jwks_uri —
+    nothing is fetched from the network — redirect_uris required; answers 200 with client_id).
+    POST /oauth2/default/token (form): grant_type client_credentials, authorization_code (with
+    the PKCE code_verifier) or refresh_token (rotated on use; issued only with offline_access),
+    the client always authenticated by an RS384 client_assertion (jwt-bearer) whose kid, iss =
+    sub = client_id, aud = this token URL, exp (at most 5 min after iat) and single-use jti are
+    checked; access tokens live --token-lifetime seconds. GET /oauth2/default/authorize
+    approves at once — there is no login page — and redirects with a code (PKCE S256 required;
+    a loopback redirect_uri matches on any port). Bearer token required on: GET|POST
+    /apis/default/api/patient (OpenEMR's validationErrors/internalErrors/data envelope), GET
+    /apis/default/api/patient/UUID, GET|POST /apis/default/fhir/Patient (POST honours
+    If-None-Exist: identifier=SYSTEM|VALUE), GET /apis/default/fhir/Patient/ID; GET
+    /apis/default/fhir/metadata needs none. Faults (drop, error, latency) hit the patient
+    routes; corrupt and unsigned do not apply (nothing is signed). The access log names the
+    client id, never a token.
 
     Limits, so that one misbehaving client cannot exhaust the sandbox or lock others out: a
     request body over 1 MiB gets 413 as soon as that much has arrived (or is declared in
@@ -200,6 +241,7 @@ def serve(
     require_server_deps()
     from cwsctl.core.urls import is_loopback
     from cwsctl.sandbox.faults import Faults
+    from cwsctl.sandbox.server import SandboxServer
     from cwsctl.sandbox.server import serve as run_server
     from cwsctl.sandbox.store import SERVER_KEY_FILE
 
@@ -222,10 +264,14 @@ def serve(
             "It is a test server: plain HTTP, no rate limits, fake-patient storage. "
             "Never put real patient data in it; prefer --host 127.0.0.1."
         )
-    if not (directory / SERVER_KEY_FILE).exists():
+    if kind == "cws" and not (directory / SERVER_KEY_FILE).exists():
         out.info(f"Generating the sandbox's {key_bits}-bit server key in {directory}…")
 
-    def ready(server: SandboxServer) -> None:
+    def ready(server: BaseSandboxServer) -> None:
+        if kind == "openemr":
+            _openemr_ready(out, server)
+            return
+        assert isinstance(server, SandboxServer)
         if out.settings.json:
             out.json(
                 {
@@ -256,9 +302,37 @@ def serve(
         faults=faults,
         access_log=not out.settings.quiet,
         on_ready=ready,
+        kind=kind,
+        token_lifetime=token_lifetime,
     )
     how = f" ({signal.Signals(stop_signal).name})" if stop_signal else ""
     out.info(f"Sandbox stopped{how}.")
+
+
+def _openemr_ready(out: Output, server: BaseSandboxServer) -> None:
+    from cwsctl.sandbox.openemr import OpenEmrSandboxServer
+
+    assert isinstance(server, OpenEmrSandboxServer)
+    if out.settings.json:
+        out.json(
+            {
+                "kind": "openemr",
+                "url": server.url,
+                "site": server.site,
+                "data_dir": str(server.data_dir),
+                "token_url": server.token_url,
+                "api_url": server.api_url,
+                "token_lifetime": server.token_lifetime,
+                "faults": server.faults.to_json(),
+            }
+        )
+    out.success(f"OpenEMR sandbox listening on {server.url} (data: {server.data_dir})")
+    out.info(f"Register: POST {server.url}/oauth2/{server.site}/registration")
+    out.info(f"Tokens: POST {server.token_url} ({server.token_lifetime}-second access tokens)")
+    out.info(f"APIs: {server.api_url}/api/patient and {server.api_url}/fhir/Patient")
+    if server.faults.active:
+        out.warn(f"fault injection on the patient routes: {server.faults.describe()}")
+    out.info("Press Ctrl-C to stop.")
 
 
 @app.command("add-key")

@@ -1,6 +1,10 @@
-"""The sandbox as an ASGI app: CWS signature checks and signed answers around the endpoints.
+"""The sandbox as an ASGI app: an envelope shared by every flavour around its endpoints.
 
-Every request, in order:
+``EnvelopeApp`` is the part every flavour shares (body limit, faults, access log, the answer
+captured whole); ``SandboxApp`` is the CWS flavour (signature checks and signed answers); the
+OpenEMR flavour (:mod:`.openemr`) checks bearer tokens instead and signs nothing.
+
+Every request, in order (steps 2, 3 and 5 as the CWS flavour does them):
 
 1. body read into memory, counted as it arrives; as soon as it is known to be more than
    ``max_body`` bytes (a declared Content-Length, or the bytes received so far) → 413, sent at
@@ -17,7 +21,8 @@ Every request, in order:
    404, 405, 413, 401 and 500 included — then maybe unsigned / corrupted / dropped (faults).
 
 One access line per request goes to stderr: method, path without query string, status, duration,
-username. Never a body, a query string or a header value: they carry PHI and signatures.
+username (or OAuth client id). Never a body, a query string or a header value: they carry PHI,
+signatures and tokens.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ class _ClientGone(Exception):
 class _Answer:
     """A complete response before signing."""
 
-    __slots__ = ("body", "body_complete", "close", "headers", "status")
+    __slots__ = ("body", "body_complete", "close", "content_type", "headers", "status")
 
     def __init__(
         self,
@@ -72,11 +77,13 @@ class _Answer:
         headers: list[tuple[bytes, bytes]] | None = None,
         *,
         close: bool = False,
+        content_type: bytes = b"application/json",
     ) -> None:
         self.status = status
         self.body = body
         self.headers = headers or []
         self.close = close
+        self.content_type = content_type
         self.body_complete = True  # False: the request body was not all read (see _respond)
 
 
@@ -88,39 +95,45 @@ def _json_bytes(document: Any) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-class SandboxApp:
-    """The ASGI callable. ``faults`` may be replaced while running (tests toggle it)."""
+class EnvelopeApp:
+    """The envelope every sandbox flavour shares: body limit, faults, access log, answer capture.
+
+    A flavour passes its router and overrides the hooks: ``_faulty`` (which paths the fault
+    switches hit), ``_authenticate`` (refuse a request before routing) and
+    ``_signature_headers`` (sign an answer). ``faults`` may be replaced while running.
+    """
 
     def __init__(
         self,
-        store: SandboxStore,
-        server_key: rsa.RSAPrivateKey,
+        router: Callable[[Scope, Receive, Send], Awaitable[None]],
         *,
         faults: Faults | None = None,
         access_log: bool = True,
         max_body: int = MAX_BODY_BYTES,
     ) -> None:
-        self.store = store
-        self._server_key = server_key
         self.access_log = access_log
         self.max_body = max_body
         self.faults = faults if faults is not None else Faults()
-        self._public_keys: dict[str, rsa.RSAPublicKey] = {}  # parsed client keys, by PEM text
-        # RSA signing releases the GIL. A 4096-bit signature costs ~2 ms, long enough that
-        # signing on worker threads pays for the hop and lets concurrent requests use every
-        # core; a 2048-bit one (~0.4 ms) is cheaper to do inline.
-        self._signer: ThreadPoolExecutor | None = (
-            ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="cws-sign")
-            if server_key.key_size >= SIGN_IN_THREADS_FROM_BITS
-            else None
-        )
-        self._router = cws_routes(store)
+        self._router = router
         _quiet_uvicorn_about_drops()
 
     def close(self) -> None:
-        """Release the signing threads (the store is closed by its owner)."""
-        if self._signer is not None:
-            self._signer.shutdown(wait=False)
+        """Release what the flavour holds besides its store (nothing by default)."""
+
+    # -- hooks ----------------------------------------------------------------------------
+    def _faulty(self, path: str) -> bool:
+        """Whether the fault switches apply to requests for ``path``."""
+        return False
+
+    def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, _Answer | None]:
+        """The caller's name for the access log, and a refusal or None to go on."""
+        return "-", None
+
+    async def _signature_headers(
+        self, body: bytes, dice: FaultDice | None
+    ) -> tuple[list[tuple[bytes, bytes]], str]:
+        """Headers that sign ``body``, and the faults applied to them for the access log."""
+        return [], ""
 
     @property
     def faults(self) -> Faults:
@@ -139,7 +152,7 @@ class SandboxApp:
         started = time.perf_counter()
         dice = self._dice
         path: str = scope["path"]
-        faulty = path == "/ws/patients" or path.startswith("/ws/patients/")
+        faulty = self._faulty(path)
         username = "-"
         note = ""
         if faulty and dice.faults.latency_ms:
@@ -197,6 +210,136 @@ class SandboxApp:
         answer.body_complete = body_complete
         return answer
 
+    async def _dispatch(self, scope: Scope, body: bytes) -> _Answer:
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.disconnect"}
+
+        status = 500
+        headers: list[tuple[bytes, bytes]] = []
+        content_type = b"application/json"
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal status, headers, content_type
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = []
+                for k, v in message.get("headers", []):
+                    name = bytes(k).lower()
+                    if name == b"content-type":
+                        content_type = bytes(v)
+                    elif name != b"content-length":
+                        headers.append((name, bytes(v)))
+            elif message["type"] == "http.response.body":
+                chunks.append(bytes(message.get("body", b"")))
+
+        try:
+            await self._router(scope, replay, capture)
+        except Exception as exc:  # a bug in the sandbox: answer like CorEMR would, still signed
+            sys.stderr.write(f"cwsctl-sandbox: internal error: {type(exc).__name__}\n")
+            return _error(500, "internal server error")
+        return _Answer(status, b"".join(chunks), headers, content_type=content_type)
+
+    async def _respond(
+        self,
+        send: Send,
+        answer: _Answer,
+        dice: FaultDice | None,
+        log: Callable[[str], None],
+        unread: Receive | None = None,
+    ) -> None:
+        """Sign and send ``answer``, applying faults; ``log`` gets the faults applied, first.
+
+        ``unread``: the request body was not all read. The answer goes out whole at once, but
+        the response (and so the connection, which ``answer.close`` closes) ends only after the
+        rest of the body has been thrown away, up to ``DRAIN_LIMIT_BYTES``.
+        """
+        headers = [
+            (b"content-type", answer.content_type),
+            (b"content-length", str(len(answer.body)).encode("ascii")),
+            *answer.headers,
+        ]
+        if answer.close:
+            headers.append((b"connection", b"close"))
+        # Our own Date header (uvicorn's is off) so a skewed server clock can be simulated.
+        now = time.time() + self.faults.clock_skew_s
+        headers.append((b"date", formatdate(now, usegmt=True).encode("ascii")))
+        signature_headers, note = await self._signature_headers(answer.body, dice)
+        headers.extend(signature_headers)
+        drop = dice is not None and dice.hit(dice.faults.drop_rate)
+        log(note + (" fault=drop" if drop else ""))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        if drop:
+            # Headers and half the body, then uvicorn closes the connection: the client has a
+            # Content-Length it will never get and cannot tell whether the request took effect.
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": answer.body[: len(answer.body) // 2],
+                    "more_body": True,
+                }
+            )
+            return
+        if unread is not None:
+            await send({"type": "http.response.body", "body": answer.body, "more_body": True})
+            await _discard(unread, DRAIN_LIMIT_BYTES)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+
+
+class SandboxApp(EnvelopeApp):
+    """The CWS flavour: requests signed by a registered client key, answers signed as coremr."""
+
+    def __init__(
+        self,
+        store: SandboxStore,
+        server_key: rsa.RSAPrivateKey,
+        *,
+        faults: Faults | None = None,
+        access_log: bool = True,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
+        super().__init__(cws_routes(store), faults=faults, access_log=access_log, max_body=max_body)
+        self.store = store
+        self._server_key = server_key
+        self._public_keys: dict[str, rsa.RSAPublicKey] = {}  # parsed client keys, by PEM text
+        # RSA signing releases the GIL. A 4096-bit signature costs ~2 ms, long enough that
+        # signing on worker threads pays for the hop and lets concurrent requests use every
+        # core; a 2048-bit one (~0.4 ms) is cheaper to do inline.
+        self._signer: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="cws-sign")
+            if server_key.key_size >= SIGN_IN_THREADS_FROM_BITS
+            else None
+        )
+
+    def close(self) -> None:
+        """Release the signing threads (the store is closed by its owner)."""
+        if self._signer is not None:
+            self._signer.shutdown(wait=False)
+
+    def _faulty(self, path: str) -> bool:
+        return path == "/ws/patients" or path.startswith("/ws/patients/")
+
+    async def _signature_headers(
+        self, body: bytes, dice: FaultDice | None
+    ) -> tuple[list[tuple[bytes, bytes]], str]:
+        if dice is not None and dice.hit(dice.faults.unsigned_rate):
+            return [], " fault=unsigned"
+        note = ""
+        signature = await self._sign(body)
+        if dice is not None and dice.hit(dice.faults.corrupt_rate):
+            signature = _flip(signature)
+            note = " fault=corrupt"
+        value = AuthorizationHeader(RESPONSE_ALGORITHM, SERVER_USERNAME, signature).format()
+        return [(b"authorization", value.encode("ascii"))], note
+
     def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, _Answer | None]:
         values = [v for k, v in scope["headers"] if k == b"authorization"]
         if not values:
@@ -236,94 +379,6 @@ class SandboxApp:
             key = keys.parse_public_key(pem.encode("ascii"), source="registered key")
             self._public_keys[pem] = key
         return key
-
-    async def _dispatch(self, scope: Scope, body: bytes) -> _Answer:
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return {"type": "http.disconnect"}
-
-        status = 500
-        headers: list[tuple[bytes, bytes]] = []
-        chunks: list[bytes] = []
-
-        async def capture(message: Message) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                headers = [
-                    (bytes(k).lower(), bytes(v))
-                    for k, v in message.get("headers", [])
-                    if bytes(k).lower() not in (b"content-length", b"content-type")
-                ]
-            elif message["type"] == "http.response.body":
-                chunks.append(bytes(message.get("body", b"")))
-
-        try:
-            await self._router(scope, replay, capture)
-        except Exception as exc:  # a bug in the sandbox: answer like CorEMR would, still signed
-            sys.stderr.write(f"cwsctl-sandbox: internal error: {type(exc).__name__}\n")
-            return _error(500, "internal server error")
-        return _Answer(status, b"".join(chunks), headers)
-
-    async def _respond(
-        self,
-        send: Send,
-        answer: _Answer,
-        dice: FaultDice | None,
-        log: Callable[[str], None],
-        unread: Receive | None = None,
-    ) -> None:
-        """Sign and send ``answer``, applying faults; ``log`` gets the faults applied, first.
-
-        ``unread``: the request body was not all read. The answer goes out whole at once, but
-        the response (and so the connection, which ``answer.close`` closes) ends only after the
-        rest of the body has been thrown away, up to ``DRAIN_LIMIT_BYTES``.
-        """
-        note = ""
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(answer.body)).encode("ascii")),
-            *answer.headers,
-        ]
-        if answer.close:
-            headers.append((b"connection", b"close"))
-        # Our own Date header (uvicorn's is off) so a skewed server clock can be simulated.
-        now = time.time() + self.faults.clock_skew_s
-        headers.append((b"date", formatdate(now, usegmt=True).encode("ascii")))
-        if dice is not None and dice.hit(dice.faults.unsigned_rate):
-            note += " fault=unsigned"
-        else:
-            signature = await self._sign(answer.body)
-            if dice is not None and dice.hit(dice.faults.corrupt_rate):
-                signature = _flip(signature)
-                note += " fault=corrupt"
-            value = AuthorizationHeader(RESPONSE_ALGORITHM, SERVER_USERNAME, signature).format()
-            headers.append((b"authorization", value.encode("ascii")))
-        drop = dice is not None and dice.hit(dice.faults.drop_rate)
-        log(note + (" fault=drop" if drop else ""))
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        if drop:
-            # Headers and half the body, then uvicorn closes the connection: the client has a
-            # Content-Length it will never get and cannot tell whether the request took effect.
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": answer.body[: len(answer.body) // 2],
-                    "more_body": True,
-                }
-            )
-            return
-        if unread is not None:
-            await send({"type": "http.response.body", "body": answer.body, "more_body": True})
-            await _discard(unread, DRAIN_LIMIT_BYTES)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
 
 async def _discard(receive: Receive, limit: int) -> None:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cwsctl.core import keys
 from cwsctl.core.errors import InputError, NetworkError
 from cwsctl.core.profile import TrustedKey
-from cwsctl.sandbox.app import MAX_BODY_BYTES, SandboxApp
+from cwsctl.sandbox.app import MAX_BODY_BYTES, EnvelopeApp, SandboxApp
 from cwsctl.sandbox.faults import Faults
 from cwsctl.sandbox.protocol import DeadlineH11Protocol
 from cwsctl.sandbox.store import (
@@ -102,50 +103,36 @@ class _UvicornServer(uvicorn.Server):
         return self._captured_signals[0] if self._captured_signals else None
 
 
-class SandboxServer:
-    """A CWS-compatible server on ``host:port`` with state in ``data_dir``.
+_S = TypeVar("_S", bound="BaseSandboxServer")
 
-    ``start()``/``stop()`` (or ``with SandboxServer(...) as server:``) run it in a background
-    thread; ``serve_forever()`` runs it in the calling thread until SIGINT/SIGTERM. ``faults``
-    defaults to the ``CWSCTL_SANDBOX_*`` environment; pass ``Faults()`` to ignore it.
-    ``request_timeout``: seconds a client has to send a request head, then its body (module doc).
+
+class BaseSandboxServer:
+    """What every sandbox flavour shares: the socket, uvicorn and its limits, start and stop.
+
+    A flavour builds its ``app`` (an :class:`~.app.EnvelopeApp`) and state, then calls
+    ``_init_running``; ``_close_state`` releases that state when the server stops.
     """
 
-    def __init__(
-        self,
-        data_dir: Path | str | None = None,
-        *,
-        host: str = DEFAULT_HOST,
-        port: int = 0,
-        key_bits: int = keys.DEFAULT_BITS,
-        faults: Faults | None = None,
-        access_log: bool = True,
-        max_body: int = MAX_BODY_BYTES,
-        request_timeout: float = REQUEST_TIMEOUT_S,
+    app: EnvelopeApp
+    data_dir: Path
+
+    def _init_running(
+        self, *, host: str, port: int, access_log: bool, request_timeout: float
     ) -> None:
         if not (math.isfinite(request_timeout) and request_timeout > 0):
             raise ValueError(f"request_timeout must be a positive number, not {request_timeout!r}")
         self.request_timeout = request_timeout
         self.access_log = access_log
-        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.host = host
         self.requested_port = port
-        self.server_key: rsa.RSAPrivateKey = load_or_create_server_key(self.data_dir, key_bits)
-        self.public_key_pem: str = keys.public_key_pem(self.server_key.public_key()).decode("ascii")
-        self.store = SandboxStore(self.data_dir)
-        self.app = SandboxApp(
-            self.store,
-            self.server_key,
-            faults=faults if faults is not None else Faults.from_env(),
-            access_log=access_log,
-            max_body=max_body,
-        )
         self._socket: socket.socket | None = None
         self._server: _UvicornServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
 
-    # -- identity and state ----------------------------------------------------------------
+    def _close_state(self) -> None:
+        """Close the flavour's app and store (called by ``stop``)."""
+
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:43123`` (valid once bound)."""
@@ -155,21 +142,6 @@ class SandboxServer:
         return f"http://{host}:{self.port}"
 
     @property
-    def public_key(self) -> rsa.RSAPublicKey:
-        """The key responses are signed with."""
-        return self.server_key.public_key()
-
-    @property
-    def fingerprint(self) -> str:
-        """Fingerprint of the server key."""
-        return keys.fingerprint(self.public_key)
-
-    @property
-    def trusted_key(self) -> TrustedKey:
-        """What a client pins to trust this server: signer ``coremr`` and its public key."""
-        return TrustedKey(SERVER_USERNAME, self.public_key_pem)
-
-    @property
     def faults(self) -> Faults:
         """Fault switches in force; assign a new ``Faults`` to change them while running."""
         return self.app.faults
@@ -177,24 +149,6 @@ class SandboxServer:
     @faults.setter
     def faults(self, value: Faults) -> None:
         self.app.faults = value
-
-    def register_key(
-        self,
-        username: str,
-        public_key: rsa.RSAPublicKey | bytes | str,
-        *,
-        replace: bool = False,
-    ) -> ClientKey:
-        """Register a client public key (object or PEM) under ``username``."""
-        if isinstance(public_key, (bytes, str)):
-            data = public_key.encode("ascii") if isinstance(public_key, str) else public_key
-            public_key = keys.parse_public_key(data)
-        return self.store.add_client_key(username, public_key, replace=replace)
-
-    def reset(self, *, client_keys: bool = True) -> None:
-        """Forget all patients (and client keys), and switch faults off."""
-        self.store.clear(patients=True, client_keys=client_keys)
-        self.faults = Faults()
 
     # -- running ----------------------------------------------------------------------------
     def _prepare(self) -> tuple[_UvicornServer, socket.socket]:
@@ -227,7 +181,7 @@ class SandboxServer:
         self._socket, self._server = sock, server
         return server, sock
 
-    def start(self, timeout: float = 15.0) -> SandboxServer:
+    def start(self: _S, timeout: float = 15.0) -> _S:
         """Run in a daemon thread; return once it accepts connections."""
         server, sock = self._prepare()
         self._thread = threading.Thread(
@@ -253,10 +207,9 @@ class SandboxServer:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
-        self.app.close()
-        self.store.close()
+        self._close_state()
 
-    def serve_forever(self, on_ready: Callable[[SandboxServer], None] | None = None) -> int | None:
+    def serve_forever(self: _S, on_ready: Callable[[_S], None] | None = None) -> int | None:
         """Serve in this thread until SIGINT/SIGTERM; return the signal that stopped it."""
         server, sock = self._prepare()
         try:
@@ -269,7 +222,7 @@ class SandboxServer:
             self._server = None
             self.stop()
 
-    def __enter__(self) -> SandboxServer:
+    def __enter__(self: _S) -> _S:
         return self.start()
 
     def __exit__(
@@ -281,6 +234,81 @@ class SandboxServer:
         self.stop()
 
 
+class SandboxServer(BaseSandboxServer):
+    """A CWS-compatible server on ``host:port`` with state in ``data_dir``.
+
+    ``start()``/``stop()`` (or ``with SandboxServer(...) as server:``) run it in a background
+    thread; ``serve_forever()`` runs it in the calling thread until SIGINT/SIGTERM. ``faults``
+    defaults to the ``CWSCTL_SANDBOX_*`` environment; pass ``Faults()`` to ignore it.
+    ``request_timeout``: seconds a client has to send a request head, then its body (module doc).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        key_bits: int = keys.DEFAULT_BITS,
+        faults: Faults | None = None,
+        access_log: bool = True,
+        max_body: int = MAX_BODY_BYTES,
+        request_timeout: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        self._init_running(
+            host=host, port=port, access_log=access_log, request_timeout=request_timeout
+        )
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.server_key: rsa.RSAPrivateKey = load_or_create_server_key(self.data_dir, key_bits)
+        self.public_key_pem: str = keys.public_key_pem(self.server_key.public_key()).decode("ascii")
+        self.store = SandboxStore(self.data_dir)
+        self.app = SandboxApp(
+            self.store,
+            self.server_key,
+            faults=faults if faults is not None else Faults.from_env(),
+            access_log=access_log,
+            max_body=max_body,
+        )
+
+    # -- identity and state ----------------------------------------------------------------
+    @property
+    def public_key(self) -> rsa.RSAPublicKey:
+        """The key responses are signed with."""
+        return self.server_key.public_key()
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the server key."""
+        return keys.fingerprint(self.public_key)
+
+    @property
+    def trusted_key(self) -> TrustedKey:
+        """What a client pins to trust this server: signer ``coremr`` and its public key."""
+        return TrustedKey(SERVER_USERNAME, self.public_key_pem)
+
+    def register_key(
+        self,
+        username: str,
+        public_key: rsa.RSAPublicKey | bytes | str,
+        *,
+        replace: bool = False,
+    ) -> ClientKey:
+        """Register a client public key (object or PEM) under ``username``."""
+        if isinstance(public_key, (bytes, str)):
+            data = public_key.encode("ascii") if isinstance(public_key, str) else public_key
+            public_key = keys.parse_public_key(data)
+        return self.store.add_client_key(username, public_key, replace=replace)
+
+    def _close_state(self) -> None:
+        self.app.close()
+        self.store.close()
+
+    def reset(self, *, client_keys: bool = True) -> None:
+        """Forget all patients (and client keys), and switch faults off."""
+        self.store.clear(patients=True, client_keys=client_keys)
+        self.faults = Faults()
+
+
 def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -289,19 +317,42 @@ def serve(
     key_bits: int = keys.DEFAULT_BITS,
     faults: Faults | None = None,
     access_log: bool = True,
-    on_ready: Callable[[SandboxServer], None] | None = None,
+    on_ready: Callable[[BaseSandboxServer], None] | None = None,
     request_timeout: float = REQUEST_TIMEOUT_S,
+    kind: str = "cws",
+    token_lifetime: int | None = None,
 ) -> int | None:
-    """Run a sandbox in the foreground until Ctrl-C or SIGTERM; return the stopping signal."""
-    server = SandboxServer(
-        data_dir,
-        host=host,
-        port=port,
-        key_bits=key_bits,
-        faults=faults,
-        access_log=access_log,
-        request_timeout=request_timeout,
-    )
+    """Run a sandbox in the foreground until Ctrl-C or SIGTERM; return the stopping signal.
+
+    ``kind``: ``cws`` (CorEMR's signed API) or ``openemr`` (:mod:`.openemr`, where
+    ``token_lifetime`` sets the access tokens' seconds and ``key_bits`` is unused).
+    """
+    server: BaseSandboxServer
+    if kind == "cws":
+        server = SandboxServer(
+            data_dir,
+            host=host,
+            port=port,
+            key_bits=key_bits,
+            faults=faults,
+            access_log=access_log,
+            request_timeout=request_timeout,
+        )
+    elif kind == "openemr":
+        from cwsctl.sandbox.openemr import OpenEmrSandboxServer
+        from cwsctl.sandbox.openemr_oauth import DEFAULT_TOKEN_LIFETIME_S
+
+        server = OpenEmrSandboxServer(
+            data_dir,
+            host=host,
+            port=port,
+            token_lifetime=token_lifetime or DEFAULT_TOKEN_LIFETIME_S,
+            faults=faults,
+            access_log=access_log,
+            request_timeout=request_timeout,
+        )
+    else:
+        raise ValueError(f"unknown sandbox kind {kind!r}: cws or openemr")
     return server.serve_forever(on_ready)
 
 
