@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +18,10 @@ import typer
 
 from cwsctl.cli.options import KEY_BITS, with_globals
 from cwsctl.cli.output import Output
+from cwsctl.cli.params import Choice
 from cwsctl.core.errors import SignatureError
 from cwsctl.core.patients import WALKTHROUGH_EXAMPLE
+from cwsctl.core.profile import KINDS
 
 DEMO_USERNAME = "demo-user"
 
@@ -35,33 +38,27 @@ def demo(
             help="Key size for the demo keys: 2048, 3072 or 4096 (keygen defaults to 4096).",
         ),
     ] = 2048,
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            metavar="cws|openemr",
+            parser=Choice(KINDS),
+            help="Which API to demonstrate: cws (CorEMR) or openemr.",
+        ),
+    ] = "cws",
 ) -> None:
-    """Run the walkthrough end to end against a throw-away local sandbox.
+    """Run a walkthrough end to end against a throw-away local sandbox; leaves nothing behind.
 
-    Generates a key, registers it, pins the sandbox's key, creates the walkthrough's example
+    cws: generates a key, registers it, pins the sandbox's key, creates the walkthrough's example
     patient, verifies the signed response, shows a tampered body failing verification, and
-    prints the openssl/curl commands that do the same by hand. Leaves nothing behind.
+    prints the openssl/curl commands that do the same by hand. openemr: key, JWK Set, client
+    registration, a token got with a JWT signed by the key, the patient created through FHIR
+    (twice, created once), and read back.
     """
     from cwsctl.sandbox import require_server_deps
 
     require_server_deps()
-    with tempfile.TemporaryDirectory(prefix="cwsctl-demo-") as tmp:
-        steps = _run_demo(out, Path(tmp), bits)
-    if out.settings.json:
-        out.json({"ok": True, "steps": steps})
-    out.success("Demo complete: request signed, response verified, tampering detected.")
-
-
-def _run_demo(out: Output, root: Path, bits: int) -> list[dict[str, Any]]:
-    from cwsctl.core import keys
-    from cwsctl.core.client import CwsClient
-    from cwsctl.core.identity import load_identity
-    from cwsctl.core.profile import Config, Profile, Store
-    from cwsctl.core.signing import AuthorizationHeader
-    from cwsctl.core.verification import Candidate, verify_with_candidates
-    from cwsctl.sandbox.faults import Faults
-    from cwsctl.sandbox.server import SandboxServer
-
     steps: list[dict[str, Any]] = []
 
     def step(title: str, command: str, **facts: Any) -> None:
@@ -70,6 +67,31 @@ def _run_demo(out: Output, root: Path, bits: int) -> list[dict[str, Any]]:
         out.info(f"   $ {command}", "cyan")
         for key, value in facts.items():
             out.info(f"   {key}: {value}")
+
+    if kind == "openemr":
+        from cwsctl.cli.demo_openemr import run_openemr_demo as runner
+    else:
+        runner = _run_demo
+    with tempfile.TemporaryDirectory(prefix="cwsctl-demo-") as tmp:
+        runner(step, Path(tmp), bits)
+    if out.settings.json:
+        out.json({"ok": True, "kind": kind, "steps": steps})
+    done = {
+        "cws": "request signed, response verified, tampering detected",
+        "openemr": "client registered, token from a signed JWT, patient created once and read back",
+    }
+    out.success(f"Demo complete: {done[kind]}.")
+
+
+def _run_demo(step: Callable[..., None], root: Path, bits: int) -> None:
+    from cwsctl.core import keys
+    from cwsctl.core.client import CwsClient
+    from cwsctl.core.identity import load_identity
+    from cwsctl.core.profile import Config, Profile, Store
+    from cwsctl.core.signing import AuthorizationHeader
+    from cwsctl.core.verification import Candidate, verify_with_candidates
+    from cwsctl.sandbox.faults import Faults
+    from cwsctl.sandbox.server import SandboxServer
 
     store = Store(root / "home")
     client_key = keys.generate_private_key(bits)
@@ -150,7 +172,6 @@ def _run_demo(out: Output, root: Path, bits: int) -> list[dict[str, Any]]:
         "--data-binary @body.json",
         verify="openssl dgst -sha256 -verify coremr.pem -signature response_sign.sha256 response.json",
     )
-    return steps
 
 
 def _openssl_verify(root: Path, server_pem: str, signature: bytes, body_file: Path) -> str:

@@ -200,6 +200,11 @@ class ApiClient:
             max_connections=max_connections,
         )
 
+    @property
+    def auth(self) -> httpx.Auth | None:
+        """The kind's authentication, as every request goes through it."""
+        return self._auth
+
     def default_headers(self, url: str, body: bytes) -> dict[str, str]:
         """Headers a request to ``url`` gets unless the caller gives them (JSON bodies here)."""
         return {"Content-Type": "application/json"} if body else {}
