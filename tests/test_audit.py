@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from cwsctl.core.audit import AuditLog
+from cwsctl.core.errors import LocalKeyError
 from cwsctl.sandbox.faults import Faults
 from tests.test_request import BODY
 
@@ -157,7 +158,7 @@ def test_entries_reach_no_logger_and_other_records_not_the_file(tmp_path):
 def test_a_write_that_fails_raises_instead_of_printing(tmp_path, capsys):
     (tmp_path / "audit").write_text("a file where the directory should be")
     log = AuditLog(tmp_path, "p")
-    with pytest.raises(OSError):
+    with pytest.raises(LocalKeyError, match=r"cannot use .*audit as a directory"):
         _record(log, "/ws/1")
     assert capsys.readouterr().err == ""  # logging's "--- Logging error ---" would land here
 
