@@ -12,7 +12,7 @@ from cwsctl.cli.common import passphrase_file_from, passphrase_source, store_and
 from cwsctl.cli.options import KEY_BITS, PassphraseFileOption, RotateTimeoutOption, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.core import keys
-from cwsctl.core.errors import InputError, LocalKeyError
+from cwsctl.core.errors import LocalKeyError
 from cwsctl.core.files import atomic_write, read_bytes
 from cwsctl.core.identity import existing_key_path, read_passphrase_file
 
@@ -71,8 +71,6 @@ def keygen(
     The private key is stored as PKCS#8 PEM, mode 0600, encrypted when a passphrase file is given.
     The public key PEM goes to stdout (same bytes as `openssl rsa -pubout`).
     """
-    if bits not in keys.ALLOWED_BITS:
-        raise InputError(f"--bits must be one of {', '.join(map(str, keys.ALLOWED_BITS))}")
     store, profile = store_and_profile(out.settings)
     path = store.next_key_path(profile) if next_key else store.private_key_path(profile)
     if path.exists() and not force:
