@@ -69,7 +69,10 @@ def machine() -> str:
 
 
 class Sandbox:
-    """``cwsctl sandbox serve`` in its own process; stderr (the access log) goes to ``log``."""
+    """``cwsctl sandbox serve`` in its own process; stderr (the access log) goes to ``log``.
+
+    ``kind`` and ``token_lifetime``, when given, become ``--kind`` and ``--token-lifetime``
+    (left out otherwise, so the CWS sandbox runs exactly as before)."""
 
     def __init__(
         self,
@@ -82,6 +85,8 @@ class Sandbox:
         faults: dict[str, float | int] | None = None,
         quiet: bool = False,
         cws: list[str] | None = None,
+        kind: str | None = None,
+        token_lifetime: int | None = None,
     ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -98,6 +103,10 @@ class Sandbox:
         argv += ["--data-dir", str(data_dir), "--key-bits", str(key_bits)]
         for name, value in (faults or {}).items():
             argv += [f"--{name.replace('_', '-')}", str(value)]
+        if kind is not None:  # `--kind openemr`: the OpenEMR flavour (state in openemr.db)
+            argv += ["--kind", kind]
+        if token_lifetime is not None:  # --kind openemr: seconds an access token lives
+            argv += ["--token-lifetime", str(token_lifetime)]
         if quiet:
             argv.append("-q")
         self.argv = argv
