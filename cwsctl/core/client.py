@@ -73,6 +73,23 @@ class CwsAuth(httpx.Auth):
             response.extensions[VERIFICATION_EXTENSION] = result
 
 
+def authorized_copy(request: httpx.Request, authorization: str) -> httpx.Request:
+    """A copy of ``request`` carrying ``Authorization: authorization``.
+
+    Auths holding a secret (a bearer token, a password) send the copy, so the caller's request
+    object — what ``request -v`` shows and the audit log sees — never holds the secret.
+    """
+    headers = request.headers.copy()
+    headers["Authorization"] = authorization
+    return httpx.Request(
+        request.method,
+        request.url,
+        headers=headers,
+        content=request.content,
+        extensions=request.extensions,
+    )
+
+
 @dataclass
 class ApiResponse:
     """A complete answer; on a CWS profile, one whose signature was checked (unless switched off)."""

@@ -51,6 +51,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cwsctl.core.client import authorized_copy
 from cwsctl.core.errors import (
     ClientRequestError,
     NetworkError,
@@ -684,23 +685,13 @@ class OAuthBearerAuth(httpx.Auth):
         it, so whatever shows or logs that object (``request -v``, the audit log) cannot leak it.
         """
         token = yield from self.source.token_flow(template=request)
-        response = yield _with_token(request, token)
+        response = yield authorized_copy(request, token.authorization)
         if response.status_code != 401:
             return
         token = yield from self.source.token_flow(reject=token.access_token, template=request)
-        yield _with_token(request, token)  # whatever comes back now, 401 included, is final
-
-
-def _with_token(request: httpx.Request, token: Token) -> httpx.Request:
-    headers = request.headers.copy()
-    headers["Authorization"] = token.authorization
-    return httpx.Request(
-        request.method,
-        request.url,
-        headers=headers,
-        content=request.content,
-        extensions=request.extensions,
-    )
+        yield authorized_copy(
+            request, token.authorization
+        )  # whatever comes back now, 401 included, is final
 
 
 def bearer_auth(profile: Profile, store: Store, private_key: rsa.RSAPrivateKey) -> httpx.Auth:
