@@ -18,6 +18,7 @@ from cwsctl.core.profile import (
     DEFAULT_KIND,
     DEFAULT_SERVER_USERNAME,
     KINDS,
+    OPENEHR_AUTH,
     Profile,
     Store,
     TrustedKey,
@@ -40,6 +41,8 @@ AlgorithmChoice = Annotated[
 
 
 def _describe(store: Store, profile: Profile, default: str | None) -> dict[str, object]:
+    from cwsctl.core.kinds import kind_of
+
     key_path = store.private_key_path(profile.name)
     # An encrypted key is not decrypted here: no fingerprint then, and no prompt.
     fingerprint = keys.fingerprint_if_readable(key_path) if key_path.exists() else None
@@ -50,9 +53,10 @@ def _describe(store: Store, profile: Profile, default: str | None) -> dict[str, 
         "default": profile.name == (default or "default"),
         "kind": profile.kind,
         **settings,
-        "key_path": str(key_path) if key_path.exists() else None,
-        "key_fingerprint": fingerprint,
     }
+    if kind_of(profile).uses_key():
+        document["key_path"] = str(key_path) if key_path.exists() else None
+        document["key_fingerprint"] = fingerprint
     if trusted is not None:
         document["trusted"] = [
             {"username": t.username, "fingerprint": t.fingerprint} for t in profile.trusted
@@ -121,6 +125,43 @@ def init(
             show_default=False,
         ),
     ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            metavar="|".join(OPENEHR_AUTH),
+            parser=Choice(OPENEHR_AUTH),
+            help="openehr: none, basic (as --username) or bearer [default: none].",
+            show_default=False,
+        ),
+    ] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--password-file",
+            metavar="FILE",
+            help="openehr basic auth: file whose first line is the password (kept only with "
+            "--store-secret; else set CWSCTL_PASSWORD or CWSCTL_PASSWORD_FILE when running).",
+            show_default=False,
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            metavar="FILE",
+            help="openehr bearer auth: file whose first line is the token (kept only with "
+            "--store-secret; else set CWSCTL_TOKEN or CWSCTL_TOKEN_FILE when running).",
+            show_default=False,
+        ),
+    ] = None,
+    store_secret: Annotated[
+        bool,
+        typer.Option(
+            "--store-secret",
+            help="openehr: keep the password/token in $CWSCTL_HOME/secrets/NAME.json (mode 0600).",
+        ),
+    ] = False,
     default: Annotated[
         bool, typer.Option("--default", help="Make this the default profile.")
     ] = False,
@@ -129,7 +170,9 @@ def init(
 
     Examples: cwsctl profile init prod --url https://coremr.example.org --username my-site;
     cwsctl profile init emr --kind openemr --url https://emr.example.org:9300 --scope
-    'openid api:fhir user/Patient.read user/Patient.write'.
+    'openid api:fhir user/Patient.read user/Patient.write'; cwsctl profile init cdr --kind
+    openehr --url https://cdr.example.org/ehrbase/rest/openehr/v1 --auth basic --username
+    loader --password-file pw.txt --store-secret. Secrets are never taken on the command line.
     """
     from cwsctl.core.kinds import kind_of
 
@@ -147,10 +190,13 @@ def init(
         site=site or existing.site,
         client_id=client_id if client_id is not None else existing.client_id,
         scope=scope if scope is not None else existing.scope,
+        auth=auth or existing.auth,
     )
     missing = kind_of(profile).incomplete(profile)
     if missing is not None:
         raise InputError(f"a {kind} profile needs more settings", hint=missing)
+    if store_secret:
+        _keep_secret(store, profile, password_file, token_file)
     config.profiles[name] = profile
     if default or config.default_profile is None:
         config.default_profile = name
@@ -158,8 +204,27 @@ def init(
     if out.settings.json:
         out.json(_describe(store, profile, config.default_profile))
     out.success(f"Profile {name!r} saved in {store.config_path}")
-    if not store.private_key_path(name).exists():
+    if kind_of(profile).uses_key() and not store.private_key_path(name).exists():
         out.info(f"Next: cwsctl -p {name} keygen  (or: cwsctl -p {name} keys import rsa.private)")
+
+
+def _keep_secret(
+    store: Store, profile: Profile, password_file: Path | None, token_file: Path | None
+) -> None:
+    """Store the password or token the profile's auth needs, read from its file or variable."""
+    from cwsctl.core.secrets import SECRET_FOR_AUTH, read_secret_file, resolve_secret
+    from cwsctl.core.secrets import store_secret as keep
+
+    what = SECRET_FOR_AUTH.get(profile.auth)
+    if profile.kind != "openehr" or what is None:
+        raise InputError("--store-secret is for openehr profiles with --auth basic or bearer")
+    given = password_file if what == "password" else token_file
+    value = (
+        read_secret_file(given, what)
+        if given is not None
+        else resolve_secret(store, profile.name, what)
+    )
+    keep(store, profile.name, what, value)
 
 
 @app.command("list")
@@ -203,8 +268,9 @@ def show(
     for key, value in doc.items():
         if key not in ("name", "default", "key_path", "key_fingerprint", "trusted"):
             out.line(f"{key + ':':<13}{value}")
-    out.line(f"private key: {doc['key_path'] or '(none: run cwsctl keygen)'}")
-    if doc["key_fingerprint"]:
+    if "key_path" in doc:
+        out.line(f"private key: {doc['key_path'] or '(none: run cwsctl keygen)'}")
+    if doc.get("key_fingerprint"):
         out.line(f"fingerprint: {doc['key_fingerprint']}")
     if "trusted" not in doc:
         return

@@ -99,12 +99,15 @@ def run_checks(
         )
         return
     yield passed("profile", f"{name} ({kind.name}): {kind.summary(profile)}")
-    private_key = yield from _key_checks(store, name, passphrase, kind.key_note(profile))
-    local = list(kind.local_checks(profile))
+    private_key = None
+    if kind.uses_key():
+        private_key = yield from _key_checks(store, name, passphrase, kind.key_note(profile))
+    local = list(kind.local_checks(profile, store))
     yield from local
     url_ok = _url_check(profile)
     yield url_ok
-    if private_key is None or not all(c.ok for c in local) or not url_ok.ok:
+    key_missing = kind.uses_key() and private_key is None
+    if key_missing or not all(c.ok for c in local) or not url_ok.ok:
         return
     path = path or kind.doctor_path(profile)
     reach = list(_reach_checks(profile.url, path, timeout))

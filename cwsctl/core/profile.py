@@ -76,7 +76,9 @@ class TrustedKey:
 
 
 #: Profile kinds: which EMR API a profile talks to (see cwsctl.core.kinds).
-KINDS = ("cws", "openemr")
+KINDS = ("cws", "openemr", "openehr")
+#: How an openehr profile authenticates (the secret, if any, never lives in config.toml).
+OPENEHR_AUTH = ("none", "basic", "bearer")
 DEFAULT_KIND = "cws"
 DEFAULT_OPENEMR_SITE = "default"
 
@@ -87,7 +89,8 @@ class Profile:
 
     ``kind`` decides how requests are authenticated: ``cws`` signs bodies as ``username`` and
     verifies responses against ``trusted`` keys; ``openemr`` gets OAuth2 tokens for ``client_id``
-    on OpenEMR site ``site`` with a JWT signed by the profile's key.
+    on OpenEMR site ``site`` with a JWT signed by the profile's key; ``openehr`` talks to an
+    openEHR REST server with ``auth`` none, basic (as ``username``) or bearer.
     """
 
     name: str
@@ -99,6 +102,7 @@ class Profile:
     site: str = DEFAULT_OPENEMR_SITE
     client_id: str = ""
     scope: str = ""
+    auth: str = "none"
 
     def trusted_for(self, username: str) -> list[TrustedKey]:
         """Pinned keys whose signer name matches ``username``."""
@@ -106,6 +110,9 @@ class Profile:
 
     def to_toml(self) -> dict[str, Any]:
         """The TOML table for this profile (a cws profile keeps the shape it always had)."""
+        if self.kind == "openehr":
+            table = {"kind": self.kind, "url": self.url, "auth": self.auth}
+            return {**table, "username": self.username} if self.auth == "basic" else table
         if self.kind == "openemr":
             return {
                 "kind": self.kind,
@@ -139,6 +146,7 @@ class Profile:
                 site=str(table.get("site", DEFAULT_OPENEMR_SITE)),
                 client_id=str(table.get("client_id", "")),
                 scope=str(table.get("scope", "")),
+                auth=str(table.get("auth", "none")),
                 url=str(table.get("url", "")),
                 username=str(table.get("username", "")),
                 algorithm=Algorithm.from_name(str(table.get("algorithm", "sha256"))),

@@ -24,7 +24,11 @@ if TYPE_CHECKING:
     from cwsctl.core.keys import PassphraseSource
     from cwsctl.core.profile import Profile, Store
 
-_MODULES = {"cws": "cwsctl.core.kinds.cws", "openemr": "cwsctl.core.kinds.openemr"}
+_MODULES = {
+    "cws": "cwsctl.core.kinds.cws",
+    "openemr": "cwsctl.core.kinds.openemr",
+    "openehr": "cwsctl.core.kinds.openehr",
+}
 
 
 class PatientRequest(NamedTuple):
@@ -98,12 +102,16 @@ class Kind(ABC):
     def incomplete(self, profile: Profile) -> str | None:
         """The command that completes an unusable profile, or None when it is complete."""
 
+    def uses_key(self) -> bool:
+        """Whether the profile's RSA key takes part (it does except on openehr)."""
+        return True
+
     @abstractmethod
     def key_note(self, profile: Profile) -> str:
         """Where the server must know the profile's public key from."""
 
     @abstractmethod
-    def local_checks(self, profile: Profile) -> Iterator[Check]:
+    def local_checks(self, profile: Profile, store: Store) -> Iterator[Check]:
         """Checks of the kind's own settings, before anything is sent."""
 
     @abstractmethod
@@ -115,7 +123,7 @@ class Kind(ABC):
         self,
         profile: Profile,
         store: Store,
-        private_key: rsa.RSAPrivateKey,
+        private_key: rsa.RSAPrivateKey | None,
         path: str,
         timeout: float,
     ) -> Iterator[Check]:

@@ -97,7 +97,7 @@ class CwsKind(Kind):
             f"CorEMR's Public Keys page must hold this key under the username {profile.username!r}"
         )
 
-    def local_checks(self, profile: Profile) -> Iterator[Check]:
+    def local_checks(self, profile: Profile, store: Store) -> Iterator[Check]:
         """Answers can be verified only against a pinned CorEMR key."""
         from cwsctl.core.doctor import failed, passed
         from cwsctl.core.errors import ExitStatus
@@ -121,7 +121,7 @@ class CwsKind(Kind):
         self,
         profile: Profile,
         store: Store,
-        private_key: rsa.RSAPrivateKey,
+        private_key: rsa.RSAPrivateKey | None,
         path: str,
         timeout: float,
     ) -> Iterator[Check]:
@@ -130,6 +130,7 @@ class CwsKind(Kind):
         from cwsctl.core.doctor import request_check
         from cwsctl.core.identity import SigningIdentity
 
+        assert private_key is not None  # the doctor loads it: this kind uses a key
         identity = SigningIdentity(
             private_key, profile.username, profile.algorithm, store.private_key_path(profile.name)
         )

@@ -170,7 +170,7 @@ class OpenEmrKind(Kind):
         """OpenEMR knows the key from the client's JWKS."""
         return "OpenEMR must know this key from the client's JWKS (cwsctl keys jwks)"
 
-    def local_checks(self, profile: Profile) -> Iterator[Check]:
+    def local_checks(self, profile: Profile, store: Store) -> Iterator[Check]:
         """Tokens need a registered client; answers are not signed (say so)."""
         from cwsctl.core.doctor import failed, passed
         from cwsctl.core.errors import ExitStatus
@@ -198,7 +198,7 @@ class OpenEmrKind(Kind):
         self,
         profile: Profile,
         store: Store,
-        private_key: rsa.RSAPrivateKey,
+        private_key: rsa.RSAPrivateKey | None,
         path: str,
         timeout: float,
     ) -> Iterator[Check]:
@@ -206,6 +206,7 @@ class OpenEmrKind(Kind):
         from cwsctl.core.doctor import request_check
         from cwsctl.core.oauth import bearer_auth
 
+        assert private_key is not None  # the doctor loads it: this kind uses a key
         client = OpenEmrClient(
             bearer_auth(profile, store, private_key),
             base_url=profile.url,

@@ -1,0 +1,79 @@
+"""Passwords and bearer tokens for openehr profiles: from the environment, a file, or the profile.
+
+Secrets are never taken on the command line (they would show in ``ps`` and shell history). The
+first source that has one wins: the variable holding the secret itself (``CWSCTL_PASSWORD`` /
+``CWSCTL_TOKEN``), then a file named by ``CWSCTL_PASSWORD_FILE`` / ``CWSCTL_TOKEN_FILE`` (its
+first line), then the copy kept in ``$CWSCTL_HOME/secrets/<profile>.json`` (mode 0600) when the
+user asked ``profile init … --store-secret``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cwsctl.core.errors import InputError, ProfileError
+from cwsctl.core.files import atomic_write, ensure_private_dir, read_bytes
+from cwsctl.core.profile import Store, validate_profile_name
+
+#: What each auth method needs, and the environment variables that give it.
+SECRET_FOR_AUTH = {"basic": "password", "bearer": "token"}
+_ENV = {"password": "CWSCTL_PASSWORD", "token": "CWSCTL_TOKEN"}
+
+
+def secret_env(kind: str) -> tuple[str, str]:
+    """The variables for ``kind`` (password or token): the secret itself, and a file holding it."""
+    name = _ENV[kind]
+    return name, f"{name}_FILE"
+
+
+def read_secret_file(path: Path, kind: str) -> str:
+    """A secret file's first line (like ``--passphrase-file``)."""
+    data = read_bytes(path, what=f"{kind} file", error=InputError)
+    lines = data.decode("utf-8", "replace").splitlines()
+    if not lines or not lines[0]:
+        raise InputError(f"{kind} file {path} is empty")
+    return lines[0]
+
+
+def secrets_path(store: Store, profile: str) -> Path:
+    """Where a profile's stored secret lives."""
+    return store.root / "secrets" / f"{validate_profile_name(profile)}.json"
+
+
+def store_secret(store: Store, profile: str, kind: str, value: str) -> Path:
+    """Keep ``value`` for ``profile`` in its 0600 secrets file (in a 0700 directory)."""
+    path = secrets_path(store, profile)
+    ensure_private_dir(path.parent)
+    atomic_write(path, json.dumps({kind: value}).encode(), mode=0o600)
+    return path
+
+
+def forget_secret(store: Store, profile: str) -> None:
+    """Remove a profile's stored secret, if any."""
+    secrets_path(store, profile).unlink(missing_ok=True)
+
+
+def resolve_secret(store: Store, profile: str, kind: str) -> str:
+    """The secret for ``profile``: environment, then secret file, then the stored copy."""
+    direct, file_var = secret_env(kind)
+    if os.environ.get(direct):
+        return os.environ[direct]
+    if os.environ.get(file_var):
+        return read_secret_file(Path(os.environ[file_var]), kind)
+    path = secrets_path(store, profile)
+    try:
+        stored = json.loads(path.read_text())
+    except FileNotFoundError:
+        stored = {}
+    except (OSError, ValueError) as exc:
+        raise ProfileError(f"cannot read the stored {kind} in {path}: {exc}") from None
+    value = stored.get(kind) if isinstance(stored, dict) else None
+    if isinstance(value, str) and value:
+        return value
+    raise ProfileError(
+        f"no {kind} for profile {profile!r}",
+        hint=f"set {direct} or {file_var}, or keep one with: cwsctl profile init {profile} "
+        f"… --{kind}-file FILE --store-secret",
+    )
