@@ -84,9 +84,14 @@ def test_json_envelope(cli, sandbox, sandbox_profile, body_file):
         "signer",
         "key_fingerprint",
         "body_sha256",
+        "etag",
+        "location",
+        "content_location",
+        "last_modified",
         "body",
     }
     assert document["status"] == 201 and document["verified"] is True
+    assert document["etag"] is None and document["last_modified"] is None
     assert document["signer"] == "coremr" and document["key_fingerprint"] == sandbox.fingerprint
     assert document["body"]["fname"] == "First"
 

@@ -18,7 +18,7 @@ from cwsctl.cli.options import (
     with_globals,
 )
 from cwsctl.cli.output import Output
-from cwsctl.cli.params import PathOrUrl
+from cwsctl.cli.params import Choice, PathOrUrl
 from cwsctl.core.errors import ClientRequestError, InputError
 from cwsctl.core.files import atomic_write
 from cwsctl.core.redact import masked_body
@@ -76,6 +76,25 @@ def request(
             help="Extra header 'Name: value' (repeatable).",
         ),
     ] = None,
+    if_match: Annotated[
+        str | None,
+        typer.Option(
+            "--if-match",
+            metavar="VERSION_UID",
+            help='Send If-Match: "VERSION_UID" (openEHR optimistic locking; a stale one is 412).',
+            show_default=False,
+        ),
+    ] = None,
+    prefer: Annotated[
+        str | None,
+        typer.Option(
+            "--prefer",
+            metavar="representation|minimal",
+            parser=Choice(("representation", "minimal")),
+            help="Send Prefer: return=representation|minimal (what an openEHR write answers with).",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the exact signed request; send nothing.")
     ] = False,
@@ -107,6 +126,10 @@ def request(
     """
     body = read_body(body_file) if body_file is not None else b""
     extra_headers = parse_header_option(header or [])
+    if if_match is not None:
+        extra_headers["If-Match"] = quoted_etag(if_match)
+    if prefer is not None:
+        extra_headers["Prefer"] = f"return={prefer}"
     offline = dry_run or curl
     with open_client(
         out.settings,
@@ -131,6 +154,12 @@ def request(
     if out.settings.verbose:
         _show_exchange(out, response, body, show_body)
     show_response(out, response, client, output)
+
+
+def quoted_etag(version: str) -> str:
+    """An entity tag as HTTP wants it: the value in double quotes (added when missing)."""
+    value = version.strip()
+    return value if value.startswith(('"', 'W/"')) else f'"{value}"'
 
 
 def show_response(
@@ -168,6 +197,11 @@ def response_document(response: ApiResponse) -> dict[str, object]:
         "signer": check.signer if check else None,
         "key_fingerprint": check.key_fingerprint if check else None,
         "body_sha256": response.body_sha256,
+        # Versioning headers, for openEHR (and any server that uses them); None when absent.
+        "etag": response.headers.get("etag"),
+        "location": response.headers.get("location"),
+        "content_location": response.headers.get("content-location"),
+        "last_modified": response.headers.get("last-modified"),
         "body": body,
     }
 

@@ -252,6 +252,10 @@ class BulkLoad:
                 in_doubt = True
                 continue
             result = self._outcome(number, external_id, facility, response)
+            if result.outcome == "exists" and result.patient_id is None:
+                # Some servers refuse a duplicate without naming the existing record (openEHR's
+                # 409): look it up so the report still maps the row to its server id.
+                result = result._replace(patient_id=self._existing_id(external_id, facility))
             self._journal(
                 key,
                 number,
@@ -289,6 +293,13 @@ class BulkLoad:
         if response.status != 200:
             return None
         return self.mapping.found_id(response)
+
+    def _existing_id(self, external_id: str, facility: str) -> Any:
+        """The id of a patient the server says exists, or None if the look-up fails."""
+        try:
+            return self._lookup(external_id, facility)
+        except (CwsError, _LookupFailed):
+            return None
 
     def _journal(self, key: str, number: int, outcome: str, **facts: Any) -> None:
         if self.journal is not None:

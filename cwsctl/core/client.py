@@ -138,6 +138,10 @@ class ApiResponse:
         if self.ok or self.status < 400:
             return
         message = f"{self.status} {self.reason}: {self.error_message()}"
+        current = self.headers.get("etag")
+        if self.status == 412 and current:
+            # A failed precondition names the version that is current now (openEHR: its uid).
+            message += f"; latest is {current.removeprefix('W/').strip(chr(34))}"
         if self.status >= 500:
             raise ServerFailureError(
                 message, hint="the server failed; retry later or contact its administrators"
