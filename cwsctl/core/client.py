@@ -193,6 +193,8 @@ class ApiClient:
 
     #: Whether this kind's server signs its answers (CWS does; OAuth-protected APIs do not).
     signs_responses = False
+    #: What to call the server in messages.
+    server_name = "the server"
 
     def __init__(
         self,
@@ -236,7 +238,7 @@ class ApiClient:
 
     def trust_description(self, response: ApiResponse) -> str:
         """How far the answer can be trusted, for the status line."""
-        return "TLS only (this kind's answers carry no signature)"
+        return f"TLS only ({self.server_name} does not sign answers)"
 
     def __enter__(self) -> ApiClient:
         return self

@@ -147,6 +147,8 @@ def credentials(profile: Profile, store: Store) -> httpx.Auth | None:
 class OpenEhrClient(ApiClient):
     """Requests to an openEHR REST server; answers are not signed."""
 
+    server_name = "the openEHR server"
+
     def default_headers(self, url: str, body: bytes) -> dict[str, str]:
         """openEHR speaks JSON both ways."""
         return {"Accept": "application/json", **super().default_headers(url, body)}
@@ -157,10 +159,6 @@ class OpenEhrClient(ApiClient):
             "the openEHR server refused the credentials: check the user and CWSCTL_PASSWORD / "
             "CWSCTL_TOKEN (or their _FILE variants, or the secret kept with --store-secret)"
         )
-
-    def trust_description(self, response: ApiResponse) -> str:
-        """openEHR servers do not sign answers."""
-        return "TLS only (openEHR servers do not sign answers)"
 
 
 class OpenEhrKind(Kind):

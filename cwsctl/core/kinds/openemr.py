@@ -108,6 +108,8 @@ def _id_from_location(response: ApiResponse) -> str | None:
 class OpenEmrClient(ApiClient):
     """Bearer-token requests to OpenEMR's Standard and FHIR APIs (answers are not signed)."""
 
+    server_name = "OpenEMR"
+
     def default_headers(self, url: str, body: bytes) -> dict[str, str]:
         """FHIR paths speak ``application/fhir+json``; the Standard API plain JSON."""
         if "/fhir/" in urlsplit(url).path + "/":
@@ -121,10 +123,6 @@ class OpenEmrClient(ApiClient):
             "OpenEMR refused the access token (a fresh one too): check that the client is "
             "enabled in OpenEMR and has the scope for this path; see cwsctl oauth token"
         )
-
-    def trust_description(self, response: ApiResponse) -> str:
-        """OpenEMR does not sign its answers: TLS is all there is."""
-        return "TLS only (OpenEMR does not sign answers)"
 
 
 class OpenEmrKind(Kind):
