@@ -16,6 +16,12 @@
   the test. ``.url``, ``.site``, ``.token_url``, ``.api_url``, ``.revoke_tokens(refresh=False)``,
   ``.patients()``, ``.count_patients()``, ``.token_lifetime`` (settable), ``.faults`` (settable).
 - ``openemr_sandbox`` (function): ``make_openemr_sandbox()`` with the defaults.
+- ``make_openehr_sandbox(basic_auth=None, default_fetch=100, **faults)`` (function): a fresh
+  openEHR-flavour server (``OpenEhrSandboxServer``) with its own data dir, started; stopped after
+  the test. ``basic_auth=("user", "pass")`` requires those credentials. ``.url``, ``.base_url``
+  (``.url`` + ``/ehrbase/rest/openehr/v1``, a profile's URL), ``.system_id``, ``.ehrs()``,
+  ``.count_ehrs()``, ``.basic_auth`` and ``.faults`` (settable), ``.reset()``.
+- ``openehr_sandbox`` (function): ``make_openehr_sandbox()`` with the defaults (no auth).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from cwsctl.core.profile import Config, Profile, Store
 from cwsctl.core.signing import Algorithm, AuthorizationHeader
 
 if TYPE_CHECKING:
+    from cwsctl.sandbox.openehr import OpenEhrSandboxServer
     from cwsctl.sandbox.openemr import OpenEmrSandboxServer
     from cwsctl.sandbox.server import SandboxServer
 
@@ -172,3 +179,36 @@ def openemr_sandbox(
 ) -> OpenEmrSandboxServer:
     """A fresh OpenEMR-flavour sandbox (site ``default``, 60-second tokens, no faults)."""
     return make_openemr_sandbox()
+
+
+@pytest.fixture
+def make_openehr_sandbox(tmp_path: Path) -> Iterator[Callable[..., OpenEhrSandboxServer]]:
+    """Factory: ``make_openehr_sandbox(basic_auth=("u", "p"), drop_rate=1.0, ...)`` starts one."""
+    _sandbox_modules()
+    from cwsctl.sandbox.faults import Faults
+    from cwsctl.sandbox.openehr import OpenEhrSandboxServer
+
+    started: list[OpenEhrSandboxServer] = []
+
+    def make(
+        basic_auth: tuple[str, str] | None = None, default_fetch: int = 100, **faults: Any
+    ) -> OpenEhrSandboxServer:
+        data_dir = tmp_path / f"openehr-sandbox-{len(started)}"
+        data_dir.mkdir(mode=0o700)
+        server = OpenEhrSandboxServer(
+            data_dir, basic_auth=basic_auth, default_fetch=default_fetch, faults=Faults(**faults)
+        )
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def openehr_sandbox(
+    make_openehr_sandbox: Callable[..., OpenEhrSandboxServer],
+) -> OpenEhrSandboxServer:
+    """A fresh openEHR-flavour sandbox (no auth, no faults, queries fetch 100 rows by default)."""
+    return make_openehr_sandbox()

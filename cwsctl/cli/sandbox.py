@@ -21,12 +21,13 @@ from cwsctl.cli.options import (
 )
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import Choice, Fraction, ListenHost, WholeNumber
+from cwsctl.core.errors import InputError
 from cwsctl.core.keys import DEFAULT_BITS
 
 if TYPE_CHECKING:
     from cwsctl.sandbox.server import BaseSandboxServer
 
-SANDBOX_KINDS = ("cws", "openemr")
+SANDBOX_KINDS = ("cws", "openemr", "openehr")
 #: Longest --token-lifetime: a day (OpenEMR's own are 60 s; long ones only hide renewal bugs).
 MAX_TOKEN_LIFETIME_S = 86400
 
@@ -181,8 +182,9 @@ def serve(
             "--kind",
             metavar="KIND",
             parser=Choice(SANDBOX_KINDS),
-            help="Which EMR API to stand in for: cws (CorEMR, signed bodies) or openemr "
-            "(OAuth2 bearer tokens, Standard API and FHIR R4; described above).",
+            help="Which EMR API to stand in for: cws (CorEMR, signed bodies), openemr "
+            "(OAuth2 bearer tokens, Standard API and FHIR R4) or openehr (openEHR REST, EHRs, "
+            "versioned compositions, AQL); described above.",
         ),
     ] = "cws",
     token_lifetime: Annotated[
@@ -194,8 +196,18 @@ def serve(
             help="--kind openemr: seconds an access token lives (OpenEMR's backend tokens: 60).",
         ),
     ] = 60,
+    basic_auth_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--basic-auth-file",
+            metavar="FILE",
+            help="--kind openehr: require HTTP basic auth with the one user:password line in "
+            "FILE (kept off the command line); without it no credentials are needed.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Serve a CWS-compatible (or OpenEMR-like) sandbox until Ctrl-C or SIGTERM (then exit 0).
+    """Serve a CWS, OpenEMR or openEHR sandbox until Ctrl-C or SIGTERM (then exit 0).
 
     --kind cws (the default): requests must be signed by a key registered with `cwsctl sandbox
     add-key`; every response is signed as `coremr` with the key shown by `cwsctl sandbox
@@ -220,6 +232,35 @@ def serve(
     routes; corrupt and unsigned do not apply (nothing is signed). The access log names the
     client id, never a token.
 
+    --kind openehr: a test stand-in for an openEHR server (the released REST API, ITS-REST
+    1.0.x, as EHRbase serves it), state in openehr.db in the data dir. Base path
+    /ehrbase/rest/openehr/v1 (B below; a profile URL is the server URL + B); version uids are
+    UUID::cwsctl-sandbox::N; Prefer: return=representation answers with the resource, else no
+    body; answers with a version carry ETag "VERSION_UID", Location and Last-Modified. POST B/ehr
+    (an EHR_STATUS body, or none) → 201 with ETag "EHR_ID" and Location, 409 if the subject
+    (external_ref id + namespace) has an EHR; PUT B/ehr/EHR_ID the same with a given UUID; GET
+    B/ehr/EHR_ID; GET B/ehr?subject_id=ID&subject_namespace=NS. GET B/ehr/EHR_ID/ehr_status
+    [?version_at_time=ISO], GET B/ehr/EHR_ID/ehr_status/VERSION_UID, PUT B/ehr/EHR_ID/ehr_status
+    with If-Match. POST B/ehr/EHR_ID/composition (canonical JSON) → 201, version 1; GET
+    B/ehr/EHR_ID/composition/UID (a version uid, or an object uid for the latest
+    [?version_at_time=ISO]; 204 if deleted); PUT B/ehr/EHR_ID/composition/OBJECT_UID with
+    If-Match: "PRECEDING_VERSION_UID" → the next version (If-Match missing: 400; stale: 412
+    with the latest version uid in ETag, Location and the error body); DELETE
+    B/ehr/EHR_ID/composition/PRECEDING_VERSION_UID → 204, a deleted version (stale: 409); GET
+    B/ehr/EHR_ID/versioned_composition/OBJECT_UID[/revision_history]. POST B/query/aql
+    {"q", "query_parameters", "offset", "fetch"} or GET B/query/aql?q=…&offset=&fetch= →
+    {"meta", "q", "columns", "rows"}; fetch defaults to 100. The AQL subset: SELECT paths
+    [AS alias] FROM EHR e [[ehr_id/value=V]] [CONTAINS COMPOSITION c [[ARCHETYPE_ID]]] (or
+    FROM COMPOSITION c) [WHERE path OP V [AND …]] [ORDER BY path [ASC|DESC], …] [LIMIT n]
+    [OFFSET m], where a path walks the canonical JSON (e/ehr_id/value,
+    e/ehr_status/subject/external_ref/id/value, c/uid/value, c/name/value,
+    c/archetype_details/template_id/value), OP is = != < <= > >=, V is 'text', a number, true,
+    false or $param; only the latest, non-deleted version of each composition is seen; anything
+    else is 400 "not supported by the sandbox". GET B/definition/template/adl1.4 lists the
+    template ids seen; OPTIONS B names the server. --basic-auth-file FILE: every request but
+    OPTIONS B needs Authorization: Basic with FILE's user:password, else 401. Faults (drop,
+    error, latency) hit B/ehr and everything under it; corrupt and unsigned do not apply.
+
     Limits, so that one misbehaving client cannot exhaust the sandbox or lock others out: a
     request body over 1 MiB gets 413 as soon as that much has arrived (or is declared in
     Content-Length), then the connection is closed after at most 16 MiB more is read and thrown
@@ -239,6 +280,13 @@ def serve(
     from cwsctl.sandbox.server import serve as run_server
     from cwsctl.sandbox.store import SERVER_KEY_FILE
 
+    basic_auth = None
+    if basic_auth_file is not None:
+        if kind != "openehr":
+            raise InputError("--basic-auth-file applies only to --kind openehr")
+        from cwsctl.sandbox.openehr import read_basic_auth_file
+
+        basic_auth = read_basic_auth_file(basic_auth_file.expanduser())
     faults = Faults.from_env(
         drop_rate=drop_rate,
         error_rate=error_rate,
@@ -261,6 +309,9 @@ def serve(
     def ready(server: BaseSandboxServer) -> None:
         if kind == "openemr":
             _openemr_ready(out, server)
+            return
+        if kind == "openehr":
+            _openehr_ready(out, server)
             return
         assert isinstance(server, SandboxServer)
         if out.settings.json:
@@ -295,6 +346,7 @@ def serve(
         on_ready=ready,
         kind=kind,
         token_lifetime=token_lifetime,
+        basic_auth=basic_auth,
     )
     how = f" ({signal.Signals(stop_signal).name})" if stop_signal else ""
     out.info(f"Sandbox stopped{how}.")
@@ -323,6 +375,35 @@ def _openemr_ready(out: Output, server: BaseSandboxServer) -> None:
     out.info(f"APIs: {server.api_url}/api/patient and {server.api_url}/fhir/Patient")
     if server.faults.active:
         out.warn(f"fault injection on the patient routes: {server.faults.describe()}")
+    out.info("Press Ctrl-C to stop.")
+
+
+def _openehr_ready(out: Output, server: BaseSandboxServer) -> None:
+    from cwsctl.sandbox.openehr import OpenEhrSandboxServer
+
+    assert isinstance(server, OpenEhrSandboxServer)
+    auth = server.basic_auth
+    if out.settings.json:
+        out.json(
+            {
+                "kind": "openehr",
+                "url": server.url,
+                "base_url": server.base_url,
+                "system_id": server.system_id,
+                "data_dir": str(server.data_dir),
+                "auth": "basic" if auth else "none",
+                "username": auth[0] if auth else None,
+                "faults": server.faults.to_json(),
+            }
+        )
+    out.success(f"openEHR sandbox listening on {server.url} (data: {server.data_dir})")
+    out.info(f"Base URL (profile --url): {server.base_url}")
+    if auth:
+        out.info(f"Basic auth required, user {auth[0]!r} (password from the --basic-auth-file)")
+    else:
+        out.info("No authentication required (use --basic-auth-file FILE to require it)")
+    if server.faults.active:
+        out.warn(f"fault injection on {server.base_url}/ehr…: {server.faults.describe()}")
     out.info("Press Ctrl-C to stop.")
 
 

@@ -321,11 +321,13 @@ def serve(
     request_timeout: float = REQUEST_TIMEOUT_S,
     kind: str = "cws",
     token_lifetime: int | None = None,
+    basic_auth: tuple[str, str] | None = None,
 ) -> int | None:
     """Run a sandbox in the foreground until Ctrl-C or SIGTERM; return the stopping signal.
 
-    ``kind``: ``cws`` (CorEMR's signed API) or ``openemr`` (:mod:`.openemr`, where
-    ``token_lifetime`` sets the access tokens' seconds and ``key_bits`` is unused).
+    ``kind``: ``cws`` (CorEMR's signed API), ``openemr`` (:mod:`.openemr`, where
+    ``token_lifetime`` sets the access tokens' seconds and ``key_bits`` is unused) or ``openehr``
+    (:mod:`.openehr`, where ``basic_auth`` is the ``(user, password)`` required, if any).
     """
     server: BaseSandboxServer
     if kind == "cws":
@@ -351,8 +353,20 @@ def serve(
             access_log=access_log,
             request_timeout=request_timeout,
         )
+    elif kind == "openehr":
+        from cwsctl.sandbox.openehr import OpenEhrSandboxServer
+
+        server = OpenEhrSandboxServer(
+            data_dir,
+            host=host,
+            port=port,
+            basic_auth=basic_auth,
+            faults=faults,
+            access_log=access_log,
+            request_timeout=request_timeout,
+        )
     else:
-        raise ValueError(f"unknown sandbox kind {kind!r}: cws or openemr")
+        raise ValueError(f"unknown sandbox kind {kind!r}: cws, openemr or openehr")
     return server.serve_forever(on_ready)
 
 
