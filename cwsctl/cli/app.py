@@ -9,12 +9,15 @@ import typer
 from cwsctl import __version__
 from cwsctl.cli import (
     audit,
+    composition,
     demo,
     doctor,
+    ehr,
     keys,
     oauth,
     patients,
     profile,
+    query,
     request,
     sandbox,
     signature,
@@ -80,6 +83,9 @@ app.add_typer(oauth.app, name="oauth")
 app.command("sign")(signature.sign)
 app.command("verify")(signature.verify)
 app.command("request")(request.request)
+app.add_typer(ehr.app, name="ehr")
+app.add_typer(composition.app, name="composition")
+app.command("query")(query.query)
 app.command("demo")(demo.demo)
 app.add_typer(patients.app, name="patients")
 app.command("audit")(audit.audit)

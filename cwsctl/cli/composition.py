@@ -1,0 +1,360 @@
+"""`cwsctl composition …`: versioned openEHR compositions — create, get, update, delete, history.
+
+No update is blind: without --if-match, `update` and `delete` read the latest version first and
+send its uid as If-Match, so a change made meanwhile by someone else is refused (412, exit 4,
+"changed since it was read: latest is <version uid>") instead of overwritten.
+httpx is imported inside the commands (through open_client), so `cwsctl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cwsctl.cli.common import open_client, read_body
+from cwsctl.cli.options import (
+    AllowHttpOption,
+    MaxResponseSizeOption,
+    TimeoutOption,
+    with_globals,
+)
+from cwsctl.cli.output import Output
+from cwsctl.core.openehr import VersionUid
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from cwsctl.core.client import ApiClient, ApiResponse
+    from cwsctl.core.openehr import CompositionVersion
+
+app = typer.Typer(
+    help="openEHR compositions: create, read (any version), update and delete without ever "
+    "overwriting a change you did not see, and list their revision history.",
+    no_args_is_help=True,
+)
+
+
+class VersionUidParam:
+    """``object_id::system_id::version``, checked while the command line is parsed (exit 2)."""
+
+    def __call__(self, value: Any) -> VersionUid:
+        from cwsctl.core.errors import InputError
+
+        if not isinstance(value, str):
+            return value  # type: ignore[no-any-return]
+        try:
+            return VersionUid.parse(value)
+        except InputError as exc:
+            raise typer.BadParameter(f"{exc.message}, {exc.hint}") from None
+
+
+class Timestamp:
+    """An ISO 8601 date-time, kept as written."""
+
+    def __call__(self, value: Any) -> str:
+        from cwsctl.core.errors import InputError
+        from cwsctl.core.openehr import check_timestamp
+
+        try:
+            return check_timestamp(str(value))
+        except InputError as exc:
+            raise typer.BadParameter(f"{exc.message}; {exc.hint}") from None
+
+
+class Traced:
+    """The profile's client, showing each exchange on stderr with -v (headers, masked bodies).
+
+    The credentials are added by the kind's auth on a copy of each request, so they are never
+    among the request headers shown here.
+    """
+
+    def __init__(self, client: ApiClient, out: Output) -> None:
+        self._client = client
+        self._out = out
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> ApiResponse:
+        """Send through the real client; show the exchange when -v is on."""
+        from cwsctl.cli.request import _show_exchange
+
+        response = self._client.request(method, path_or_url, body, headers)
+        if self._out.settings.verbose:
+            self._out.info(f"> {response.method} {response.url}", "dim")
+            self._out.info(f"< {response.status} {response.reason}", "dim")
+            _show_exchange(self._out, response, body, False)
+        return response
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def connect(
+    out: Output, timeout: float, max_response_size: int | None, allow_http: bool
+) -> tuple[Any, Traced]:
+    """The profile's client (a context manager to close) and its traced face for core calls."""
+    client = open_client(
+        out.settings, timeout=timeout, max_response_size=max_response_size, allow_http=allow_http
+    )
+    return client, Traced(client, out)
+
+
+EhrIdArg = Annotated[str, typer.Argument(metavar="EHR_ID", help="The EHR's id (a UUID).")]
+UidArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="UID",
+        help="The composition's versioned object uid (a UUID), or one of its version uids.",
+    ),
+]
+FileArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="FILE",
+        help="The composition (canonical JSON, or XML), sent byte for byte; '-' reads stdin.",
+    ),
+]
+IfMatchOption = Annotated[
+    VersionUid | None,
+    typer.Option(
+        "--if-match",
+        metavar="VERSION_UID",
+        parser=VersionUidParam(),
+        help="The version your change is based on (object_id::system_id::version). Without it, "
+        "the latest version is read first and its uid sent, so the change is never blind.",
+        show_default=False,
+    ),
+]
+TemplateIdOption = Annotated[
+    str | None,
+    typer.Option(
+        "--template-id",
+        metavar="ID",
+        help="Send openEHR-TEMPLATE_ID: ID (the operational template the composition follows).",
+        show_default=False,
+    ),
+]
+
+
+def _written(out: Output, result: CompositionVersion, what: str) -> None:
+    uid = str(result.version_uid) if result.version_uid else None
+    if out.settings.json:
+        out.json(
+            {
+                "ehr_id": result.ehr_id,
+                "version_uid": uid,
+                "uid": result.version_uid.object_id if result.version_uid else None,
+                "version": result.version_uid.version if result.version_uid else None,
+                "preceding_version_uid": str(result.preceding) if result.preceding else None,
+                "read_first": result.read_first,
+                "status": result.response.status,
+                "location": result.response.headers.get("location"),
+            }
+        )
+    elif uid:
+        out.line(uid)
+    based = f" (based on {result.preceding}" if result.preceding else ""
+    if based:
+        based += ", the latest, read first)" if result.read_first else ")"
+    out.success(f"{what}{based}: {uid or 'the server named no version uid'}")
+
+
+@app.command("create")
+@with_globals
+def create(
+    out: Output,
+    ehr_id: EhrIdArg,
+    file: FileArg,
+    template_id: TemplateIdOption = None,
+    timeout: TimeoutOption = 30.0,
+    max_response_size: MaxResponseSizeOption = None,
+    allow_http: AllowHttpOption = False,
+) -> None:
+    """Commit a new composition to an EHR (POST /ehr/{ehr_id}/composition).
+
+    Prints the new version uid (object_id::system_id::1) on stdout, from the answer's ETag or
+    Location. Example: cwsctl composition create 7d44b88c-… vitals.json --template-id
+    vital_signs.v1
+    """
+    from cwsctl.core.openehr import create_composition
+
+    body = read_body(file)
+    client, traced = connect(out, timeout, max_response_size, allow_http)
+    with client:
+        result = create_composition(traced, ehr_id, body, template_id=template_id)  # type: ignore[arg-type]
+    _written(out, result, f"created composition in EHR {result.ehr_id}")
+
+
+@app.command("get")
+@with_globals
+def get(
+    out: Output,
+    ehr_id: EhrIdArg,
+    uid: UidArg,
+    version: Annotated[
+        VersionUid | None,
+        typer.Option(
+            "--version",
+            metavar="VERSION_UID",
+            parser=VersionUidParam(),
+            help="Read this version (object_id::system_id::version) instead of the latest.",
+            show_default=False,
+        ),
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            metavar="TIMESTAMP",
+            parser=Timestamp(),
+            help="Read the version that was current at this ISO 8601 time "
+            "(?version_at_time=), e.g. 2024-05-01T10:00:00Z.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Save the composition here, byte for byte as received.",
+        ),
+    ] = None,
+    timeout: TimeoutOption = 30.0,
+    max_response_size: MaxResponseSizeOption = None,
+    allow_http: AllowHttpOption = False,
+) -> None:
+    """Read a composition: the latest version, --version VERSION_UID, or --at TIMESTAMP.
+
+    The body goes to stdout (or --output) exactly as received; its version uid to stderr; --json
+    prints the response envelope (status, headers with etag, body). A deleted composition, or
+    none at that version or time, exits 4.
+    """
+    from cwsctl.cli.request import show_response
+    from cwsctl.core.errors import InputError
+    from cwsctl.core.openehr import get_composition
+
+    if version is not None and at is not None:
+        raise InputError("give --version or --at, not both")
+    client, traced = connect(out, timeout, max_response_size, allow_http)
+    with client:
+        result = get_composition(traced, ehr_id, uid, version=version, at=at)  # type: ignore[arg-type]
+        show_response(out, result.response, client, output)
+    out.info(f"version {result.version_uid or '(the server named none)'}")
+
+
+@app.command("update")
+@with_globals
+def update(
+    out: Output,
+    ehr_id: EhrIdArg,
+    uid: UidArg,
+    file: FileArg,
+    if_match: IfMatchOption = None,
+    template_id: TemplateIdOption = None,
+    timeout: TimeoutOption = 30.0,
+    max_response_size: MaxResponseSizeOption = None,
+    allow_http: AllowHttpOption = False,
+) -> None:
+    """Commit a new version of a composition (PUT … with If-Match), never blindly.
+
+    The version the change is based on is --if-match, else the version UID names (when it is a
+    version uid), else the latest, read first. If the composition changed since, the server
+    refuses: exit 4, "changed since it was read: latest is <version uid>". Prints the new version
+    uid. Example: cwsctl composition update EHR_ID UID vitals.json --if-match UID::host::1
+    """
+    from cwsctl.core.openehr import update_composition
+
+    body = read_body(file)
+    client, traced = connect(out, timeout, max_response_size, allow_http)
+    with client:
+        result = update_composition(  # type: ignore[arg-type]
+            traced, ehr_id, uid, body, if_match=if_match, template_id=template_id
+        )
+    _written(out, result, "updated")
+
+
+@app.command("delete")
+@with_globals
+def delete(
+    out: Output,
+    ehr_id: EhrIdArg,
+    uid: UidArg,
+    if_match: IfMatchOption = None,
+    timeout: TimeoutOption = 30.0,
+    max_response_size: MaxResponseSizeOption = None,
+    allow_http: AllowHttpOption = False,
+) -> None:
+    """Delete a composition (DELETE /ehr/{ehr_id}/composition/{preceding_version_uid}).
+
+    The same rule as update: the version deleted is --if-match, or the one UID names, or the
+    latest, read first; a stale one exits 4 naming the latest. The server keeps the deletion as
+    a new version (see history). Prints the deletion's version uid when the server names it.
+    """
+    from cwsctl.core.openehr import delete_composition
+
+    client, traced = connect(out, timeout, max_response_size, allow_http)
+    with client:
+        result = delete_composition(traced, ehr_id, uid, if_match=if_match)  # type: ignore[arg-type]
+    _written(
+        out,
+        result,
+        f"deleted composition {result.preceding.object_id if result.preceding else uid}",
+    )
+
+
+@app.command("history")
+@with_globals
+def history(
+    out: Output,
+    ehr_id: EhrIdArg,
+    uid: UidArg,
+    timeout: TimeoutOption = 30.0,
+    max_response_size: MaxResponseSizeOption = None,
+    allow_http: AllowHttpOption = False,
+) -> None:
+    """List a composition's versions, oldest first (…/versioned_composition/{uid}/revision_history).
+
+    A table on a terminal; one tab-separated line per version otherwise (version uid, time
+    committed, change type, committer); --json: {"ehr_id", "uid", "versions": [{version_uid,
+    time_committed, change_type, committer, description}]}.
+    """
+    from cwsctl.core.openehr import composition_history, object_id_of
+
+    object_id, _ = object_id_of(uid)
+    client, traced = connect(out, timeout, max_response_size, allow_http)
+    with client:
+        revisions = composition_history(traced, ehr_id, object_id)  # type: ignore[arg-type]
+    rows = [r.as_dict() for r in revisions]
+    if out.settings.json:
+        out.json({"ehr_id": ehr_id, "uid": object_id, "versions": rows})
+        return
+    columns = ("version_uid", "time_committed", "change_type", "committer")
+    if out.stdout_isatty:
+        from rich.console import Console
+        from rich.table import Column, Table
+
+        widest = max((len(row["version_uid"] or "") for row in rows), default=11)
+        shown = [c for c in columns if c == "version_uid" or any(row[c] for row in rows)]
+        table = Table(
+            *(
+                Column(c, no_wrap=True, min_width=widest)
+                if c == "version_uid"
+                else Column(c, overflow="fold")
+                for c in shown
+            ),
+            title=f"composition {object_id}",
+        )
+        for row in rows:
+            table.add_row(*(row[c] or "" for c in shown))
+        Console(no_color=not out.color).print(table)
+    else:
+        out.data("".join("\t".join(row[c] or "" for c in columns) + "\n" for row in rows))
+    out.info(f"{len(rows)} version(s)")
