@@ -1,0 +1,151 @@
+"""The openehr kind end to end: profiles, secrets, patients create (one EHR per subject), doctor.
+
+The commands that only openEHR has (ehr, composition, query) are in test_openehr_commands.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from cwsctl.core.kinds.openehr import subject_namespace
+from tests.test_patients_bulk import _spawn, patient, write_csv
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def cdr(make_openehr_sandbox, tmp_path, run_cwsctl):
+    """An openEHR sandbox with basic auth and a ``cdr`` profile whose password is stored."""
+    server = make_openehr_sandbox(basic_auth=("loader", PASSWORD))
+    password_file = tmp_path / "pw.txt"
+    password_file.write_text(PASSWORD + "\n")
+    result = run_cwsctl(
+        "profile",
+        "init",
+        "cdr",
+        "--kind",
+        "openehr",
+        "--url",
+        server.base_url,
+        "--auth",
+        "basic",
+        "--username",
+        "loader",
+        "--password-file",
+        str(password_file),
+        "--store-secret",
+    )
+    assert result.returncode == 0, result.stderr
+    return server
+
+
+def _subjects(server) -> Counter:
+    return Counter((e.subject_id, e.subject_namespace) for e in server.ehrs())
+
+
+def test_the_secret_is_kept_0600_and_never_in_config(cdr, cwsctl_home):
+    secret = cwsctl_home / "secrets" / "cdr.json"
+    assert oct(secret.stat().st_mode & 0o777) == "0o600"
+    assert oct(secret.parent.stat().st_mode & 0o777) == "0o700"
+    assert PASSWORD not in (cwsctl_home / "config.toml").read_text()
+
+
+def test_bulk_provisions_one_ehr_per_subject_and_reports_ehr_ids(
+    cdr, tmp_path, run_cwsctl, cwsctl_home
+):
+    rows = [patient(i) for i in range(5)]
+    source = write_csv(tmp_path / "in.csv", rows)
+    report = tmp_path / "report.csv"
+    first = run_cwsctl("patients", "create", "--from", str(source), "--report", str(report))
+    assert first.returncode == 0, first.stderr
+    err = first.stderr.decode()
+    assert "not sent (this kind has no place for them): fname, lname, dob, sex" in err
+    ehr_ids = {ehr.subject_id: ehr.ehr_id for ehr in cdr.ehrs()}
+    with open(report, newline="") as handle:
+        reported = {row["external_id"]: row for row in csv.DictReader(handle)}
+    assert {k: v["id"] for k, v in reported.items()} == ehr_ids
+    # A second load of the same subjects (new journal) finds them: 409 → "exists" with the ehr_id.
+    again_report = tmp_path / "again.csv"
+    again = run_cwsctl(
+        "patients",
+        "create",
+        "--from",
+        str(source),
+        "--journal",
+        str(tmp_path / "other.journal"),
+        "--report",
+        str(again_report),
+    )
+    assert again.returncode == 0, again.stderr
+    with open(again_report, newline="") as handle:
+        second = list(csv.DictReader(handle))
+    assert {r["outcome"] for r in second} == {"exists"}
+    assert {r["external_id"]: r["id"] for r in second} == ehr_ids
+    assert set(_subjects(cdr).values()) == {1} and cdr.count_ehrs() == 5
+    for audit in (cwsctl_home / "audit").iterdir():
+        assert PASSWORD not in audit.read_text()
+
+
+def test_bulk_killed_and_resumed_holds_one_ehr_per_subject(cdr, tmp_path, cwsctl_home, run_cwsctl):
+    n = 60
+    source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(n)])
+    cdr.faults = type(cdr.faults)(latency_ms=60, seed=7)
+    process = _spawn(cwsctl_home, "patients", "create", "--from", str(source), "--concurrency", "4")
+    deadline = time.monotonic() + 30
+    while cdr.count_ehrs() < 10:
+        assert time.monotonic() < deadline, "the load made no progress"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    assert 0 < cdr.count_ehrs() < n
+    cdr.faults = type(cdr.faults)()
+    resumed = run_cwsctl("-q", "patients", "create", "--from", str(source))
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout == b"" and resumed.stderr == b""
+    subjects = _subjects(cdr)
+    assert cdr.count_ehrs() == n and set(subjects.values()) == {1}
+    namespace = subject_namespace("10000")
+    assert set(subjects) == {(f"EXT{i:05d}", namespace) for i in range(n)}
+
+
+def test_wrong_password_is_exit_4_and_never_echoed(cdr, run_cwsctl):
+    result = run_cwsctl(
+        "request", "GET", "/definition/template/adl1.4", env={"CWSCTL_PASSWORD": "wrong-one"}
+    )
+    assert result.returncode == 4
+    err = result.stderr.decode()
+    assert "401" in err and "refused the credentials" in err
+    assert "wrong-one" not in err and PASSWORD not in err
+
+
+def test_verbose_and_json_never_show_credentials(cdr, run_cwsctl):
+    verbose = run_cwsctl("-v", "request", "GET", "/definition/template/adl1.4")
+    assert verbose.returncode == 0, verbose.stderr
+    as_json = run_cwsctl("request", "GET", "/definition/template/adl1.4", "--json")
+    assert json.loads(as_json.stdout)["status"] == 200
+    for output in (verbose.stdout, verbose.stderr, as_json.stdout, as_json.stderr):
+        text = output.decode()
+        assert PASSWORD not in text and "Basic " not in text
+
+
+def test_no_secret_anywhere_names_how_to_give_one(make_openehr_sandbox, run_cwsctl):
+    server = make_openehr_sandbox(basic_auth=("loader", PASSWORD))
+    args = ["profile", "init", "x", "--kind", "openehr", "--url", server.base_url]
+    assert run_cwsctl(*args, "--auth", "basic", "--username", "loader").returncode == 0
+    result = run_cwsctl("-p", "x", "request", "GET", "/definition/template/adl1.4")
+    assert result.returncode == 3
+    assert "no password for profile 'x'" in result.stderr.decode()
+    assert "CWSCTL_PASSWORD" in result.stderr.decode()
+
+
+def test_doctor_passes_on_openehr(cdr, run_cwsctl):
+    result = run_cwsctl("doctor")
+    out = result.stdout.decode()
+    assert result.returncode == 0, out + result.stderr.decode()
+    assert "✓ credentials and server" in out and "do not sign their answers" in out
