@@ -149,3 +149,14 @@ def test_doctor_passes_on_openehr(cdr, run_cwsctl):
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
     assert "✓ credentials and server" in out and "do not sign their answers" in out
+
+
+def test_demo_openehr_runs_clean_and_leaves_nothing(run_cwsctl, cwsctl_home):
+    result = run_cwsctl("demo", "--kind", "openehr", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["ok"] and document["kind"] == "openehr"
+    stale = next(s for s in document["steps"] if s["step"].startswith("A stale update"))
+    assert stale["result"].startswith("refused (exit 4): changed since it was read: latest is ")
+    assert stale["result"].endswith("::3")
+    assert not cwsctl_home.exists()

@@ -42,9 +42,9 @@ def demo(
         str,
         typer.Option(
             "--kind",
-            metavar="cws|openemr",
+            metavar="|".join(KINDS),
             parser=Choice(KINDS),
-            help="Which API to demonstrate: cws (CorEMR) or openemr.",
+            help="Which API to demonstrate: cws (CorEMR), openemr or openehr.",
         ),
     ] = "cws",
 ) -> None:
@@ -54,7 +54,8 @@ def demo(
     patient, verifies the signed response, shows a tampered body failing verification, and
     prints the openssl/curl commands that do the same by hand. openemr: key, JWK Set, client
     registration, a token got with a JWT signed by the key, the patient created through FHIR
-    (twice, created once), and read back.
+    (twice, created once), and read back. openehr: an EHR for the patient, a composition written
+    and updated twice, a stale update refused, an AQL query and the version history.
     """
     from cwsctl.sandbox import require_server_deps
 
@@ -70,6 +71,8 @@ def demo(
 
     if kind == "openemr":
         from cwsctl.cli.demo_openemr import run_openemr_demo as runner
+    elif kind == "openehr":
+        from cwsctl.cli.demo_openehr import run_openehr_demo as runner
     else:
         runner = _run_demo
     with tempfile.TemporaryDirectory(prefix="cwsctl-demo-") as tmp:
@@ -79,6 +82,7 @@ def demo(
     done = {
         "cws": "request signed, response verified, tampering detected",
         "openemr": "client registered, token from a signed JWT, patient created once and read back",
+        "openehr": "EHR provisioned, composition versioned, stale update refused, query answered",
     }
     out.success(f"Demo complete: {done[kind]}.")
 
