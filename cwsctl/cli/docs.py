@@ -135,8 +135,17 @@ def _key(option: Any) -> tuple[str, ...]:
 
 
 def global_option_keys(root: Page) -> set[tuple[str, ...]]:
-    """Root options that subcommands accept too (--profile, --json, …): documented once."""
-    below = {_key(p) for page in root.descendants() for p in _params(page, "option")}
+    """The global options (--profile, --json, …) that ``with_globals`` adds to every command:
+    documented once, in cwsctl(1). A command's own option of the same name (``composition get
+    --version``) is not one of them."""
+    from cwsctl.cli.options import _GLOBALS
+
+    below = {
+        _key(p)
+        for page in root.descendants()
+        for p in _params(page, "option")
+        if p.name in _GLOBALS or p.name == "help"
+    }
     return {_key(p) for p in _params(root, "option")} & below
 
 

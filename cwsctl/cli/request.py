@@ -213,7 +213,8 @@ def _emit(out: Output, response: ApiResponse, output: Path | None) -> None:
             atomic_write(
                 output.with_name(output.name + ".sig"), (response.signature_header + "\n").encode()
             )
-        out.info(f"saved {len(response.body)} bytes to {output} (signature in {output}.sig)")
+        where = f" (signature in {output}.sig)" if response.signature_header else ""
+        out.info(f"saved {len(response.body)} bytes to {output}{where}")
     if out.settings.json:
         out.json(response_document(response))
     elif output is None:

@@ -123,7 +123,8 @@ class ApiResponse:
         """The server's error text from its JSON body, else a snippet of the body.
 
         Understands CWS's ``{"error": …}``, OAuth's ``error_description``, OpenEMR's
-        ``validationErrors``/``internalErrors`` envelope and FHIR's ``OperationOutcome``.
+        ``validationErrors``/``internalErrors`` envelope, FHIR's ``OperationOutcome`` and the
+        ``{"error", "message"}`` of openEHR servers.
         """
         import json
 
@@ -131,6 +132,14 @@ class ApiResponse:
             document = json.loads(self.body)
         except ValueError:
             return self.body[:200].decode("utf-8", "replace").strip()
+        if isinstance(document, dict) and isinstance(document.get("message"), str):
+            # {"error": "Bad Request", "message": TEXT} (EHRbase, Spring): the message is the
+            # news; the error label is kept only when it says more than the reason phrase.
+            label = document.get("error")
+            message = str(document["message"])
+            if isinstance(label, str) and label and label.lower() != self.reason.lower():
+                message = f"{label}: {message}"
+            return message[:300]
         return (_error_text(document) or str(document))[:300]
 
     def raise_for_status(self) -> None:

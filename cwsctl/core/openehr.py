@@ -193,19 +193,6 @@ def version_uid_of(response: ApiResponse) -> VersionUid | None:
     return None
 
 
-def error_detail(response: ApiResponse) -> str:
-    """The server's error text. EHRbase answers ``{"error": "Bad Request", "message": TEXT}``:
-    the message is the news, the error only repeats the reason phrase."""
-    document = _document(response)
-    if isinstance(document, dict) and isinstance(document.get("message"), str):
-        label = document.get("error")
-        message = str(document["message"])[:300]
-        if isinstance(label, str) and label and label.lower() != response.reason.lower():
-            return f"{label}: {message}"
-        return message
-    return response.error_message()
-
-
 def _unauthorized_hint(client: ApiClient) -> str:
     return client.unauthorized_hint()
 
@@ -224,7 +211,7 @@ def fail(
     with them (or, when neither is given, with any 4xx); 401 gets the client's hint; 5xx is a
     ServerFailureError (exit 5), the rest ClientRequestError (exit 4).
     """
-    detail = error_detail(response)
+    detail = response.error_message()
     base = f"{response.status} {response.reason}"
     if response.status >= 500:
         return ServerFailureError(
@@ -270,7 +257,7 @@ def _stale_latest(response: ApiResponse) -> VersionUid | None:
     if found is not None:
         return found
     # Some servers only say it in the error text.
-    match = re.search(r"[A-Za-z0-9._\-]+::[A-Za-z0-9._\-]+::[0-9.]+", error_detail(response))
+    match = re.search(r"[A-Za-z0-9._\-]+::[A-Za-z0-9._\-]+::[0-9.]+", response.error_message())
     return VersionUid.from_header(match.group(0)) if match else None
 
 
@@ -570,7 +557,7 @@ def delete_composition(
         client,
         response,
         not_found=f"no composition version {preceding} in EHR {ehr_id}",
-        conflict=f"composition {object_id} cannot be deleted: {error_detail(response)}",
+        conflict=f"composition {object_id} cannot be deleted: {response.error_message()}",
         hint=f"see its versions: cwsctl composition history {ehr_id} {object_id}",
     )
 
