@@ -160,3 +160,29 @@ def test_demo_openehr_runs_clean_and_leaves_nothing(run_cwsctl, cwsctl_home):
     assert stale["result"].startswith("refused (exit 4): changed since it was read: latest is ")
     assert stale["result"].endswith("::3")
     assert not cwsctl_home.exists()
+
+
+def test_request_shows_versions_and_a_stale_if_match_names_the_latest(cdr, run_cwsctl, tmp_path):
+    from cwsctl.cli.demo_openehr import composition
+
+    ehr = run_cwsctl("ehr", "create", "--subject-id", "R1", "--namespace", "ns")
+    assert ehr.returncode == 0, ehr.stderr
+    ehr_id = ehr.stdout.decode().strip()
+    body = tmp_path / "c.json"
+    body.write_bytes(composition(120))
+    created = run_cwsctl(
+        "request", "POST", f"/ehr/{ehr_id}/composition", str(body), "--prefer", "minimal", "--json"
+    )
+    document = json.loads(created.stdout)
+    assert created.returncode == 0 and document["status"] == 201 and document["body"] is None
+    v1 = document["etag"].strip('"')
+    assert v1.endswith("::1") and document["location"].endswith(v1)
+    object_id = v1.split("::")[0]
+    path = f"/ehr/{ehr_id}/composition/{object_id}"
+    assert run_cwsctl("request", "PUT", path, str(body), "--if-match", v1).returncode == 0
+    stale = run_cwsctl("request", "PUT", path, str(body), "--if-match", v1)
+    assert stale.returncode == 4
+    error = next(line for line in stale.stderr.decode().splitlines() if "error:" in line)
+    assert error.startswith("cwsctl: error: 412 ") and error.endswith(
+        f"latest is {object_id}::cwsctl-sandbox::2"
+    )
