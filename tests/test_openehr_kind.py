@@ -186,3 +186,16 @@ def test_request_shows_versions_and_a_stale_if_match_names_the_latest(cdr, run_c
     assert error.startswith("cwsctl: error: 412 ") and error.endswith(
         f"latest is {object_id}::cwsctl-sandbox::2"
     )
+
+
+def test_credentials_never_go_to_another_host(cdr, run_cwsctl):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.5)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/steal"
+        result = run_cwsctl("request", "GET", url)
+        assert result.returncode == 2
+        assert "refusing to send this profile's credentials" in result.stderr.decode()
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing connected: the password never left

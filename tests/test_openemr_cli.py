@@ -140,3 +140,16 @@ def test_demo_openemr_runs_clean_and_leaves_nothing(run_cwsctl, cwsctl_home):
     again = next(s for title, s in steps.items() if title.startswith("Send the same"))
     assert create["status"] == "201 Created" and again["patients_stored"] == 1
     assert not cwsctl_home.exists()
+
+
+def test_the_token_never_goes_to_another_host(emr, run_cwsctl):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.5)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/steal"
+        result = run_cwsctl("request", "GET", url)
+        assert result.returncode == 2
+        assert "refusing to send this profile's credentials" in result.stderr.decode()
+        with pytest.raises(TimeoutError):
+            listener.accept()

@@ -41,7 +41,7 @@ from cwsctl.core.exchange import (
 from cwsctl.core.identity import SigningIdentity
 from cwsctl.core.profile import TrustedKey
 from cwsctl.core.signing import body_sha256
-from cwsctl.core.urls import check_transport_security, resolve_url
+from cwsctl.core.urls import check_same_server, check_transport_security, resolve_url
 from cwsctl.core.verification import VerificationResult, verify_response
 
 #: Methods that may be re-sent after the request went out without changing anything twice.
@@ -204,6 +204,9 @@ class ApiClient:
     signs_responses = False
     #: What to call the server in messages.
     server_name = "the server"
+    #: Whether the kind's auth attaches a reusable credential (token, password): then requests
+    #: may only go to the profile's own server.
+    credentials_stay_home = False
 
     def __init__(
         self,
@@ -271,6 +274,8 @@ class ApiClient:
         """The request as it will be sent, before the kind's authentication is added."""
         url = resolve_url(self.base_url, path_or_url)
         check_transport_security(url, allow_http=self.allow_http)
+        if self.credentials_stay_home and self.base_url:
+            check_same_server(url, self.base_url)
         merged = {k: v for k, v in (headers or {}).items()}
         if any(k.lower() == "authorization" for k in merged):
             raise InputError(

@@ -135,3 +135,25 @@ def check_transport_security(url: str, *, allow_http: bool) -> None:
             f"refusing to send patient data over plain http to {parts.hostname}",
             hint="use https, or pass --allow-http if you really mean it",
         )
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of an http(s) URL, the port made explicit."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def check_same_server(url: str, base_url: str) -> None:
+    """InputError unless ``url`` is on the server of ``base_url`` (same scheme, host and port).
+
+    Kinds whose requests carry a reusable credential (a bearer token, a password) call this, so
+    a full URL given to ``request`` can never carry the profile's credential to another host.
+    """
+    if origin(url) != origin(base_url):
+        scheme, host, port = origin(base_url)
+        raise InputError(
+            f"refusing to send this profile's credentials to {urlsplit(url).netloc}: "
+            f"the profile's server is {scheme}://{host}:{port}",
+            hint="give a path on the profile's server, or use a profile made for that server",
+        )

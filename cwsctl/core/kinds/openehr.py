@@ -147,6 +147,7 @@ def credentials(profile: Profile, store: Store) -> httpx.Auth | None:
 class OpenEhrClient(ApiClient):
     """Requests to an openEHR REST server; answers are not signed."""
 
+    credentials_stay_home = True
     server_name = "the openEHR server"
 
     def default_headers(self, url: str, body: bytes) -> dict[str, str]:

@@ -108,6 +108,7 @@ def _id_from_location(response: ApiResponse) -> str | None:
 class OpenEmrClient(ApiClient):
     """Bearer-token requests to OpenEMR's Standard and FHIR APIs (answers are not signed)."""
 
+    credentials_stay_home = True
     server_name = "OpenEMR"
 
     def default_headers(self, url: str, body: bytes) -> dict[str, str]:
