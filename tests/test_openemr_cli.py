@@ -153,3 +153,11 @@ def test_the_token_never_goes_to_another_host(emr, run_cwsctl):
         assert "refusing to send this profile's credentials" in result.stderr.decode()
         with pytest.raises(TimeoutError):
             listener.accept()
+
+
+def test_openehr_commands_refuse_an_openemr_profile(emr, run_cwsctl):
+    result = run_cwsctl("query", "SELECT e/ehr_id/value FROM EHR e")
+    assert result.returncode == 3
+    assert "is of kind openemr; ehr, composition and query work on openehr" in (
+        result.stderr.decode()
+    )

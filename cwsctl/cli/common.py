@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cwsctl.cli.output import Settings
-from cwsctl.core.errors import InputError, LocalKeyError
+from cwsctl.core.errors import InputError, LocalKeyError, ProfileError
 from cwsctl.core.files import read_bytes
 from cwsctl.core.identity import read_passphrase_file
 from cwsctl.core.keys import PassphraseSource
@@ -105,3 +105,15 @@ def patient_mapping(settings: Settings, *, dry_run: bool = False) -> PatientMapp
     if profile is None:
         profile = Profile(name) if dry_run else store.get_profile(name, config)
     return kind_of(profile).patients(profile)
+
+
+def require_kind(settings: Settings, kind: str, commands: str) -> None:
+    """ProfileError (exit 3) unless the profile in force is of ``kind``: ``commands`` exist only
+    for that kind's API, and must not send their bodies (and credentials) to another one."""
+    store, name = store_and_profile(settings)
+    profile = store.get_profile(name)
+    if profile.kind != kind:
+        raise ProfileError(
+            f"profile {name!r} is of kind {profile.kind}; {commands} work on {kind} profiles",
+            hint=f"pick one with -p NAME, or make one: cwsctl profile init NAME --kind {kind} --url …",
+        )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cwsctl.cli.common import open_client, read_body
+from cwsctl.cli.common import open_client, read_body, require_kind
 from cwsctl.cli.options import (
     AllowHttpOption,
     MaxResponseSizeOption,
@@ -99,6 +99,7 @@ def connect(
     out: Output, timeout: float, max_response_size: int | None, allow_http: bool
 ) -> tuple[Any, Traced]:
     """The profile's client (a context manager to close) and its traced face for core calls."""
+    require_kind(out.settings, "openehr", "ehr, composition and query")
     client = open_client(
         out.settings, timeout=timeout, max_response_size=max_response_size, allow_http=allow_http
     )
