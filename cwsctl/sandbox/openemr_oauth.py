@@ -18,6 +18,7 @@ Refusals are ``{"error", "error_description"}`` with RFC 6749 codes: ``invalid_c
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -50,6 +51,7 @@ DEFAULT_SCOPE = "openid email phone address api:oemr api:fhir api:port"
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 _PKCE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")
+_JWKS_DEADLINE_S = 5.0
 _MAX_JWKS_BYTES = 64 * 1024
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -425,7 +427,7 @@ def _checked_jwks(jwks: Any) -> dict[str, Any]:
 
 
 async def _fetch_jwks(uri: str) -> dict[str, Any]:
-    try:
+    async def fetch() -> bytes:
         http = httpx.AsyncClient(timeout=5.0, follow_redirects=False, trust_env=False)
         async with http, http.stream("GET", uri, headers={"Accept": "application/json"}) as answer:
             if answer.status_code != 200:
@@ -435,6 +437,14 @@ async def _fetch_jwks(uri: str) -> dict[str, Any]:
                 body += chunk
                 if len(body) > _MAX_JWKS_BYTES:
                     raise _client_error("jwks_uri answered more than 64 KiB")
+            return body
+
+    try:
+        # One deadline for the whole fetch: httpx's timeout is per read, and a trickling
+        # server would otherwise hold the token request open indefinitely.
+        body = await asyncio.wait_for(fetch(), _JWKS_DEADLINE_S)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        raise _client_error(f"jwks_uri took longer than {_JWKS_DEADLINE_S:g} s") from None
     except httpx.HTTPError as exc:
         raise _client_error(f"jwks_uri could not be fetched: {type(exc).__name__}") from None
     try:
