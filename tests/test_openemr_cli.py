@@ -161,3 +161,22 @@ def test_openehr_commands_refuse_an_openemr_profile(emr, run_cwsctl):
     assert "is of kind openemr; ehr, composition and query work on openehr" in (
         result.stderr.decode()
     )
+
+
+def test_a_stuck_token_lock_holder_cannot_hold_a_job_past_its_timeout(emr, run_cwsctl, cwsctl_home):
+    import fcntl
+    import os
+
+    lock = cwsctl_home / "tokens" / "emr.lock"
+    lock.parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a stopped cron job holding the lock
+        started = time.monotonic()
+        result = run_cwsctl("request", "GET", "/apis/default/fhir/Patient?name=Z", "--timeout", "1")
+        took = time.monotonic() - started
+    finally:
+        os.close(fd)
+    assert result.returncode == 6
+    assert "timed out waiting for the token lock" in result.stderr.decode()
+    assert took < 10  # the 1-second deadline (plus start-up), not forever

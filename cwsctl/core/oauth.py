@@ -297,10 +297,25 @@ class TokenStore:
         except ImportError:  # pragma: no cover - not POSIX
             yield
             return
+        from cwsctl.core.exchange import time_left
+
         ensure_private_dir(self.directory)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Poll rather than block, so a stuck holder (a stopped process) cannot keep this
+            # one past its exchange's deadline (or 60 s when there is none).
+            give_up = time.monotonic() + (time_left() or 60.0)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= give_up:
+                        raise NetworkError(
+                            f"timed out waiting for the token lock {self.lock_path}",
+                            hint="another cwsctl holds it: is one stopped or hung?",
+                        ) from None
+                    time.sleep(0.05)
             yield
         finally:
             os.close(fd)  # closing releases the lock
