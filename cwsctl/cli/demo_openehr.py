@@ -48,8 +48,12 @@ def run_openehr_demo(step: Step, root: Path, bits: int) -> None:
     import secrets
 
     from cwsctl.core import openehr
-    from cwsctl.core.kinds import kind_of
-    from cwsctl.core.kinds.openehr import subject_namespace
+    from cwsctl.core.kinds.openehr import (
+        OpenEhrClient,
+        SecretAuth,
+        basic_authorization,
+        subject_namespace,
+    )
     from cwsctl.core.patients import WALKTHROUGH_EXAMPLE
     from cwsctl.core.profile import Config, Profile, Store
     from cwsctl.core.secrets import store_secret
@@ -74,7 +78,9 @@ def run_openehr_demo(step: Step, root: Path, bits: int) -> None:
         )
         subject = str(WALKTHROUGH_EXAMPLE["external_id"])
         namespace = subject_namespace(str(WALKTHROUGH_EXAMPLE["facility"]))
-        with kind_of(profile).open_client(profile, store, passphrase=None, audit=None) as client:
+        # The demo's own credentials, whatever CWSCTL_PASSWORD says in the caller's environment.
+        auth = SecretAuth(basic_authorization(DEMO_USER, password))
+        with OpenEhrClient(auth, base_url=server.base_url) as client:
             ehr = openehr.create_ehr(client, subject, namespace)
             step(
                 "Provision the patient's EHR (subject: external id in the facility's namespace)",

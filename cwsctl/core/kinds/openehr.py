@@ -131,6 +131,12 @@ class SecretAuth(httpx.Auth):
         return "SecretAuth(<redacted>)"
 
 
+def basic_authorization(username: str, password: str) -> str:
+    """The ``Authorization`` value of HTTP basic auth (RFC 7617)."""
+    userpass = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {userpass}"
+
+
 def credentials(profile: Profile, store: Store) -> httpx.Auth | None:
     """The profile's ``auth``: nothing, basic as ``username``, or a bearer token."""
     from cwsctl.core.secrets import SECRET_FOR_AUTH, resolve_secret
@@ -138,9 +144,8 @@ def credentials(profile: Profile, store: Store) -> httpx.Auth | None:
     if profile.auth == "none":
         return None
     secret = resolve_secret(store, profile.name, SECRET_FOR_AUTH[profile.auth])
-    if profile.auth == "basic":  # RFC 7617; SecretAuth keeps it off the caller's request
-        userpass = base64.b64encode(f"{profile.username}:{secret}".encode()).decode("ascii")
-        return SecretAuth(f"Basic {userpass}")
+    if profile.auth == "basic":
+        return SecretAuth(basic_authorization(profile.username, secret))
     return SecretAuth(f"Bearer {secret}")
 
 
