@@ -9,7 +9,12 @@ import pytest
 from cwsctl.core import keys
 from cwsctl.core.client import ApiResponse
 from cwsctl.core.kinds import kind_of
-from cwsctl.core.kinds.openemr import EXTERNAL_ID_SYSTEM, OpenEmrPatients, fhir_patient
+from cwsctl.core.kinds.openemr import (
+    EXTERNAL_ID_SYSTEM,
+    IDENTIFIER_TYPES,
+    OpenEmrPatients,
+    fhir_patient,
+)
 from cwsctl.core.patients import WALKTHROUGH_EXAMPLE, prepare_patient
 from cwsctl.core.profile import Profile, Store
 
@@ -86,7 +91,11 @@ def test_fhir_patient_holds_what_fhir_has_a_place_for():
     assert patient == {
         "resourceType": "Patient",
         "identifier": [
-            {"system": EXTERNAL_ID_SYSTEM.format(facility="10000"), "value": "FakeExternalID"}
+            {
+                "type": {"coding": [{"system": IDENTIFIER_TYPES, "code": "PT"}]},
+                "system": EXTERNAL_ID_SYSTEM.format(facility="10000"),
+                "value": "FakeExternalID",
+            }
         ],
         "name": [{"family": "Name", "given": ["First"]}],
         "gender": "male",

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 FHIR_JSON = "application/fhir+json"
 #: The identifier system holding CorEMR's external ids of one facility.
 EXTERNAL_ID_SYSTEM = "urn:cwsctl:external-id:facility:{facility}"
+IDENTIFIER_TYPES = "http://terminology.hl7.org/CodeSystem/v2-0203"
 _GENDERS = {"M": "male", "F": "female", "U": "unknown"}
 
 
@@ -43,6 +44,8 @@ def fhir_patient(record: dict[str, Any]) -> dict[str, Any]:
         "resourceType": "Patient",
         "identifier": [
             {
+                # Typed PT (patient external identifier): OpenEMR keeps that one as pubpid.
+                "type": {"coding": [{"system": IDENTIFIER_TYPES, "code": "PT"}]},
                 "system": external_id_system(str(record["facility"])),
                 "value": str(record["external_id"]),
             }
