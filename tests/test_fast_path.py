@@ -1,10 +1,15 @@
-"""The getopt fast path for `cwsctl sign` must behave exactly like the Typer command."""
+"""The fast path (cli/fast.py) must behave exactly like the Typer commands it serves, and its
+table (cli/fast_table.py) must be the one generated from the Typer declarations."""
 
 from __future__ import annotations
 
+import inspect
+from importlib import import_module
+
 import pytest
 
-from cwsctl.cli.fast import try_fast_sign
+from cwsctl.cli import fast
+from cwsctl.cli.fast import TARGETS, try_fast
 from cwsctl.cli.main import run
 from tests.conftest import write_private
 
@@ -19,7 +24,27 @@ def setup(cli, tmp_path, rsa2048):
     return key, body
 
 
-def variants(key, body, tmp_path):
+def test_table_is_generated_from_the_typer_declarations():
+    assert fast.main(["--check"]) == 0, "run: python -m cwsctl.cli.fast"
+
+
+def test_every_target_takes_the_typer_commands_parameters():
+    from cwsctl.cli.fast_table import COMMANDS, ROOT
+
+    for path, target in TARGETS.items():
+        module, _, name = target.partition(":")
+        function = getattr(import_module(module), name)
+        params = set(COMMANDS[path]["params"]) - set(ROOT["globals"])
+        accepted = inspect.signature(function).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            continue  # sign_command(out, **options): SignRequest's fields are checked below
+        assert set(accepted) - {"out"} == params, path
+    from cwsctl.cli.sign_run import SignRequest
+
+    assert set(SignRequest._fields) == set(COMMANDS["sign"]["params"]) - set(ROOT["globals"])
+
+
+def sign_variants(key, body, tmp_path):
     return [
         ["sign", str(body)],
         ["--json", "sign", str(body)],
@@ -27,23 +52,68 @@ def variants(key, body, tmp_path):
         ["-q", "sign", str(body), "--explain"],
         ["sign", str(body), "--signature-only", "--algorithm", "sha1"],
         ["-p", "prod", "sign", "--key", str(key), str(body), "--username=bob"],
+        ["--profile=prod", "-v", "sign", str(body)],
         ["sign", str(body), "--raw-out", str(tmp_path / "sig.bin")],
         ["sign", str(tmp_path / "missing.json")],
         ["-p", "nope", "sign", str(body)],
+        ["-p", "nope", "sign", str(body), "-p", "prod"],
         ["sign", str(body), "--key", str(tmp_path / "nokey")],
     ]
 
 
-def test_fast_path_matches_typer(setup, cli, tmp_path, capsys):
+def verify_variants(key, body, tmp_path):
+    sig = tmp_path / "body.json.sig"
+    return [
+        ["verify", str(body)],  # no FILE.sig yet
+        ["verify", str(body), "--key", str(key)],
+        ["verify", str(body), "--key", str(key), "--signature", "AAAA"],
+        ["--json", "verify", str(body), "--key", str(key), "--signature-file", str(sig)],
+        ["verify", str(body), "--signature", "x", "--header", "y"],
+        ["-q", "verify", str(body), "--algorithm", "sha1", "--key", str(key)],
+        ["verify", str(tmp_path / "missing.json"), "--key", str(key)],
+    ]
+
+
+def assert_same(cli, capsys, argv):
+    fast_code = try_fast(argv)
+    assert fast_code is not None, argv
+    got = capsys.readouterr()
+    typer_result = cli(*argv)
+    assert fast_code == typer_result.exit_code, argv
+    assert got.out == typer_result.stdout, argv
+    assert got.err == typer_result.stderr, argv
+
+
+def test_fast_sign_matches_typer(setup, cli, tmp_path, capsys):
     key, body = setup
-    for argv in variants(key, body, tmp_path):
-        fast_code = try_fast_sign(argv)
-        assert fast_code is not None, argv
-        fast = capsys.readouterr()
-        typer_result = cli(*argv)
-        assert fast_code == typer_result.exit_code, argv
-        assert fast.out == typer_result.stdout, argv
-        assert fast.err == typer_result.stderr, argv
+    for argv in sign_variants(key, body, tmp_path):
+        assert_same(cli, capsys, argv)
+
+
+def test_fast_verify_matches_typer(setup, cli, tmp_path, capsys):
+    key, body = setup
+    for argv in verify_variants(key, body, tmp_path):
+        assert_same(cli, capsys, argv)
+    # With a signature in FILE.sig, and with the profile's pinned keys.
+    header = cli("sign", str(body)).stdout
+    (tmp_path / "body.json.sig").write_text(header)
+    for argv in verify_variants(key, body, tmp_path):
+        assert_same(cli, capsys, argv)
+
+
+def test_fast_path_honours_environment_variables(setup, cli, tmp_path, capsys, monkeypatch):
+    key, body = setup
+    monkeypatch.setenv("CWSCTL_PROFILE", "nope")
+    assert_same(cli, capsys, ["sign", str(body)])
+    assert_same(cli, capsys, ["-p", "prod", "sign", str(body)])
+    monkeypatch.setenv("CWSCTL_DEBUG", "1")  # a traceback: its frames differ, not its end
+    argv = ["verify", str(body), "--key", str(key)]
+    fast_code = try_fast(argv)
+    got = capsys.readouterr()
+    typer_result = cli(*argv)
+    assert fast_code == typer_result.exit_code == 2
+    assert got.err.startswith("Traceback")
+    assert got.err.splitlines()[-2:] == typer_result.stderr.splitlines()[-2:]
 
 
 @pytest.mark.parametrize(
@@ -54,13 +124,20 @@ def test_fast_path_matches_typer(setup, cli, tmp_path, capsys):
         ["sign", "a", "b"],
         ["sign", "body", "--sig"],  # an abbreviation: Typer rejects it, so we must not accept it
         ["sign", "body", "--no-such-option"],
-        ["verify", "sign"],
+        ["sign", "body", "--key"],  # a value missing
+        ["sign", "body", "--json=yes"],
+        ["verify", "--signature", "x"],
+        ["--key", "k", "sign", "body"],  # a command's option before the command
         ["--version", "sign"],
         ["sign", "--", "-weird-name"],
+        ["-qv", "sign", "body"],
+        ["keys", "show"],
+        ["request", "GET", "/ws/"],
+        [],
     ],
 )
 def test_fast_path_leaves_everything_else_to_typer(argv):
-    assert try_fast_sign(argv) is None
+    assert try_fast(argv) is None
 
 
 def test_run_uses_typer_for_usage_errors(capsys):

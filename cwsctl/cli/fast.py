@@ -1,86 +1,260 @@
-"""A fast start-up path for `cwsctl sign`, the command scripts call once per request.
+"""A fast start-up path for the commands scripts call once per request, without Typer.
 
-Typer (with the pydantic it uses for coercion) costs ~150 ms to import, several times the cost
-of signing itself. A plain `sign` invocation is therefore parsed here with getopt and run with
-the same code as the Typer command (cli/sign_run.py). Anything this parser does not fully
-understand (help, a typo, an unknown option) falls back to Typer, which owns usage errors and
-help. tests/test_fast_path.py keeps both parsers in step.
+Typer costs ~40 ms to import and, when it parses, imports pydantic (~30 ms) for coercion:
+several times the cost of signing a body. A plain invocation of a command listed in
+:data:`TARGETS` is therefore parsed here and run with the same code the Typer command runs.
+
+Nothing here declares an option. What the parser knows (each command's options, arguments,
+flags, environment variables and defaults, and the root's global options) is the table in
+``cli/fast_table.py``, generated from the Typer declarations by ``python -m cwsctl.cli.fast``;
+tests/test_fast_path.py checks that the table is current and that both paths give the same
+output and exit status. Only options that need no conversion beyond ``str``/``Path``/flag can
+be served (the generator refuses anything else). Anything the parser does not fully understand
+(help, ``--version``, ``--``, an unknown option, an abbreviation, a missing or extra argument)
+falls back to Typer, which owns usage errors and help.
 """
 
 from __future__ import annotations
 
-import getopt
 import os
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-# getopt rather than argparse: argparse (and the shutil it pulls in) costs ~11 ms at start-up.
-_SHORT = "p:qv"
-_FLAGS = ("json", "debug", "quiet", "verbose", "signature-only", "explain")
-_VALUED = ("profile", "key", "passphrase-file", "username", "algorithm", "raw-out")
-_LONG = [*_FLAGS, *(f"{name}=" for name in _VALUED)]
-_SHORT_NAMES = {"-p": "profile", "-q": "quiet", "-v": "verbose"}
+#: command path -> "module:function" taking (out, **params), free of typer; params are named as
+#: in the Typer command (tests/test_fast_path.py checks the signatures match).
+TARGETS = {
+    "sign": "cwsctl.cli.sign_run:sign_command",
+    "verify": "cwsctl.cli.sign_run:verify_command",
+}
+#: root options that only Typer handles (their presence sends the call to Typer).
+TYPER_ONLY = ("--version", "--install-completion", "--show-completion", "--help")
 
 
-def _parse(argv: list[str]) -> tuple[dict[str, str | bool], list[str]] | None:
-    """GNU-style parse (options anywhere); None for anything Typer should handle."""
-    for arg in argv:
-        if arg == "--":
-            return None
-        # getopt accepts unique prefixes of long options; Typer does not, so neither do we.
-        if arg.startswith("--") and arg[2:].split("=", 1)[0] not in (*_FLAGS, *_VALUED):
-            return None
+class _Fallback(Exception):
+    """Let Typer handle this command line."""
+
+
+def _parse(
+    argv: list[str], table: dict[str, Any], values: dict[str, Any], positional: list[str]
+) -> None:
+    """Click-style options of one level (``--opt V``, ``--opt=V``, ``-o V``, flags) into
+    ``values``; other words into ``positional``. Raises _Fallback for anything else."""
+    options = table["options"]
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "-" or not arg.startswith("-"):
+            positional.append(arg)
+            continue
+        flag, has_value, inline = arg.partition("=")
+        if arg.startswith("--") and has_value:
+            spec = options.get(flag)
+        else:
+            spec, inline = options.get(arg), None
+        if spec is None:
+            raise _Fallback
+        name, kind = spec
+        if kind == "flag":
+            if inline is not None:
+                raise _Fallback
+            values[name] = True
+            continue
+        if inline is None:
+            if i >= len(argv):
+                raise _Fallback
+            inline = argv[i]
+            i += 1
+        values[name] = inline
+
+
+def _resolve(table: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter's value, as Click resolves it: given, else env var, else default."""
+    resolved: dict[str, Any] = {}
+    for name, (kind, envvar, default) in table["params"].items():
+        value = given.get(name)
+        if value is None and envvar:
+            value = os.environ.get(envvar) or None
+            if value is not None and kind == "flag":
+                raise _Fallback  # Click's bool parsing of env values: leave it to Typer
+        if value is None:
+            value = default
+        elif kind == "path":
+            from pathlib import Path
+
+            value = Path(value)
+        resolved[name] = value
+    return resolved
+
+
+def try_fast(argv: Sequence[str]) -> int | None:
+    """Run a plain invocation of a command in :data:`TARGETS` and return its exit status, or
+    None to fall back to Typer."""
+    if any(arg in TYPER_ONLY or arg == "--" for arg in argv):
+        return None
+    from cwsctl.cli.fast_table import COMMANDS, ROOT
+
+    words = list(argv)
     try:
-        pairs, positional = getopt.gnu_getopt(argv, _SHORT, _LONG)
-    except getopt.GetoptError:
+        # Root options come before the command name (Click stops at the first other word).
+        start = 0
+        while start < len(words) and words[start].startswith("-") and words[start] != "-":
+            spec = ROOT["options"].get(words[start].partition("=")[0])
+            if spec is None:
+                return None
+            start += 2 if spec[1] != "flag" and "=" not in words[start] else 1
+        for size in (2, 1):
+            name = " ".join(words[start : start + size])
+            if len(name.split()) == size and name in COMMANDS:
+                root_given: dict[str, Any] = {}
+                stray: list[str] = []
+                _parse(words[:start], ROOT, root_given, stray)
+                if stray:
+                    return None
+                return _run(name, words[start + size :], ROOT, root_given, COMMANDS[name])
+    except _Fallback:
         return None
-    options: dict[str, str | bool] = {}
-    for flag, value in pairs:
-        name = _SHORT_NAMES.get(flag, flag.lstrip("-"))
-        options[name] = value if name in _VALUED else True
-    return options, positional
+    return None
 
 
-def try_fast_sign(argv: Sequence[str]) -> int | None:
-    """Run a plain `cwsctl sign …` and return its exit status, or None to fall back to Typer."""
-    if "sign" not in argv or any(arg in ("-h", "--help", "--version") for arg in argv):
-        return None
-    parsed = _parse(list(argv))
-    if parsed is None:
-        return None
-    options, positional = parsed
-    if len(positional) != 2 or positional[0] != "sign":
-        return None
+def _run(
+    name: str, rest: list[str], root: dict[str, Any], root_given: dict[str, Any], table: Any
+) -> int:
+    given: dict[str, Any] = {}
+    positional: list[str] = []
+    _parse(rest, table, given, positional)
+    arguments = table["arguments"]
+    required = sum(1 for _, needed in arguments if needed)
+    if not required <= len(positional) <= len(arguments):
+        raise _Fallback
+    given.update({arg: value for (arg, _), value in zip(arguments, positional, strict=False)})
+    params = _resolve(table, given)
 
     from cwsctl.cli.errors import run_reporting_errors
-    from cwsctl.cli.output import Output, Settings
-    from cwsctl.cli.sign_run import SignRequest, sign_file
+    from cwsctl.cli.output import SETTING_FOR, Output, Settings, apply_globals
 
-    def text(name: str) -> str | None:
-        value = options.get(name)
-        return value if isinstance(value, str) else None
+    settings = Settings()
+    for values in (_resolve(root, root_given), params):
+        apply_globals(
+            settings,
+            {SETTING_FOR.get(g, g): values.pop(g, None) for g in root["globals"]},
+        )
+    module, _, function = TARGETS[name].partition(":")
+    import importlib
 
-    def path(name: str) -> Path | None:
-        value = text(name)
-        return Path(value) if value is not None else None
-
-    as_json = bool(options.get("json"))
-    settings = Settings(
-        profile=text("profile") or os.environ.get("CWSCTL_PROFILE") or None,
-        json=as_json,
-        quiet=bool(options.get("quiet")) or as_json,
-        verbose=bool(options.get("verbose")),
-        debug=bool(options.get("debug")) or bool(os.environ.get("CWSCTL_DEBUG")),
-    )
-    request = SignRequest(
-        positional[1],
-        path("key"),
-        path("passphrase-file"),
-        text("username"),
-        text("algorithm"),
-        bool(options.get("signature-only")),
-        path("raw-out"),
-        bool(options.get("explain")),
-    )
+    target = getattr(importlib.import_module(module), function)
     out = Output(settings)
-    return run_reporting_errors(out, sign_file, out, request)
+    return run_reporting_errors(out, target, out, **params)
+
+
+# The generator: the table above, from the Typer declarations ---------------------------------
+_ROOT_GLOBALS = {
+    "profile_name": "profile",
+    "json_output": "json_output",
+    "quiet": "quiet",
+    "verbose": "verbose",
+    "debug": "debug",
+}
+
+
+def _kind(param: Any) -> str:
+    info = param.type_descriptor.parameter_info
+    annotation = param.type_descriptor.annotation
+    from pathlib import Path
+
+    if (
+        getattr(info, "parser", None) is not None
+        or getattr(info, "click_type", None) is not None
+        or param.multiple
+        or param.nargs != 1
+        or param.callback is not None
+        or getattr(param, "count", False)
+        or getattr(param, "secondary_opts", [])
+    ):
+        raise ValueError(f"the fast path cannot serve {param.name!r}: it needs Typer's conversion")
+    if getattr(param, "is_flag", False):
+        return "flag"
+    if annotation is Path:
+        return "path"
+    if annotation is str:
+        return "str"
+    raise ValueError(f"the fast path cannot serve {param.name!r} of type {annotation!r}")
+
+
+def _table(params: Any, rename: dict[str, str] | None = None) -> dict[str, Any]:
+    options: dict[str, tuple[str, str]] = {}
+    arguments: list[tuple[str, bool]] = []
+    described: dict[str, tuple[str, str | None, Any]] = {}
+    for param in params:
+        if param.param_type_name == "option" and "--" + param.name.replace("_", "-") in (
+            "--install-completion",
+            "--show-completion",
+            "--version",
+        ):
+            continue
+        name = (rename or {}).get(param.name, param.name)
+        kind = _kind(param)
+        if param.param_type_name == "argument":
+            arguments.append((name, bool(param.required)))
+        else:
+            for opt in param.opts:
+                options[opt] = (name, kind)
+        default = param.default
+        described[name] = (kind, param.envvar, default)
+    return {"options": options, "arguments": arguments, "params": described}
+
+
+def build_table() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(root table, {command path: table}) from the live Typer commands."""
+    import typer
+
+    from cwsctl.cli.app import app
+
+    root = typer.main.get_command(app)
+    ctx = typer.Context(root)
+    root_table = _table(root.params, _ROOT_GLOBALS)
+    root_table["globals"] = sorted(_ROOT_GLOBALS.values())
+    commands: dict[str, dict[str, Any]] = {}
+    for path in TARGETS:
+        command: Any = root
+        for word in path.split():
+            command = command.get_command(ctx, word)
+        commands[path] = _table(command.params)
+    return root_table, commands
+
+
+def render_table() -> str:
+    """The text of cli/fast_table.py."""
+    import pprint
+
+    root, commands = build_table()
+    return (
+        '"""Generated by `python -m cwsctl.cli.fast` from the Typer declarations: do not edit.\n\n'
+        'What the fast path (cli/fast.py) may parse; tests/test_fast_path.py checks it is current.\n"""\n\n'
+        "# fmt: off\n"
+        f"ROOT = {pprint.pformat(root, width=99, sort_dicts=True)}\n\n"
+        f"COMMANDS = {pprint.pformat(commands, width=99, sort_dicts=True)}\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cwsctl.cli.fast [--check]``: write (or check) cli/fast_table.py."""
+    import sys
+    from pathlib import Path
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = Path(__file__).with_name("fast_table.py")
+    text = render_table()
+    if args == ["--check"]:
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if current != text:
+            print(f"{path} is stale: run python -m cwsctl.cli.fast", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 def run(args: Sequence[str] | None = None) -> int:
     """Run cwsctl with ``args`` and return the exit status."""
     argv = list(sys.argv[1:] if args is None else args)
-    from cwsctl.cli.fast import try_fast_sign
+    from cwsctl.cli.fast import try_fast
 
-    fast = try_fast_sign(argv)
+    fast = try_fast(argv)
     if fast is not None:
         return fast
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -18,9 +17,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from cwsctl.cli.errors import run_reporting_errors
-from cwsctl.cli.output import Output, Settings
+from cwsctl.cli.output import SETTING_FOR, Output, Settings, apply_globals
 from cwsctl.cli.params import ByteSize, Number, OneOf
-from cwsctl.core.keys import ALLOWED_BITS
 
 ProfileOption = Annotated[
     str | None,
@@ -72,7 +70,17 @@ MAX_LATENCY_MS = 600_000  # ten minutes
 MAX_CLOCK_SKEW_S = 366 * 86400  # a year either way
 
 SECONDS = Number("seconds", above=0, at_most=MAX_TIMEOUT_S)
-KEY_BITS = OneOf(ALLOWED_BITS, "RSA key sizes in bits")
+
+
+def __getattr__(name: str) -> Any:
+    # KEY_BITS needs core.keys, which imports cryptography's serialization (~12 ms): built on
+    # first use so that `cwsctl --help` and commands without --bits do not pay for it.
+    if name == "KEY_BITS":
+        from cwsctl.core.keys import ALLOWED_BITS
+
+        value = globals()[name] = OneOf(ALLOWED_BITS, "RSA key sizes in bits")
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def timeout_option(help_text: str) -> Any:
@@ -139,7 +147,7 @@ _GLOBALS: dict[str, Any] = {
     "verbose": VerboseOption,
     "debug": DebugOption,
 }
-_SETTING_FOR = {"json_output": "json"}
+_SETTING_FOR = SETTING_FOR
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -155,13 +163,7 @@ def root_settings(ctx: typer.Context) -> Settings:
 def merge_globals(ctx: typer.Context, values: dict[str, Any]) -> Settings:
     """Copy every global option given here (not None) into the root Settings."""
     settings = root_settings(ctx)
-    for name, value in values.items():
-        if value is not None:
-            setattr(settings, _SETTING_FOR.get(name, name), value)
-    if settings.json:
-        settings.quiet = True  # a JSON document on stdout; people-messages would only clutter
-    if os.environ.get("CWSCTL_DEBUG"):
-        settings.debug = True
+    apply_globals(settings, {_SETTING_FOR.get(name, name): value for name, value in values.items()})
     return settings
 
 

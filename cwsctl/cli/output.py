@@ -33,6 +33,22 @@ class Settings:
         self.debug = debug
 
 
+#: a global option's parameter name -> its Settings attribute, where they differ
+SETTING_FOR = {"json_output": "json"}
+
+
+def apply_globals(settings: Settings, values: dict[str, Any]) -> Settings:
+    """Copy every global option given (not None; keys are Settings attributes) into ``settings``."""
+    for name, value in values.items():
+        if value is not None:
+            setattr(settings, name, value)
+    if settings.json:
+        settings.quiet = True  # a JSON document on stdout; people-messages would only clutter
+    if os.environ.get("CWSCTL_DEBUG"):
+        settings.debug = True
+    return settings
+
+
 class Output:
     """Writes results to stdout and messages to stderr, honouring --quiet, --json and NO_COLOR."""
 

@@ -1,15 +1,25 @@
-"""What `cwsctl sign` does, free of typer so the fast start-up path (cli/fast.py) can share it."""
+"""What `cwsctl sign` and `cwsctl verify` do, free of typer so the fast start-up path
+(cli/fast.py) runs the same code as the Typer commands (cli/signature.py declares the options)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from cwsctl.cli.common import passphrase_source, read_body
+from cwsctl.cli.common import passphrase_source, read_body, store_and_profile
 from cwsctl.cli.output import Output
-from cwsctl.core.files import atomic_write
+from cwsctl.core import keys
+from cwsctl.core.errors import InputError, LocalKeyError, SignatureError
+from cwsctl.core.files import atomic_write, read_bytes
 from cwsctl.core.identity import load_identity
-from cwsctl.core.signing import Algorithm, body_sha256
+from cwsctl.core.signing import (
+    Algorithm,
+    SignatureInput,
+    body_sha256,
+    decode_base64_signature,
+    detect_signature_input,
+)
+from cwsctl.core.verification import Candidate, VerificationResult, verify_with_candidates
 
 
 class SignRequest(NamedTuple):
@@ -23,6 +33,11 @@ class SignRequest(NamedTuple):
     signature_only: bool = False
     raw_out: Path | None = None
     explain: bool = False
+
+
+def sign_command(out: Output, **options: Any) -> None:
+    """`cwsctl sign` with its parameters named as in the Typer command."""
+    sign_file(out, SignRequest(**options))
 
 
 def sign_file(out: Output, options: SignRequest) -> None:
@@ -68,3 +83,78 @@ def sign_file(out: Output, options: SignRequest) -> None:
         out.line(header.signature_b64)
     else:
         out.line(header.format())
+
+
+def verify_command(
+    out: Output,
+    file: Path,
+    key: Path | None = None,
+    signature: str | None = None,
+    signature_file: Path | None = None,
+    header: str | None = None,
+    algorithm: str | None = None,
+) -> None:
+    """`cwsctl verify`: check a body's signature; exit 7 (SignatureError) when it fails."""
+    given = [s for s in (signature, signature_file, header) if s is not None]
+    if len(given) > 1:
+        raise InputError("give only one of --signature, --signature-file and --header")
+    body = read_bytes(file, what="body file")
+    sig_input = _signature_input(file, signature, signature_file, header)
+    chosen = _algorithm(sig_input.algorithm, algorithm)
+    candidates = _candidates(out, key, sig_input.username)
+    result = verify_with_candidates(
+        body, sig_input.signature, chosen, candidates, sig_input.username
+    )
+    _report(out, result)
+
+
+def _signature_input(
+    file: Path, signature: str | None, signature_file: Path | None, header: str | None
+) -> SignatureInput:
+    if header is not None:
+        return detect_signature_input(header.encode("utf-8"))
+    if signature is not None:
+        if signature.strip().lower().startswith("cws-"):  # a whole header pasted: accept it
+            return detect_signature_input(signature.encode("utf-8"))
+        return SignatureInput(decode_base64_signature(signature), "base64")
+    path = signature_file or file.with_name(file.name + ".sig")
+    if signature_file is None and not path.exists():
+        raise InputError(
+            f"no signature given and {path} does not exist",
+            hint="pass --signature B64, --signature-file F or --header VALUE",
+        )
+    return detect_signature_input(read_bytes(path, what="signature file"))
+
+
+def _algorithm(from_header: Algorithm | None, option: str | None) -> Algorithm:
+    chosen = Algorithm.from_name(option) if option else None
+    if from_header and chosen and from_header is not chosen:
+        raise InputError(f"--algorithm {option} contradicts the header's {from_header.scheme}")
+    return from_header or chosen or Algorithm.SHA256
+
+
+def _candidates(out: Output, key: Path | None, signer: str | None) -> list[Candidate]:
+    if key is not None:
+        return [Candidate(keys.load_public_key(key, passphrase_source(None)))]
+    store, name = store_and_profile(out.settings)
+    profile = store.get_profile(name)
+    pinned = profile.trusted_for(signer) if signer else profile.trusted
+    if not pinned:
+        who = f"signer {signer!r}" if signer else "any signer"
+        raise LocalKeyError(
+            f"profile {name!r} has no pinned key for {who}",
+            hint="pass --key PUBLIC_KEY, or pin CorEMR's key: cwsctl profile trust KEY.pem",
+        )
+    return [Candidate.pinned(t) for t in pinned]
+
+
+def _report(out: Output, result: VerificationResult) -> None:
+    if out.settings.json:
+        out.json(result.to_json())
+    elif result.verified:
+        out.line("Verified OK")
+    if result.verified:
+        who = f"{result.signer} " if result.signer else ""
+        out.info(f"signed by {who}({result.key_fingerprint})")
+        return
+    raise SignatureError(f"Verification failure: {result.reason}")
