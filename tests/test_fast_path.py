@@ -116,6 +116,21 @@ def test_fast_path_honours_environment_variables(setup, cli, tmp_path, capsys, m
     assert got.err.splitlines()[-2:] == typer_result.stderr.splitlines()[-2:]
 
 
+def test_fast_keys_show_matches_typer(setup, cli, tmp_path, capsys):
+    cli("profile", "init", "empty", "--url", "https://cws.example.org", "--username", "bob")
+    for argv in [
+        ["keys", "show"],
+        ["--json", "keys", "show"],
+        ["keys", "show", "--json"],
+        ["-q", "keys", "show"],
+        ["keys", "show", "-p", "prod", "-v"],
+        ["keys", "show", "--passphrase-file", str(tmp_path / "none")],
+        ["-p", "nope", "keys", "show"],
+        ["-p", "empty", "keys", "show"],  # no key: exit 3
+    ]:
+        assert_same(cli, capsys, argv)
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -131,8 +146,10 @@ def test_fast_path_honours_environment_variables(setup, cli, tmp_path, capsys, m
         ["--version", "sign"],
         ["sign", "--", "-weird-name"],
         ["-qv", "sign", "body"],
-        ["keys", "show"],
-        ["request", "GET", "/ws/"],
+        ["keys", "show", "--help"],
+        ["keys", "show", "extra"],
+        ["keys", "--json", "show"],
+        ["keys", "list"],
         [],
     ],
 )

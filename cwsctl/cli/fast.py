@@ -25,6 +25,7 @@ from typing import Any
 TARGETS = {
     "sign": "cwsctl.cli.sign_run:sign_command",
     "verify": "cwsctl.cli.sign_run:verify_command",
+    "keys show": "cwsctl.cli.keys_run:show_command",
 }
 #: root options that only Typer handles (their presence sends the call to Typer).
 TYPER_ONLY = ("--version", "--install-completion", "--show-completion", "--help")

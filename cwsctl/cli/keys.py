@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from cwsctl.cli.common import passphrase_file_from, passphrase_source, store_and_profile
+from cwsctl.cli.keys_run import key_document, show_command, show_public
 from cwsctl.cli.options import KEY_BITS, PassphraseFileOption, RotateTimeoutOption, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.core import keys
@@ -24,26 +24,6 @@ app = typer.Typer(
 )
 
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace the profile's existing key.")]
-
-
-def _key_document(profile: str, path: Path, key: RSAPrivateKey) -> dict[str, object]:
-    public = key.public_key()
-    return {
-        "profile": profile,
-        "key_path": str(path),
-        "bits": key.key_size,
-        "fingerprint": keys.fingerprint(public),
-        "public_key": keys.public_key_pem(public).decode("ascii"),
-    }
-
-
-def _show_public(
-    out: Output, document: dict[str, object], extra: dict[str, object] | None = None
-) -> None:
-    if out.settings.json:
-        out.json({**document, **(extra or {})})
-    else:
-        out.data(str(document["public_key"]))
 
 
 @with_globals
@@ -85,10 +65,10 @@ def keygen(
     out.info(f"Generating a {bits}-bit RSA key for profile {profile!r}…")
     key = keys.generate_private_key(bits)
     keys.save_private_key(path, key, passphrase, overwrite=force)
-    document = _key_document(profile, path, key)
+    document = key_document(profile, path, key)
     if public_out is not None:
         atomic_write(public_out, keys.public_key_pem(key.public_key()))
-    _show_public(out, document, {"encrypted": passphrase is not None})
+    show_public(out, document, {"encrypted": passphrase is not None})
     config = store.load()
     username = config.profiles[profile].username if profile in config.profiles else "USERNAME"
     out.success(f"Private key saved to {path} (mode 0600{', encrypted' if passphrase else ''})")
@@ -138,8 +118,8 @@ def import_key(
 
     key = keys.parse_private_key(data, remember, source=str(file), validate=True)
     keys.save_private_key(path, key, asked[-1] if asked else None, overwrite=force)
-    document = _key_document(profile, path, key)
-    _show_public(out, document)
+    document = key_document(profile, path, key)
+    show_public(out, document)
     out.success(f"Imported {key.key_size}-bit key into profile {profile!r}: {path}")
     out.info(f"Fingerprint: {document['fingerprint']} (compare with CorEMR's Public Keys page)")
 
@@ -148,12 +128,7 @@ def import_key(
 @with_globals
 def show(out: Output, passphrase_file: PassphraseFileOption = None) -> None:
     """Print the profile's public key PEM on stdout and its fingerprint on stderr."""
-    store, profile = store_and_profile(out.settings)
-    path = existing_key_path(store, profile)
-    key = keys.load_private_key(path, passphrase_source(passphrase_file))
-    document = _key_document(profile, path, key)
-    _show_public(out, document)
-    out.info(f"Fingerprint: {document['fingerprint']}")
+    show_command(out, passphrase_file)
 
 
 @app.command("export-public")
@@ -169,9 +144,9 @@ def export_public(
     store, profile = store_and_profile(out.settings)
     path = existing_key_path(store, profile)
     key = keys.load_private_key(path, passphrase_source(passphrase_file))
-    document = _key_document(profile, path, key)
+    document = key_document(profile, path, key)
     if file is None:
-        _show_public(out, document)
+        show_public(out, document)
         return
     atomic_write(file, str(document["public_key"]).encode("ascii"))
     if out.settings.json:
