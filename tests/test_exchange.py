@@ -121,3 +121,17 @@ def test_a_compressed_answer_is_refused(gzip_server):
     with bounded_client(timeout=5) as http, pytest.raises(httpx.TransportError) as caught:
         http.get(gzip_server)
     assert "'gzip'-encoded answer" in str(caught.value)
+
+
+def test_cookies_an_answer_sets_are_kept_and_answers_without_any_change_nothing():
+    import httpx
+
+    from cwsctl.core.exchange import bounded_client
+
+    with bounded_client() as client:
+        request = httpx.Request("GET", "http://cookies.test/")
+        answer = httpx.Response(200, headers={"set-cookie": "a=b; Path=/"}, request=request)
+        client.cookies.extract_cookies(answer)
+        assert client.cookies.get("a") == "b"
+        client.cookies.extract_cookies(httpx.Response(200, request=request))
+        assert dict(client.cookies) == {"a": "b"}

@@ -108,15 +108,17 @@ def create(
         ),
     ] = None,
     concurrency: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--concurrency",
             metavar="N",
             envvar="CWSCTL_CONCURRENCY",
             parser=WholeNumber(*CONCURRENCY_RANGE),
-            help="Requests in flight, 1 to 64.",
+            help="Most requests in flight, 1 to 64 (default: adaptive, from 8 up to 32; fewer "
+            "while the server answers 429/503).",
+            show_default=False,
         ),
-    ] = 8,
+    ] = None,
     journal: Annotated[
         Path | None,
         typer.Option(
@@ -259,13 +261,13 @@ def _bulk(
     file_format: str | None,
     journal_path: Path | None,
     report_path: Path | None,
-    concurrency: int,
+    concurrency: int | None,
     dry_run: bool,
     stop_on_error: bool,
     retries: int,
     connection: dict[str, Any],
 ) -> None:
-    from cwsctl.core.bulk import BulkLoad
+    from cwsctl.core.bulk import DEFAULT_MAX_CONCURRENCY, BulkLoad
     from cwsctl.core.journal import Journal
     from cwsctl.core.readers import detect_format, read_rows
     from cwsctl.core.report import ReportWriter
@@ -280,7 +282,11 @@ def _bulk(
         client = journal = None
         if not dry_run:
             client = stack.enter_context(
-                open_client(out.settings, max_connections=concurrency, **connection)
+                open_client(
+                    out.settings,
+                    max_connections=concurrency or DEFAULT_MAX_CONCURRENCY,
+                    **connection,
+                )
             )
             journal = stack.enter_context(Journal(journal_path or Path(source + ".journal")))
             if journal.torn_lines:

@@ -1,19 +1,27 @@
 """Bulk patient loads: validate, send concurrently, journal every step, never send a patient twice.
 
 ``BulkLoad.run`` reads rows lazily, validates each locally (the same schema the sandbox uses),
-and keeps at most ``2 × concurrency`` rows in flight, so memory is flat in the number of rows.
-Each row goes through ``_send_row``: look it up first if an earlier attempt may have taken effect,
-journal ``sending``, POST, journal the outcome. A response that fails verification stops the run
-at once (the row stays "in doubt" and is looked up on the next run).
+and hands at most ``2 × concurrency`` rows at a time to its worker threads, so memory is flat in
+the number of rows. Each row goes through ``_send_row``: look it up first if an earlier attempt may
+have taken effect, journal ``sending``, POST, journal the outcome. A response that fails
+verification stops the run at once (the row stays "in doubt" and is looked up on the next run).
+
+How many requests are in flight is set by :class:`InFlightLimit`, which adapts like TCP's
+congestion window: it grows while the server answers and the limit is the bottleneck, halves on a
+busy signal (429, 503, a lost or late answer), and every request waits out a ``Retry-After``.
+Without an explicit ``concurrency`` it starts at 8 and may grow to 32; an explicit value is the
+most it ever uses (and where it starts).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
 from cwsctl.core.client import ApiClient, ApiResponse, OutcomeUnknownError
@@ -28,6 +36,15 @@ from cwsctl.core.readers import InputRow
 OUTCOMES = ("created", "exists", "skipped", "valid", "invalid", "rejected", "failed", "unknown")
 #: The outcomes of rows that need nothing more: created (now or earlier), or valid in a dry run.
 DONE_OUTCOMES = frozenset({"created", "exists", "skipped", "valid"})
+#: In-flight limit without an explicit ``concurrency``: where it starts, and the most it grows to.
+DEFAULT_CONCURRENCY = 8
+DEFAULT_MAX_CONCURRENCY = 32
+#: Answers that mean "too much, slow down": nothing was processed, the row is sent again later.
+BUSY_STATUSES = frozenset({429, 503})
+#: Busy answers a row may get before it is given up (they do not use up ``retries``).
+BUSY_RETRIES = 10
+#: The longest ``Retry-After`` honoured; a server asking for more fails the row instead.
+MAX_RETRY_AFTER = 120.0
 
 
 class RowResult(NamedTuple):
@@ -62,14 +79,20 @@ class Summary:
 
     counts: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
-    server_failures: int = 0  # failed rows whose last answer was a 5xx (the rest: network)
+    server_failures: int = 0  # failed rows whose last answer was a 5xx
+    refused_failures: int = 0  # failed rows whose last answer was a 4xx (429: still too busy)
     security_error: SignatureError | None = None
+    throttled: int = 0  # busy answers (429/503) that were waited out and retried
+    lowest_limit: int | None = None  # the fewest requests in flight the load dropped to
 
     def add(self, result: RowResult) -> None:
         """Count one row."""
         self.counts[result.outcome] += 1
-        if result.outcome == "failed" and result.status is not None and result.status >= 500:
-            self.server_failures += 1
+        if result.outcome == "failed" and result.status is not None:
+            if result.status >= 500:
+                self.server_failures += 1
+            elif result.status >= 400:
+                self.refused_failures += 1
 
     @property
     def total(self) -> int:
@@ -87,12 +110,13 @@ class Summary:
             return ExitStatus.SIGNATURE
         if self.interrupted:
             return ExitStatus.INTERRUPTED
-        network = self.counts["failed"] - self.server_failures + self.counts["unknown"]
+        answered = self.server_failures + self.refused_failures
+        network = self.counts["failed"] - answered + self.counts["unknown"]
         if network:
             return ExitStatus.NETWORK
         if self.server_failures:
             return ExitStatus.HTTP_5XX
-        if self.counts["invalid"] or self.counts["rejected"]:
+        if self.counts["invalid"] or self.counts["rejected"] or self.refused_failures:
             return ExitStatus.HTTP_4XX
         return ExitStatus.OK
 
@@ -106,6 +130,82 @@ class Summary:
         }
 
 
+class InFlightLimit:
+    """How many requests may be in flight at once: additive increase, multiplicative decrease.
+
+    ``acquire`` takes a slot (waiting for one, and for any ``Retry-After`` in force) and returns a
+    ticket; ``release`` gives it back with what the answer said. The limit starts at ``initial``
+    and never passes ``maximum``: it doubles per window of good answers until the first busy
+    signal (slow start), then grows by one per window; a window counts only answers that came
+    back while every slot was taken, so an idle limit does not creep up. A busy signal halves it,
+    once per round trip: answers to requests sent before the last decrease do not decrease it
+    again.
+    """
+
+    def __init__(self, initial: int, maximum: int) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = max(1, min(initial, self.maximum))
+        self.lowest = self.limit
+        self.busy_signals = 0
+        self._active = 0
+        self._good = 0
+        self._slow_start = True
+        self._generation = 0  # bumped by each decrease
+        self._resume_at = 0.0  # time.monotonic() before which nothing is sent (Retry-After)
+        self._closed = False
+        self._cond = threading.Condition(threading.Lock())
+
+    def acquire(self, stop: threading.Event) -> int | None:
+        """Wait for a slot; a ticket for ``release``, or None if the run is stopping during a
+        Retry-After pause (see ``wake``)."""
+        with self._cond:
+            while True:
+                pause = self._resume_at - time.monotonic()
+                if pause > 0:
+                    if stop.is_set() or self._closed:
+                        return None
+                    self._cond.wait(pause)
+                    continue
+                if self._active < self.limit:
+                    self._active += 1
+                    return self._generation
+                self._cond.wait()
+
+    def release(self, ticket: int, *, busy: bool = False, retry_after: float | None = None) -> None:
+        """Give a slot back; ``busy`` when the answer said to slow down."""
+        with self._cond:
+            saturated = self._active >= self.limit
+            self._active -= 1
+            if busy:
+                self.busy_signals += 1
+                self._slow_start = False
+                self._good = 0
+                if ticket == self._generation:
+                    self._generation += 1
+                    self.limit = max(1, self.limit // 2)
+                    self.lowest = min(self.lowest, self.limit)
+                if retry_after:
+                    wait = min(retry_after, MAX_RETRY_AFTER)
+                    self._resume_at = max(self._resume_at, time.monotonic() + wait)
+                    self._cond.notify_all()
+                    return
+            elif saturated and self.limit < self.maximum:
+                self._good += 1
+                if self._good >= self.limit:
+                    self._good = 0
+                    grow = self.limit if self._slow_start else 1
+                    self.limit = min(self.maximum, self.limit + grow)
+            free = self.limit - self._active
+            if free > 0:
+                self._cond.notify(free)
+
+    def wake(self) -> None:
+        """End every Retry-After wait at once: the run is stopping (``stop`` is set)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
 class BulkLoad:
     """One bulk load of patient rows through a profile kind's client and patient mapping."""
 
@@ -115,16 +215,24 @@ class BulkLoad:
         journal: Journal | None,
         mapping: PatientMapping,
         *,
-        concurrency: int = 8,
+        concurrency: int | None = None,
         retries: int = 3,
         stop_on_error: bool = False,
         backoff: float = 0.5,
     ) -> None:
-        """``client=None`` is a dry run: rows are validated, nothing is sent."""
+        """``client=None`` is a dry run: rows are validated, nothing is sent.
+
+        ``concurrency``: the most requests in flight (None: adaptive, from
+        DEFAULT_CONCURRENCY up to DEFAULT_MAX_CONCURRENCY).
+        """
         self.client = client
         self.journal = journal
         self.mapping = mapping
-        self.concurrency = max(1, concurrency)
+        if concurrency is None:
+            self.limiter = InFlightLimit(DEFAULT_CONCURRENCY, DEFAULT_MAX_CONCURRENCY)
+        else:
+            self.limiter = InFlightLimit(concurrency, concurrency)
+        self.concurrency = self.limiter.maximum
         self.retries = max(0, retries)
         self.stop_on_error = stop_on_error
         self.backoff = backoff
@@ -133,32 +241,63 @@ class BulkLoad:
     def run(self, rows: Iterable[InputRow], on_result: Callable[[RowResult], None]) -> Summary:
         """Process every row; call ``on_result`` (in this thread) as each one finishes.
 
-        Ctrl-C stops taking new rows, lets the rows in flight finish and be journaled, and
+        Ctrl-C stops taking new rows, lets the rows handed out finish and be journaled, and
         returns with ``interrupted`` set. A file-level input error is raised after the same
         draining, so nothing already done is lost.
         """
         summary = Summary()
         seen: dict[tuple[str, str], int] = {}
-        pending: set[Future[RowResult]] = set()
+        # Worker threads take rows from `tasks` and put each row's result (or the exception it
+        # raised) on `results`; only this thread reads `results`, so on_result runs here.
+        tasks: queue.SimpleQueue[tuple[int, _ToSend] | None] = queue.SimpleQueue()
+        results: queue.SimpleQueue[RowResult | BaseException] = queue.SimpleQueue()
+        workers: list[threading.Thread] = []
+        outstanding = 0
+        window = 2 * self.concurrency
 
         def finish(result: RowResult) -> None:
             summary.add(result)
             on_result(result)
             if self.stop_on_error and not result.done:
-                self._stop.set()
+                self._halt()
+
+        def take(block: bool) -> bool:
+            nonlocal outstanding
+            try:
+                item = results.get(block)
+            except queue.Empty:
+                return False
+            outstanding -= 1
+            if isinstance(item, SignatureError):
+                summary.security_error = summary.security_error or item
+                self._halt()
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                finish(item)
+            return True
 
         def collect(block_until_below: int) -> None:
-            nonlocal pending
-            while len(pending) > block_until_below:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    try:
-                        finish(future.result())
-                    except SignatureError as exc:
-                        summary.security_error = summary.security_error or exc
-                        self._stop.set()
+            while outstanding > block_until_below:
+                take(True)
+            while take(False):
+                pass
 
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="cwsctl-bulk") as pool:
+        def hand_out(number: int, row: _ToSend) -> None:
+            nonlocal outstanding
+            if len(workers) < self.concurrency:
+                worker = threading.Thread(
+                    target=self._work,
+                    args=(tasks, results),
+                    name=f"cwsctl-bulk-{len(workers)}",
+                    daemon=True,
+                )
+                worker.start()
+                workers.append(worker)
+            outstanding += 1
+            tasks.put((number, row))
+
+        try:
             try:
                 for row in rows:
                     if self._stop.is_set():
@@ -167,18 +306,41 @@ class BulkLoad:
                     if isinstance(checked, RowResult):
                         finish(checked)
                         continue
-                    pending.add(pool.submit(self._send_row, row.number, checked))
-                    collect(2 * self.concurrency - 1)
+                    hand_out(row.number, checked)
+                    collect(window - 1)
                 collect(0)
             except KeyboardInterrupt:
-                self._stop.set()
+                self._halt()
                 summary.interrupted = True
                 collect(0)
             except CwsError:
-                self._stop.set()
+                self._halt()
                 collect(0)
                 raise
+        finally:
+            for _ in workers:
+                tasks.put(None)
+            for worker in workers:
+                worker.join()
+        summary.throttled = self.limiter.busy_signals
+        summary.lowest_limit = self.limiter.lowest
         return summary
+
+    def _halt(self) -> None:
+        """Take no more rows, retry nothing more, and cut every Retry-After wait short."""
+        self._stop.set()
+        self.limiter.wake()
+
+    def _work(
+        self,
+        tasks: queue.SimpleQueue[tuple[int, _ToSend] | None],
+        results: queue.SimpleQueue[RowResult | BaseException],
+    ) -> None:
+        while (task := tasks.get()) is not None:
+            try:
+                results.put(self._send_row(*task))
+            except BaseException as exc:  # handed to run(), which raises it in its thread
+                results.put(exc)
 
     # -- per row -----------------------------------------------------------------------------
     def _check(self, row: InputRow, seen: dict[tuple[str, str], int]) -> RowResult | _ToSend:
@@ -215,9 +377,17 @@ class BulkLoad:
         create = self.mapping.create_request(row.record)
         in_doubt = bool(self.journal and self.journal.in_doubt(key))
         last = RowResult(number, external_id, facility, "failed", message="not sent")
-        for attempt in range(self.retries + 1):
-            if attempt and (self._stop.is_set() or not self._pause(attempt)):
+        failures = busy = 0
+        last_busy = False
+        while failures <= self.retries and busy <= BUSY_RETRIES:
+            if (failures or busy) and (
+                self._stop.is_set() or not self._pause(busy if last_busy else failures, last_busy)
+            ):
                 break
+            ticket = self.limiter.acquire(self._stop)
+            if ticket is None:
+                break
+            congested, retry_after = False, None
             try:
                 # One deadline per attempt: its look-up and its send share the --timeout budget.
                 with exchange_deadline(self.client.timeout):
@@ -236,10 +406,16 @@ class BulkLoad:
                             )
                     self._journal(key, number, "sending")
                     response = self.client.request(*create)
+                if response.status in BUSY_STATUSES:
+                    congested = True
+                    retry_after = retry_after_seconds(response.headers.get("retry-after"))
             except _LookupFailed as exc:  # the state stays in doubt; nothing was sent
                 last = RowResult(
                     number, external_id, facility, "failed", exc.status, message=exc.message
                 )
+                congested, retry_after = exc.status in BUSY_STATUSES, exc.retry_after
+                last_busy = congested
+                busy, failures = (busy + 1, failures) if congested else (busy, failures + 1)
                 continue
             except SignatureError:
                 self._journal(key, number, "unknown", verified=False)
@@ -249,7 +425,25 @@ class BulkLoad:
                 outcome = "unknown" if isinstance(exc, OutcomeUnknownError) else "failed"
                 self._journal(key, number, outcome)
                 last = RowResult(number, external_id, facility, outcome, message=exc.message)
-                in_doubt = True
+                in_doubt = congested = True  # a lost or late answer may mean an overloaded server
+                last_busy = False
+                failures += 1
+                continue
+            finally:
+                self.limiter.release(ticket, busy=congested, retry_after=retry_after)
+            if congested:
+                # Refused unprocessed (too many requests, unavailable): slow down, send again.
+                self._journal(key, number, "failed", status=response.status)
+                message = f"server busy ({response.status}): {response.error_message()}"
+                last = RowResult(
+                    number, external_id, facility, "failed", response.status, message=message
+                )
+                in_doubt = in_doubt or response.status >= 500  # as after any 5xx: look up first
+                last_busy = True
+                busy += 1
+                if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+                    waited = f"; it asked to wait {retry_after:.0f} s (more than cwsctl waits)"
+                    return last._replace(message=message + waited)
                 continue
             result = self._outcome(number, external_id, facility, response)
             if result.outcome == "exists" and result.patient_id is None:
@@ -267,7 +461,8 @@ class BulkLoad:
             )
             if result.outcome != "failed":
                 return result
-            last, in_doubt = result, True
+            last, in_doubt, last_busy = result, True, False
+            failures += 1
         return last
 
     def _outcome(
@@ -288,8 +483,12 @@ class BulkLoad:
         """The server id of an existing patient, or None (raises on network/signature failure)."""
         assert self.client is not None
         response = self.client.request("GET", self.mapping.lookup_path(external_id, facility))
-        if response.status >= 500:
-            raise _LookupFailed(response.status, f"lookup failed: {response.error_message()}")
+        if response.status >= 500 or response.status in BUSY_STATUSES:
+            raise _LookupFailed(
+                response.status,
+                f"lookup failed: {response.error_message()}",
+                retry_after_seconds(response.headers.get("retry-after")),
+            )
         if response.status != 200:
             return None
         return self.mapping.found_id(response)
@@ -305,15 +504,37 @@ class BulkLoad:
         if self.journal is not None:
             self.journal.record(key, number, outcome, **facts)
 
-    def _pause(self, attempt: int) -> bool:
-        """Back off before a retry; False if the run is being stopped meanwhile."""
-        return not self._stop.wait(self.backoff * (2 ** (attempt - 1)))
+    def _pause(self, attempt: int, busy: bool = False) -> bool:
+        """Back off before a retry; False if the run is being stopped meanwhile.
+
+        After a busy answer the pause stops doubling at 8 s: the limiter (and any Retry-After)
+        already slows the whole load down.
+        """
+        pause = self.backoff * (2 ** (attempt - 1))
+        return not self._stop.wait(min(pause, 8.0) if busy else pause)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header as seconds from now (delay-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(0.0, moment.timestamp() - time.time())
 
 
 class _LookupFailed(Exception):
-    """The server failed (5xx) to say whether a patient exists."""
+    """The server failed (5xx) or was too busy (429) to say whether a patient exists."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after

@@ -227,6 +227,7 @@ class ApiClient:
         self.max_response_size = max_response_size
         self.audit = audit
         self._auth = auth
+        self._urls: dict[str, str] = {}  # path -> checked absolute URL (see _checked_url)
         # Connection failures happen before anything is sent, so the transport may retry them.
         self._http = bounded_client(
             timeout=timeout,
@@ -272,10 +273,7 @@ class ApiClient:
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Request:
         """The request as it will be sent, before the kind's authentication is added."""
-        url = resolve_url(self.base_url, path_or_url)
-        check_transport_security(url, allow_http=self.allow_http)
-        if self.credentials_stay_home and self.base_url:
-            check_same_server(url, self.base_url)
+        url = self._checked_url(path_or_url)
         merged = {k: v for k, v in (headers or {}).items()}
         if any(k.lower() == "authorization" for k in merged):
             raise InputError(
@@ -286,6 +284,23 @@ class ApiClient:
             if key.lower() not in given:
                 merged[key] = value
         return self._http.build_request(method.upper(), url, content=body, headers=merged)
+
+    def _checked_url(self, path_or_url: str) -> str:
+        """The absolute URL for ``path_or_url``, refused unless its transport (and, for kinds
+        whose requests carry a credential, its server) is allowed.
+
+        A bulk load asks for the same path once per row, so the answer for paths without a
+        query string (look-ups carry one per patient) is kept.
+        """
+        url = self._urls.get(path_or_url)
+        if url is None:
+            url = resolve_url(self.base_url, path_or_url)
+            check_transport_security(url, allow_http=self.allow_http)
+            if self.credentials_stay_home and self.base_url:
+                check_same_server(url, self.base_url)
+            if "?" not in path_or_url and len(self._urls) < 64:
+                self._urls[path_or_url] = url
+        return url
 
     def request(
         self,
@@ -327,11 +342,13 @@ class ApiClient:
             url=str(request.url),
             status=response.status_code,
             reason=response.reason_phrase,
-            headers=dict(response.headers),
+            # items(), not dict(headers): the same names (lower case) and joined values, in
+            # one pass instead of a scan of every header per name.
+            headers=dict(response.headers.items()),
             body=response.content,
             verification=response.extensions.get(VERIFICATION_EXTENSION),
             elapsed_ms=(time.perf_counter() - started) * 1000,
-            request_headers=dict(request.headers),
+            request_headers=dict(request.headers.items()),
         )
         self._record(request, result, started)
         return result

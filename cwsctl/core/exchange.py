@@ -241,9 +241,38 @@ def bounded_client(
         retries=retries,
         max_connections=max_connections,
     )
-    return httpx.Client(
+    return _Client(
         transport=transport,
         timeout=httpx.Timeout(timeout),
         follow_redirects=False,
         headers={"Accept-Encoding": "identity"},
     )
+
+
+class _Cookies(httpx.Cookies):
+    """httpx's cookie jar, which skips an answer that sets no cookie.
+
+    httpx hands every answer to the standard library's cookie machinery, building two adapter
+    objects each time, which costs more than the rest of reading a small answer's headers.
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Store the cookies an answer sets (there is nothing to do without ``Set-Cookie``)."""
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
+class _Client(httpx.Client):
+    """``httpx.Client`` whose cookie jar is a :class:`_Cookies` (behaviour unchanged)."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """The client's cookie jar."""
+        jar: httpx.Cookies | None = self.__dict__.get("_cwsctl_cookies")
+        if jar is None:
+            jar = self.__dict__["_cwsctl_cookies"] = _Cookies()
+        return jar
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        self.__dict__["_cwsctl_cookies"] = _Cookies(cookies)

@@ -115,6 +115,7 @@ class EnvelopeApp:
         self.max_body = max_body
         self.faults = faults if faults is not None else Faults()
         self._router = router
+        self._in_flight = 0  # fault-switched requests in progress (for max_in_flight)
         _quiet_uvicorn_about_drops()
 
     def close(self) -> None:
@@ -151,11 +152,31 @@ class EnvelopeApp:
             return
         started = time.perf_counter()
         dice = self._dice
+        faulty = self._faulty(scope["path"])
+        cap = dice.faults.max_in_flight if faulty else 0
+        busy = 0 < cap <= self._in_flight
+        if faulty:
+            self._in_flight += 1
+        try:
+            await self._handle(scope, receive, send, dice, faulty, busy, started)
+        finally:
+            if faulty:
+                self._in_flight -= 1
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        dice: FaultDice,
+        faulty: bool,
+        busy: bool,
+        started: float,
+    ) -> None:
         path: str = scope["path"]
-        faulty = self._faulty(path)
         username = "-"
         note = ""
-        if faulty and dice.faults.latency_ms:
+        if faulty and dice.faults.latency_ms and not busy:
             await asyncio.sleep(dice.latency_seconds())
         try:
             body, too_large = await self._read_body(scope, receive)
@@ -163,6 +184,10 @@ class EnvelopeApp:
             return
         if too_large is not None:
             answer = too_large
+        elif busy:
+            answer = _error(429, "too many requests in progress (injected fault)")
+            answer.headers.append((b"retry-after", b"1"))
+            note = " fault=busy"
         elif faulty and dice.hit(dice.faults.error_rate):
             answer = _error(500, "internal server error (injected fault)")
             note = " fault=error"

@@ -15,10 +15,14 @@ or an environment variable (constructor values win):
 ``CWSCTL_SANDBOX_SEED``           seed for the fault dice, for reproducible runs
 ``CWSCTL_SANDBOX_CLOCK_SKEW_S``   seconds added to every response's Date header, /ws/ included
                                   (a server with a wrong clock, for `cwsctl doctor`)
+``CWSCTL_SANDBOX_MAX_IN_FLIGHT``  a request arriving while this many others are in progress is
+                                  answered 429 with ``Retry-After: 1``, not processed (a server
+                                  that limits concurrent requests; 0: no limit)
 ================================  ======================================================
 
-Order per request: latency, then error (500, nothing processed), else processing, then the
-response is unsigned, or else corrupted, and finally maybe dropped.
+Order per request: the in-flight cap (429, nothing processed), latency, then error (500, nothing
+processed), else processing, then the response is unsigned, or else corrupted, and finally maybe
+dropped.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Faults:
     unsigned_rate: float = 0.0
     seed: int | None = None
     clock_skew_s: int = 0  # shifts every response's Date header (for `cwsctl doctor`)
+    max_in_flight: int = 0  # more concurrent patient requests than this are answered 429
 
     def __post_init__(self) -> None:
         for name in _RATE_FIELDS:
@@ -56,11 +61,16 @@ class Faults:
             raise InputError(
                 f"latency must be a whole number of milliseconds ≥ 0, not {self.latency_ms!r}"
             )
+        if not isinstance(self.max_in_flight, int) or self.max_in_flight < 0:
+            raise InputError(
+                f"max in flight must be a whole number ≥ 0, not {self.max_in_flight!r}"
+            )
 
     @property
     def active(self) -> bool:
         """Whether any fault can happen."""
-        return any(getattr(self, name) for name in (*_RATE_FIELDS, "latency_ms", "clock_skew_s"))
+        switches = (*_RATE_FIELDS, "latency_ms", "clock_skew_s", "max_in_flight")
+        return any(getattr(self, name) for name in switches)
 
     def describe(self) -> str:
         """A short human summary, e.g. ``drop 10%, latency ≤50 ms``."""
@@ -73,6 +83,8 @@ class Faults:
             parts.append(f"latency ≤{self.latency_ms} ms")
         if self.clock_skew_s:
             parts.append(f"clock {self.clock_skew_s:+d} s")
+        if self.max_in_flight:
+            parts.append(f"429 above {self.max_in_flight} in flight")
         return ", ".join(parts) or "none"
 
     def to_json(self) -> dict[str, object]:
