@@ -180,3 +180,27 @@ def test_a_stuck_token_lock_holder_cannot_hold_a_job_past_its_timeout(emr, run_c
     assert result.returncode == 6
     assert "timed out waiting for the token lock" in result.stderr.decode()
     assert took < 10  # the 1-second deadline (plus start-up), not forever
+
+
+def test_one_journal_cannot_be_resumed_against_another_server(
+    emr, make_openemr_sandbox, tmp_path, run_cwsctl, rsa2048
+):
+    source = write_csv(tmp_path / "in.csv", [patient(0)])
+    assert run_cwsctl("patients", "create", "--from", str(source)).returncode == 0
+    other = make_openemr_sandbox()
+    init = ("profile", "init", "emr2", "--kind", "openemr", "--url", other.url)
+    key = write_private(tmp_path / "k2.pem", rsa2048)
+    for args in (
+        init,
+        ("-p", "emr2", "keys", "import", str(key)),
+        ("-p", "emr2", "oauth", "register"),
+    ):
+        assert run_cwsctl(*args).returncode == 0
+    result = run_cwsctl("-p", "emr2", "patients", "create", "--from", str(source))
+    assert result.returncode == 2
+    assert "is the journal of a load into openemr " + emr.url in result.stderr.decode()
+    assert other.count_patients() == 0
+    own = run_cwsctl(
+        "-p", "emr2", "patients", "create", "--from", str(source), "--journal", str(tmp_path / "j2")
+    )
+    assert own.returncode == 0 and other.count_patients() == 1

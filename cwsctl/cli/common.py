@@ -117,3 +117,10 @@ def require_kind(settings: Settings, kind: str, commands: str) -> None:
             f"profile {name!r} is of kind {profile.kind}; {commands} work on {kind} profiles",
             hint=f"pick one with -p NAME, or make one: cwsctl profile init NAME --kind {kind} --url …",
         )
+
+
+def load_target(settings: Settings) -> str:
+    """What a bulk load's journal is tied to: the profile's kind and server URL."""
+    store, name = store_and_profile(settings)
+    profile = store.get_profile(name)
+    return f"{profile.kind} {profile.url}"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cwsctl.cli.common import open_client, patient_mapping, read_body
+from cwsctl.cli.common import load_target, open_client, patient_mapping, read_body
 from cwsctl.cli.options import (
     CONCURRENCY_RANGE,
     RETRIES_RANGE,
@@ -288,7 +288,9 @@ def _bulk(
                     **connection,
                 )
             )
-            journal = stack.enter_context(Journal(journal_path or Path(source + ".journal")))
+            journal = stack.enter_context(
+                Journal(journal_path or Path(source + ".journal"), target=load_target(out.settings))
+            )
             if journal.torn_lines:
                 out.warn("the journal's last line was torn (a crash?); that row will be re-checked")
         writer = ReportWriter(report_path) if report_path is not None else None

@@ -252,6 +252,7 @@ class BulkLoad:
         tasks: queue.SimpleQueue[tuple[int, _ToSend] | None] = queue.SimpleQueue()
         results: queue.SimpleQueue[RowResult | BaseException] = queue.SimpleQueue()
         workers: list[threading.Thread] = []
+        fatal: list[BaseException] = []  # the first error that stops the run (a token refused…)
         outstanding = 0
         window = 2 * self.concurrency
 
@@ -272,7 +273,9 @@ class BulkLoad:
                 summary.security_error = summary.security_error or item
                 self._halt()
             elif isinstance(item, BaseException):
-                raise item
+                # Stop, but let the rows still in flight finish and be reported first.
+                fatal.append(item)
+                self._halt()
             else:
                 finish(item)
             return True
@@ -309,6 +312,8 @@ class BulkLoad:
                     hand_out(row.number, checked)
                     collect(window - 1)
                 collect(0)
+                if fatal:
+                    raise fatal[0]
             except KeyboardInterrupt:
                 self._halt()
                 summary.interrupted = True
@@ -489,8 +494,14 @@ class BulkLoad:
                 f"lookup failed: {response.error_message()}",
                 retry_after_seconds(response.headers.get("retry-after")),
             )
-        if response.status != 200:
+        if response.status == 404:
             return None
+        if response.status != 200:
+            # A refused search (400/401/403) says nothing about whether the patient exists:
+            # the row stays in doubt rather than being sent again blind.
+            raise _LookupFailed(
+                response.status, f"lookup refused: {response.status} {response.error_message()}"
+            )
         return self.mapping.found_id(response)
 
     def _existing_id(self, external_id: str, facility: str) -> Any:
@@ -531,7 +542,8 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 class _LookupFailed(Exception):
-    """The server failed (5xx) or was too busy (429) to say whether a patient exists."""
+    """The server failed (5xx), was too busy (429) or refused (4xx) to say whether a patient
+    exists."""
 
     def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)

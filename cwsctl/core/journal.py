@@ -37,8 +37,11 @@ class JournalBusyError(InputError):
 class Journal:
     """Append-only journal with an in-memory index of each key's latest state."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, target: str | None = None) -> None:
+        """Open (or start) the journal at ``path``; ``target`` names the server it loads into
+        (e.g. ``"cws https://coremr.example.org"``): a journal of another target is refused."""
         self.path = path
+        self.target: str | None = None
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._written = self._synced = 0  # lines appended, and how many of them are on disk
@@ -48,6 +51,7 @@ class Journal:
         try:
             _lock_exclusively(self._fd, path)
             self._salt = self._load()
+            self._bind(target)
         except BaseException:
             os.close(self._fd)
             raise
@@ -68,6 +72,8 @@ class Journal:
                     salt = _salt_of(entry)
                 elif isinstance(entry, dict) and isinstance(entry.get("key"), str):
                     self._states[entry["key"]] = entry
+                elif isinstance(entry, dict) and isinstance(entry.get("target"), str):
+                    self.target = entry["target"]
                 else:
                     raise ValueError("not a journal entry")
             except (ValueError, RecursionError):
@@ -79,6 +85,22 @@ class Journal:
             salt = secrets.token_bytes(16)
             self._append({"journal": JOURNAL_VERSION, "salt": salt.hex()})
         return salt
+
+    def _bind(self, target: str | None) -> None:
+        """Refuse a journal written for another server; tie a new (or older) one to ``target``.
+
+        Outcomes are only true of the server they came from: a row "created" in CorEMR is not
+        in OpenEMR, so resuming another target's journal would silently skip every row.
+        """
+        if target is None or self.target == target:
+            return
+        if self.target is not None:
+            raise InputError(
+                f"{self.path} is the journal of a load into {self.target}, not {target}",
+                hint="give this load its own journal with --journal FILE",
+            )
+        self._append({"target": target})
+        self.target = target
 
     # -- queries -------------------------------------------------------------------------
     def key_for(self, external_id: str, facility: str) -> str:
