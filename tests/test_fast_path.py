@@ -4,6 +4,7 @@ table (cli/fast_table.py) must be the one generated from the Typer declarations.
 from __future__ import annotations
 
 import inspect
+import re
 from importlib import import_module
 
 import pytest
@@ -150,6 +151,13 @@ def test_fast_keys_show_matches_typer(setup, cli, tmp_path, capsys):
         ["keys", "show", "extra"],
         ["keys", "--json", "show"],
         ["keys", "list"],
+        ["request", "GET", "/ws/", "--help"],
+        ["request", "GET"],
+        ["request", "GET", "/ws/", "body", "extra"],
+        ["request", "GET", "/ws/", "--dry"],  # an abbreviation
+        ["request", "GET", "/ws/", "-H"],
+        ["request", "GET", "/ws/", "-HX: 1"],  # a value attached to a short option
+        ["request", "GET", "/ws/", "--dry-run=1"],
         [],
     ],
 )
@@ -160,3 +168,91 @@ def test_fast_path_leaves_everything_else_to_typer(argv):
 def test_run_uses_typer_for_usage_errors(capsys):
     assert run(["sign", "body", "--sig"]) == 2
     assert capsys.readouterr().err.startswith("cwsctl: error: No such option")
+
+
+def _same_answer(text: str) -> str:
+    """An answer with what differs between two sends of the same request (time) masked."""
+    text = re.sub(r"\d+(\.\d+)? ?ms\b", "N ms", text)
+    return re.sub(r'"date": "[^"]*"', '"date": "D"', text)
+
+
+def test_fast_request_matches_typer(cli, capsys, sandbox, sandbox_profile, tmp_path):
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"external_id": "x"}\n')
+    url = f"{sandbox.url}/ws/"
+    offline = [
+        ["request", "POST", "/ws/patients/", str(body), "--dry-run"],
+        ["-q", "request", "POST", "/ws/patients/", str(body), "--curl"],
+        ["request", "GET", url, "--dry-run", "-H", "X-A: 1", "--header=X-B: 2", "-H", "X-A: 3"],
+        [
+            "request",
+            "PUT",
+            "/ws/x",
+            str(body),
+            "--dry-run",
+            "--if-match",
+            "v1",
+            "--prefer",
+            "MINIMAL",
+        ],
+        ["request", "GET", "/ws/", "--dry-run", "--timeout", "5", "--max-response-size", "1K"],
+        ["request", "GET", "/ws/", "--dry-run", "-H", "no colon"],  # the command's own error
+        ["-p", "nope", "request", "GET", "/ws/", "--dry-run"],
+        ["request", "POST", "/ws/patients/", str(tmp_path / "missing"), "--dry-run"],
+    ]
+    for argv in offline:
+        assert_same(cli, capsys, argv)
+    sends = [
+        ["request", "GET", "/ws/"],
+        ["-q", "request", "GET", "/ws/", "-o", str(tmp_path / "out.json")],
+        ["request", "GET", "/ws/", "--json", "--timeout=10"],
+        ["request", "GET", "/ws/nothing-here"],  # 404: exit 4
+        ["-v", "request", "GET", "/ws/", "--insecure-skip-verify"],
+    ]
+    for argv in sends:
+        fast_code = try_fast(argv)
+        assert fast_code is not None, argv
+        got = capsys.readouterr()
+        typer_result = cli(*argv)
+        assert fast_code == typer_result.exit_code, argv
+        assert _same_answer(got.out) == _same_answer(typer_result.stdout), argv
+        assert _same_answer(got.err) == _same_answer(typer_result.stderr), argv
+
+
+def test_fast_request_honours_environment_variables(
+    cli, capsys, sandbox, sandbox_profile, monkeypatch
+):
+    monkeypatch.setenv("CWSCTL_TIMEOUT", "7")
+    monkeypatch.setenv("CWSCTL_MAX_RESPONSE_SIZE", "2M")
+    assert_same(cli, capsys, ["request", "GET", "/ws/", "--dry-run"])
+    monkeypatch.setenv("CWSCTL_MAX_RESPONSE_SIZE", "10")  # an answer past it: exit 6
+    argv = ["-q", "request", "GET", "/ws/"]
+    assert try_fast(argv) == 6
+    got = capsys.readouterr().err
+    typer_result = cli(*argv)
+    assert typer_result.exit_code == 6
+    assert _same_answer(got) == _same_answer(typer_result.stderr)
+    assert "the answer is larger than" in got, got
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["request", "GET", "/ws/", "--timeout", "nan"], {}, "Invalid value for '--timeout'"),
+        (["request", "GET", "/ws/", "--timeout", "0"], {}, "Invalid value for '--timeout'"),
+        (["request", "GET", "/ws/", "--dry-run"], {"CWSCTL_TIMEOUT": "x"}, "'--timeout'"),
+        (["request", "GET", "/ws/", "--max-response-size", "1T"], {}, "'--max-response-size'"),
+        (["request", "GET", "/ws/", "--prefer", "all"], {}, "Invalid value for '--prefer'"),
+        (["request", "GET", "ftp://x/", "--dry-run"], {}, "Invalid value for 'PATH_OR_URL'"),
+        (["request", "GET", "/ws/\x07"], {}, "Invalid value for 'PATH_OR_URL'"),
+    ],
+)
+def test_fast_request_leaves_bad_values_to_typer(argv, env, message, capsys, monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert try_fast(argv) is None
+    assert capsys.readouterr() == ("", "")
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cwsctl: error: ") and message in err.splitlines()[0], err
+    assert err.splitlines()[1].startswith("hint: see 'cwsctl request --help'"), err

@@ -82,13 +82,13 @@ class Traced:
         headers: Mapping[str, str] | None = None,
     ) -> ApiResponse:
         """Send through the real client; show the exchange when -v is on."""
-        from cwsctl.cli.request import _show_exchange
+        from cwsctl.cli.request_run import show_exchange
 
         response = self._client.request(method, path_or_url, body, headers)
         if self._out.settings.verbose:
             self._out.info(f"> {response.method} {response.url}", "dim")
             self._out.info(f"< {response.status} {response.reason}", "dim")
-            _show_exchange(self._out, response, body, False)
+            show_exchange(self._out, response, body, False)
         return response
 
     def __getattr__(self, name: str) -> Any:
@@ -238,7 +238,7 @@ def get(
     prints the response envelope (status, headers with etag, body). A deleted composition, or
     none at that version or time, exits 4.
     """
-    from cwsctl.cli.request import show_response
+    from cwsctl.cli.request_run import show_response
     from cwsctl.core.errors import InputError
     from cwsctl.core.openehr import get_composition
 

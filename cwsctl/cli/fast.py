@@ -8,10 +8,14 @@ Nothing here declares an option. What the parser knows (each command's options, 
 flags, environment variables and defaults, and the root's global options) is the table in
 ``cli/fast_table.py``, generated from the Typer declarations by ``python -m cwsctl.cli.fast``;
 tests/test_fast_path.py checks that the table is current and that both paths give the same
-output and exit status. Only options that need no conversion beyond ``str``/``Path``/flag can
-be served (the generator refuses anything else). Anything the parser does not fully understand
-(help, ``--version``, ``--``, an unknown option, an abbreviation, a missing or extra argument)
-falls back to Typer, which owns usage errors and help.
+output and exit status. A parameter is served when it needs no conversion beyond
+``str``/``Path``/flag, or when its conversion is a ``parser=`` from cli/params.py (the table
+carries how that parser was made, and the same parser runs here on the value from the command
+line, the environment or the default, as Click runs it); a repeatable option (``-H``) is served
+when it is a plain list of strings. The generator refuses anything else. Anything the parser does
+not fully understand (help, ``--version``, ``--``, an unknown option, an abbreviation, a missing
+or extra argument, a value its parser rejects) falls back to Typer, which owns usage errors
+(the one-line message and exit 2) and help.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ TARGETS = {
     "sign": "cwsctl.cli.sign_run:sign_command",
     "verify": "cwsctl.cli.sign_run:verify_command",
     "keys show": "cwsctl.cli.keys_run:show_command",
+    "request": "cwsctl.cli.request_run:request_command",
 }
 #: root options that only Typer handles (their presence sends the call to Typer).
 TYPER_ONLY = ("--version", "--install-completion", "--show-completion", "--help")
@@ -66,13 +71,16 @@ def _parse(
                 raise _Fallback
             inline = argv[i]
             i += 1
-        values[name] = inline
+        if kind == "multi":
+            values.setdefault(name, []).append(inline)
+        else:
+            values[name] = inline
 
 
 def _resolve(table: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """Every parameter's value, as Click resolves it: given, else env var, else default."""
     resolved: dict[str, Any] = {}
-    for name, (kind, envvar, default) in table["params"].items():
+    for name, (kind, envvar, default, parser) in table["params"].items():
         value = given.get(name)
         if value is None and envvar:
             value = os.environ.get(envvar) or None
@@ -84,6 +92,13 @@ def _resolve(table: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
             from pathlib import Path
 
             value = Path(value)
+        if parser is not None and value is not None:
+            from cwsctl.cli.params import from_spec
+
+            try:
+                value = from_spec(parser)(value)
+            except Exception:
+                raise _Fallback from None  # Typer reports the rejection (one line, exit 2)
         resolved[name] = value
     return resolved
 
@@ -158,34 +173,51 @@ _ROOT_GLOBALS = {
 }
 
 
-def _kind(param: Any) -> str:
+def _kind(param: Any) -> tuple[str, Any]:
+    """(kind, parser spec or None) of a Click parameter built by Typer; ValueError when the fast
+    path cannot convert its values exactly as Typer does."""
     info = param.type_descriptor.parameter_info
     annotation = param.type_descriptor.annotation
+    parser = getattr(info, "parser", None)
     from pathlib import Path
 
+    from cwsctl.cli.params import from_spec
+
+    cannot = ValueError(f"the fast path cannot serve {param.name!r}: it needs Typer's conversion")
     if (
-        getattr(info, "parser", None) is not None
-        or getattr(info, "click_type", None) is not None
-        or param.multiple
+        getattr(info, "click_type", None) is not None
         or param.nargs != 1
         or param.callback is not None
         or getattr(param, "count", False)
         or getattr(param, "secondary_opts", [])
     ):
-        raise ValueError(f"the fast path cannot serve {param.name!r}: it needs Typer's conversion")
+        raise cannot
+    if parser is not None:
+        spec = getattr(parser, "spec", None)
+        # Only a parser from cli/params.py, which the table can name and make again.
+        if spec is None or param.multiple or getattr(param, "is_flag", False):
+            raise cannot
+        if from_spec(spec).spec != spec:
+            raise cannot
+        return "parsed", spec
+    if param.multiple:
+        # A repeatable option of strings, given on the command line only.
+        if annotation != list[str] or param.envvar or param.default is not None:
+            raise cannot
+        return "multi", None
     if getattr(param, "is_flag", False):
-        return "flag"
+        return "flag", None
     if annotation is Path:
-        return "path"
+        return "path", None
     if annotation is str:
-        return "str"
+        return "str", None
     raise ValueError(f"the fast path cannot serve {param.name!r} of type {annotation!r}")
 
 
 def _table(params: Any, rename: dict[str, str] | None = None) -> dict[str, Any]:
     options: dict[str, tuple[str, str]] = {}
     arguments: list[tuple[str, bool]] = []
-    described: dict[str, tuple[str, str | None, Any]] = {}
+    described: dict[str, tuple[str, str | None, Any, Any]] = {}
     for param in params:
         if param.param_type_name == "option" and "--" + param.name.replace("_", "-") in (
             "--install-completion",
@@ -194,14 +226,14 @@ def _table(params: Any, rename: dict[str, str] | None = None) -> dict[str, Any]:
         ):
             continue
         name = (rename or {}).get(param.name, param.name)
-        kind = _kind(param)
+        kind, parser = _kind(param)
         if param.param_type_name == "argument":
             arguments.append((name, bool(param.required)))
         else:
             for opt in param.opts:
                 options[opt] = (name, kind)
         default = param.default
-        described[name] = (kind, param.envvar, default)
+        described[name] = (kind, param.envvar, default, parser)
     return {"options": options, "arguments": arguments, "params": described}
 
 

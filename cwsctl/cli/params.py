@@ -18,9 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from cwsctl.core.errors import InputError
 from cwsctl.core.urls import (
@@ -31,15 +29,36 @@ from cwsctl.core.urls import (
     parse_http_url,
 )
 
+if TYPE_CHECKING:
+    import typer
+
+
+def _bad(message: str) -> typer.BadParameter:
+    # typer is imported only for a rejection: the fast start-up path (cli/fast.py) runs these
+    # parsers without typer, and hands any rejection to Typer, which reports it.
+    import typer
+
+    return typer.BadParameter(message)
+
 
 class _Rule:
-    """A parser that names its rule in every rejection."""
+    """A parser that names its rule in every rejection.
+
+    ``spec`` is how it was made, ``(class name, args, kwargs)``: the fast path's generated
+    table (cli/fast_table.py) carries it, and :func:`from_spec` makes the same parser again.
+    """
 
     rule: str = ""
+    spec: tuple[str, tuple[Any, ...], dict[str, Any]]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Rule:
+        self = super().__new__(cls)
+        self.spec = (cls.__name__, args, kwargs)
+        return self
 
     def fail(self, value: object) -> typer.BadParameter:
         shown = repr(value) if isinstance(value, str) else str(value)
-        return typer.BadParameter(f"{self.rule}, not {shown}")
+        return _bad(f"{self.rule}, not {shown}")
 
 
 class Number(_Rule):
@@ -175,7 +194,7 @@ class HttpUrl(_Rule):
         try:
             return parse_http_url(str(value))
         except InputError as exc:
-            raise typer.BadParameter(f"{self.rule}; {exc.message}") from None
+            raise _bad(f"{self.rule}; {exc.message}") from None
 
 
 class PathOrUrl(HttpUrl):
@@ -186,7 +205,7 @@ class PathOrUrl(HttpUrl):
         if "://" in text:
             return super().__call__(text)
         if has_control_character(text):
-            raise typer.BadParameter(f"must not hold control characters, not {text!r}")
+            raise _bad(f"must not hold control characters, not {text!r}")
         return text
 
 
@@ -216,3 +235,12 @@ class ListenHost(_Rule):
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def from_spec(spec: tuple[str, tuple[Any, ...], dict[str, Any]]) -> Any:
+    """The parser that ``spec`` (a :attr:`_Rule.spec`) describes."""
+    name, args, kwargs = spec
+    cls = globals()[name]
+    if not (isinstance(cls, type) and issubclass(cls, _Rule)):
+        raise ValueError(f"not a parser: {name!r}")
+    return cls(*args, **kwargs)

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from cwsctl.core.kinds import Kind, PatientMapping, PatientRequest, Verdict, json_field
-from cwsctl.core.patients import patient_body
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -27,6 +26,9 @@ class CwsPatients(PatientMapping):
 
     def create_request(self, record: dict[str, Any]) -> PatientRequest:
         """``POST /ws/patients/`` with the record as CWS JSON."""
+        # Imported here: `cwsctl request` on a cws profile needs no patient schema (~3 ms).
+        from cwsctl.core.patients import patient_body
+
         return PatientRequest("POST", PATIENTS_PATH, patient_body(record), {})
 
     def verdict(self, response: ApiResponse) -> Verdict:
