@@ -171,6 +171,21 @@ class _BoundedBody(httpx.SyncByteStream):
         self._inner.close()
 
 
+class _Pool(httpcore.ConnectionPool):
+    """httpcore's pool, whose SSL context is httpx's default one, made on first https use.
+
+    Making it loads the CA bundle (~15 ms): a plain-http exchange (the local sandbox), a dry run
+    or a command that fails before sending never needs it. The pool calls
+    :meth:`create_connection` under its lock, so the context is made once.
+    """
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.ConnectionInterface:
+        """A connection to ``origin``; the first https one makes the SSL context."""
+        if self._ssl_context is None and origin.scheme == b"https":
+            self._ssl_context = httpx.create_ssl_context()
+        return super().create_connection(origin)
+
+
 class BoundedTransport(httpx.HTTPTransport):
     """httpx's transport with a whole-exchange deadline and a response-size cap."""
 
@@ -185,11 +200,12 @@ class BoundedTransport(httpx.HTTPTransport):
         # httpx.HTTPTransport.__init__ only builds its httpcore pool, with no way to pass a
         # network backend; build the pool the same way (no proxy: cwsctl's clients never take one
         # from the environment) with ours, instead of calling it and paying for two SSL contexts.
+        # The pool makes httpx's SSL context on its first https connection (see _Pool).
         self.timeout = timeout
         self.max_response_size = max_response_size
         limits = httpx.Limits(max_connections=max_connections)
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+        self._pool = _Pool(
+            ssl_context=None,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

@@ -1,0 +1,111 @@
+"""The bounded transport makes httpx's SSL context on its first https connection only: plain
+http (the local sandbox), dry runs and early failures skip loading the CA bundle, and https
+still verifies with httpx's default context (certifi, or SSL_CERT_FILE)."""
+
+from __future__ import annotations
+
+import datetime
+import http.server
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cwsctl.core.exchange import bounded_client
+
+
+def _pool(client: httpx.Client):
+    return client._transport._pool  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """An https server on 127.0.0.1 with a self-signed certificate for 127.0.0.1 and localhost."""
+    work = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = work / "cert.pem"
+    key_file = work / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/", cert_file
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_plain_http_makes_no_ssl_context(sandbox):
+    with bounded_client(timeout=10) as client:
+        assert client.get(f"{sandbox.url}/ws/").status_code in (200, 401)
+        assert _pool(client)._ssl_context is None
+
+
+def test_https_verifies_with_httpx_default_context(tls_server, monkeypatch):
+    url, _ = tls_server
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with bounded_client(timeout=10) as client:
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            client.get(url)
+        context = _pool(client)._ssl_context
+        assert isinstance(context, ssl.SSLContext)
+        assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_https_honours_ssl_cert_file_like_httpx(tls_server, monkeypatch):
+    url, cert_file = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    with bounded_client(timeout=10) as client:
+        response = client.get(url)
+        assert response.status_code == 200 and response.read() == b"ok"
