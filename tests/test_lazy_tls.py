@@ -109,3 +109,36 @@ def test_https_honours_ssl_cert_file_like_httpx(tls_server, monkeypatch):
     with bounded_client(timeout=10) as client:
         response = client.get(url)
         assert response.status_code == 200 and response.read() == b"ok"
+
+
+def test_building_a_request_imports_no_httpcore():
+    """A dry run builds the request with httpx and sends nothing: httpcore (and h11) stay out."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cwsctl.core.exchange import bounded_client\n"
+        "with bounded_client() as client:\n"
+        "    client.build_request('POST', 'https://cws.example.org/ws/', content=b'{}')\n"
+        "assert 'httpcore' not in sys.modules and 'h11' not in sys.modules, 'imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_pool_is_built_once_for_many_threads(sandbox):
+    with bounded_client(timeout=10, max_connections=4) as client:
+        transport = client._transport
+        pools = []
+
+        def send() -> None:
+            client.get(f"{sandbox.url}/ws/")
+            pools.append(transport._pool)
+
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(pools) == 8 and all(pool is pools[0] for pool in pools)

@@ -6,9 +6,10 @@ Every request cwsctl sends goes through :class:`BoundedTransport`, which closes 
 place:
 
 - **Deadline.** Each socket operation (connect, TLS handshake, write, read) gets at most the time
-  left until the exchange's deadline, via a thin wrapper around httpcore's network backend. The
-  deadline starts when the request is handed to the transport, or earlier when the caller opens
-  :func:`exchange_deadline` (so that retries share one budget).
+  left until the exchange's deadline, via a thin wrapper around httpcore's network backend
+  (core/exchange_pool.py, imported on the first send). The deadline starts when the request is
+  handed to the transport, or earlier when the caller opens :func:`exchange_deadline` (so that
+  retries share one budget).
 - **Size cap.** The raw answer is counted while it streams in; past ``max_response_size`` bytes
   (or on a ``Content-Length`` above it) reading stops with :class:`ResponseTooLargeError` and
   httpx closes the connection instead of returning it to the pool. cwsctl asks for
@@ -19,12 +20,12 @@ place:
 from __future__ import annotations
 
 import contextvars
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpcore
 import httpx
 
 DEFAULT_TIMEOUT = 30.0
@@ -77,72 +78,6 @@ def exchange_deadline(seconds: float) -> Iterator[None]:
         _deadline.reset(token)
 
 
-def _clamp(timeout: float | None, expired: type[Exception]) -> float | None:
-    """The per-operation timeout, shortened to what is left of the deadline."""
-    left = time_left()
-    if left is None:
-        return timeout
-    if left <= 0:
-        raise expired("the exchange's deadline has passed")
-    return left if timeout is None else min(timeout, left)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A network stream whose every operation ends by the exchange's deadline."""
-
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: Any,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        timeout = _clamp(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's own socket backend, with connects and streams bound by the deadline."""
-
-    def __init__(self) -> None:
-        self._inner = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.NetworkStream:
-        timeout = _clamp(timeout, httpcore.ConnectTimeout)
-        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _DeadlineStream(stream)
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.NetworkStream:
-        timeout = _clamp(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
 class _BoundedBody(httpx.SyncByteStream):
     """The answer's raw bytes, counted against the cap and read before the deadline."""
 
@@ -171,21 +106,6 @@ class _BoundedBody(httpx.SyncByteStream):
         self._inner.close()
 
 
-class _Pool(httpcore.ConnectionPool):
-    """httpcore's pool, whose SSL context is httpx's default one, made on first https use.
-
-    Making it loads the CA bundle (~15 ms): a plain-http exchange (the local sandbox), a dry run
-    or a command that fails before sending never needs it. The pool calls
-    :meth:`create_connection` under its lock, so the context is made once.
-    """
-
-    def create_connection(self, origin: httpcore.Origin) -> httpcore.ConnectionInterface:
-        """A connection to ``origin``; the first https one makes the SSL context."""
-        if self._ssl_context is None and origin.scheme == b"https":
-            self._ssl_context = httpx.create_ssl_context()
-        return super().create_connection(origin)
-
-
 class BoundedTransport(httpx.HTTPTransport):
     """httpx's transport with a whole-exchange deadline and a response-size cap."""
 
@@ -198,20 +118,42 @@ class BoundedTransport(httpx.HTTPTransport):
         max_connections: int = 10,
     ) -> None:
         # httpx.HTTPTransport.__init__ only builds its httpcore pool, with no way to pass a
-        # network backend; build the pool the same way (no proxy: cwsctl's clients never take one
-        # from the environment) with ours, instead of calling it and paying for two SSL contexts.
-        # The pool makes httpx's SSL context on its first https connection (see _Pool).
+        # network backend; the pool is built the same way (no proxy: cwsctl's clients never take
+        # one from the environment) with ours, instead of calling it and paying for two SSL
+        # contexts. It is built on the first send (see _pool): importing httpcore and h11 costs
+        # ~13 ms that a dry run, which only builds the request, never needs.
         self.timeout = timeout
         self.max_response_size = max_response_size
-        limits = httpx.Limits(max_connections=max_connections)
-        self._pool = _Pool(
-            ssl_context=None,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            retries=retries,
-            network_backend=_DeadlineBackend(),
-        )
+        self._retries = retries
+        self._max_connections = max_connections
+        self._built: Any = None
+        self._building = threading.Lock()
+
+    @property
+    def _pool(self) -> Any:  # type: ignore[override]
+        """httpcore's pool with deadline-bound sockets, made on first use (once: under a lock)."""
+        pool = self._built
+        if pool is None:
+            with self._building:
+                if self._built is None:
+                    from cwsctl.core.exchange_pool import make_pool
+
+                    self._built = make_pool(
+                        max_connections=self._max_connections, retries=self._retries
+                    )
+                pool = self._built
+        return pool
+
+    def __enter__(self) -> BoundedTransport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pool's connections (nothing to do when nothing was ever sent)."""
+        if self._built is not None:
+            self._built.close()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and return its answer, whose body streams under the same bounds."""
