@@ -156,14 +156,14 @@ class InFlightLimit:
         self._cond = threading.Condition(threading.Lock())
 
     def acquire(self, stop: threading.Event) -> int | None:
-        """Wait for a slot; a ticket for ``release``, or None if the run is stopping during a
-        Retry-After pause (see ``wake``)."""
+        """Wait for a slot; a ticket for ``release``, or None once the run is stopping (see
+        ``wake``)."""
         with self._cond:
             while True:
+                if stop.is_set() or self._closed:
+                    return None  # stopping: start nothing new
                 pause = self._resume_at - time.monotonic()
                 if pause > 0:
-                    if stop.is_set() or self._closed:
-                        return None
                     self._cond.wait(pause)
                     continue
                 if self._active < self.limit:
@@ -250,7 +250,7 @@ class BulkLoad:
         # Worker threads take rows from `tasks` and put each row's result (or the exception it
         # raised) on `results`; only this thread reads `results`, so on_result runs here.
         tasks: queue.SimpleQueue[tuple[int, _ToSend] | None] = queue.SimpleQueue()
-        results: queue.SimpleQueue[RowResult | BaseException] = queue.SimpleQueue()
+        results: queue.SimpleQueue[RowResult | BaseException | None] = queue.SimpleQueue()
         workers: list[threading.Thread] = []
         fatal: list[BaseException] = []  # the first error that stops the run (a token refused…)
         outstanding = 0
@@ -269,7 +269,9 @@ class BulkLoad:
             except queue.Empty:
                 return False
             outstanding -= 1
-            if isinstance(item, SignatureError):
+            if item is None:  # a row left unsent because the run is stopping
+                pass
+            elif isinstance(item, SignatureError):
                 summary.security_error = summary.security_error or item
                 self._halt()
             elif isinstance(item, BaseException):
@@ -283,6 +285,18 @@ class BulkLoad:
         def collect(block_until_below: int) -> None:
             while outstanding > block_until_below:
                 take(True)
+            while take(False):
+                pass
+
+        def wind_down() -> None:
+            """Wait for the workers themselves, not for a count of results: a Ctrl-C may land
+            between handing a row out and counting it. Rows not started are left for the next
+            run; rows in flight finish (within --timeout) and are reported."""
+            for _ in workers:
+                tasks.put(None)
+            for worker in workers:
+                worker.join()
+            workers.clear()
             while take(False):
                 pass
 
@@ -317,7 +331,7 @@ class BulkLoad:
             except KeyboardInterrupt:
                 self._halt()
                 summary.interrupted = True
-                collect(0)
+                wind_down()
             except CwsError:
                 self._halt()
                 collect(0)
@@ -339,9 +353,12 @@ class BulkLoad:
     def _work(
         self,
         tasks: queue.SimpleQueue[tuple[int, _ToSend] | None],
-        results: queue.SimpleQueue[RowResult | BaseException],
+        results: queue.SimpleQueue[RowResult | BaseException | None],
     ) -> None:
         while (task := tasks.get()) is not None:
+            if self._stop.is_set():
+                results.put(None)  # not started: left for the next run (nothing was sent)
+                continue
             try:
                 results.put(self._send_row(*task))
             except BaseException as exc:  # handed to run(), which raises it in its thread
