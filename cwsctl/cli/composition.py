@@ -106,6 +106,27 @@ def connect(
     return client, Traced(client, out)
 
 
+VersionOption = Annotated[
+    VersionUid | None,
+    typer.Option(
+        "--version",
+        metavar="VERSION_UID",
+        parser=VersionUidParam(),
+        help="Read this version (object_id::system_id::version) instead of the latest.",
+        show_default=False,
+    ),
+]
+AtOption = Annotated[
+    str | None,
+    typer.Option(
+        "--at",
+        metavar="TIMESTAMP",
+        parser=Timestamp(),
+        help="Read the version that was current at this ISO 8601 time "
+        "(?version_at_time=), e.g. 2024-05-01T10:00:00Z.",
+        show_default=False,
+    ),
+]
 EhrIdArg = Annotated[str, typer.Argument(metavar="EHR_ID", help="The EHR's id (a UUID).")]
 UidArg = Annotated[
     str,
@@ -198,27 +219,8 @@ def get(
     out: Output,
     ehr_id: EhrIdArg,
     uid: UidArg,
-    version: Annotated[
-        VersionUid | None,
-        typer.Option(
-            "--version",
-            metavar="VERSION_UID",
-            parser=VersionUidParam(),
-            help="Read this version (object_id::system_id::version) instead of the latest.",
-            show_default=False,
-        ),
-    ] = None,
-    at: Annotated[
-        str | None,
-        typer.Option(
-            "--at",
-            metavar="TIMESTAMP",
-            parser=Timestamp(),
-            help="Read the version that was current at this ISO 8601 time "
-            "(?version_at_time=), e.g. 2024-05-01T10:00:00Z.",
-            show_default=False,
-        ),
-    ] = None,
+    version: VersionOption = None,
+    at: AtOption = None,
     output: Annotated[
         Path | None,
         typer.Option(

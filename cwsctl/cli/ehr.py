@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cwsctl.cli.composition import Timestamp, VersionUidParam, connect
+from cwsctl.cli.composition import AtOption, VersionOption, connect
 from cwsctl.cli.options import (
     AllowHttpOption,
     MaxResponseSizeOption,
@@ -18,7 +18,6 @@ from cwsctl.cli.options import (
     with_globals,
 )
 from cwsctl.cli.output import Output
-from cwsctl.core.openehr import VersionUid
 
 app = typer.Typer(
     help="openEHR EHRs: create one per subject, show it by id or subject, read its EHR_STATUS.",
@@ -150,26 +149,8 @@ def show(
 def status(
     out: Output,
     ehr_id: Annotated[str, typer.Argument(metavar="EHR_ID", help="The EHR's id.")],
-    version: Annotated[
-        VersionUid | None,
-        typer.Option(
-            "--version",
-            metavar="VERSION_UID",
-            parser=VersionUidParam(),
-            help="Read this version of the EHR_STATUS (object_id::system_id::version).",
-            show_default=False,
-        ),
-    ] = None,
-    at: Annotated[
-        str | None,
-        typer.Option(
-            "--at",
-            metavar="TIMESTAMP",
-            parser=Timestamp(),
-            help="Read the version current at this ISO 8601 time (?version_at_time=).",
-            show_default=False,
-        ),
-    ] = None,
+    version: VersionOption = None,
+    at: AtOption = None,
     timeout: TimeoutOption = 30.0,
     max_response_size: MaxResponseSizeOption = None,
     allow_http: AllowHttpOption = False,
