@@ -73,7 +73,6 @@ def open_client(
     """A client for the profile in force, authenticating as its kind does (``max_response_size``
     None: 64 MiB). ``verify_responses`` matters only to kinds whose servers sign answers."""
     from cwsctl.core.audit import AuditLog
-    from cwsctl.core.exchange import DEFAULT_MAX_RESPONSE_SIZE
     from cwsctl.core.kinds import kind_of
 
     store, name = store_and_profile(settings)
@@ -85,9 +84,7 @@ def open_client(
         audit=AuditLog(store.root, name),
         verify_responses=verify_responses,
         timeout=timeout,
-        max_response_size=(
-            DEFAULT_MAX_RESPONSE_SIZE if max_response_size is None else max_response_size
-        ),
+        max_response_size=max_response_size,
         allow_http=allow_http,
         max_connections=max_connections,
     )

@@ -29,13 +29,13 @@ from cwsctl.core.errors import (
     ServerFailureError,
 )
 from cwsctl.core.exchange import (
-    DEFAULT_MAX_RESPONSE_SIZE,
     DEFAULT_TIMEOUT,
     ResponseTooLargeError,
     UnexpectedEncodingError,
     bounded_client,
     exchange_deadline,
     format_size,
+    size_cap,
     time_left,
 )
 from cwsctl.core.identity import SigningIdentity
@@ -214,7 +214,7 @@ class ApiClient:
         *,
         base_url: str = "",
         timeout: float = DEFAULT_TIMEOUT,
-        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        max_response_size: int | None = None,
         allow_http: bool = False,
         retries: int = 2,
         max_connections: int = 10,
@@ -224,7 +224,7 @@ class ApiClient:
         self.allow_http = allow_http
         self.retries = retries
         self.timeout = timeout
-        self.max_response_size = max_response_size
+        self.max_response_size = size_cap(max_response_size)
         self.audit = audit
         self._auth = auth
         self._urls: dict[str, str] = {}  # path -> checked absolute URL (see _checked_url)

@@ -49,6 +49,11 @@ class UnexpectedEncodingError(httpx.TransportError):
     """The server compressed its answer although cwsctl asked for ``identity``."""
 
 
+def size_cap(max_response_size: int | None) -> int:
+    """The answer-size cap in force: the one given, else the 64 MiB default."""
+    return DEFAULT_MAX_RESPONSE_SIZE if max_response_size is None else max_response_size
+
+
 def format_size(size: int) -> str:
     """``67108864`` → ``64 MiB``; sizes that are not whole KiB/MiB/GiB stay in bytes."""
     for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -113,7 +118,7 @@ class BoundedTransport(httpx.HTTPTransport):
         self,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        max_response_size: int | None = None,
         retries: int = 0,
         max_connections: int = 10,
     ) -> None:
@@ -123,7 +128,7 @@ class BoundedTransport(httpx.HTTPTransport):
         # contexts. It is built on the first send (see _pool): importing httpcore and h11 costs
         # ~13 ms that a dry run, which only builds the request, never needs.
         self.timeout = timeout
-        self.max_response_size = max_response_size
+        self.max_response_size = size_cap(max_response_size)
         self._retries = retries
         self._max_connections = max_connections
         self._built: Any = None
@@ -157,14 +162,10 @@ class BoundedTransport(httpx.HTTPTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and return its answer, whose body streams under the same bounds."""
-        own = time.monotonic() + self.timeout
-        enclosing = _deadline.get()
-        deadline = own if enclosing is None else min(own, enclosing)
-        token = _deadline.set(deadline)
-        try:
+        with exchange_deadline(self.timeout):
+            deadline = _deadline.get()
             response = super().handle_request(request)
-        finally:
-            _deadline.reset(token)
+        assert deadline is not None
         try:
             self._check_head(response)
         except httpx.TransportError:
@@ -188,7 +189,7 @@ class BoundedTransport(httpx.HTTPTransport):
 def bounded_client(
     *,
     timeout: float = DEFAULT_TIMEOUT,
-    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+    max_response_size: int | None = None,
     retries: int = 0,
     max_connections: int = 10,
 ) -> httpx.Client:
