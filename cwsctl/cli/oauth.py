@@ -62,12 +62,6 @@ def _private_key(store: Store, profile: Profile, passphrase_file: Path | None) -
     return keys.load_private_key(path, passphrase_source(passphrase_file))
 
 
-def _bounds(timeout: float, max_response_size: int | None) -> tuple[float, int]:
-    from cwsctl.core.exchange import DEFAULT_MAX_RESPONSE_SIZE
-
-    return timeout, DEFAULT_MAX_RESPONSE_SIZE if max_response_size is None else max_response_size
-
-
 @app.command("register")
 @with_globals
 def register(
@@ -180,17 +174,12 @@ def register(
         jwks=key_set,
         jwks_uri=jwks_uri,
     )
-    from cwsctl.core.exchange import bounded_client
-
-    timeout, cap = _bounds(timeout, max_response_size)
     out.info(f"Registering with {oauth.endpoints(profile).registration} …")
-    with bounded_client(timeout=timeout, max_response_size=cap) as client:
-        registration = oauth.run_flow(
-            oauth.registration_flow(profile, document),
-            client,
-            timeout=timeout,
-            max_response_size=cap,
-        )
+    registration = oauth.run_flow(
+        oauth.registration_flow(profile, document),
+        timeout=timeout,
+        max_response_size=max_response_size,
+    )
     oauth.record_registration(store, profile.name, registration)
     stored = registration.registration_access_token is not None
     where = oauth.TokenStore(store, profile.name).path
@@ -245,14 +234,10 @@ def token(
         result = cached
         out.info("Using the cached access token")
     else:
-        from cwsctl.core.exchange import bounded_client
-
         source = oauth.TokenSource(profile, store, _private_key(store, profile, passphrase_file))
-        timeout, cap = _bounds(timeout, max_response_size)
-        with bounded_client(timeout=timeout, max_response_size=cap) as client:
-            result = oauth.run_flow(
-                source.token_flow(), client, timeout=timeout, max_response_size=cap
-            )
+        result = oauth.run_flow(
+            source.token_flow(), timeout=timeout, max_response_size=max_response_size
+        )
         out.info("Obtained a new access token")
     if out.settings.json:
         out.json(
@@ -365,16 +350,11 @@ def login(
                 out.info("(opened in your browser)")
         out.info(f"Waiting up to {wait:g} s for the redirect to {receiver.redirect_uri} …")
         code = receiver.wait(state, wait)
-    from cwsctl.core.exchange import bounded_client
-
-    timeout, cap = _bounds(timeout, max_response_size)
-    with bounded_client(timeout=timeout, max_response_size=cap) as client:
-        granted = oauth.run_flow(
-            source.code_flow(code, receiver.redirect_uri, pkce.verifier),
-            client,
-            timeout=timeout,
-            max_response_size=cap,
-        )
+    granted = oauth.run_flow(
+        source.code_flow(code, receiver.redirect_uri, pkce.verifier),
+        timeout=timeout,
+        max_response_size=max_response_size,
+    )
     has_refresh = granted.refresh_token is not None
     if out.settings.json:
         out.json(

@@ -51,13 +51,14 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cwsctl.core.client import authorized_copy
+from cwsctl.core.client import authorized_copy, network_error
 from cwsctl.core.errors import (
     ClientRequestError,
     NetworkError,
     ProfileError,
     ServerFailureError,
 )
+from cwsctl.core.exchange import DEFAULT_TIMEOUT, bounded_client, time_left
 from cwsctl.core.files import atomic_write, ensure_private_dir
 from cwsctl.core.jwks import JWS_ALGORITHM, key_id
 from cwsctl.core.profile import Profile, Store, validate_profile_name
@@ -297,7 +298,6 @@ class TokenStore:
         except ImportError:  # pragma: no cover - not POSIX
             yield
             return
-        from cwsctl.core.exchange import time_left
 
         ensure_private_dir(self.directory)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -626,17 +626,20 @@ class TokenSource:
 
 def run_flow(
     flow: Generator[httpx.Request, httpx.Response, T],
-    client: httpx.Client,
+    client: httpx.Client | None = None,
     *,
-    timeout: float | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
     max_response_size: int | None = None,
 ) -> T:
-    """Drive an auth-style flow with ``client``: send each request it yields, return its result.
+    """Drive an auth-style flow: send each request it yields, return its result.
 
-    Network failures become NetworkError (exit 6) naming the endpoint.
+    With no ``client``, a bounded client of its own (``timeout``, ``max_response_size``) is
+    opened for the flow and closed after it. Network failures become NetworkError (exit 6)
+    naming the endpoint.
     """
-    from cwsctl.core.client import network_error
-
+    if client is None:
+        with bounded_client(timeout=timeout, max_response_size=max_response_size) as own:
+            return run_flow(flow, own, timeout=timeout, max_response_size=max_response_size)
     try:
         request = next(flow)
         while True:
