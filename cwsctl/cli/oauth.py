@@ -55,11 +55,9 @@ def _check_transport(profile: Profile, allow_http: bool) -> None:
 
 
 def _private_key(store: Store, profile: Profile, passphrase_file: Path | None) -> rsa.RSAPrivateKey:
-    from cwsctl.core import keys
-    from cwsctl.core.identity import existing_key_path
+    from cwsctl.core.identity import load_profile_key
 
-    path = existing_key_path(store, profile.name)
-    return keys.load_private_key(path, passphrase_source(passphrase_file))
+    return load_profile_key(store, profile.name, passphrase_source(passphrase_file))
 
 
 @app.command("register")

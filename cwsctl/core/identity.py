@@ -90,6 +90,13 @@ def existing_key_path(store: Store, profile_name: str) -> Path:
     return path
 
 
+def load_profile_key(
+    store: Store, profile_name: str, passphrase: keys.PassphraseSource | None = None
+) -> rsa.RSAPrivateKey:
+    """The profile's active private key (LocalKeyError telling how to make one if it has none)."""
+    return keys.load_private_key(existing_key_path(store, profile_name), passphrase)
+
+
 def read_passphrase_file(path: Path) -> bytes:
     """Read a passphrase file: its first line, without the line ending (like ``-passin file:``)."""
     data = read_bytes(path, what="passphrase file", error=LocalKeyError)

@@ -60,9 +60,9 @@ def profile_public_keys(
     The active key must exist (LocalKeyError with a hint otherwise); the next key is included
     when ``keygen --next`` made one.
     """
-    from cwsctl.core.identity import existing_key_path
+    from cwsctl.core.identity import load_profile_key
 
-    found = [keys.load_private_key(existing_key_path(store, profile), passphrase).public_key()]
+    found = [load_profile_key(store, profile, passphrase).public_key()]
     next_path = store.next_key_path(profile)
     if next_path.exists():
         found.append(keys.load_private_key(next_path, passphrase).public_key())

@@ -145,12 +145,10 @@ class OpenEmrKind(Kind):
         **options: Any,
     ) -> ApiClient:
         """A client whose ``OAuthBearerAuth`` gets, caches and renews the profile's tokens."""
-        from cwsctl.core import keys
-        from cwsctl.core.identity import existing_key_path
+        from cwsctl.core.identity import load_profile_key
         from cwsctl.core.oauth import bearer_auth
 
-        private_key = keys.load_private_key(existing_key_path(store, profile.name), passphrase)
-        auth = bearer_auth(profile, store, private_key)
+        auth = bearer_auth(profile, store, load_profile_key(store, profile.name, passphrase))
         return OpenEmrClient(auth, base_url=profile.url, audit=audit, **options)
 
     def patients(self, profile: Profile) -> PatientMapping:
