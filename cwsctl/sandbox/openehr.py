@@ -302,10 +302,6 @@ class OpenEhrSandboxServer(BaseSandboxServer):
             max_body=max_body,
         )
 
-    def _close_state(self) -> None:
-        self.app.close()
-        self.store.close()
-
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT/ehrbase/rest/openehr/v1``: what an openehr profile's URL is."""

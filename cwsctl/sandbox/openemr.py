@@ -173,10 +173,6 @@ class OpenEmrSandboxServer(BaseSandboxServer):
             max_body=max_body,
         )
 
-    def _close_state(self) -> None:
-        self.app.close()
-        self.store.close()
-
     @property
     def token_lifetime(self) -> int:
         """Seconds an access token lives; assign to change it for tokens issued from now on."""

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -106,14 +106,19 @@ class _UvicornServer(uvicorn.Server):
 _S = TypeVar("_S", bound="BaseSandboxServer")
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class BaseSandboxServer:
     """What every sandbox flavour shares: the socket, uvicorn and its limits, start and stop.
 
-    A flavour builds its ``app`` (an :class:`~.app.EnvelopeApp`) and state, then calls
-    ``_init_running``; ``_close_state`` releases that state when the server stops.
+    A flavour builds its ``app`` (an :class:`~.app.EnvelopeApp`) and its ``store``, then calls
+    ``_init_running``; both are closed when the server stops.
     """
 
     app: EnvelopeApp
+    store: _Closable
     data_dir: Path
 
     def _init_running(
@@ -132,6 +137,8 @@ class BaseSandboxServer:
 
     def _close_state(self) -> None:
         """Close the flavour's app and store (called by ``stop``)."""
+        self.app.close()
+        self.store.close()
 
     @property
     def url(self) -> str:
@@ -298,10 +305,6 @@ class SandboxServer(BaseSandboxServer):
             data = public_key.encode("ascii") if isinstance(public_key, str) else public_key
             public_key = keys.parse_public_key(data)
         return self.store.add_client_key(username, public_key, replace=replace)
-
-    def _close_state(self) -> None:
-        self.app.close()
-        self.store.close()
 
     def reset(self, *, client_keys: bool = True) -> None:
         """Forget all patients (and client keys), and switch faults off."""
