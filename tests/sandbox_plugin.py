@@ -122,29 +122,39 @@ def sandbox_profile(
     return profile
 
 
-@pytest.fixture
-def make_sandbox(
-    tmp_path: Path, sandbox_server: SandboxServer
-) -> Iterator[Callable[..., SandboxServer]]:
-    """Factory: ``make_sandbox(drop_rate=1.0, ...)`` starts a fresh, fault-configured server."""
-    server_mod, faults_mod = _sandbox_modules()
-    started: list[SandboxServer] = []
+def _server_factory(
+    tmp_path: Path, name: str, build: Callable[..., Any]
+) -> Iterator[Callable[..., Any]]:
+    """A factory fixture's body: ``build(data_dir, *args, **kwargs)`` makes a server in a fresh
+    private data dir; it is started at once and stopped after the test."""
+    started: list[Any] = []
 
-    def make(**faults: Any) -> SandboxServer:
-        data_dir = tmp_path / f"sandbox-{len(started)}"
+    def make(*args: Any, **kwargs: Any) -> Any:
+        data_dir = tmp_path / f"{name}-{len(started)}"
         data_dir.mkdir(mode=0o700)
-        key_path = data_dir / "server.pem"
-        shutil.copyfile(sandbox_server.data_dir / "server.pem", key_path)
-        os.chmod(key_path, 0o600)
-        server = server_mod.SandboxServer(
-            data_dir, key_bits=2048, faults=faults_mod.Faults(**faults)
-        )
+        server = build(data_dir, *args, **kwargs)
         started.append(server)
         return server.start()
 
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def make_sandbox(
+    tmp_path: Path, sandbox_server: SandboxServer
+) -> Iterator[Callable[..., SandboxServer]]:
+    """Factory: ``make_sandbox(drop_rate=1.0, ...)`` starts a fresh, fault-configured server."""
+    server_mod, faults_mod = _sandbox_modules()
+
+    def build(data_dir: Path, **faults: Any) -> SandboxServer:
+        key_path = data_dir / "server.pem"
+        shutil.copyfile(sandbox_server.data_dir / "server.pem", key_path)
+        os.chmod(key_path, 0o600)
+        return server_mod.SandboxServer(data_dir, key_bits=2048, faults=faults_mod.Faults(**faults))
+
+    yield from _server_factory(tmp_path, "sandbox", build)
 
 
 @pytest.fixture
@@ -155,22 +165,14 @@ def make_openemr_sandbox(tmp_path: Path) -> Iterator[Callable[..., OpenEmrSandbo
     from cwsctl.sandbox.faults import Faults
     from cwsctl.sandbox.openemr import OpenEmrSandboxServer
 
-    started: list[OpenEmrSandboxServer] = []
-
-    def make(
-        token_lifetime: int = 60, site: str = "default", **faults: Any
+    def build(
+        data_dir: Path, token_lifetime: int = 60, site: str = "default", **faults: Any
     ) -> OpenEmrSandboxServer:
-        data_dir = tmp_path / f"openemr-sandbox-{len(started)}"
-        data_dir.mkdir(mode=0o700)
-        server = OpenEmrSandboxServer(
+        return OpenEmrSandboxServer(
             data_dir, site=site, token_lifetime=token_lifetime, faults=Faults(**faults)
         )
-        started.append(server)
-        return server.start()
 
-    yield make
-    for server in started:
-        server.stop()
+    yield from _server_factory(tmp_path, "openemr-sandbox", build)
 
 
 @pytest.fixture
@@ -188,22 +190,17 @@ def make_openehr_sandbox(tmp_path: Path) -> Iterator[Callable[..., OpenEhrSandbo
     from cwsctl.sandbox.faults import Faults
     from cwsctl.sandbox.openehr import OpenEhrSandboxServer
 
-    started: list[OpenEhrSandboxServer] = []
-
-    def make(
-        basic_auth: tuple[str, str] | None = None, default_fetch: int = 100, **faults: Any
+    def build(
+        data_dir: Path,
+        basic_auth: tuple[str, str] | None = None,
+        default_fetch: int = 100,
+        **faults: Any,
     ) -> OpenEhrSandboxServer:
-        data_dir = tmp_path / f"openehr-sandbox-{len(started)}"
-        data_dir.mkdir(mode=0o700)
-        server = OpenEhrSandboxServer(
+        return OpenEhrSandboxServer(
             data_dir, basic_auth=basic_auth, default_fetch=default_fetch, faults=Faults(**faults)
         )
-        started.append(server)
-        return server.start()
 
-    yield make
-    for server in started:
-        server.stop()
+    yield from _server_factory(tmp_path, "openehr-sandbox", build)
 
 
 @pytest.fixture
