@@ -28,7 +28,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -209,3 +214,52 @@ def openehr_sandbox(
 ) -> OpenEhrSandboxServer:
     """A fresh openEHR-flavour sandbox (no auth, no faults, queries fetch 100 rows by default)."""
     return make_openehr_sandbox()
+
+
+@dataclass
+class ServedSandbox:
+    """``cwsctl sandbox serve`` running as its own process (see :func:`serve_sandbox`)."""
+
+    port: int
+    startup: str = ""  # stderr up to and including the ready line
+    log: str = ""  # the rest of stderr, read after SIGTERM
+    stdout: str = ""
+    returncode: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def serve_sandbox(tmp_path: Path, *args: str, ready: str) -> Iterator[ServedSandbox]:
+    """Run ``cwsctl sandbox serve --port P ARGS`` as users run it (CWSCTL_HOME in ``tmp_path``,
+    no CWSCTL_SANDBOX_* from the environment) until its stderr shows ``ready``; on leaving, stop
+    it with SIGTERM and keep the rest of its stderr and its exit status."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        served = ServedSandbox(int(sock.getsockname()[1]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CWSCTL_SANDBOX_")}
+    env["CWSCTL_HOME"] = str(tmp_path / "home")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cwsctl", "sandbox", "serve", "--port", str(served.port), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        while ready not in served.startup:
+            line = process.stderr.readline()
+            assert line, f"server exited early: {served.startup}"
+            served.startup += line
+        yield served
+        process.send_signal(signal.SIGTERM)
+        served.stdout, served.log = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        served.returncode = process.returncode

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +25,7 @@ from cwsctl.sandbox.store import (
     server_public_key_pem,
 )
 from tests.conftest import write_public
-from tests.sandbox_plugin import SandboxUser
+from tests.sandbox_plugin import SandboxUser, serve_sandbox
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -547,61 +544,32 @@ def test_cli_import_does_not_load_the_server():
     assert result.stdout.strip() == ""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_serve_subprocess_answers_logs_no_phi_and_stops_on_sigterm(tmp_path, rsa2048):
     data_dir = tmp_path / "sbx"
     user = SandboxUser("alice", rsa2048)
     register_client_key(data_dir, user.username, rsa2048.public_key())
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CWSCTL_SANDBOX_")}
-    env["CWSCTL_HOME"] = str(tmp_path / "home")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cwsctl", "sandbox", "serve", "--port", str(port),
-         "--key-bits", "2048", "--data-dir", str(data_dir)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )  # fmt: skip
-    try:
-        startup = ""
-        while "listening on" not in startup:
-            line = process.stderr.readline()
-            assert line, f"server exited early: {startup}"
-            startup += line
-        assert f"listening on http://127.0.0.1:{port}" in startup
+    args = ("--key-bits", "2048", "--data-dir", str(data_dir))
+    with serve_sandbox(tmp_path, *args, ready="listening on") as served:
+        assert f"listening on {served.url}" in served.startup
         trusted = TrustedKey("coremr", server_public_key_pem(data_dir))
-        url = f"http://127.0.0.1:{port}"
         body = body_of(patient(external_id="SECRET-EXT-77", fname="Zebediah", lname="Quixote"))
-        created = httpx.post(url + "/ws/patients/", content=body, headers=user.headers(body))
+        created = httpx.post(served.url + "/ws/patients/", content=body, headers=user.headers(body))
         assert created.status_code == 201
         verify_response(created.content, created.headers.get("authorization"), [trusted])
         query = httpx.get(
-            url + "/ws/patients/?external_id=SECRET-EXT-77", headers=user.headers(b"")
+            served.url + "/ws/patients/?external_id=SECRET-EXT-77", headers=user.headers(b"")
         )
         assert query.status_code == 200
         assert json.loads(query.content)["patients"][0]["lname"] == "Quixote"
-        process.send_signal(signal.SIGTERM)
-        stdout, rest = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0
-    log = startup + rest
+    assert served.returncode == 0
+    log = served.startup + served.log
     assert "POST /ws/patients/ 201" in log
     assert "GET /ws/patients/ 200" in log
     assert "user=alice" in log
     for secret in ("SECRET-EXT-77", "external_id=", "Zebediah", "Quixote", "?"):
         assert secret not in log
     assert "Sandbox stopped (SIGTERM)" in log
-    assert stdout == ""
+    assert served.stdout == ""
 
 
 def test_access_log_line_shape(sandbox, sandbox_user, capfd):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.sandbox_plugin import serve_sandbox
 
 pytest.importorskip("starlette")
 
@@ -658,45 +658,21 @@ def test_state_survives_a_restart(tmp_path: Any) -> None:
 
 
 def test_serve_kind_openehr_with_basic_auth_file(tmp_path: Any) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CWSCTL_SANDBOX_")}
-    env["CWSCTL_HOME"] = str(tmp_path / "home")
     secret_file = tmp_path / "auth"
     secret_file.write_text("loader:not-on-the-command-line\n")
     secret_file.chmod(0o600)
     data_dir = tmp_path / "ehr"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cwsctl", "sandbox", "serve", "--kind", "openehr",
-         "--port", str(port), "--data-dir", str(data_dir), "--basic-auth-file", str(secret_file)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )  # fmt: skip
-    try:
-        startup = ""
-        while "Press Ctrl-C" not in startup:
-            line = process.stderr.readline()
-            assert line, f"server exited early: {startup}"
-            startup += line
-        base = f"http://127.0.0.1:{port}/ehrbase/rest/openehr/v1"
-        assert f"Base URL (profile --url): {base}" in startup
+    args = ("--kind", "openehr", "--data-dir", str(data_dir), "--basic-auth-file", str(secret_file))
+    with serve_sandbox(tmp_path, *args, ready="Press Ctrl-C") as served:
+        base = f"{served.url}/ehrbase/rest/openehr/v1"
+        assert f"Base URL (profile --url): {base}" in served.startup
         assert httpx.post(f"{base}/ehr").status_code == 401
         auth = ("loader", "not-on-the-command-line")
         created = httpx.post(f"{base}/ehr", json=ehr_status("P1"), auth=auth)
         assert created.status_code == 201
-        process.send_signal(signal.SIGTERM)
-        _, log = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0
-    assert "POST /ehrbase/rest/openehr/v1/ehr 201" in log and "user=loader" in log
-    assert "not-on-the-command-line" not in startup + log
+    assert served.returncode == 0
+    assert "POST /ehrbase/rest/openehr/v1/ehr 201" in served.log and "user=loader" in served.log
+    assert "not-on-the-command-line" not in served.startup + served.log
     assert (data_dir / "openehr.db").exists() and not (data_dir / "server.pem").exists()
 
 

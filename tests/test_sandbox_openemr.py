@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from types import SimpleNamespace
@@ -18,6 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+
+from tests.sandbox_plugin import serve_sandbox
 
 jwt = pytest.importorskip("jwt")
 pytest.importorskip("starlette")
@@ -650,53 +647,29 @@ def test_patients_survive_a_restart(tmp_path: Any, rsa2048: Any) -> None:
 
 
 def test_serve_kind_openemr_subprocess(tmp_path: Any, rsa2048: Any) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CWSCTL_SANDBOX_")}
-    env["CWSCTL_HOME"] = str(tmp_path / "home")
     data_dir = tmp_path / "emr"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cwsctl", "sandbox", "serve", "--kind", "openemr",
-         "--port", str(port), "--token-lifetime", "5", "--data-dir", str(data_dir)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )  # fmt: skip
-    try:
-        startup = ""
-        while "Press Ctrl-C" not in startup:
-            line = process.stderr.readline()
-            assert line, f"server exited early: {startup}"
-            startup += line
-        url = f"http://127.0.0.1:{port}"
-        assert f"OpenEMR sandbox listening on {url}" in startup
-        assert f"Tokens: POST {url}/oauth2/default/token (5-second access tokens)" in startup
-
-        served = SimpleNamespace(
+    args = ("--kind", "openemr", "--token-lifetime", "5", "--data-dir", str(data_dir))
+    with serve_sandbox(tmp_path, *args, ready="Press Ctrl-C") as served:
+        url = served.url
+        assert f"OpenEMR sandbox listening on {url}" in served.startup
+        assert f"Tokens: POST {url}/oauth2/default/token (5-second access tokens)" in served.startup
+        site = SimpleNamespace(
             url=url,
             site="default",
             token_url=f"{url}/oauth2/default/token",
             api_url=f"{url}/apis/default",
         )
-        client_id = register(served, rsa2048)["client_id"]
-        answer = token_request(served, assertion(served, rsa2048, client_id))
+        client_id = register(site, rsa2048)["client_id"]
+        answer = token_request(site, assertion(site, rsa2048, client_id))
         assert answer.json()["expires_in"] == 5
         created = httpx.post(
-            f"{served.api_url}/api/patient",
+            f"{site.api_url}/api/patient",
             json=PATIENT,
             headers=bearer(answer.json()["access_token"]),
         )
         assert created.status_code == 201
-        process.send_signal(signal.SIGTERM)
-        _, log = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0
+    assert served.returncode == 0
+    log = served.log
     assert "POST /apis/default/api/patient 201" in log
     assert "Sandbox stopped (SIGTERM)" in log
     assert answer.json()["access_token"] not in log and "Lovelace" not in log
