@@ -8,13 +8,12 @@ from __future__ import annotations
 import csv
 import json
 import signal
-import time
 from collections import Counter
 
 import pytest
 
 from cwsctl.core.kinds.openehr import subject_namespace
-from tests.test_patients_bulk import _spawn, patient, write_csv
+from tests.test_patients_bulk import _spawn, _wait_for_progress, patient, write_csv
 
 PASSWORD = "correct horse battery staple"
 
@@ -97,10 +96,7 @@ def test_bulk_killed_and_resumed_holds_one_ehr_per_subject(cdr, tmp_path, cwsctl
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(n)])
     cdr.faults = type(cdr.faults)(latency_ms=60, seed=7)
     process = _spawn(cwsctl_home, "patients", "create", "--from", str(source), "--concurrency", "4")
-    deadline = time.monotonic() + 30
-    while cdr.count_ehrs() < 10:
-        assert time.monotonic() < deadline, "the load made no progress"
-        time.sleep(0.02)
+    _wait_for_progress(cdr.count_ehrs, 10)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
     assert 0 < cdr.count_ehrs() < n

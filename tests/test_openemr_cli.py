@@ -15,7 +15,7 @@ import pytest
 
 from cwsctl.core.kinds.openemr import external_id_system
 from tests.conftest import write_private
-from tests.test_patients_bulk import _spawn, patient, write_csv
+from tests.test_patients_bulk import _spawn, _wait_for_progress, patient, write_csv
 
 pytest.importorskip("jwt")
 
@@ -75,10 +75,7 @@ def test_bulk_killed_and_resumed_holds_each_patient_once(emr, tmp_path, cwsctl_h
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(n)])
     emr.faults = type(emr.faults)(latency_ms=60, seed=5)
     process = _spawn(cwsctl_home, "patients", "create", "--from", str(source), "--concurrency", "4")
-    deadline = time.monotonic() + 30
-    while emr.count_patients() < 10:
-        assert time.monotonic() < deadline, "the load made no progress"
-        time.sleep(0.02)
+    _wait_for_progress(emr.count_patients, 10)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
     assert 0 < emr.count_patients() < n

@@ -300,9 +300,10 @@ def _spawn(cwsctl_home, *args):
     )
 
 
-def _wait_for_progress(sandbox, minimum, timeout=30):
+def _wait_for_progress(count, minimum, timeout=30):
+    """Wait until ``count()`` (patients or EHRs stored by the server) reaches ``minimum``."""
     deadline = time.monotonic() + timeout
-    while sandbox.store.count_patients() < minimum:
+    while count() < minimum:
         assert time.monotonic() < deadline, "the load made no progress"
         time.sleep(0.02)
 
@@ -312,7 +313,7 @@ def test_sigkill_mid_run_then_resume(sandbox, sandbox_profile, cwsctl_home, tmp_
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(n)])
     sandbox.faults = Faults(latency_ms=40, seed=3)
     process = _spawn(cwsctl_home, "patients", "create", "--from", str(source))
-    _wait_for_progress(sandbox, 20)
+    _wait_for_progress(sandbox.store.count_patients, 20)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
     assert 0 < sandbox.store.count_patients() < n
@@ -331,7 +332,7 @@ def test_ctrl_c_finishes_in_flight_rows_and_exits_130(
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(n)])
     sandbox.faults = Faults(latency_ms=40, seed=4)
     process = _spawn(cwsctl_home, "patients", "create", "--from", str(source))
-    _wait_for_progress(sandbox, 20)
+    _wait_for_progress(sandbox.store.count_patients, 20)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
