@@ -17,15 +17,13 @@ unique, enforced by the database.
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from cwsctl.core.files import ensure_private_dir
+from cwsctl.sandbox.store import open_private_db
 
 DB_FILE = "openehr.db"
 
@@ -142,18 +140,11 @@ class OpenEhrStore:
     """One SQLite connection to ``data_dir/openehr.db``, safe to share between threads."""
 
     def __init__(self, data_dir: Path) -> None:
-        ensure_private_dir(data_dir)
         self.path = data_dir / DB_FILE
         self._lock = threading.Lock()
-        if not self.path.exists():
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db = open_private_db(self.path, _SCHEMA)
         self._last = datetime.fromtimestamp(0, timezone.utc)
         with self._lock:
-            self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT max(committed_us) FROM versions").fetchone()
             if row[0] is not None:
                 self._last = _from_us(int(row[0]))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -26,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cwsctl.core.files import ensure_private_dir
+from cwsctl.sandbox.store import open_private_db
 
 DB_FILE = "openemr.db"
 #: The identifier system a Standard API patient's pubpid gets in FHIR (HL7 v2 table 0203, "PT").
@@ -107,17 +106,9 @@ class OpenEmrStore:
     """One SQLite connection to ``data_dir/openemr.db``, safe to share between threads."""
 
     def __init__(self, data_dir: Path) -> None:
-        ensure_private_dir(data_dir)
         self.path = data_dir / DB_FILE
         self._lock = threading.Lock()
-        if not self.path.exists():  # fake patients and token digests: owner-only
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self._db = open_private_db(self.path, _SCHEMA)  # fake patients and token digests
 
     def close(self) -> None:
         """Close the connection."""

@@ -126,24 +126,34 @@ class DuplicatePatientError(Exception):
         self.existing_id = existing_id
 
 
+def open_private_db(path: Path, schema: str) -> sqlite3.Connection:
+    """A connection to the SQLite file ``path`` as every sandbox flavour keeps its data.
+
+    The file is owner-only from its creation (fake or not, it is patient data; WAL files
+    inherit the mode); autocommit mode, so every statement is its own transaction, committed
+    when it returns; WAL with NORMAL syncing; shareable between threads (callers hold a lock);
+    ``schema`` applied.
+    """
+    ensure_private_dir(path.parent)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 5000")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.executescript(schema)
+    return db
+
+
 class SandboxStore:
     """One SQLite connection to ``data_dir/sandbox.db``, safe to share between threads."""
 
     def __init__(self, data_dir: Path) -> None:
-        ensure_private_dir(data_dir)
         self.data_dir = data_dir
         self.path = data_dir / DB_FILE
         self._lock = threading.Lock()
-        if not self.path.exists():  # fake or not, patient data: owner-only (WAL files inherit)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        # Autocommit mode: every statement is its own transaction, committed when it returns.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        self._db = open_private_db(self.path, _SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Close the connection."""
