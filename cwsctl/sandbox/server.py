@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -332,42 +332,26 @@ def serve(
     ``token_lifetime`` sets the access tokens' seconds and ``key_bits`` is unused) or ``openehr``
     (:mod:`.openehr`, where ``basic_auth`` is the ``(user, password)`` required, if any).
     """
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "faults": faults,
+        "access_log": access_log,
+        "request_timeout": request_timeout,
+    }
     server: BaseSandboxServer
     if kind == "cws":
-        server = SandboxServer(
-            data_dir,
-            host=host,
-            port=port,
-            key_bits=key_bits,
-            faults=faults,
-            access_log=access_log,
-            request_timeout=request_timeout,
-        )
+        server = SandboxServer(data_dir, key_bits=key_bits, **common)
     elif kind == "openemr":
         from cwsctl.sandbox.openemr import OpenEmrSandboxServer
         from cwsctl.sandbox.openemr_oauth import DEFAULT_TOKEN_LIFETIME_S
 
-        server = OpenEmrSandboxServer(
-            data_dir,
-            host=host,
-            port=port,
-            token_lifetime=token_lifetime or DEFAULT_TOKEN_LIFETIME_S,
-            faults=faults,
-            access_log=access_log,
-            request_timeout=request_timeout,
-        )
+        lifetime = token_lifetime or DEFAULT_TOKEN_LIFETIME_S
+        server = OpenEmrSandboxServer(data_dir, token_lifetime=lifetime, **common)
     elif kind == "openehr":
         from cwsctl.sandbox.openehr import OpenEhrSandboxServer
 
-        server = OpenEhrSandboxServer(
-            data_dir,
-            host=host,
-            port=port,
-            basic_auth=basic_auth,
-            faults=faults,
-            access_log=access_log,
-            request_timeout=request_timeout,
-        )
+        server = OpenEhrSandboxServer(data_dir, basic_auth=basic_auth, **common)
     else:
         raise ValueError(f"unknown sandbox kind {kind!r}: cws, openemr or openehr")
     return server.serve_forever(on_ready)
