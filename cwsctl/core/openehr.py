@@ -291,13 +291,10 @@ def create_ehr(client: ApiClient, subject_id: str, namespace: str) -> Ehr:
 
     A subject that already has an EHR is refused by the server: 409, ClientRequestError.
     """
-    from cwsctl.core.kinds.openehr import ehr_status
+    from cwsctl.core.kinds.openehr import ehr_create_request
 
     _check_subject(subject_id, namespace)
-    body = json.dumps(ehr_status(subject_id, namespace), separators=(",", ":")).encode()
-    response = client.request(
-        "POST", "/ehr", body, {"Content-Type": JSON, "Prefer": "return=representation"}
-    )
+    response = client.request(*ehr_create_request(subject_id, namespace))
     if response.status == 201 or (response.ok and response.body):
         return _ehr_from(response)
     raise fail(

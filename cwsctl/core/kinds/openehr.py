@@ -61,6 +61,13 @@ def ehr_status(subject_id: str, namespace: str) -> dict[str, Any]:
     }
 
 
+def ehr_create_request(subject_id: str, namespace: str) -> PatientRequest:
+    """``POST /ehr`` with the subject's EHR_STATUS, asking for the EHR back."""
+    body = json.dumps(ehr_status(subject_id, namespace), separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", "Prefer": "return=representation"}
+    return PatientRequest("POST", "/ehr", body, headers)
+
+
 def ehr_lookup_path(subject_id: str, namespace: str) -> str:
     """``/ehr?subject_id=…&subject_namespace=…``: the EHR of a subject."""
     return f"/ehr?{urlencode({'subject_id': subject_id, 'subject_namespace': namespace})}"
@@ -94,10 +101,8 @@ class OpenEhrPatients(PatientMapping):
 
     def create_request(self, record: dict[str, Any]) -> PatientRequest:
         """``POST /ehr`` with the subject's EHR_STATUS; the EHR comes back in the answer."""
-        status = ehr_status(str(record["external_id"]), subject_namespace(str(record["facility"])))
-        body = json.dumps(status, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json", "Prefer": "return=representation"}
-        return PatientRequest("POST", "/ehr", body, headers)
+        facility = str(record["facility"])
+        return ehr_create_request(str(record["external_id"]), subject_namespace(facility))
 
     def verdict(self, response: ApiResponse) -> Verdict:
         """201 created; 409 the subject already has an EHR (its id is looked up); else refused."""
