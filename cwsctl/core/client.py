@@ -316,6 +316,8 @@ class ApiClient:
         (exit 6) when the server cannot be reached, the answer is lost, late or too large, and
         SignatureError (exit 7) when the answer is not authentic.
         """
+        # The unauthenticated request: the kind's auth adds credentials (or the signature) as
+        # it sends, so a subclass's build_request, which adds them for display, is skipped.
         request = ApiClient.build_request(self, method, path_or_url, body, headers)
         method = request.method
         attempts = 1 + (self.retries if method in IDEMPOTENT_METHODS else 0)
