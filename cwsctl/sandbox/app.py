@@ -65,7 +65,7 @@ class _ClientGone(Exception):
     """The client disconnected before its request body was complete."""
 
 
-class _Answer:
+class Answer:
     """A complete response before signing."""
 
     __slots__ = ("body", "body_complete", "close", "content_type", "headers", "status")
@@ -87,8 +87,8 @@ class _Answer:
         self.body_complete = True  # False: the request body was not all read (see _respond)
 
 
-def _error(status: int, message: str, **extra: Any) -> _Answer:
-    return _Answer(status, _json_bytes({"error": message, **extra}))
+def _error(status: int, message: str, **extra: Any) -> Answer:
+    return Answer(status, _json_bytes({"error": message, **extra}))
 
 
 def _json_bytes(document: Any) -> bytes:
@@ -126,7 +126,7 @@ class EnvelopeApp:
         """Whether the fault switches apply to requests for ``path``."""
         return False
 
-    def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, _Answer | None]:
+    def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, Answer | None]:
         """The caller's name for the access log, and a refusal or None to go on."""
         return "-", None
 
@@ -201,14 +201,14 @@ class EnvelopeApp:
             if self.access_log:
                 elapsed = (time.perf_counter() - started) * 1000
                 sys.stderr.write(
-                    f"cwsctl-sandbox: {scope['method']} {_printable(path)} {answer.status} "
+                    f"cwsctl-sandbox: {scope['method']} {printable(path)} {answer.status} "
                     f"{elapsed:.1f}ms user={username}{note}{response_note}\n"
                 )
 
         unread = receive if too_large is not None and not too_large.body_complete else None
         await self._respond(send, answer, dice if faulty else None, log, unread)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, _Answer | None]:
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, Answer | None]:
         """The whole body, or a 413 as soon as the body is known to be over ``max_body``."""
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
@@ -228,14 +228,14 @@ class EnvelopeApp:
             if not more:
                 return b"".join(chunks), None
 
-    def _too_large(self, *, body_complete: bool) -> _Answer:
+    def _too_large(self, *, body_complete: bool) -> Answer:
         """413, closing the connection after it (the body may not end, or not soon)."""
         answer = _error(413, f"request body is larger than {self.max_body} bytes")
         answer.close = True
         answer.body_complete = body_complete
         return answer
 
-    async def _dispatch(self, scope: Scope, body: bytes) -> _Answer:
+    async def _dispatch(self, scope: Scope, body: bytes) -> Answer:
         delivered = False
 
         async def replay() -> Message:
@@ -269,12 +269,12 @@ class EnvelopeApp:
         except Exception as exc:  # a bug in the sandbox: answer like CorEMR would, still signed
             sys.stderr.write(f"cwsctl-sandbox: internal error: {type(exc).__name__}\n")
             return _error(500, "internal server error")
-        return _Answer(status, b"".join(chunks), headers, content_type=content_type)
+        return Answer(status, b"".join(chunks), headers, content_type=content_type)
 
     async def _respond(
         self,
         send: Send,
-        answer: _Answer,
+        answer: Answer,
         dice: FaultDice | None,
         log: Callable[[str], None],
         unread: Receive | None = None,
@@ -365,7 +365,7 @@ class SandboxApp(EnvelopeApp):
         value = AuthorizationHeader(RESPONSE_ALGORITHM, SERVER_USERNAME, signature).format()
         return [(b"authorization", value.encode("ascii"))], note
 
-    def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, _Answer | None]:
+    def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, Answer | None]:
         values = [v for k, v in scope["headers"] if k == b"authorization"]
         if not values:
             return "-", _error(
@@ -377,7 +377,7 @@ class SandboxApp(EnvelopeApp):
             header = AuthorizationHeader.parse(values[0].decode("latin-1"))
         except SignatureError as exc:
             return "-", _error(401, exc.message)
-        username = _printable(header.username, 64)
+        username = printable(header.username, 64)
         pem = self.store.client_key_pem(header.username)
         if pem is None:
             return username, _error(401, f"unknown username {username!r}: no public key registered")
@@ -428,7 +428,7 @@ def _flip(signature: bytes) -> bytes:
     return bytes(b ^ 0xFF for b in signature[:8]) + signature[8:]
 
 
-def _printable(text: str, limit: int = 200) -> str:
+def printable(text: str, limit: int = 200) -> str:
     """Log-safe text: no control characters, bounded length."""
     cleaned = "".join(c if c.isprintable() and c != " " else "?" for c in text)
     return cleaned if len(cleaned) <= limit else cleaned[:limit] + "…"

@@ -112,7 +112,7 @@ from starlette.routing import Route
 
 from cwsctl.core.errors import InputError
 from cwsctl.core.files import read_bytes
-from cwsctl.sandbox.app import MAX_BODY_BYTES, EnvelopeApp, Scope, _Answer, _printable
+from cwsctl.sandbox.app import MAX_BODY_BYTES, Answer, EnvelopeApp, Scope, printable
 from cwsctl.sandbox.faults import Faults
 from cwsctl.sandbox.openehr_api import (
     BASE_PATH,
@@ -227,7 +227,7 @@ class OpenEhrApp(EnvelopeApp):
     def _faulty(self, path: str) -> bool:
         return path == f"{BASE_PATH}/ehr" or path.startswith(f"{BASE_PATH}/ehr/")
 
-    def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, _Answer | None]:
+    def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, Answer | None]:
         if self.basic_auth is None:
             return "-", None
         if scope["method"] == "OPTIONS" and scope["path"] in (BASE_PATH, f"{BASE_PATH}/"):
@@ -247,14 +247,14 @@ class OpenEhrApp(EnvelopeApp):
                 expected_password = password.encode("utf-8")
                 user_ok = hmac.compare_digest(given_user, expected_user)
                 if hmac.compare_digest(given_password, expected_password) and user_ok:
-                    return _printable(user, 64), None
+                    return printable(user, 64), None
                 reason = "wrong user or password"
         elif len(values) > 1:
             reason = "more than one Authorization header"
         document = {"error": "Unauthorized", "message": reason}
         body_bytes = json.dumps(document, separators=(",", ":")).encode("utf-8")
         challenge = f'Basic realm="{REALM}", charset="UTF-8"'.encode("ascii")
-        return "-", _Answer(401, body_bytes, [(b"www-authenticate", challenge)])
+        return "-", Answer(401, body_bytes, [(b"www-authenticate", challenge)])
 
 
 class OpenEhrSandboxServer(BaseSandboxServer):

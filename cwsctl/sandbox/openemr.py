@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cwsctl.sandbox.app import MAX_BODY_BYTES, EnvelopeApp, Scope, _Answer, _printable
+from cwsctl.sandbox.app import MAX_BODY_BYTES, Answer, EnvelopeApp, Scope, printable
 from cwsctl.sandbox.faults import Faults
 from cwsctl.sandbox.openemr_api import ApiEndpoints, outcome
 from cwsctl.sandbox.openemr_oauth import (
@@ -105,14 +105,14 @@ class OpenEmrApp(EnvelopeApp):
     def _faulty(self, path: str) -> bool:
         return self._patient_path.match(path) is not None
 
-    def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, _Answer | None]:
+    def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, Answer | None]:
         path: str = scope["path"]
         if not path.startswith("/apis/") or path == self._metadata_path:
             return "-", None
         values = [bytes(v).decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]
         client_id, refusal = bearer_grant(self.state.store, values)
         if client_id is not None:
-            return _printable(client_id, 64), None
+            return printable(client_id, 64), None
         if refusal is None:  # no token at all: no error code (RFC 6750 §3.1)
             challenge = 'Bearer realm="OpenEMR"'
             document = {
@@ -125,7 +125,7 @@ class OpenEmrApp(EnvelopeApp):
             )
             document = {"error": "invalid_token", "error_description": refusal}
         body_bytes = json.dumps(document, separators=(",", ":")).encode("utf-8")
-        return "-", _Answer(401, body_bytes, [(b"www-authenticate", challenge.encode("ascii"))])
+        return "-", Answer(401, body_bytes, [(b"www-authenticate", challenge.encode("ascii"))])
 
 
 class OpenEmrSandboxServer(BaseSandboxServer):
