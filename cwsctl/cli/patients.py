@@ -223,7 +223,7 @@ def _single(
     dry_run: bool,
     connection: dict[str, Any],
 ) -> None:
-    from cwsctl.cli.request import show_response
+    from cwsctl.cli.request_run import show_response
     from cwsctl.core.patients import (
         PatientValidationError,
         parse_json_object,

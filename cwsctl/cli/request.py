@@ -20,7 +20,6 @@ from cwsctl.cli.options import (
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import Choice, PathOrUrl
 from cwsctl.cli.request_run import request_command
-from cwsctl.cli.request_run import show_response as show_response  # cli/patients.py uses it
 
 
 @with_globals
