@@ -1,4 +1,4 @@
-"""cwsctl: sign, send and verify CorEMR Web Services (CWS) requests."""
+"""cwsctl: signed, verified requests and bulk loads for CorEMR (CWS), OpenEMR and openEHR."""
 
 import sys
 

@@ -91,9 +91,13 @@ COMMANDS: dict[str, Entry] = {
         "composition",
         "openEHR compositions: create, read (any version), update and delete without ever overwriting a change you did not see, and list their revision history.",
     ),
-    "patients": _group("patients", "Create patients (POST /ws/patients/), one or thousands."),
+    "patients": _group(
+        "patients",
+        "Create patients in the profile's EMR (CorEMR, OpenEMR or openEHR), one or thousands.",
+    ),
     "sandbox": _group(
-        "sandbox", "Run a local CWS sandbox server (a CorEMR stand-in for demos and tests)."
+        "sandbox",
+        "Run a local sandbox server (CorEMR, OpenEMR or EHRbase stand-in) for demos and tests.",
     ),
 }
 
@@ -142,7 +146,7 @@ def load_command(name: str, rich_markup_mode: Any = None) -> Any:
 app = typer.Typer(
     name="cwsctl",
     cls=LazyGroup,
-    help="Sign, send and verify CorEMR Web Services (CWS) requests.\n\n"
+    help="Signed, verified requests and bulk loads for CorEMR (CWS), OpenEMR and openEHR.\n\n"
     "Exit codes: 0 ok, 1 bug, 2 usage/input, 3 key/profile, 4 HTTP 4xx, 5 HTTP 5xx, "
     "6 network, 7 signature, 130 interrupted.",
     no_args_is_help=True,

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from cwsctl.core.bulk import RowResult, Summary
 
 app = typer.Typer(
-    help="Create patients (POST /ws/patients/), one or thousands.", no_args_is_help=True
+    help="Create patients in the profile's EMR (CorEMR, OpenEMR or openEHR), one or thousands.",
+    no_args_is_help=True,
 )
 
 DATE_HELP = "YYYY-MM-DD, ISO 8601 or 'YYYY-MM-DD HH:MM:SS.fff' (normalised to the latter)."

@@ -32,7 +32,7 @@ SANDBOX_KINDS = ("cws", "openemr", "openehr")
 MAX_TOKEN_LIFETIME_S = 86400
 
 app = typer.Typer(
-    help="Run a local CWS sandbox server (a CorEMR stand-in for demos and tests).",
+    help="Run a local sandbox server (CorEMR, OpenEMR or EHRbase stand-in) for demos and tests.",
     no_args_is_help=True,
 )
 
