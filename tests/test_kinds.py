@@ -15,7 +15,7 @@ from cwsctl.core.kinds.openemr import (
     OpenEmrPatients,
     fhir_patient,
 )
-from cwsctl.core.patients import WALKTHROUGH_EXAMPLE, prepare_patient
+from cwsctl.core.patients import WALKTHROUGH_EXAMPLE, PatientValidationError, prepare_patient
 from cwsctl.core.profile import Profile, Store
 
 # config.toml exactly as cwsctl wrote it before profiles had a kind (tomli_w's layout).
@@ -94,19 +94,61 @@ def test_fhir_patient_holds_what_fhir_has_a_place_for():
             {
                 "type": {"coding": [{"system": IDENTIFIER_TYPES, "code": "PT"}]},
                 "system": EXTERNAL_ID_SYSTEM.format(facility="10000"),
-                "value": "FakeExternalID",
+                "value": "10000:FakeExternalID",  # the pubpid: unique per facility
             }
         ],
-        "name": [{"family": "Name", "given": ["First"]}],
+        "name": [{"use": "official", "family": "Name", "given": ["First"]}],
         "gender": "male",
         "birthDate": "2000-04-12",
     }
     request = OpenEmrPatients("default").create_request(record)
     assert request.method == "POST" and request.path == "/apis/default/fhir/Patient"
     assert json.loads(request.body) == patient
-    assert request.headers["If-None-Exist"] == (
-        "identifier=urn%3Acwsctl%3Aexternal-id%3Afacility%3A10000%7CFakeExternalID"
+    assert "If-None-Exist" not in request.headers  # OpenEMR ignores it
+    assert OpenEmrPatients.lookup_first  # so every patient is looked up first
+    assert OpenEmrPatients("default").lookup_path("FakeExternalID", "10000") == (
+        "/apis/default/fhir/Patient?identifier="
+        "urn%3Acwsctl%3Aexternal-id%3Afacility%3A10000%7C10000%3AFakeExternalID"
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"lname": "L"}, "lname"),
+        ({"lname": " L "}, "lname"),
+        ({"external_id": "A,B"}, "external_id"),
+        ({"external_id": "A|B"}, "external_id"),
+        ({"facility": "F|1"}, "facility"),
+    ],
+)
+def test_openemr_refuses_before_sending_what_it_would_refuse_or_never_find(change, field):
+    record = prepare_patient({**WALKTHROUGH_EXAMPLE, **change})  # valid for CWS
+    with pytest.raises(PatientValidationError) as caught:
+        OpenEmrPatients("default").check(record)
+    assert caught.value.field == field and caught.value.exit_status == 2
+    OpenEmrPatients("default").check(prepare_patient({**WALKTHROUGH_EXAMPLE, "lname": "Li"}))
+
+
+def _bundle(*resources: dict[str, object]) -> dict[str, object]:
+    return {"resourceType": "Bundle", "entry": [{"resource": r} for r in resources]}
+
+
+def _pt(value: str, code: str = "PT") -> dict[str, object]:
+    return {"type": {"coding": [{"system": IDENTIFIER_TYPES, "code": code}]}, "value": value}
+
+
+def test_openemr_lookup_accepts_only_this_facility_pubpid():
+    mapping = OpenEmrPatients("default")
+    other_facility = {"id": "u1", "identifier": [_pt("20000:X1")]}
+    ss_match = {"id": "u2", "identifier": [_pt("10000:X1", code="SS"), _pt("7")]}
+    case_only = {"id": "u3", "identifier": [_pt("10000:x1")]}
+    this_one = {"id": "u4", "identifier": [_pt("10000:X1")]}
+    found = _answer(200, _bundle(other_facility, ss_match, case_only))
+    assert mapping.match(found, "X1", "10000") is None
+    found = _answer(200, _bundle(other_facility, ss_match, this_one))
+    assert mapping.match(found, "X1", "10000") == "u4"
+    assert mapping.match(_answer(200, {"resourceType": "Bundle"}), "X1", "10000") is None
 
 
 def _answer(status: int, document: object, headers: dict[str, str] | None = None) -> ApiResponse:
@@ -118,6 +160,9 @@ def _answer(status: int, document: object, headers: dict[str, str] | None = None
 @pytest.mark.parametrize(
     ("status", "document", "headers", "verdict"),
     [
+        # OpenEMR: {"pid", "uuid"}, no Location; the uuid is the FHIR id
+        (201, {"pid": 7, "uuid": "9a1b-uuid"}, {}, ("created", "9a1b-uuid")),
+        # a server that follows FHIR: the resource, or a Location
         (201, {"resourceType": "Patient", "id": "p1"}, {}, ("created", "p1")),
         (
             201,
@@ -125,7 +170,7 @@ def _answer(status: int, document: object, headers: dict[str, str] | None = None
             {"location": "https://h/apis/default/fhir/Patient/p2/_history/1"},
             ("created", "p2"),
         ),
-        (200, {"resourceType": "Patient", "id": "p3"}, {}, ("exists", "p3")),
+        (400, {"validationErrors": {"lname": {"Length::TOO_SHORT": "x"}}}, {}, ("rejected", None)),
         (412, {"resourceType": "OperationOutcome"}, {}, ("rejected", None)),
         (503, {"error": "down"}, {}, ("failed", None)),
     ],

@@ -228,6 +228,7 @@ def _single(
     from cwsctl.core.patients import (
         PatientValidationError,
         parse_json_object,
+        patient_key,
         prepare_patient,
     )
 
@@ -242,16 +243,28 @@ def _single(
         if not sep or not name:
             raise InputError(f"bad --field {item!r}", hint="use --field NAME=VALUE")
         fields[name] = value
+    mapping = patient_mapping(out.settings, dry_run=dry_run)
     try:
         record = prepare_patient(fields)
+        mapping.check(record)
     except PatientValidationError as exc:
         raise InputError(f"invalid patient: {exc.message}", hint=exc.hint) from None
-    create = patient_mapping(out.settings, dry_run=dry_run).create_request(record)
+    create = mapping.create_request(record)
     if dry_run:
         out.data(create.body + b"\n")
         out.info("valid; nothing sent (--dry-run)")
         return
     with open_client(out.settings, **connection) as client:
+        if mapping.lookup_first:
+            from cwsctl.core.bulk import lookup_patient
+
+            external_id, facility = patient_key(record)
+            lookup, found = lookup_patient(client, mapping, external_id, facility)
+            if found is not None or lookup.status not in (200, 404):
+                # Found (nothing is created), or the search was refused (nothing is sent blind).
+                show_response(out, lookup, client)
+                out.info(f"exists: found by look-up as {found}; nothing created")
+                return
         response = client.request(*create)
     show_response(out, response, client)
 

@@ -1,10 +1,12 @@
 """Bulk patient loads: validate, send concurrently, journal every step, never send a patient twice.
 
-``BulkLoad.run`` reads rows lazily, validates each locally (the same schema the sandbox uses),
-and hands at most ``2 × concurrency`` rows at a time to its worker threads, so memory is flat in
-the number of rows. Each row goes through ``_send_row``: look it up first if an earlier attempt may
-have taken effect, journal ``sending``, POST, journal the outcome. A response that fails
-verification stops the run at once (the row stays "in doubt" and is looked up on the next run).
+``BulkLoad.run`` reads rows lazily, validates each locally (the same schema the sandbox uses,
+then the kind's own rules), and hands at most ``2 × concurrency`` rows at a time to its worker
+threads, so memory is flat in the number of rows. Each row goes through ``_send_row``: look it up
+first if an earlier attempt may have taken effect (or always, for kinds whose server cannot refuse
+a duplicate), journal ``sending``, POST, journal the outcome. A response that fails verification
+stops the run at once (the row stays "in doubt" and is looked up on the next run), and so does a
+local key or login problem (exit 3, e.g. a revoked login): every later row would fail the same way.
 
 How many requests are in flight is set by :class:`InFlightLimit`, which adapts like TCP's
 congestion window: it grows while the server answers and the limit is the bottleneck, halves on a
@@ -374,6 +376,7 @@ class BulkLoad:
             return RowResult(row.number, ext, fac, "invalid", message=row.error)
         try:
             record = prepare_patient(fields)
+            self.mapping.check(record)
         except PatientValidationError as exc:
             return RowResult(row.number, ext, fac, "invalid", exc.status, message=exc.message)
         key = patient_key(record)
@@ -397,7 +400,7 @@ class BulkLoad:
         assert self.client is not None
         external_id, facility, key = row.external_id, row.facility, row.journal_key
         create = self.mapping.create_request(row.record)
-        in_doubt = bool(self.journal and self.journal.in_doubt(key))
+        in_doubt = self.mapping.lookup_first or bool(self.journal and self.journal.in_doubt(key))
         last = RowResult(number, external_id, facility, "failed", message="not sent")
         failures = busy = 0
         last_busy = False
@@ -436,6 +439,8 @@ class BulkLoad:
                     number, external_id, facility, "failed", exc.status, message=exc.message
                 )
                 congested, retry_after = exc.status in BUSY_STATUSES, exc.retry_after
+                if 400 <= exc.status < 500 and exc.status != 408 and not congested:
+                    return last  # refused (scope, rights): asking again in this run changes nothing
                 last_busy = congested
                 busy, failures = (busy + 1, failures) if congested else (busy, failures + 1)
                 continue
@@ -504,7 +509,7 @@ class BulkLoad:
     def _lookup(self, external_id: str, facility: str) -> Any:
         """The server id of an existing patient, or None (raises on network/signature failure)."""
         assert self.client is not None
-        response = self.client.request("GET", self.mapping.lookup_path(external_id, facility))
+        response, found = lookup_patient(self.client, self.mapping, external_id, facility)
         if response.status >= 500 or response.status in BUSY_STATUSES:
             raise _LookupFailed(
                 response.status,
@@ -519,13 +524,17 @@ class BulkLoad:
             raise _LookupFailed(
                 response.status, f"lookup refused: {response.status} {response.error_message()}"
             )
-        return self.mapping.found_id(response)
+        return found
 
     def _existing_id(self, external_id: str, facility: str) -> Any:
         """The id of a patient the server says exists, or None if the look-up fails."""
         try:
             return self._lookup(external_id, facility)
-        except (CwsError, _LookupFailed):
+        except _LookupFailed:
+            return None
+        except CwsError as exc:
+            if exc.exit_status is ExitStatus.LOCAL_KEY:
+                raise  # a key or login problem stops the run, as it does anywhere else
             return None
 
     def _journal(self, key: str, number: int, outcome: str, **facts: Any) -> None:
@@ -540,6 +549,17 @@ class BulkLoad:
         """
         pause = self.backoff * (2 ** (attempt - 1))
         return not self._stop.wait(min(pause, 8.0) if busy else pause)
+
+
+def lookup_patient(
+    client: ApiClient, mapping: PatientMapping, external_id: str, facility: str
+) -> tuple[ApiResponse, Any]:
+    """Search the server for patient ``external_id`` of ``facility``: the answer, and the id of
+    the patient it holds (None unless a 200 answer holds that very patient, see
+    :meth:`PatientMapping.match`). Network, signature and login failures raise."""
+    response = client.request("GET", mapping.lookup_path(external_id, facility))
+    found = mapping.match(response, external_id, facility) if response.status == 200 else None
+    return response, found
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -53,6 +53,17 @@ class PatientMapping(ABC):
 
     #: Input columns this kind's server has no place for (listed as not sent in the summary).
     unsent_fields: tuple[str, ...] = ()
+    #: Look every patient up before creating it, not only rows in doubt: for servers that cannot
+    #: refuse a duplicate themselves (every create makes a new patient).
+    lookup_first: bool = False
+
+    def check(self, record: dict[str, Any]) -> None:
+        """Refuse a valid record this kind's server would refuse, before anything is sent.
+
+        Raises :class:`~cwsctl.core.patients.PatientValidationError` (exit 2); a bulk load
+        reports the row as invalid and goes on. The default accepts every record.
+        """
+        return None
 
     @abstractmethod
     def create_request(self, record: dict[str, Any]) -> PatientRequest:
@@ -69,6 +80,12 @@ class PatientMapping(ABC):
     @abstractmethod
     def found_id(self, response: ApiResponse) -> Any:
         """The server id in a 200 answer to :meth:`lookup_path`, or None when none matched."""
+
+    def match(self, response: ApiResponse, external_id: str, facility: str) -> Any:
+        """The id of the patient ``external_id`` of ``facility`` in a 200 answer to
+        :meth:`lookup_path`, or None. The default trusts the search (:meth:`found_id`); a kind
+        whose search can match other patients checks each one here."""
+        return self.found_id(response)
 
 
 class Kind(ABC):

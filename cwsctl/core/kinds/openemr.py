@@ -1,9 +1,12 @@
 """OpenEMR: OAuth2 bearer tokens got with a JWT signed by the profile's key; patients via FHIR R4.
 
-Patients go to ``POST /apis/{site}/fhir/Patient`` rather than the Standard API because FHIR lets
-the server itself refuse a duplicate: the external id is an identifier in the facility's
-namespace, and ``If-None-Exist`` makes the create conditional (an existing match answers 200 and
-nothing is created). The look-up of an in-doubt row is the same identifier search.
+Patients go to ``POST /apis/{site}/fhir/Patient``. OpenEMR cannot refuse a duplicate: it ignores
+``If-None-Exist`` and every POST creates a patient, so each patient is looked up before it is
+created (:attr:`OpenEmrPatients.lookup_first`). OpenEMR keeps only the value of the identifier
+typed PT (as ``pubpid``) and drops its system, so the value itself says the facility:
+``{facility}:{external_id}`` (see :func:`pubpid`). Its identifier search matches ``ss`` or
+``pubpid`` and ignores the system, so a match counts only when its PT identifier is that very
+value. The new patient's id is the ``uuid`` of the 201 answer ``{"pid": …, "uuid": …}``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,17 @@ if TYPE_CHECKING:
     from cwsctl.core.profile import Profile, Store
 
 FHIR_JSON = "application/fhir+json"
-#: The identifier system holding CorEMR's external ids of one facility.
+#: The identifier system holding CorEMR's external ids of one facility (sent for servers that
+#: follow FHIR; OpenEMR drops it).
 EXTERNAL_ID_SYSTEM = "urn:cwsctl:external-id:facility:{facility}"
 IDENTIFIER_TYPES = "http://terminology.hl7.org/CodeSystem/v2-0203"
+#: The identifier type OpenEMR keeps (as pubpid): "patient external identifier".
+PUBPID_TYPE = "PT"
+#: OpenEMR's PatientValidator: lname 2–255 characters (fname 1–255).
+MIN_LNAME = 2
+#: Characters OpenEMR's token search splits a value on (',' = OR, '|' = system|value), with no
+#: escape: a pubpid holding one could never be found again, so it is refused before sending.
+SEARCH_SEPARATORS = ",|"
 _GENDERS = {"M": "male", "F": "female", "U": "unknown"}
 
 
@@ -38,25 +49,35 @@ def external_id_system(facility: str) -> str:
     return EXTERNAL_ID_SYSTEM.format(facility=facility)
 
 
+def pubpid(external_id: str, facility: str) -> str:
+    """The PT identifier value (OpenEMR's ``pubpid``) of a patient: ``{facility}:{external_id}``.
+
+    OpenEMR keeps only this value (not the identifier's system), so the facility is part of it:
+    the same external id in two facilities is two patients.
+    """
+    return f"{facility}:{external_id}"
+
+
 def fhir_patient(record: dict[str, Any]) -> dict[str, Any]:
     """A validated patient record as a FHIR R4 Patient resource."""
+    facility, external_id = str(record["facility"]), str(record["external_id"])
     patient: dict[str, Any] = {
         "resourceType": "Patient",
         "identifier": [
             {
                 # Typed PT (patient external identifier): OpenEMR keeps that one as pubpid.
-                "type": {"coding": [{"system": IDENTIFIER_TYPES, "code": "PT"}]},
-                "system": external_id_system(str(record["facility"])),
-                "value": str(record["external_id"]),
+                "type": {"coding": [{"system": IDENTIFIER_TYPES, "code": PUBPID_TYPE}]},
+                "system": external_id_system(facility),
+                "value": pubpid(external_id, facility),
             }
         ],
     }
-    name = {
-        key: value
-        for key, value in (("family", record.get("lname")), ("given", [record.get("fname")]))
-        if value and value != [None]
-    }
-    if name:
+    name: dict[str, Any] = {"use": "official"}  # OpenEMR reads no other name
+    if record.get("lname"):
+        name["family"] = record["lname"]
+    if record.get("fname"):
+        name["given"] = [record["fname"]]
+    if len(name) > 1:
         patient["name"] = [name]
     if record.get("sex") in _GENDERS:
         patient["gender"] = _GENDERS[record["sex"]]
@@ -66,38 +87,87 @@ def fhir_patient(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class OpenEmrPatients(PatientMapping):
-    """FHIR Patient with a conditional create on the external-id identifier."""
+    """FHIR Patient, looked up by its pubpid before every create (OpenEMR creates on every POST)."""
 
     unsent_fields = ("agency", "billing_agency", "booking_no", "booking_date")
+    lookup_first = True
 
     def __init__(self, site: str) -> None:
         self.path = f"/apis/{site}/fhir/Patient"
 
+    def check(self, record: dict[str, Any]) -> None:
+        """Refuse what OpenEMR would refuse or could not find again (exit 2, nothing sent)."""
+        from cwsctl.core.patients import PatientValidationError
+
+        if len(str(record.get("lname", "")).strip()) < MIN_LNAME:
+            raise PatientValidationError(
+                f"field 'lname' must be at least {MIN_LNAME} characters for OpenEMR",
+                status=422,
+                field="lname",
+                hint="OpenEMR's patient validator refuses a shorter last name",
+            )
+        for name in ("external_id", "facility"):
+            if any(char in str(record.get(name, "")) for char in SEARCH_SEPARATORS):
+                raise PatientValidationError(
+                    f"field {name!r} must not contain ',' or '|' for OpenEMR",
+                    status=422,
+                    field=name,
+                    hint="OpenEMR's identifier search splits on them: "
+                    "the patient could not be found again",
+                )
+
     def create_request(self, record: dict[str, Any]) -> PatientRequest:
-        """``POST …/fhir/Patient`` with ``If-None-Exist: identifier=SYSTEM|ID``."""
+        """``POST …/fhir/Patient`` (no ``If-None-Exist``: OpenEMR ignores it)."""
         body = json.dumps(fhir_patient(record), separators=(",", ":")).encode()
-        token = f"{external_id_system(str(record['facility']))}|{record['external_id']}"
-        headers = {"Content-Type": FHIR_JSON, "If-None-Exist": urlencode({"identifier": token})}
-        return PatientRequest("POST", self.path, body, headers)
+        return PatientRequest("POST", self.path, body, {"Content-Type": FHIR_JSON})
 
     def verdict(self, response: ApiResponse) -> Verdict:
-        """201 created; 200 the conditional create found the patient; else rejected or failed."""
-        patient_id = json_field(response.body, "id")
-        if response.status == 201:
-            return Verdict("created", patient_id or _id_from_location(response))
-        if response.status == 200:
-            return Verdict("exists", patient_id, "already in OpenEMR (conditional create)")
+        """2xx created (id: OpenEMR's ``uuid``, else a FHIR server's ``id`` or Location); 5xx
+        failed; else rejected."""
+        if response.ok:
+            patient_id = (
+                json_field(response.body, "uuid")
+                or json_field(response.body, "id")
+                or _id_from_location(response)
+            )
+            return Verdict("created", patient_id)
         outcome = "failed" if response.status >= 500 or response.status < 200 else "rejected"
         return Verdict(outcome, None, response.error_message())
 
     def lookup_path(self, external_id: str, facility: str) -> str:
-        """``GET …/fhir/Patient?identifier=SYSTEM|ID``."""
-        token = f"{external_id_system(facility)}|{external_id}"
+        """``GET …/fhir/Patient?identifier=SYSTEM|PUBPID`` (OpenEMR ignores the system)."""
+        token = f"{external_id_system(facility)}|{pubpid(external_id, facility)}"
         return f"{self.path}?{urlencode({'identifier': token})}"
 
     def found_id(self, response: ApiResponse) -> Any:
-        """The first matching Patient's id in the search Bundle, or None."""
+        """The first Patient's id in the search Bundle, or None (unchecked: see :meth:`match`)."""
         return json_field(response.body, "entry", 0, "resource", "id")
+
+    def match(self, response: ApiResponse, external_id: str, facility: str) -> Any:
+        """The id of the Patient in the Bundle whose PT identifier is exactly this pubpid.
+
+        OpenEMR's search also matches ``ss`` (and, in MySQL, case and trailing blanks loosely):
+        another patient found that way is not this facility's patient.
+        """
+        wanted = pubpid(external_id, facility)
+        for entry in json_field(response.body, "entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and _has_pubpid(resource, wanted):
+                return resource.get("id")
+        return None
+
+
+def _has_pubpid(resource: dict[str, Any], value: str) -> bool:
+    for identifier in resource.get("identifier") or []:
+        if not isinstance(identifier, dict) or identifier.get("value") != value:
+            continue
+        kind = identifier.get("type")
+        codings = kind.get("coding") if isinstance(kind, dict) else None
+        if isinstance(codings, list) and any(
+            isinstance(c, dict) and c.get("code") == PUBPID_TYPE for c in codings
+        ):
+            return True
+    return False
 
 
 def _id_from_location(response: ApiResponse) -> str | None:
