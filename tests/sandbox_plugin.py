@@ -11,11 +11,24 @@
 - ``make_sandbox(**faults)`` (function): a fresh server with its own data dir and the given
   fault switches (reuses the session server key, so ``sandbox_server.trusted_key`` trusts it);
   stopped after the test.
-- ``make_openemr_sandbox(token_lifetime=60, site="default", **faults)`` (function): a fresh
-  OpenEMR-flavour server (``OpenEmrSandboxServer``) with its own data dir, started; stopped after
-  the test. ``.url``, ``.site``, ``.token_url``, ``.api_url``, ``.revoke_tokens(refresh=False)``,
-  ``.patients()``, ``.count_patients()``, ``.token_lifetime`` (settable), ``.faults`` (settable).
+- ``make_openemr_sandbox(site="default", version=…, site_address=…, system_scopes=…,
+  token_lifetime=…, **faults)`` (function): a fresh OpenEMR-flavour server
+  (``OpenEmrSandboxServer``) with its own data dir, started; stopped after the test. Options not
+  given keep the server's defaults (OpenEMR 7.0.4, its token lifetimes). ``.url``, ``.site``,
+  ``.token_url``, ``.api_url``, ``.revoke_tokens(refresh=False)``, ``.logout()``,
+  ``.enable_client(id)``, ``.patients()``, ``.count_patients()``, ``.token_lifetime``
+  (settable), ``.faults`` (settable).
 - ``openemr_sandbox`` (function): ``make_openemr_sandbox()`` with the defaults.
+- ``make_openemr_login(server=None, name="emr", scope=None, **server_options)`` (function): an
+  openemr profile logged in as a user, made the way a user makes one: the session rsa2048 key
+  at the profile's key path, ``profile init --kind openemr``, ``oauth register``, the admin step
+  ``server.enable_client(client_id)``, then ``oauth login --no-browser`` as a subprocess whose
+  printed authorize URL is fetched (the sandbox's authorize page approves at once and redirects
+  to the loopback callback). The first profile made is the default. Returns an
+  :class:`OpenEmrLogin` (``.server``, ``.name``, ``.client_id``).
+- ``start_oauth_login(env, *args, profile=None)`` / ``read_login_url(process)`` /
+  ``complete_oauth_login(home, name)``:
+  the ``cwsctl oauth login`` subprocess, its printed URL, and the whole browser side.
 - ``make_openehr_sandbox(basic_auth=None, default_fetch=100, **faults)`` (function): a fresh
   openEHR-flavour server (``OpenEhrSandboxServer``) with its own data dir, started; stopped after
   the test. ``basic_auth=("user", "pass")`` requires those credentials. ``.url``, ``.base_url``
@@ -32,6 +45,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,14 +184,22 @@ def make_openemr_sandbox(tmp_path: Path) -> Iterator[Callable[..., OpenEmrSandbo
     from cwsctl.sandbox.faults import Faults
     from cwsctl.sandbox.openemr import OpenEmrSandboxServer
 
-    def build(
-        data_dir: Path, token_lifetime: int = 60, site: str = "default", **faults: Any
-    ) -> OpenEmrSandboxServer:
-        return OpenEmrSandboxServer(
-            data_dir, site=site, token_lifetime=token_lifetime, faults=Faults(**faults)
-        )
+    def build(data_dir: Path, **options: Any) -> OpenEmrSandboxServer:
+        server_options = {k: options.pop(k) for k in OPENEMR_SERVER_OPTIONS if k in options}
+        return OpenEmrSandboxServer(data_dir, **server_options, faults=Faults(**options))
 
     yield from _server_factory(tmp_path, "openemr-sandbox", build)
+
+
+#: make_openemr_sandbox's keyword arguments that go to the server (the rest are fault switches).
+OPENEMR_SERVER_OPTIONS = (
+    "site",
+    "version",
+    "site_address",
+    "system_scopes",
+    "manual_approval",
+    "token_lifetime",
+)
 
 
 @pytest.fixture
@@ -186,6 +208,106 @@ def openemr_sandbox(
 ) -> OpenEmrSandboxServer:
     """A fresh OpenEMR-flavour sandbox (site ``default``, 60-second tokens, no faults)."""
     return make_openemr_sandbox()
+
+
+def start_oauth_login(
+    env: dict[str, str], *args: str, profile: str | None = None
+) -> subprocess.Popen[bytes]:
+    """``cwsctl [-p PROFILE] oauth login ARGS`` as its own process (stdin closed, pipes)."""
+    chosen = ["-p", profile] if profile else []
+    return subprocess.Popen(
+        [sys.executable, "-m", "cwsctl", *chosen, "oauth", "login", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+
+def read_login_url(process: subprocess.Popen[bytes], wait: float = 20) -> str:
+    """The authorize URL ``cwsctl oauth login --no-browser`` prints on stderr."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        line = process.stderr.readline().decode()
+        if line.startswith("http"):
+            return line.strip()
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError("cwsctl oauth login printed no URL")
+
+
+def complete_oauth_login(home: Path, name: str, *options: str) -> str:
+    """Run ``cwsctl -p NAME oauth login --no-browser --wait 20 OPTIONS`` and play the browser:
+    GET the printed URL following redirects (the sandbox approves at once and sends the browser to
+    the loopback callback). Returns the login's stderr; fails the test unless it exited 0."""
+    import httpx
+
+    env = {**os.environ, "CWSCTL_HOME": str(home)}
+    process = start_oauth_login(env, "--no-browser", "--wait", "20", *options, profile=name)
+    try:
+        url = read_login_url(process)
+        answer = httpx.get(url, follow_redirects=True, timeout=10)
+        assert answer.status_code == 200, (answer.status_code, answer.text[:200])
+        _, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err.decode()
+    return err.decode()
+
+
+@dataclass
+class OpenEmrLogin:
+    """An openemr profile registered, enabled and logged in at a sandbox."""
+
+    server: OpenEmrSandboxServer
+    name: str
+    client_id: str
+
+
+@pytest.fixture
+def make_openemr_login(
+    make_openemr_sandbox: Callable[..., OpenEmrSandboxServer],
+    rsa2048: rsa.RSAPrivateKey,
+    cwsctl_home: Path,
+    run_cwsctl: Callable[..., subprocess.CompletedProcess[bytes]],
+) -> Callable[..., OpenEmrLogin]:
+    """Factory: ``make_openemr_login(version="7.0.3")`` → a logged-in openemr profile (see the
+    module docstring); ``server=`` reuses a sandbox, ``login=False`` stops before the login."""
+    made: list[str] = []
+
+    def make(
+        server: OpenEmrSandboxServer | None = None,
+        *,
+        name: str = "emr",
+        scope: str | None = None,
+        login: bool = True,
+        **server_options: Any,
+    ) -> OpenEmrLogin:
+        server = server if server is not None else make_openemr_sandbox(**server_options)
+        init = ["profile", "init", name, "--kind", "openemr", "--url", server.url]
+        init += ["--site", server.site] + ([] if made else ["--default"])
+        _cwsctl(run_cwsctl, *init)
+        store = Store(cwsctl_home)
+        keys.save_private_key(store.private_key_path(name), rsa2048, None, overwrite=True)
+        register = ["-p", name, "oauth", "register", "--client-name", "tests"]
+        _cwsctl(run_cwsctl, *register, *(["--scope", scope] if scope else []))
+        client_id = store.get_profile(name).client_id
+        assert client_id, "oauth register stored no client id"
+        server.enable_client(client_id)  # the administrator's step
+        if login:
+            complete_oauth_login(cwsctl_home, name)
+        made.append(name)
+        return OpenEmrLogin(server, name, client_id)
+
+    return make
+
+
+def _cwsctl(run: Callable[..., subprocess.CompletedProcess[bytes]], *args: str) -> None:
+    result = run(*args)
+    assert result.returncode == 0, (args, result.stderr.decode())
 
 
 @pytest.fixture
