@@ -25,7 +25,7 @@ import jwt
 import pytest
 
 from cwsctl.core import keys
-from cwsctl.core.errors import ClientRequestError, ProfileError
+from cwsctl.core.errors import ClientRequestError, LoginRequiredError, ProfileError
 from cwsctl.core.exchange import bounded_client
 from cwsctl.core.jwks import jwk, jwk_set, key_id
 from cwsctl.core.oauth import (
@@ -41,6 +41,8 @@ from cwsctl.core.oauth import (
     parse_token_response,
     reuse_margin,
     run_flow,
+    system_scope,
+    user_scope,
 )
 from cwsctl.core.profile import Config, Profile, Store
 from tests.conftest import OPENSSL, needs_openssl, write_private
@@ -68,7 +70,14 @@ class TokenServerState:
     api_hits: list[str | None] = field(default_factory=list)  # Authorization headers seen
     api_bodies: list[bytes] = field(default_factory=list)
     refuse_client_credentials: str | None = None  # an OAuth error code, e.g. "invalid_client"
+    refuse_hint: str | None = None  # OpenEMR's "hint" field in that refusal
     api_always_401: bool = False
+    api_401_body: bytes = b'{"error": "invalid_token"}'
+    api_400_body: bytes | None = None  # answer every API call 400 with this (a logout)
+    site_address: str | None = None  # what the discovery documents and the aud check use
+    version: str = "7.0.4"  # "7.0.3": registration refuses token_endpoint_auth_method
+    new_client_ids: bool = False  # each registration makes a new client id
+    discovery_hits: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def grants(self) -> list[str]:
@@ -98,15 +107,32 @@ class _Handler(BaseHTTPRequestHandler):
     def state(self) -> TokenServerState:
         return self.server.state
 
+    def _site(self) -> str:
+        return self.state.site_address or self.server.url
+
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
         if path == f"/oauth2/{SITE}/registration":
             document = json.loads(self._body())
             with self.state.lock:
                 self.state.registrations.append(document)
+            method = document.get("token_endpoint_auth_method")
+            if self.state.version == "7.0.3" and method == "private_key_jwt":
+                self._send(
+                    400,
+                    {
+                        "error": "invalid_client_metadata",
+                        "error_description": "Unsupported token_endpoint_auth_method value : "
+                        "private_key_jwt",
+                    },
+                )
+                return
+            with self.state.lock:
                 self.state.jwks = document.get("jwks", {"keys": []})
+                if self.state.new_client_ids:
+                    self.state.client_id = f"client-{len(self.state.registrations)}"
             self._send(
-                201,
+                200,
                 {
                     "client_id": self.state.client_id,
                     "registration_access_token": "reg-secret-" + uuid.uuid4().hex,
@@ -128,14 +154,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(404, {"error": "not found"})
 
-    def _refuse(self, error: str, description: str) -> None:
-        self._send(
-            401 if error == "invalid_client" else 400,
-            {
-                "error": error,
-                "error_description": description,
-            },
-        )
+    def _refuse(self, error: str, description: str, hint: str | None = None) -> None:
+        document = {"error": error, "error_description": description, "message": description}
+        if hint:
+            document["hint"] = hint
+        self._send(401 if error == "invalid_client" else 400, document)
 
     def _token(self, form: dict[str, str]) -> None:
         state = self.state
@@ -144,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
             self._refuse("invalid_client", "no client assertion")
             return
-        token_url = f"{self.server.url}/oauth2/{SITE}/token"
+        token_url = f"{self._site()}/oauth2/{SITE}/token"
         assertion = form.get("client_assertion", "")
         try:
             kid = jwt.get_unverified_header(assertion).get("kid")
@@ -176,7 +199,9 @@ class _Handler(BaseHTTPRequestHandler):
         refresh: str | None = None
         if grant == "client_credentials":
             if state.refuse_client_credentials:
-                self._refuse(state.refuse_client_credentials, "client credentials refused")
+                self._refuse(
+                    state.refuse_client_credentials, "client credentials refused", state.refuse_hint
+                )
                 return
         elif grant == "refresh_token":
             with state.lock:
@@ -226,6 +251,33 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
+        if parts.path == f"/oauth2/{SITE}/.well-known/openid-configuration":
+            with self.state.lock:
+                self.state.discovery_hits += 1
+            oauth = f"{self._site()}/oauth2/{SITE}"
+            self._send(
+                200,
+                {
+                    "issuer": oauth,
+                    "authorization_endpoint": f"{oauth}/authorize",
+                    "token_endpoint": f"{oauth}/token",
+                    "registration_endpoint": f"{oauth}/registration",
+                    "token_endpoint_auth_methods_supported": ["client_secret_post"],
+                },
+            )
+            return
+        if parts.path == f"/apis/{SITE}/fhir/.well-known/smart-configuration":
+            with self.state.lock:
+                self.state.discovery_hits += 1
+            oauth = f"{self._site()}/oauth2/{SITE}"
+            document = {
+                "authorization_endpoint": f"{oauth}/authorize",
+                "token_endpoint": f"{oauth}/token",
+            }
+            if self.state.version != "7.0.3":
+                document["issuer"] = f"{self._site()}/apis/{SITE}/fhir"
+            self._send(200, document)
+            return
         if parts.path == f"/oauth2/{SITE}/authorize":
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
             code = "code-" + uuid.uuid4().hex
@@ -240,16 +292,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         if parts.path == f"/apis/{SITE}/api/patient":
-            header = self.headers.get("Authorization")
-            with self.state.lock:
-                self.state.api_hits.append(header)
-                expiry = self.state.tokens.get((header or "").removeprefix("Bearer "), 0)
-            if self.state.api_always_401 or expiry < time.time():
-                self._send(401, {"error": "invalid_token"}, {"WWW-Authenticate": "Bearer"})
-                return
-            self._send(200, {"validationErrors": [], "internalErrors": [], "data": []})
+            self._api(200)
             return
         self._send(404, {"error": "not found"})
+
+    def _send_raw(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _api(self, status_ok: int, body: bytes = b"") -> bool:
         """Record an API hit; answer 401 unless its bearer token is live (True when allowed)."""
@@ -258,8 +310,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.state.api_hits.append(header)
             self.state.api_bodies.append(body)
             expiry = self.state.tokens.get((header or "").removeprefix("Bearer "), 0)
+        if self.state.api_400_body is not None:
+            self._send_raw(400, self.state.api_400_body)
+            return False
         if self.state.api_always_401 or expiry < time.time():
-            self._send(401, {"error": "invalid_token"}, {"WWW-Authenticate": "Bearer"})
+            self._send_raw(401, self.state.api_401_body)
             return False
         self._send(status_ok, {"validationErrors": [], "internalErrors": [], "data": {}})
         return True
@@ -301,7 +356,7 @@ def emr(store: Store, token_server: _Server, rsa2048) -> Profile:
     store.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_private(store.private_key_path("default"), rsa2048)
     token_server.state.jwks = jwk_set([rsa2048.public_key()])
-    return make_profile(store, token_server.url, scope="system/Patient.read")
+    return make_profile(store, token_server.url, scope=DEFAULT_SCOPE + " system/Patient.read")
 
 
 def b64url_decode(text: str) -> bytes:
@@ -617,18 +672,143 @@ def test_refresh_grant_preferred_and_rotated(
     )
 
 
-def test_refused_refresh_falls_back_then_names_login(
+def test_refused_refresh_stops_with_login_required(
     emr: Profile, store: Store, rsa2048, token_server
 ) -> None:
+    """A revoked refresh token (400 invalid_grant) is not papered over with a system token,
+    which could not write: exit 3 naming the login command, and the token is forgotten."""
     _seed_refresh(store, emr, token_server, "rt-revoked")
     token_server.state.refresh_tokens.clear()
-    token_server.state.refuse_client_credentials = "unauthorized_client"
+    with bounded_client(timeout=10) as client, pytest.raises(LoginRequiredError) as caught:
+        run_flow(TokenSource(emr, store, rsa2048).token_flow(), client)
+    assert caught.value.exit_status == 3
+    assert token_server.state.grants() == ["refresh_token"]
+    assert caught.value.hint == "sign in as an OpenEMR user once: cwsctl -p default oauth login"
+    assert (
+        "invalid_grant" in caught.value.message and "refresh token revoked" in caught.value.message
+    )
+    assert TokenStore(store, "default").refresh_token(CLIENT_ID, endpoints(emr).token) is None
+
+
+def test_no_refresh_and_no_system_scope_is_login_required(
+    store: Store, rsa2048, token_server
+) -> None:
+    profile = make_profile(store, token_server.url, scope=DEFAULT_SCOPE)
+    with bounded_client(timeout=10) as client, pytest.raises(LoginRequiredError) as caught:
+        run_flow(TokenSource(profile, store, rsa2048).token_flow(), client)
+    assert isinstance(caught.value, ProfileError) and caught.value.exit_status == 3
+    assert "cwsctl -p default oauth login" in (caught.value.hint or "")
+    assert token_server.state.token_forms == []  # nothing was sent
+
+
+def test_client_credentials_ask_only_for_system_scopes(store: Store, rsa2048, token_server) -> None:
+    token_server.state.jwks = jwk_set([rsa2048.public_key()])
+    scope = "openid offline_access api:fhir user/Patient.read system/Patient.read system/*.$export"
+    profile = make_profile(store, token_server.url, scope=scope)
+    with bounded_client(timeout=10) as client:
+        run_flow(TokenSource(profile, store, rsa2048).token_flow(), client)
+    assert token_server.state.token_forms[0]["scope"] == "system/Patient.read system/*.$export"
+
+
+def test_default_scope_is_what_a_default_openemr_offers() -> None:
+    assert DEFAULT_SCOPE == "openid offline_access api:fhir user/Patient.read user/Patient.write"
+    assert system_scope(DEFAULT_SCOPE) == ""
+    assert user_scope("openid system/Patient.read user/Patient.read") == "openid user/Patient.read"
+
+
+def test_token_answer_without_expires_in_lasts_300_seconds() -> None:
+    response = httpx.Response(200, json={"access_token": "a", "token_type": "Bearer"})
+    result = parse_token_response(response, "client_credentials", sent_at=1000.0)
+    assert result.token.expires_at == 1300.0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # 7.0.4+ (BearerTokenAuthorizationStrategy) and 7.0.3 (league's OAuthServerException)
+        b'{"error":"An error occurred","message":"Refresh Token revoked or logged out"}',
+        b'{"error":"invalid _request","error_description":"Refresh Token revoked or logged out",'
+        b'"message":"Refresh Token revoked or logged out"}',
+    ],
+)
+def test_logged_out_answer_is_login_required_and_forgets_tokens(
+    emr: Profile, store: Store, rsa2048, token_server, body: bytes
+) -> None:
+    _seed_refresh(store, emr, token_server, "rt-live")
+    token_server.state.api_400_body = body
+    url = f"{token_server.url}/apis/{SITE}/api/patient"
+    with bounded_client(timeout=10) as client, pytest.raises(LoginRequiredError) as caught:
+        client.get(url, auth=bearer_auth(emr, store, rsa2048))
+    assert "Refresh Token revoked or logged out" in caught.value.message
+    assert "cwsctl -p default oauth login" in (caught.value.hint or "")
+    tokens = TokenStore(store, "default")
+    assert tokens.refresh_token(CLIENT_ID, endpoints(emr).token) is None
+    assert tokens.access_token(CLIENT_ID, endpoints(emr).token) is None
+    assert len(token_server.state.api_hits) == 1  # no renewal, no retry
+
+
+def test_401_renews_once_per_source_not_once_per_request(
+    emr: Profile, store: Store, rsa2048, token_server
+) -> None:
+    """OpenEMR's 401 for a missing scope: one renewal for the run; then 401s come back as is."""
+    token_server.state.api_always_401 = True
+    url = f"{token_server.url}/apis/{SITE}/api/patient"
+    auth = bearer_auth(emr, store, rsa2048)
+    with bounded_client(timeout=10) as client:
+        statuses = [client.get(url, auth=auth).status_code for _ in range(5)]
+    assert statuses == [401] * 5
+    assert len(token_server.state.api_hits) == 6  # 5 requests and one retry
+    assert token_server.state.grants() == ["client_credentials", "client_credentials"]
+
+
+def test_renewal_that_works_keeps_renewal_on(
+    emr: Profile, store: Store, rsa2048, token_server
+) -> None:
+    """A token revoked twice in one run is renewed twice: only a refused renewal stops them."""
+    url = f"{token_server.url}/apis/{SITE}/api/patient"
+    auth = bearer_auth(emr, store, rsa2048)
+    with bounded_client(timeout=10) as client:
+        assert client.get(url, auth=auth).status_code == 200
+        for _ in range(2):
+            with token_server.state.lock:
+                token_server.state.tokens.clear()  # the server revokes every token
+            assert client.get(url, auth=auth).status_code == 200
+    assert token_server.state.grants() == ["client_credentials"] * 3
+
+
+def test_refusal_carries_openemr_hint_and_disabled_client(
+    emr: Profile, store: Store, rsa2048, token_server
+) -> None:
+    token_server.state.refuse_client_credentials = "invalid_scope"
+    token_server.state.refuse_hint = "Check the `system/Patient.read` scope\n"
     with bounded_client(timeout=10) as client, pytest.raises(ClientRequestError) as caught:
         run_flow(TokenSource(emr, store, rsa2048).token_flow(), client)
-    assert token_server.state.grants() == ["refresh_token", "client_credentials"]
-    assert "cwsctl oauth login" in (caught.value.hint or "")
-    assert "invalid_grant" in caught.value.message
-    assert TokenStore(store, "default").refresh_token(CLIENT_ID, endpoints(emr).token) is None
+    assert "hint: Check the `system/Patient.read` scope" in caught.value.message
+    assert "\n" not in caught.value.message
+    assert "Enable OpenEMR FHIR System Scopes" in (caught.value.hint or "")
+    token_server.state.refuse_client_credentials = "invalid_client"  # 401: a disabled client
+    token_server.state.refuse_hint = None
+    with bounded_client(timeout=10) as client, pytest.raises(ClientRequestError) as caught:
+        run_flow(TokenSource(emr, store, rsa2048).token_flow(), client)
+    assert "invalid_client — disabled or unknown client" in caught.value.message
+    assert "Administration → System → API Clients" in (caught.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b'{"error":"An error occurred","message":"Unauthorized","code":0}']
+)
+def test_api_401_error_line_says_scope_or_disabled(
+    run_cwsctl, emr: Profile, token_server, body: bytes
+) -> None:
+    token_server.state.api_always_401 = True
+    token_server.state.api_401_body = body
+    result = run_cwsctl("request", "GET", f"/apis/{SITE}/api/patient")
+    assert result.returncode == 4
+    line = result.stderr.decode().splitlines()
+    error = next(x for x in line if x.startswith("cwsctl: error:"))
+    assert "the token lacks a scope for this path, or the client is disabled" in error
+    if body:
+        assert "Unauthorized" in error
 
 
 # -- CLI: token, register, login ---------------------------------------------------------------
@@ -714,9 +894,177 @@ def test_register_sends_jwks_and_stores_secret(cli, store: Store, token_server, 
     secret = json.loads(secrets_file.read_text())["registration"]["registration_access_token"]
     assert secret.startswith("reg-secret-")
     assert secret not in result.stdout + result.stderr
-    # the registered key now gets tokens
+    # said plainly: a confidential client with user/ scopes starts disabled
+    assert "disabled until an administrator enables it" in result.stderr
+    assert "Administration → System → API Clients" in result.stderr
+    assert "cwsctl -p default oauth login" in result.stderr
+    # no system/ scope and nobody signed in: no grant to try
     token = cli("oauth", "token")
+    assert token.exit_code == 3
+    assert "cwsctl -p default oauth login" in token.stderr
+    assert len(token_server.state.token_forms) == 0
+
+
+def test_register_scope_flags(cli, store: Store, token_server, rsa2048) -> None:
+    store.keys_dir.mkdir(mode=0o700, parents=True)
+    write_private(store.private_key_path("default"), rsa2048)
+    make_profile(store, token_server.url, client_id="")
+    result = cli("oauth", "register", "--system-scopes", "--standard-api")
+    assert result.exit_code == 0, result.stderr
+    sent = token_server.state.registrations[0]["scope"].split()
+    assert sent == [*DEFAULT_SCOPE.split(), "system/Patient.read", "api:oemr"]
+    assert "Enable OpenEMR FHIR System Scopes" in result.stderr  # the admin step, spelled out
+    token = cli("oauth", "token")  # system/ scopes: the client-credentials grant works
     assert token.exit_code == 0, token.stderr
+    assert token_server.state.token_forms[-1]["scope"] == "system/Patient.read"
+    exported = cli("oauth", "register", "--export-scopes", "--scope", "openid")
+    assert exported.exit_code == 0, exported.stderr
+    assert token_server.state.registrations[1]["scope"].split() == [
+        "openid",
+        "system/Patient.read",
+        "system/*.$export",
+        "system/Patient.$export",
+        "system/Group.$export",
+        "system/*.$bulkdata-status",
+        "system/Binary.read",
+    ]
+
+
+def test_register_on_703_retries_without_auth_method(
+    cli, store: Store, token_server, rsa2048
+) -> None:
+    token_server.state.version = "7.0.3"
+    store.keys_dir.mkdir(mode=0o700, parents=True)
+    write_private(store.private_key_path("default"), rsa2048)
+    make_profile(store, token_server.url, client_id="")
+    result = cli("oauth", "register")
+    assert result.exit_code == 0, result.stderr
+    first, second = token_server.state.registrations
+    assert first["token_endpoint_auth_method"] == "private_key_jwt"
+    assert "token_endpoint_auth_method" not in second
+    assert {k: v for k, v in first.items() if k != "token_endpoint_auth_method"} == second
+    assert store.get_profile("default").client_id == CLIENT_ID
+    assert "7.0.3" in result.stderr
+
+
+def test_register_refusal_shows_openemr_hint(cli, store: Store, token_server, rsa2048) -> None:
+    """A refusal other than the auth method is not retried, and OpenEMR's hint is shown."""
+    from cwsctl.core.oauth import registration_flow
+
+    profile = make_profile(store, token_server.url, client_id="")
+    flow = registration_flow(profile, {"scope": "system/Patient.read", "jwks": {"keys": []}})
+    request = next(flow)
+    assert request.url.path == f"/oauth2/{SITE}/registration"
+    answer = httpx.Response(
+        400,
+        json={
+            "error": "invalid_scope",
+            "error_description": "The requested scope is invalid, unknown, or malformed",
+            "hint": "Check the `system/Patient.read` scope",
+            "message": "The requested scope is invalid, unknown, or malformed",
+        },
+    )
+    with pytest.raises(ClientRequestError) as caught:
+        flow.send(answer)
+    assert "hint: Check the `system/Patient.read` scope" in caught.value.message
+    assert "Enable OpenEMR FHIR System Scopes" in (caught.value.hint or "")
+
+
+# -- discovery ---------------------------------------------------------------------------------
+
+
+def _init(cli, url: str, *extra: str):
+    return cli(
+        "profile",
+        "init",
+        "default",
+        "--kind",
+        "openemr",
+        "--url",
+        url,
+        "--client-id",
+        CLIENT_ID,
+        "--scope",
+        DEFAULT_SCOPE + " system/Patient.read",
+        *extra,
+    )
+
+
+@pytest.mark.parametrize("version", ["7.0.3", "7.0.4"])
+def test_discovery_names_the_aud_while_requests_stay_on_the_typed_host(
+    cli, store: Store, token_server, rsa2048, version: str
+) -> None:
+    """OpenEMR's Site Address differs from the URL cwsctl was given (a proxy, an alias): the
+    assertion names OpenEMR's token URL, the request still goes to the typed host."""
+    from cwsctl.core.oauth import authorize_url
+
+    token_server.state.site_address = "https://emr.example.test"
+    token_server.state.version = version
+    store.keys_dir.mkdir(mode=0o700, parents=True)
+    write_private(store.private_key_path("default"), rsa2048)
+    token_server.state.jwks = jwk_set([rsa2048.public_key()])
+    result = _init(cli, token_server.url)
+    assert result.exit_code == 0, result.stderr
+    assert token_server.state.discovery_hits == 2
+    profile = store.get_profile("default")
+    assert profile.token_endpoint == "https://emr.example.test/oauth2/default/token"
+    assert profile.registration_endpoint == "https://emr.example.test/oauth2/default/registration"
+    assert profile.fhir_base == "https://emr.example.test/apis/default/fhir"  # 7.0.3: derived
+    assert "site address is https://emr.example.test" in result.stderr
+    ends = endpoints(profile)
+    assert ends.token == f"{token_server.url}/oauth2/default/token"
+    assert ends.audience == profile.token_endpoint
+    token = cli("oauth", "token")  # emr.example.test does not resolve: it was never contacted
+    assert token.exit_code == 0, token.stderr
+    claims = jwt.decode(
+        token_server.state.token_forms[0]["client_assertion"], options={"verify_signature": False}
+    )
+    assert claims["aud"] == "https://emr.example.test/oauth2/default/token"
+    url = authorize_url(
+        profile,
+        redirect_uri="http://127.0.0.1:1/callback",
+        state="s",
+        code_challenge="c",
+        scope="x",
+    )
+    assert url.startswith(f"{token_server.url}/oauth2/default/authorize?")
+    assert parse_qs(urlsplit(url).query)["aud"] == ["https://emr.example.test/apis/default/fhir"]
+    # `oauth discover` redoes it: the site address moved
+    token_server.state.site_address = "https://emr2.example.test"
+    again = cli("oauth", "discover")
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout.strip() == "https://emr2.example.test/oauth2/default/token"
+    assert store.get_profile("default").token_endpoint == again.stdout.strip()
+
+
+def test_discovery_unreachable_warns_once_and_falls_back(cli, store: Store) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"  # nothing listens there now
+    result = _init(cli, url, "--timeout", "3")
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert "documented paths" in warnings[0] and "cwsctl -p default oauth discover" in warnings[0]
+    profile = store.get_profile("default")
+    assert profile.token_endpoint == ""
+    assert endpoints(profile).audience == f"{url}/oauth2/default/token"
+
+
+def test_profile_without_discovered_endpoints_still_loads(store: Store) -> None:
+    """A config.toml written before discovery existed loads, and saves back the same shape."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    store.config_path.write_text(
+        'default_profile = "emr"\n[profiles.emr]\nkind = "openemr"\n'
+        'url = "https://emr.example.org"\nsite = "default"\nclient_id = "c"\nscope = ""\n'
+    )
+    profile = store.get_profile("emr")
+    assert endpoints(profile).audience == "https://emr.example.org/oauth2/default/token"
+    assert not endpoints(profile).discovered
+    assert set(profile.to_toml()) == {"kind", "url", "site", "client_id", "scope"}
 
 
 def test_register_json_and_show_secret(cli, store: Store, token_server, rsa2048) -> None:

@@ -161,9 +161,10 @@ def jwks(out: Output, passphrase_file: PassphraseFileOption = None) -> None:
 
     Each key is an RSA JWK with use "sig", alg "RS384" and kid = the SHA-256 digest of its
     fingerprint in unpadded base64url (`keys show` prints the same digest in base64); the
-    client assertions cwsctl signs carry the same kid. While a rotation is pending (keygen
-    --next) the set holds the active key and the next one. The set goes to stdout (--json
-    prints the same document).
+    client assertions cwsctl signs carry the same kid. The active (signing) key comes first:
+    OpenEMR ignores kid and verifies with the first RSA key of the set. While a rotation is
+    pending (keygen --next) the next key follows it. The set goes to stdout (--json prints the
+    same document).
     """
     from cwsctl.core.jwks import jwk_set, profile_public_keys
 
@@ -173,7 +174,9 @@ def jwks(out: Output, passphrase_file: PassphraseFileOption = None) -> None:
     for entry in key_set["keys"]:
         out.info(f"kid {entry['kid']}")
     if len(key_set["keys"]) > 1:
-        out.info("The set holds the active key and the next one (rotation pending)")
+        out.info(
+            "The set holds the active (signing) key first, then the next one (rotation pending)"
+        )
 
 
 @app.command("list")
@@ -208,18 +211,33 @@ def rotate(
     force: Annotated[
         bool, typer.Option("--force", help="Rotate even if the server rejects the next key.")
     ] = False,
+    reregister: Annotated[
+        bool,
+        typer.Option(
+            "--reregister",
+            help="openemr: register the next key as a new OAuth client first (OpenEMR cannot "
+            "change a client's key), then rotate and use the new client.",
+        ),
+    ] = False,
     passphrase_file: PassphraseFileOption = None,
     timeout: RotateTimeoutOption = 15.0,
 ) -> None:
-    """Make the next key (keygen --next) active once CorEMR knows it; the old key is kept.
+    """Make the next key (keygen --next) active once the server knows it; the old key is kept.
 
-    When the profile's server is reachable, a signed GET /ws/ with the next key must succeed
-    first (a 401 means it is not registered yet: exit 4). The old key is kept as a retired key
-    until `cwsctl keys remove LABEL`.
+    cws: when the profile's server is reachable, a signed GET /ws/ with the next key must
+    succeed first (a 401 means it is not registered yet: exit 4). openemr: OpenEMR cannot
+    learn a new key for a registered client, so the rotation is refused (exit 3) unless
+    --reregister, which registers the next key as a new client, then rotates; the new client
+    stays disabled until an administrator enables it, and a user must sign in again. The old
+    key is kept as a retired key until `cwsctl keys remove LABEL`.
     """
     from cwsctl.core.rotation import promote_next_key
 
     store, profile = store_and_profile(out.settings)
+    settings = store.load().profiles.get(profile)
+    if settings is not None and settings.kind == "openemr":
+        _rotate_openemr(out, store, profile, reregister, passphrase_file, timeout)
+        return
     next_path = store.next_key_path(profile)
     if not next_path.exists():
         raise LocalKeyError(
@@ -239,6 +257,55 @@ def rotate(
     out.info(
         "When CorEMR no longer needs the old key, remove it there and here: cwsctl keys remove LABEL"
     )
+
+
+def _rotate_openemr(
+    out: Output,
+    store: Store,
+    profile: str,
+    reregister: bool,
+    passphrase_file: Path | None,
+    timeout: float,
+) -> None:
+    """An openemr profile's key changes only together with a new client registration."""
+    from cwsctl.core import oauth
+    from cwsctl.core.errors import ProfileError
+    from cwsctl.core.rotation import rotate_with_new_client
+
+    if not reregister:
+        raise ProfileError(
+            f"refusing to rotate the key of openemr profile {profile!r}: OpenEMR keeps the key "
+            "a client registered with, so tokens would fail; register the new key with "
+            "cwsctl oauth register (or: cwsctl keys rotate --reregister)",
+        )
+    out.info("Registering the next key as a new OpenEMR client …")
+    registration, retired = rotate_with_new_client(
+        store, profile, passphrase_source(passphrase_file)
+    )
+    if out.settings.json:
+        out.json(
+            {
+                "profile": profile,
+                "client_id": registration.client_id,
+                "active": str(store.private_key_path(profile)),
+                "retired": str(retired),
+            }
+        )
+    else:
+        out.line(registration.client_id)
+    out.success(
+        f"The next key is now active with new client {registration.client_id!r}; the old key is "
+        f"kept as {retired}"
+    )
+    if registration.starts_disabled:
+        out.warn(
+            f"OpenEMR keeps client {registration.client_id!r} disabled until an administrator "
+            f"enables it ({oauth.ENABLE_CLIENT_PLACE}); until then every token request is "
+            "refused (401 invalid_client)"
+        )
+    if any(s.startswith("user/") for s in registration.scope.split()):
+        out.info(f"Then sign in again for the new client: cwsctl -p {profile} oauth login")
+    out.info("Disable the old client in OpenEMR once nothing uses it")
 
 
 def _check_next_key(

@@ -20,6 +20,7 @@ from cwsctl.cli.options import (
     MaxResponseSizeOption,
     PassphraseFileOption,
     TimeoutOption,
+    timeout_option,
     with_globals,
 )
 from cwsctl.cli.output import Output
@@ -29,6 +30,7 @@ from cwsctl.core.errors import InputError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
+    from cwsctl.core.oauth import Registration
     from cwsctl.core.profile import Profile, Store
 
 app = typer.Typer(
@@ -37,6 +39,13 @@ app = typer.Typer(
 )
 
 DEFAULT_WAIT_S = 300.0
+DiscoveryTimeoutOption = Annotated[
+    float,
+    timeout_option(
+        "openemr: seconds for each discovery document: connecting, sending and reading the "
+        "answer to its last byte; past it, OpenEMR's documented paths are used, with a warning."
+    ),
+]
 
 
 def _openemr_profile(out: Output) -> tuple[Store, Profile]:
@@ -58,6 +67,72 @@ def _private_key(store: Store, profile: Profile, passphrase_file: Path | None) -
     from cwsctl.core.identity import load_profile_key
 
     return load_profile_key(store, profile.name, passphrase_source(passphrase_file))
+
+
+def discover_into(out: Output, profile: Profile, timeout: float) -> dict[str, object]:
+    """Read OpenEMR's discovery documents into ``profile`` (not saved here); warn in one line
+    when they cannot be read (the documented paths are used then). Returns the ``--json``
+    document of what is now in force."""
+    from cwsctl.core import oauth
+
+    found = oauth.discover(profile.url, profile.site, timeout=timeout)
+    oauth.apply_discovery(profile, found)
+    ends = oauth.endpoints(profile)
+    if not found.token_endpoint:
+        out.warn(
+            f"OpenEMR discovery at {profile.url} failed ({'; '.join(found.problems)}): using the "
+            f"documented paths; retry with: cwsctl -p {profile.name} oauth discover"
+        )
+    elif found.problems:
+        out.warn(f"OpenEMR discovery was partial ({'; '.join(found.problems)})")
+    if found.token_endpoint:
+        out.info(f"Token endpoint (assertion aud): {ends.audience}")
+        out.info(f"FHIR base: {ends.fhir_base}")
+    address = oauth.site_address(profile)
+    differs = address is not None and address != oauth.origin(profile.url)
+    if differs:
+        out.info(
+            f"OpenEMR's site address is {address}, not {oauth.origin(profile.url)}: cwsctl "
+            "sends to the URL you gave and names the site address in its assertions"
+        )
+    return {
+        "discovered": bool(found.token_endpoint),
+        "problems": list(found.problems),
+        "token_endpoint": ends.audience,
+        "authorization_endpoint": profile.authorization_endpoint or None,
+        "registration_endpoint": profile.registration_endpoint or None,
+        "fhir_base": ends.fhir_base,
+        "issuer": profile.issuer or None,
+        "site_address": address,
+        "site_address_differs": differs,
+        "token_url": ends.token,
+    }
+
+
+@app.command("discover")
+@with_globals
+def discover(
+    out: Output,
+    timeout: DiscoveryTimeoutOption = 10.0,
+) -> None:
+    """Read OpenEMR's discovery documents again and store the endpoints they name.
+
+    GETs URL/oauth2/SITE/.well-known/openid-configuration and
+    URL/apis/SITE/fhir/.well-known/smart-configuration (as `profile init` does). Requests
+    keep going to the profile URL's host with the discovered paths; client assertions name the
+    discovered token endpoint as their aud. When the documents cannot be read, says so and uses
+    OpenEMR's documented paths.
+    """
+    store, profile = _openemr_profile(out)
+    config = store.load()
+    stored = config.profiles[profile.name]
+    document = discover_into(out, stored, timeout)
+    store.save(config)
+    if out.settings.json:
+        out.json({"profile": profile.name, **document})
+    else:
+        out.line(str(document["token_endpoint"]))
+    out.success(f"Profile {profile.name!r} updated")
 
 
 @app.command("register")
@@ -88,10 +163,34 @@ def register(
             "--scope",
             metavar="SCOPES",
             help="Space-separated scopes to register [default: the profile's, else openid "
-            "offline_access api:oemr api:fhir user/Patient.read user/Patient.write "
-            "system/Patient.read].",
+            "offline_access api:fhir user/Patient.read user/Patient.write].",
         ),
     ] = None,
+    system_scopes: Annotated[
+        bool,
+        typer.Option(
+            "--system-scopes",
+            help="Also register system/Patient.read, for tokens without a person (the "
+            "client-credentials grant); OpenEMR offers system/ scopes only after an "
+            'administrator turns them on (Administration → Config → Connectors → "Enable '
+            'OpenEMR FHIR System Scopes").',
+        ),
+    ] = False,
+    export_scopes: Annotated[
+        bool,
+        typer.Option(
+            "--export-scopes",
+            help="Also register what a bulk FHIR export needs: system/Patient.read, "
+            "system/*.$export, system/Patient.$export, system/Group.$export, "
+            "system/*.$bulkdata-status, system/Binary.read (system scopes turned on first).",
+        ),
+    ] = False,
+    standard_api: Annotated[
+        bool,
+        typer.Option(
+            "--standard-api", help="Also register api:oemr, for OpenEMR's Standard API (/api/)."
+        ),
+    ] = False,
     jwks_uri: Annotated[
         str | None,
         typer.Option(
@@ -123,21 +222,35 @@ def register(
 ) -> None:
     """Register cwsctl as an OAuth2 client of OpenEMR (dynamic registration, private_key_jwt).
 
-    POSTs /oauth2/SITE/registration with application_type private, token_endpoint_auth_method
-    private_key_jwt and the profile's public key(s) as an inline JWKS (active and next key during
-    a rotation), then stores the client id in the profile and the registration access token in
-    $CWSCTL_HOME/tokens/PROFILE.json (mode 0600; printed only with --show-secret). The client id
-    goes to stdout. With --client-id nothing is sent: the id is recorded as given.
+    POSTs the registration endpoint (discovered, else /oauth2/SITE/registration) with
+    application_type private, token_endpoint_auth_method private_key_jwt (sent again without it
+    when OpenEMR 7.0.3 refuses it) and the profile's public key(s) as an inline JWKS (active key
+    first: OpenEMR verifies with the first key), then stores the client id in the profile and
+    the registration access token in $CWSCTL_HOME/tokens/PROFILE.json (mode 0600; printed only
+    with --show-secret). The client id goes to stdout. OpenEMR keeps a new client with user/ or
+    system/ scopes disabled until an administrator enables it (Administration → System → API
+    Clients). With --client-id nothing is sent: the id is recorded as given.
     """
     from cwsctl.core import oauth
 
     store, profile = _openemr_profile(out)
+    extra: list[str] = []
+    if system_scopes:
+        extra += oauth.SYSTEM_SCOPES
+    if export_scopes:
+        extra += oauth.EXPORT_SCOPES
+    if standard_api:
+        extra.append(oauth.STANDARD_API_SCOPE)
+    wanted_scope = oauth.with_scopes(
+        " ".join(scope.split()) if scope else oauth.effective_scope(profile), extra
+    )
     if client_id is not None:
         if not client_id.strip() or any(not ch.isprintable() or ch.isspace() for ch in client_id):
             raise InputError(
                 f"--client-id must be a non-empty id without spaces, not {client_id!r}"
             )
-        recorded = oauth.record_client(store, profile.name, client_id, scope=scope)
+        given = wanted_scope if (scope or extra) else None
+        recorded = oauth.record_client(store, profile.name, client_id, scope=given)
         if out.settings.json:
             out.json(
                 {
@@ -163,7 +276,6 @@ def register(
         key_set = jwk_set(
             profile_public_keys(store, profile.name, passphrase_source(passphrase_file))
         )
-    wanted_scope = " ".join(scope.split()) if scope else oauth.effective_scope(profile)
     document = oauth.registration_document(
         client_name=client_name or "cwsctl",
         scope=wanted_scope,
@@ -172,12 +284,22 @@ def register(
         jwks=key_set,
         jwks_uri=jwks_uri,
     )
+    if oauth.system_scope(wanted_scope):
+        out.info(
+            "system/ scopes: OpenEMR offers them only after an administrator turns them on "
+            f"({oauth.SYSTEM_SCOPES_PLACE}); until then it refuses the registration (invalid_scope)"
+        )
     out.info(f"Registering with {oauth.endpoints(profile).registration} …")
     registration = oauth.run_flow(
         oauth.registration_flow(profile, document),
         timeout=timeout,
         max_response_size=max_response_size,
     )
+    if registration.sent_without_auth_method:
+        out.info(
+            "OpenEMR refused token_endpoint_auth_method private_key_jwt (7.0.3); registered "
+            "without it (assertions work the same)"
+        )
     oauth.record_registration(store, profile.name, registration)
     stored = registration.registration_access_token is not None
     where = oauth.TokenStore(store, profile.name).path
@@ -197,10 +319,31 @@ def register(
     out.success(f"Registered client {registration.client_id!r} for profile {profile.name!r}")
     if stored:
         out.info(f"Registration access token stored in {where} (mode 0600)")
-    out.info(
-        "OpenEMR may list the client as disabled until an administrator enables it "
-        "(Administration → System → API Clients). Next: cwsctl oauth token"
-    )
+    _say_next_steps(out, profile.name, registration)
+
+
+def _say_next_steps(out: Output, profile_name: str, registration: Registration) -> None:
+    """The admin enable step (said plainly) and what to run next, after a registration."""
+    from cwsctl.core import oauth
+
+    if registration.starts_disabled:
+        out.warn(
+            f"OpenEMR keeps client {registration.client_id!r} disabled until an administrator "
+            f"enables it ({oauth.ENABLE_CLIENT_PLACE}); until then every token request is "
+            "refused (401 invalid_client)"
+        )
+    else:
+        out.info(
+            "If OpenEMR requires manual approval of new clients, an administrator must enable "
+            f"it first ({oauth.ENABLE_CLIENT_PLACE})"
+        )
+    steps = []
+    if any(s.startswith("user/") for s in registration.scope.split()):
+        steps.append(f"cwsctl -p {profile_name} oauth login (signs a user in; writes need one)")
+    if oauth.system_scope(registration.scope):
+        steps.append(f"cwsctl -p {profile_name} oauth token (system/ scopes, no person)")
+    if steps:
+        out.info("Then: " + "; ".join(steps))
 
 
 @app.command("token")
@@ -270,8 +413,8 @@ def login(
         typer.Option(
             "--scope",
             metavar="SCOPES",
-            help="Scopes to ask for [default: the profile's]. Include offline_access to get a "
-            "refresh token.",
+            help="Scopes to ask for [default: the profile's, without system/ ones]. Include "
+            "offline_access to get a refresh token.",
         ),
     ] = None,
     no_browser: Annotated[
@@ -327,7 +470,12 @@ def login(
         )
     private_key = _private_key(store, profile, passphrase_file)
     source = oauth.TokenSource(profile, store, private_key)
-    wanted_scope = " ".join(scope.split()) if scope else source.scope
+    wanted_scope = " ".join(scope.split()) if scope else oauth.user_scope(source.scope)
+    if not wanted_scope:
+        raise InputError(
+            f"profile {profile.name!r} asks only for system/ scopes, which need no sign-in",
+            hint="use cwsctl oauth token, or ask for user scopes with --scope",
+        )
     pkce = oauth.pkce_pair()
     state = oauth.new_state()
     with oauth.LoopbackReceiver(port) as receiver:

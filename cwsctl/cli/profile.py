@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cwsctl.cli.common import store_and_profile
+from cwsctl.cli.oauth import DiscoveryTimeoutOption
 from cwsctl.cli.options import with_globals
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import Choice, HttpUrl
@@ -165,8 +166,15 @@ def init(
     default: Annotated[
         bool, typer.Option("--default", help="Make this the default profile.")
     ] = False,
+    timeout: DiscoveryTimeoutOption = 10.0,
 ) -> None:
     """Create or update a profile.
+
+    An openemr profile reads OpenEMR's discovery documents (URL/oauth2/SITE/.well-known/
+    openid-configuration and URL/apis/SITE/fhir/.well-known/smart-configuration) and keeps the
+    endpoints they name; requests still go to URL's host, and client assertions name the
+    discovered token endpoint. When they cannot be read it says so and uses the documented
+    paths (redo later: cwsctl oauth discover).
 
     Examples: cwsctl profile init prod --url https://coremr.example.org --username my-site;
     cwsctl profile init emr --kind openemr --url https://emr.example.org:9300 --scope
@@ -195,6 +203,11 @@ def init(
     missing = kind_of(profile).incomplete(profile)
     if missing is not None:
         raise InputError(f"a {kind} profile needs more settings", hint=missing)
+    discovery: dict[str, object] | None = None
+    if profile.kind == "openemr":
+        from cwsctl.cli.oauth import discover_into
+
+        discovery = discover_into(out, profile, timeout)
     if store_secret:
         _keep_secret(store, profile, password_file, token_file)
     config.profiles[name] = profile
@@ -202,7 +215,10 @@ def init(
         config.default_profile = name
     store.save(config)
     if out.settings.json:
-        out.json(_describe(store, profile, config.default_profile))
+        document = _describe(store, profile, config.default_profile)
+        if discovery is not None:
+            document["discovery"] = discovery
+        out.json(document)
     out.success(f"Profile {name!r} saved in {store.config_path}")
     if kind_of(profile).uses_key() and not store.private_key_path(name).exists():
         out.info(f"Next: cwsctl -p {name} keygen  (or: cwsctl -p {name} keys import rsa.private)")

@@ -47,6 +47,14 @@ from cwsctl.core.verification import VerificationResult, verify_response
 #: Methods that may be re-sent after the request went out without changing anything twice.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 VERIFICATION_EXTENSION = "cwsctl.verification"
+_MAX_SERVER_TEXT = 200
+
+
+def server_text(value: object) -> str:
+    """A server-supplied string made safe for a one-line message (no controls, bounded)."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_SERVER_TEXT else text[: _MAX_SERVER_TEXT - 1] + "…"
 
 
 class CwsAuth(httpx.Auth):
@@ -103,6 +111,8 @@ class ApiResponse:
     verification: VerificationResult | None
     elapsed_ms: float
     request_headers: Mapping[str, str] = field(default_factory=dict)
+    #: What the kind's client knows this status means (see ApiClient.explain), for the error line.
+    explanation: str = ""
 
     @property
     def ok(self) -> bool:
@@ -123,24 +133,33 @@ class ApiResponse:
         """The server's error text from its JSON body, else a snippet of the body.
 
         Understands CWS's ``{"error": …}``, OAuth's ``error_description``, OpenEMR's
-        ``validationErrors``/``internalErrors`` envelope, FHIR's ``OperationOutcome`` and the
-        ``{"error", "message"}`` of openEHR servers.
+        ``validationErrors``/``internalErrors`` envelope and its ``hint`` (which names the
+        missing scope), FHIR's ``OperationOutcome`` and the ``{"error", "message"}`` of openEHR
+        servers. The client's :attr:`explanation` of the status follows, in parentheses.
         """
+        text = self._server_message()
+        if not self.explanation:
+            return text
+        return f"{text} ({self.explanation})" if text else self.explanation
+
+    def _server_message(self) -> str:
         import json
 
         try:
             document = json.loads(self.body)
         except ValueError:
             return self.body[:200].decode("utf-8", "replace").strip()
+        hint = document.get("hint") if isinstance(document, dict) else None
+        extra = f"; hint: {server_text(hint)}" if isinstance(hint, str) and hint.strip() else ""
         if isinstance(document, dict) and isinstance(document.get("message"), str):
-            # {"error": "Bad Request", "message": TEXT} (EHRbase, Spring): the message is the
-            # news; the error label is kept only when it says more than the reason phrase.
+            # {"error": "Bad Request", "message": TEXT} (EHRbase, Spring, OpenEMR): the message
+            # is the news; the error label is kept only when it says more than the reason phrase.
             label = document.get("error")
-            message = str(document["message"])
+            message = server_text(document["message"])
             if isinstance(label, str) and label and label.lower() != self.reason.lower():
-                message = f"{label}: {message}"
-            return message[:300]
-        return (_error_text(document) or str(document))[:300]
+                message = f"{server_text(label)}: {message}"
+            return (message + extra)[:300]
+        return ((_error_text(document) or str(document)) + extra)[:300]
 
     def raise_for_status(self) -> None:
         """Raise ClientRequestError for 4xx and ServerFailureError for 5xx."""
@@ -249,6 +268,11 @@ class ApiClient:
         """What a 401 from this server most likely means, and what to do."""
         return "the server did not accept our credentials"
 
+    def explain(self, status: int) -> str:
+        """What this kind's server means by ``status`` when its body says too little (the
+        error line shows it after the server's own text); empty when there is nothing to add."""
+        return ""
+
     def trust_description(self, response: ApiResponse) -> str:
         """How far the answer can be trusted, for the status line."""
         return f"TLS only ({self.server_name} does not sign answers)"
@@ -351,6 +375,7 @@ class ApiClient:
             verification=response.extensions.get(VERIFICATION_EXTENSION),
             elapsed_ms=(time.perf_counter() - started) * 1000,
             request_headers=dict(request.headers.items()),
+            explanation=self.explain(response.status_code),
         )
         self._record(request, result, started)
         return result

@@ -6,6 +6,7 @@ The tree::
     ├── InputError                2  bad option, unreadable or invalid input file
     ├── LocalKeyError             3  missing key, bad PEM, wrong passphrase, unsafe permissions
     │   └── ProfileError          3  no such profile, incomplete profile, no pinned server key
+    │       └── LoginRequiredError 3  OpenEMR needs a person to sign in (cwsctl oauth login)
     ├── ClientRequestError        4  the server answered 4xx
     ├── ServerFailureError        5  the server answered 5xx
     ├── NetworkError              6  connection refused, DNS, TLS, timeout
@@ -58,6 +59,11 @@ class LocalKeyError(CwsError):
 
 class ProfileError(LocalKeyError):
     """A profile is missing or incomplete."""
+
+
+class LoginRequiredError(ProfileError):
+    """No usable grant without a person: no refresh token (or a refused or revoked one) and no
+    system scopes. The hint names ``cwsctl -p PROFILE oauth login``; a bulk run stops on it."""
 
 
 class ClientRequestError(CwsError):

@@ -4,8 +4,8 @@ Each key becomes an RSA JWK (built by PyJWT, nothing hand-rolled) with ``use`` `
 ``RS384`` and a ``kid`` derived from the key's cwsctl fingerprint: the same SHA-256 digest of the
 DER SubjectPublicKeyInfo that ``cwsctl keys show`` prints as ``SHA256:<base64>``, written in
 unpadded base64url (``+/`` become ``-_``). The client assertions cwsctl signs carry the same
-``kid`` in their header, so the server picks the right key during a rotation, when the set holds
-both the active key and the next one.
+``kid`` in their header. OpenEMR ignores it and verifies with the first RSA key of the set, so
+the active (signing) key always comes first; during a rotation the next key follows it.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def jwk_set(public_keys: Sequence[rsa.RSAPublicKey]) -> dict[str, Any]:
 def profile_public_keys(
     store: Store, profile: str, passphrase: PassphraseSource | None = None
 ) -> list[rsa.RSAPublicKey]:
-    """The public halves of the profile's active key and, during a rotation, its next key.
+    """The public halves of the profile's active key and, during a rotation, its next key
+    (in that order: the signing key first).
 
     The active key must exist (LocalKeyError with a hint otherwise); the next key is included
     when ``keygen --next`` made one.

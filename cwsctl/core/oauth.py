@@ -1,30 +1,43 @@
-"""OpenEMR's OAuth2, client side: registration, client assertions, token grants, the token cache.
+"""OpenEMR's OAuth2, client side: discovery, registration, client assertions, grants, the cache.
 
 OpenEMR identifies a backend client by a JWT it signs with its own RSA key (``private_key_jwt``,
-RS384, RFC 7523): the server checks it against the JWK Set the client registered. cwsctl uses the
-profile's key for it, so an OpenEMR profile needs nothing but its key and a client id.
+RS384, RFC 7523): the server checks it against the first RSA key of the JWK Set the client
+registered (it ignores ``kid``). cwsctl uses the profile's key for it, so an OpenEMR profile needs
+nothing but its key and a client id.
 
-- **Endpoints** (:func:`endpoints`): for profile URL ``U`` and site ``S``, ``U/oauth2/S/token``,
-  ``…/registration``, ``…/authorize``; the FHIR base (the ``aud`` of an authorization request) is
-  ``U/apis/S/fhir``.
+- **Discovery** (:func:`discovery_flow`): ``{url}/oauth2/{site}/.well-known/openid-configuration``
+  and ``{url}/apis/{site}/fhir/.well-known/smart-configuration`` say the token, authorization and
+  registration endpoints as OpenEMR builds them (from its Site Address, which may differ from the
+  URL cwsctl was given). They are kept in the profile. Requests always go to the profile URL's
+  scheme, host and port with the discovered *path*, so credentials never follow a host named by
+  a document; the client assertion's ``aud`` is the discovered token endpoint, string for string.
+- **Endpoints** (:func:`endpoints`): the discovered ones, else the documented paths
+  ``{url}/oauth2/{site}/token``, ``…/registration``, ``…/authorize`` and ``{url}/apis/{site}/fhir``.
 - **Client assertion** (:func:`client_assertion`): header ``alg`` RS384, ``typ`` JWT, ``kid`` as in
   :func:`cwsctl.core.jwks.key_id`; claims ``iss`` = ``sub`` = client id, ``aud`` = the token
-  endpoint URL, ``iat`` now, ``exp`` ``ASSERTION_LIFETIME_S`` later (under the 5 minutes OpenEMR
+  endpoint, ``iat`` now, ``exp`` ``ASSERTION_LIFETIME_S`` later (under the 5 minutes OpenEMR
   allows, leaving a minute for clock skew), a fresh uuid4 ``jti``. Signed by PyJWT.
-- **Grants** (:class:`TokenSource`): a stored refresh token (from ``cwsctl oauth login``) is used
-  first; otherwise the client-credentials grant. Both authenticate with a fresh assertion. A
-  refused refresh token (``invalid_grant``) is dropped and client credentials are tried; when
-  that is refused too, the error names ``cwsctl oauth login``.
+- **Scopes**: :data:`DEFAULT_SCOPE` is what a default OpenEMR install accepts (FHIR, a user's
+  patient read and write, a refresh token). ``system/*`` scopes exist only once an administrator
+  enables them and are asked for only on request (:data:`SYSTEM_SCOPES`, :data:`EXPORT_SCOPES`);
+  ``api:oemr`` (the Standard API) likewise.
+- **Grants** (:class:`TokenSource`): the stored refresh token (from ``cwsctl oauth login``) first;
+  otherwise the client-credentials grant, asking only for the profile's ``system/*`` scopes, and
+  only when it has some (OpenEMR gives that grant to its system user, which can read and export
+  but never write). With neither, or when the refresh token is refused or revoked,
+  :class:`~cwsctl.core.errors.LoginRequiredError` (exit 3) names ``cwsctl -p PROFILE oauth login``.
 - **Token cache** (:class:`TokenStore`): ``$CWSCTL_HOME/tokens/<profile>.json`` (mode 0600, in a
   0700 directory, replaced atomically) holds the access token with its expiry, the refresh token
   and the registration access token. An access token is reused until ``min(10 s, 10 % of its
-  lifetime)`` before it expires (6 s for OpenEMR's 60-second tokens). Tokens never appear in
-  ``repr``, error messages or the audit log.
+  lifetime)`` before it expires (10 s for OpenEMR's 300-second client-credentials tokens and its
+  one-hour user tokens). Tokens never appear in ``repr``, error messages or the audit log.
 - **Requests** (:class:`OAuthBearerAuth`, built by :func:`bearer_auth`): an ``httpx.Auth`` that
   adds ``Authorization: Bearer …``. When no cached token is usable it *yields* the token request
   from its auth flow, so the token exchange goes through the same bounded client as the API
-  request (same deadline, same size cap). A 401 answer gets exactly one fresh token and exactly
-  one retry; a second 401 is returned to the caller.
+  request (same deadline, same size cap). A 401 answer gets one fresh token and one retry; once
+  a renewal was refused too (OpenEMR answers 401 for a missing scope or a disabled client), the
+  token source renews no more on a 401 for the rest of the run. OpenEMR's 400 "Refresh Token
+  revoked or logged out" raises LoginRequiredError.
 - **Login** (:class:`LoopbackReceiver`, :func:`pkce_pair`, :func:`authorize_url`): the
   authorization-code grant with PKCE (S256) and a redirect to ``http://127.0.0.1:PORT/callback``
   (RFC 8252 loopback redirect).
@@ -51,9 +64,10 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cwsctl.core.client import authorized_copy, network_error
+from cwsctl.core.client import authorized_copy, network_error, server_text
 from cwsctl.core.errors import (
     ClientRequestError,
+    LoginRequiredError,
     NetworkError,
     ProfileError,
     ServerFailureError,
@@ -61,20 +75,38 @@ from cwsctl.core.errors import (
 from cwsctl.core.exchange import DEFAULT_TIMEOUT, bounded_client, time_left
 from cwsctl.core.files import atomic_write, ensure_private_dir
 from cwsctl.core.jwks import JWS_ALGORITHM, key_id
-from cwsctl.core.profile import Profile, Store, validate_profile_name
+from cwsctl.core.profile import DISCOVERED_FIELDS, Profile, Store, validate_profile_name
 
-#: Scopes asked for when the profile names none: patient loading through both APIs, a refresh
-#: token for cron (offline_access), and system/Patient.read for the client-credentials grant.
-DEFAULT_SCOPE = (
-    "openid offline_access api:oemr api:fhir user/Patient.read user/Patient.write "
-    "system/Patient.read"
+#: Scopes asked for when the profile names none: FHIR, a signed-in user's patient read and
+#: write, and a refresh token for cron (offline_access). A default OpenEMR install accepts each.
+DEFAULT_SCOPE = "openid offline_access api:fhir user/Patient.read user/Patient.write"
+#: Added by ``oauth register --standard-api``: OpenEMR's Standard API (/apis/SITE/api/…).
+STANDARD_API_SCOPE = "api:oemr"
+#: Added by ``oauth register --system-scopes``: the client-credentials grant (no person) may read
+#: patients. Exists only once an administrator enabled system scopes (see SYSTEM_SCOPES_PLACE).
+SYSTEM_SCOPES = ("system/Patient.read",)
+#: Added by ``oauth register --export-scopes``: what a bulk FHIR export ($export) needs.
+EXPORT_SCOPES = (
+    "system/Patient.read",
+    "system/*.$export",
+    "system/Patient.$export",
+    "system/Group.$export",
+    "system/*.$bulkdata-status",
+    "system/Binary.read",
 )
+#: Where an OpenEMR administrator turns on system/ scopes (until then: invalid_scope).
+SYSTEM_SCOPES_PLACE = 'Administration → Config → Connectors → "Enable OpenEMR FHIR System Scopes"'
+#: Where an OpenEMR administrator enables a newly registered confidential client.
+ENABLE_CLIENT_PLACE = "Administration → System → API Clients → the client → Enable"
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: Seconds a client assertion is valid (OpenEMR refuses more than 300).
 ASSERTION_LIFETIME_S = 240
 MAX_ASSERTION_LIFETIME_S = 300
-#: Lifetime assumed for a token whose answer has no ``expires_in`` (OpenEMR's backend tokens).
-DEFAULT_TOKEN_LIFETIME_S = 60
+#: Lifetime assumed for a token whose answer has no ``expires_in`` (OpenEMR's client-credentials
+#: tokens last 300 s; its user tokens an hour).
+DEFAULT_TOKEN_LIFETIME_S = 300
+#: Seconds the discovery documents may take (``profile init``, ``oauth discover``) by default.
+DISCOVERY_TIMEOUT_S = 10.0
 #: A cached token is reused until this long before it expires (or 10 % of its lifetime, if less).
 REUSE_MARGIN_S = 10.0
 CALLBACK_PATH = "/callback"
@@ -85,8 +117,9 @@ TOKENS_DIR = "tokens"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
 GRANT_REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type name, not a secret
 GRANT_AUTHORIZATION_CODE = "authorization_code"
-
-_MAX_SERVER_TEXT = 200
+#: What OpenEMR says (7.0.3 in error_description, 7.0.4+ in message) to a user token whose
+#: sign-in was logged out or revoked (BearerTokenAuthorizationStrategy).
+LOGGED_OUT_TEXT = "Refresh Token revoked or logged out"
 
 T = TypeVar("T")
 TokenFlow = Generator[httpx.Request, httpx.Response, "Token"]
@@ -97,35 +130,219 @@ TokenFlow = Generator[httpx.Request, httpx.Response, "Token"]
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where a profile's OAuth2 exchanges go."""
+    """Where a profile's OAuth2 exchanges go.
+
+    ``token``, ``registration`` and ``authorize`` are what cwsctl sends to (the profile URL's
+    scheme, host and port); ``audience`` is the token endpoint as OpenEMR names it (the
+    assertion's ``aud``) and ``fhir_base`` the FHIR base as OpenEMR names it (the authorization
+    request's ``aud``). Without discovery both are built from the profile URL.
+    """
 
     token: str
     registration: str
     authorize: str
     fhir_base: str
+    audience: str
+    discovered: bool = False
+
+
+def documented_endpoints(url: str, site: str) -> dict[str, str]:
+    """OpenEMR's documented endpoint URLs under base ``url`` for ``site``."""
+    base = url.rstrip("/")
+    site_part = quote(site or "default", safe="")
+    oauth = f"{base}/oauth2/{site_part}"
+    return {
+        "token_endpoint": f"{oauth}/token",
+        "registration_endpoint": f"{oauth}/registration",
+        "authorization_endpoint": f"{oauth}/authorize",
+        "fhir_base": f"{base}/apis/{site_part}/fhir",
+    }
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` (lower-cased scheme and host, as written otherwise)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def at_origin(home: str, url: str) -> str:
+    """``url``'s path and query on ``home``'s scheme, host and port: where a discovered
+    endpoint is actually sent, so that no credential follows a host named by a document."""
+    parts = urlsplit(url)
+    path = parts.path or "/"
+    return f"{origin(home)}{path}" + (f"?{parts.query}" if parts.query else "")
 
 
 def endpoints(profile: Profile) -> Endpoints:
-    """The OAuth2 endpoints of an openemr profile: ``{url}/oauth2/{site}/token`` and so on."""
+    """The OAuth2 endpoints of an openemr profile: the discovered ones, else the documented."""
     if not profile.url:
         raise ProfileError(
             f"profile {profile.name!r} has no URL",
             hint=f"set it: cwsctl profile init {profile.name} --kind openemr --url https://…",
         )
-    base = profile.url.rstrip("/")
-    site = quote(profile.site or "default", safe="")
-    oauth = f"{base}/oauth2/{site}"
+    documented = documented_endpoints(profile.url, profile.site)
+    token = profile.token_endpoint or documented["token_endpoint"]
+    registration = profile.registration_endpoint or documented["registration_endpoint"]
+    authorize = profile.authorization_endpoint or documented["authorization_endpoint"]
     return Endpoints(
-        token=f"{oauth}/token",
-        registration=f"{oauth}/registration",
-        authorize=f"{oauth}/authorize",
-        fhir_base=f"{base}/apis/{site}/fhir",
+        token=at_origin(profile.url, token),
+        registration=at_origin(profile.url, registration),
+        authorize=at_origin(profile.url, authorize),
+        fhir_base=profile.fhir_base or documented["fhir_base"],
+        audience=token,
+        discovered=bool(profile.token_endpoint),
     )
+
+
+def site_address(profile: Profile) -> str | None:
+    """The origin OpenEMR builds its URLs from (its Site Address), when discovery told it."""
+    named = profile.token_endpoint or profile.issuer
+    return origin(named) if named else None
 
 
 def effective_scope(profile: Profile) -> str:
     """The scopes a profile asks for: its own, else :data:`DEFAULT_SCOPE`."""
     return " ".join(profile.scope.split()) or DEFAULT_SCOPE
+
+
+def system_scope(scope: str) -> str:
+    """The ``system/*`` scopes of ``scope`` (what the client-credentials grant may ask for)."""
+    return " ".join(s for s in scope.split() if s.startswith("system/"))
+
+
+def user_scope(scope: str) -> str:
+    """``scope`` without its ``system/*`` scopes (what a person's sign-in asks for)."""
+    return " ".join(s for s in scope.split() if not s.startswith("system/"))
+
+
+def with_scopes(scope: str, extra: list[str] | tuple[str, ...]) -> str:
+    """``scope`` plus each of ``extra`` not in it yet, in order."""
+    words = scope.split()
+    return " ".join(words + [s for s in dict.fromkeys(extra) if s not in words])
+
+
+def login_hint(profile_name: str) -> str:
+    """The command that signs a person in for ``profile_name``."""
+    return f"sign in as an OpenEMR user once: cwsctl -p {profile_name} oauth login"
+
+
+# -- discovery -----------------------------------------------------------------------------
+
+
+@dataclass
+class Discovery:
+    """What OpenEMR's two discovery documents said, and what could not be read."""
+
+    token_endpoint: str = ""
+    authorization_endpoint: str = ""
+    registration_endpoint: str = ""
+    fhir_base: str = ""
+    issuer: str = ""
+    auth_methods: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """True when both documents were read and named a token endpoint."""
+        return not self.problems and bool(self.token_endpoint)
+
+
+def discovery_urls(url: str, site: str) -> tuple[str, str]:
+    """The OpenID configuration and SMART configuration URLs under ``url`` for ``site``."""
+    ends = documented_endpoints(url, site)
+    oauth = ends["token_endpoint"].removesuffix("/token")
+    return (
+        f"{oauth}/.well-known/openid-configuration",
+        f"{ends['fhir_base']}/.well-known/smart-configuration",
+    )
+
+
+def _discovered_url(document: dict[str, Any], name: str) -> str:
+    value = document.get(name)
+    if not isinstance(value, str):
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or not value.isprintable():
+        return ""
+    return value
+
+
+def discovery_flow(url: str, site: str) -> Generator[httpx.Request, httpx.Response, Discovery]:
+    """GET both discovery documents (at ``url``'s host); return what they name.
+
+    A document that cannot be read is noted in ``problems`` (nothing is raised for an answer);
+    network failures surface from :func:`run_flow` as NetworkError.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for label, address in zip(("openid", "smart"), discovery_urls(url, site), strict=True):
+        response = yield httpx.Request(
+            "GET", address, headers={"Accept": "application/json", "Accept-Encoding": "identity"}
+        )
+        body = _json_object(response)
+        if response.status_code != 200 or body is None:
+            problems.append(f"{urlsplit(address).path} answered HTTP {response.status_code}")
+            continue
+        found[label] = body
+    openid, smart = found.get("openid", {}), found.get("smart", {})
+
+    def first(name: str) -> str:
+        return _discovered_url(openid, name) or _discovered_url(smart, name)
+
+    token = first("token_endpoint")
+    issuer = _discovered_url(openid, "issuer")
+    fhir_base = _discovered_url(smart, "issuer")  # 7.0.4+: the FHIR base
+    named = token or issuer
+    if not fhir_base and named:
+        # 7.0.3's SMART document has no issuer: the FHIR base sits beside /oauth2/{site}.
+        site_part = quote(site or "default", safe="")
+        marker = f"/oauth2/{site_part}"
+        head = named.split(marker, 1)[0] if marker in named else ""
+        fhir_base = f"{head}/apis/{site_part}/fhir" if head else ""
+    methods = smart.get("token_endpoint_auth_methods_supported")
+    return Discovery(
+        token_endpoint=token,
+        authorization_endpoint=first("authorization_endpoint"),
+        registration_endpoint=first("registration_endpoint"),
+        fhir_base=fhir_base,
+        issuer=issuer,
+        auth_methods=tuple(str(m) for m in methods) if isinstance(methods, list) else (),
+        problems=tuple(problems) if token else (*problems, "no token_endpoint named"),
+    )
+
+
+def discover(
+    url: str,
+    site: str,
+    *,
+    timeout: float = DISCOVERY_TIMEOUT_S,
+    max_response_size: int | None = 1 << 20,
+) -> Discovery:
+    """Read the discovery documents through a bounded client; an unreachable server or an
+    unreadable answer gives a :class:`Discovery` whose ``problems`` say why (never raises for
+    those, so the caller can fall back to the documented paths)."""
+    try:
+        return run_flow(
+            discovery_flow(url, site), timeout=timeout, max_response_size=max_response_size
+        )
+    except NetworkError as exc:
+        return Discovery(problems=(exc.message,))
+
+
+def apply_discovery(profile: Profile, found: Discovery) -> bool:
+    """Keep what ``found`` names in ``profile`` (all of it, or nothing when it named no token
+    endpoint); True when the token endpoint changed."""
+    before = profile.token_endpoint
+    if not found.token_endpoint:
+        for name in DISCOVERED_FIELDS:
+            setattr(profile, name, "")
+    else:
+        profile.token_endpoint = found.token_endpoint
+        profile.authorization_endpoint = found.authorization_endpoint
+        profile.registration_endpoint = found.registration_endpoint
+        profile.fhir_base = found.fhir_base
+        profile.issuer = found.issuer
+    return profile.token_endpoint != before
 
 
 def require_client_id(profile: Profile) -> str:
@@ -392,13 +609,6 @@ class TokenRefusedError(ClientRequestError):
         self.status = status
 
 
-def server_text(value: object) -> str:
-    """A server-supplied string made safe for a one-line message (no controls, bounded)."""
-    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_SERVER_TEXT else text[: _MAX_SERVER_TEXT - 1] + "…"
-
-
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:
     try:
         data = json.loads(response.content)
@@ -407,22 +617,67 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _refusal_hint(grant: str, error: str) -> str:
+def _text_field(body: dict[str, Any] | None, name: str) -> str:
+    value = body.get(name) if body else None
+    return server_text(value) if isinstance(value, str) else ""
+
+
+def refusal_detail(body: dict[str, Any] | None) -> tuple[str, str]:
+    """An OAuth2 error answer as ``(error code, detail)``: OpenEMR's ``error_description``, its
+    ``message`` when it says more, and its ``hint`` (which names the offending scope), each
+    made safe for one line."""
+    error = _text_field(body, "error")
+    description = _text_field(body, "error_description")
+    message = _text_field(body, "message")
+    hint = _text_field(body, "hint")
+    parts = [description] if description else []
+    if message and message != description:
+        parts.append(message)
+    if hint:
+        parts.append(f"hint: {hint}")
+    return error, "; ".join(parts)
+
+
+DISABLED_CLIENT = "disabled or unknown client"
+
+
+def disabled_client_hint() -> str:
+    """What to do about a 401 ``invalid_client``."""
+    return (
+        "a new client stays disabled until an OpenEMR administrator enables it "
+        f"({ENABLE_CLIENT_PLACE}); if it is enabled, check the client id (cwsctl oauth "
+        "register) and that its JWKS's first key is this profile's key (cwsctl keys jwks)"
+    )
+
+
+def _refusal_hint(grant: str, error: str, status: int, detail: str) -> str:
+    if error == "invalid_client" and status == 401:
+        return disabled_client_hint()
     if error == "invalid_client":
         return (
-            "OpenEMR does not accept this client's assertion: check that the client id is "
-            "registered and enabled and that its JWKS holds this key (cwsctl keys jwks), or "
-            "register again: cwsctl oauth register; a wrong system clock also causes this"
+            "OpenEMR refused the client assertion: check that the client's JWKS starts with this "
+            "key (cwsctl keys jwks; OpenEMR ignores kid and uses the first key), that the clock "
+            "is right, and that the token endpoint is the one OpenEMR names (cwsctl oauth "
+            "discover); or register again: cwsctl oauth register"
+        )
+    if error == "invalid_scope":
+        system = (
+            " system/ scopes exist only after an administrator turned them on "
+            f"({SYSTEM_SCOPES_PLACE})"
+        )
+        return (
+            "OpenEMR does not offer a scope the client asks for (its hint names it): register "
+            "with scopes it offers (cwsctl oauth register --scope '…')."
+            + (system if "system/" in detail or grant == GRANT_CLIENT_CREDENTIALS else "")
         )
     if grant == GRANT_REFRESH_TOKEN:
         return "the refresh token is no longer valid: run cwsctl oauth login on a terminal"
     if grant == GRANT_AUTHORIZATION_CODE:
         return "run cwsctl oauth login again (the code is single-use and short-lived)"
-    if error in ("unauthorized_client", "invalid_scope", "unsupported_grant_type"):
+    if error in ("unauthorized_client", "unsupported_grant_type"):
         return (
-            "this client may not get tokens without a person for these scopes: run "
-            "cwsctl oauth login on a terminal once (cron then uses the refresh token), or "
-            "register system/ scopes: cwsctl oauth register --scope '…'"
+            "this client may not get tokens without a person: run cwsctl oauth login on a "
+            "terminal once (cron then uses the refresh token)"
         )
     return (
         "check the client in OpenEMR (cwsctl oauth register) or sign in again (cwsctl oauth login)"
@@ -432,21 +687,27 @@ def _refusal_hint(grant: str, error: str) -> str:
 def parse_token_response(response: httpx.Response, grant: str, *, sent_at: float) -> GrantResult:
     """The token and refresh token of a token endpoint answer, or the error it stands for.
 
-    A 4xx answer raises :class:`TokenRefusedError` naming the OAuth2 error and a hint; a 5xx
-    raises ServerFailureError. Token values never appear in a message.
+    A 4xx answer raises :class:`TokenRefusedError` naming the OAuth2 error, OpenEMR's own
+    description and hint, and what to do; a 5xx raises ServerFailureError. Token values never
+    appear in a message.
     """
     label = _GRANT_LABEL.get(grant, grant)
     status = response.status_code
     body = _json_object(response)
     if 400 <= status < 500:
-        error = server_text(body.get("error", "")) if body else ""
-        description = server_text(body.get("error_description", "")) if body else ""
+        error, detail = refusal_detail(body)
         what = error or f"HTTP {status} {server_text(response.reason_phrase)}"
+        if error == "invalid_client" and status == 401:
+            what += f" — {DISABLED_CLIENT}"
         message = f"the token endpoint refused the {label} grant: {what}"
-        if description:
-            message += f" ({description})"
+        if detail:
+            message += f" ({detail})"
         raise TokenRefusedError(
-            message, grant=grant, error=error, status=status, hint=_refusal_hint(grant, error)
+            message,
+            grant=grant,
+            error=error,
+            status=status,
+            hint=_refusal_hint(grant, error, status, detail),
         )
     if status >= 500:
         raise ServerFailureError(
@@ -512,6 +773,9 @@ class TokenSource:
         self.clock = clock
         self.scope = effective_scope(profile)
         self.token_requests = 0  # token requests yielded so far (for tests and benchmarks)
+        #: Set once a token renewed after a 401 was refused with a 401 too: OpenEMR's 401 then
+        #: means a missing scope or a disabled client, which no further renewal mends.
+        self.renewal_refused = False
         self._lock = threading.Lock()
         self._last: Token | None = None  # the token this source last used, kept in memory
 
@@ -533,7 +797,7 @@ class TokenSource:
             **form,
             "client_assertion_type": CLIENT_ASSERTION_TYPE,
             "client_assertion": client_assertion(
-                self.private_key, self.client_id, self.endpoints.token, now=self.clock()
+                self.private_key, self.client_id, self.endpoints.audience, now=self.clock()
             ),
         }
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
@@ -546,7 +810,12 @@ class TokenSource:
         self, *, reject: str | None = None, template: httpx.Request | None = None
     ) -> TokenFlow:
         """A usable token: the cached one (unless it is ``reject``, the one a 401 refused),
-        else from the refresh-token grant, else from the client-credentials grant."""
+        else from the refresh-token grant, else from the client-credentials grant with the
+        profile's ``system/*`` scopes.
+
+        Raises LoginRequiredError when the refresh token is refused (it is forgotten) or when
+        there is none and the profile has no ``system/*`` scope.
+        """
         client_id = self.client_id
         token_url = self.endpoints.token
         last = self._last  # the fast path of a bulk run: no lock, no file read
@@ -558,7 +827,7 @@ class TokenSource:
             if cached is not None and cached.usable(self.clock()) and cached.access_token != reject:
                 self._last = cached
                 return cached
-            refused: TokenRefusedError | None = None
+            name = self.profile.name
             refresh = self.tokens.refresh_token(client_id, token_url)
             if refresh:
                 form = {
@@ -574,31 +843,34 @@ class TokenSource:
                     if exc.error != "invalid_grant":
                         raise
                     self.tokens.drop_refresh_token()
-                    refused = exc
-                else:
-                    self.tokens.save_grant(client_id, token_url, result)
-                    self._last = result.token
-                    return result.token
-            form = {"grant_type": GRANT_CLIENT_CREDENTIALS, "scope": self.scope}
+                    raise LoginRequiredError(
+                        f"{exc.message}: the sign-in of profile {name!r} was revoked, logged "
+                        "out or has expired",
+                        hint=login_hint(name),
+                    ) from None
+                self.tokens.save_grant(client_id, token_url, result)
+                self._last = result.token
+                return result.token
+            scope = system_scope(self.scope)
+            if not scope:
+                raise LoginRequiredError(
+                    f"profile {name!r} has no signed-in user (no refresh token) and no system/ "
+                    "scope for a grant without one",
+                    hint=login_hint(name),
+                )
+            form = {"grant_type": GRANT_CLIENT_CREDENTIALS, "scope": scope}
             sent_at = self.clock()
             response = yield self.grant_request(form, template)
-            try:
-                result = parse_token_response(response, GRANT_CLIENT_CREDENTIALS, sent_at=sent_at)
-            except TokenRefusedError as exc:
-                if refused is None:
-                    raise
-                raise TokenRefusedError(
-                    f"no grant works for profile {self.profile.name!r}: the refresh token was "
-                    f"refused ({refused.error}) and so was the client-credentials grant "
-                    f"({exc.error or exc.status})",
-                    grant=GRANT_CLIENT_CREDENTIALS,
-                    error=exc.error,
-                    status=exc.status,
-                    hint="run cwsctl oauth login on a terminal to sign in again",
-                ) from None
+            result = parse_token_response(response, GRANT_CLIENT_CREDENTIALS, sent_at=sent_at)
             self.tokens.save_grant(client_id, token_url, result)
             self._last = result.token
             return result.token
+
+    def forget_sign_in(self) -> None:
+        """Drop the cached access token and the refresh token (OpenEMR revoked the sign-in)."""
+        with self._lock, self.tokens.locked():
+            self._last = None
+            self.tokens.clear_grants()
 
     def code_flow(
         self, code: str, redirect_uri: str, code_verifier: str
@@ -701,15 +973,34 @@ class OAuthBearerAuth(httpx.Auth):
 
         What goes out is a copy carrying the token: the caller's request object never holds
         it, so whatever shows or logs that object (``request -v``, the audit log) cannot leak it.
+        Once a renewal was refused too, later 401s are returned as they are (one renewal per
+        run, not one per request). OpenEMR's "logged out" answer raises LoginRequiredError.
         """
-        token = yield from self.source.token_flow(template=request)
+        source = self.source
+        token = yield from source.token_flow(template=request)
         response = yield authorized_copy(request, token.authorization)
-        if response.status_code != 401:
+        self._check_signed_in(response)
+        if response.status_code != 401 or source.renewal_refused:
             return
-        token = yield from self.source.token_flow(reject=token.access_token, template=request)
-        yield authorized_copy(
-            request, token.authorization
-        )  # whatever comes back now, 401 included, is final
+        token = yield from source.token_flow(reject=token.access_token, template=request)
+        response = yield authorized_copy(request, token.authorization)
+        self._check_signed_in(response)
+        if response.status_code == 401:  # final, and no more renewals for this source
+            source.renewal_refused = True
+
+    def _check_signed_in(self, response: httpx.Response) -> None:
+        if response.status_code != 400 or LOGGED_OUT_TEXT.encode() not in response.content:
+            return
+        _, detail = refusal_detail(_json_object(response))
+        if LOGGED_OUT_TEXT not in detail:
+            return
+        self.source.forget_sign_in()
+        name = self.source.profile.name
+        raise LoginRequiredError(
+            f'OpenEMR answered 400 "{LOGGED_OUT_TEXT}": the sign-in of profile {name!r} '
+            "was revoked or its user logged out",
+            hint=login_hint(name),
+        )
 
 
 def bearer_auth(profile: Profile, store: Store, private_key: rsa.RSAPrivateKey) -> httpx.Auth:
@@ -759,11 +1050,20 @@ class Registration:
     registration_access_token: str | None
     registration_client_uri: str | None
     client_secret: str | None
+    #: True when OpenEMR (7.0.3) refused ``token_endpoint_auth_method: private_key_jwt`` and the
+    #: registration was sent again without it (OpenEMR never stores the method anyway).
+    sent_without_auth_method: bool = False
 
     def __repr__(self) -> str:
         return (
             f"Registration(client_id={self.client_id!r}, scope={self.scope!r}, <secrets redacted>)"
         )
+
+    @property
+    def starts_disabled(self) -> bool:
+        """OpenEMR disables a new confidential client holding any user/ or system/ scope until
+        an administrator enables it (with manual approval on, every new client)."""
+        return any(s.startswith(("user/", "system/")) for s in self.scope.split())
 
     def secrets(self) -> dict[str, str]:
         """The parts to keep in the profile's 0600 token file."""
@@ -775,27 +1075,56 @@ class Registration:
         return kept
 
 
-def registration_flow(
-    profile: Profile, document: dict[str, Any]
-) -> Generator[httpx.Request, httpx.Response, Registration]:
-    """POST ``document`` to the profile's registration endpoint; return the registration."""
-    url = endpoints(profile).registration
-    response = yield httpx.Request(
+def _registration_request(url: str, document: dict[str, Any]) -> httpx.Request:
+    return httpx.Request(
         "POST",
         url,
         json=document,
         headers={"Accept": "application/json", "Accept-Encoding": "identity"},
     )
+
+
+def _unsupported_auth_method(response: httpx.Response, document: dict[str, Any]) -> bool:
+    if response.status_code != 400 or "token_endpoint_auth_method" not in document:
+        return False
+    _, detail = refusal_detail(_json_object(response))
+    return "unsupported token_endpoint_auth_method" in detail.lower()
+
+
+def registration_flow(
+    profile: Profile, document: dict[str, Any]
+) -> Generator[httpx.Request, httpx.Response, Registration]:
+    """POST ``document`` to the profile's registration endpoint; return the registration.
+
+    OpenEMR 7.0.3 refuses ``token_endpoint_auth_method: private_key_jwt`` as unsupported (7.0.4
+    accepts it); on that refusal the document is sent once more without the method, which
+    OpenEMR never stores (any client with a JWKS may send assertions).
+    """
+    url = endpoints(profile).registration
+    response = yield _registration_request(url, document)
+    retried = False
+    if _unsupported_auth_method(response, document):
+        document = {k: v for k, v in document.items() if k != "token_endpoint_auth_method"}
+        retried = True
+        response.close()
+        response = yield _registration_request(url, document)
     body = _json_object(response)
     status = response.status_code
     if 400 <= status < 500:
-        error = server_text(body.get("error", "")) if body else ""
-        description = server_text(body.get("error_description", "")) if body else ""
+        error, detail = refusal_detail(body)
         message = f"OpenEMR refused the registration: {error or f'HTTP {status}'}"
-        raise ClientRequestError(
-            message + (f" ({description})" if description else ""),
-            hint="check the scopes, redirect URIs and that the site accepts registrations",
-        )
+        hint = "check the scopes, redirect URIs and that the site accepts registrations"
+        if error == "invalid_scope" or "system/" in detail:
+            hint = (
+                "register only scopes OpenEMR offers (its hint names the one refused), e.g. the "
+                f"default: {DEFAULT_SCOPE}"
+            )
+            if "system/" in str(document.get("scope", "")):
+                hint += (
+                    "; system/ scopes exist only after an administrator turned them on "
+                    f"({SYSTEM_SCOPES_PLACE})"
+                )
+        raise ClientRequestError(message + (f" ({detail})" if detail else ""), hint=hint)
     if status >= 500:
         raise ServerFailureError(f"the registration endpoint failed: HTTP {status}")
     client_id = body.get("client_id") if body else None
@@ -814,6 +1143,7 @@ def registration_flow(
         registration_access_token=optional("registration_access_token"),
         registration_client_uri=optional("registration_client_uri"),
         client_secret=optional("client_secret"),
+        sent_without_auth_method=retried,
     )
 
 

@@ -81,6 +81,14 @@ KINDS = ("cws", "openemr", "openehr")
 OPENEHR_AUTH = ("none", "basic", "bearer")
 DEFAULT_KIND = "cws"
 DEFAULT_OPENEMR_SITE = "default"
+#: What an openemr profile keeps from OpenEMR's discovery documents (absent in older profiles).
+DISCOVERED_FIELDS = (
+    "token_endpoint",
+    "authorization_endpoint",
+    "registration_endpoint",
+    "fhir_base",
+    "issuer",
+)
 
 
 @dataclass
@@ -91,6 +99,12 @@ class Profile:
     verifies responses against ``trusted`` keys; ``openemr`` gets OAuth2 tokens for ``client_id``
     on OpenEMR site ``site`` with a JWT signed by the profile's key; ``openehr`` talks to an
     openEHR REST server with ``auth`` none, basic (as ``username``) or bearer.
+
+    An openemr profile also keeps what OpenEMR's discovery documents said (empty when discovery
+    was not reached: the documented paths are used): ``token_endpoint`` (exactly as OpenEMR
+    wrote it, the ``aud`` of client assertions), ``authorization_endpoint``,
+    ``registration_endpoint``, ``fhir_base`` and ``issuer``. Requests still go to ``url``'s
+    host; only the paths come from discovery.
     """
 
     name: str
@@ -103,6 +117,11 @@ class Profile:
     client_id: str = ""
     scope: str = ""
     auth: str = "none"
+    token_endpoint: str = ""
+    authorization_endpoint: str = ""
+    registration_endpoint: str = ""
+    fhir_base: str = ""
+    issuer: str = ""
 
     def trusted_for(self, username: str) -> list[TrustedKey]:
         """Pinned keys whose signer name matches ``username``."""
@@ -114,13 +133,15 @@ class Profile:
             table = {"kind": self.kind, "url": self.url, "auth": self.auth}
             return {**table, "username": self.username} if self.auth == "basic" else table
         if self.kind == "openemr":
-            return {
+            table = {
                 "kind": self.kind,
                 "url": self.url,
                 "site": self.site,
                 "client_id": self.client_id,
                 "scope": self.scope,
             }
+            discovered = {name: getattr(self, name) for name in DISCOVERED_FIELDS}
+            return {**table, **{k: v for k, v in discovered.items() if v}}
         return {
             "url": self.url,
             "username": self.username,
@@ -147,6 +168,11 @@ class Profile:
                 client_id=str(table.get("client_id", "")),
                 scope=str(table.get("scope", "")),
                 auth=str(table.get("auth", "none")),
+                token_endpoint=str(table.get("token_endpoint", "")),
+                authorization_endpoint=str(table.get("authorization_endpoint", "")),
+                registration_endpoint=str(table.get("registration_endpoint", "")),
+                fhir_base=str(table.get("fhir_base", "")),
+                issuer=str(table.get("issuer", "")),
                 url=str(table.get("url", "")),
                 username=str(table.get("username", "")),
                 algorithm=Algorithm.from_name(str(table.get("algorithm", "sha256"))),
