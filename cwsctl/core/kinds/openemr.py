@@ -194,9 +194,17 @@ class OpenEmrClient(ApiClient):
     def unauthorized_hint(self) -> str:
         """OpenEMR refused a fresh token too: the client lacks the scope, or was disabled."""
         return (
-            "OpenEMR refused the access token (a fresh one too): check that the client is "
-            "enabled in OpenEMR and has the scope for this path; see cwsctl oauth token"
+            "OpenEMR answers 401 when the token's scopes do not cover the path (writes need a "
+            "user's sign-in: cwsctl oauth login; the Standard API needs api:oemr: cwsctl oauth "
+            "register --standard-api) or when an administrator disabled the client "
+            "(Administration → System → API Clients)"
         )
+
+    def explain(self, status: int) -> str:
+        """A 401 from OpenEMR names nothing (7.0.3: an empty body): say what it means."""
+        if status == 401:
+            return "the token lacks a scope for this path, or the client is disabled"
+        return ""
 
 
 class OpenEmrKind(Kind):
@@ -227,8 +235,10 @@ class OpenEmrKind(Kind):
 
     def summary(self, profile: Profile) -> str:
         """``https://… site 'default' as client 'abc…'``."""
+        from cwsctl.core.oauth import effective_scope
+
         client = f"client {profile.client_id!r}" if profile.client_id else "no client registered"
-        return f"{profile.url} site {profile.site!r}, {client}, scope {profile.scope!r}"
+        return f"{profile.url} site {profile.site!r}, {client}, scope {effective_scope(profile)!r}"
 
     def incomplete(self, profile: Profile) -> str | None:
         """An OpenEMR profile needs the server's URL."""
@@ -245,6 +255,7 @@ class OpenEmrKind(Kind):
         from cwsctl.core.doctor import failed, passed
         from cwsctl.core.errors import ExitStatus
 
+        yield from _endpoint_checks(profile)
         if not profile.client_id:
             yield failed(
                 "client",
@@ -283,13 +294,61 @@ class OpenEmrKind(Kind):
             timeout=timeout,
             allow_http=True,
         )
-        yield request_check(
+        yield from _discovery_drift(profile, timeout)
+        check = request_check(
             "token and API",
             client,
             f"/apis/{profile.site}/fhir/Patient?_id=cwsctl-doctor-check",
-            "check the client's scopes in OpenEMR (Administration → API Clients), "
-            "or run cwsctl oauth login",
+            "the token's scopes do not cover FHIR Patient reads, or the client is disabled: "
+            "check it in OpenEMR (Administration → System → API Clients), or run "
+            f"cwsctl -p {profile.name} oauth login",
         )
+        yield check
+
+
+def _endpoint_checks(profile: Profile) -> Iterator[Check]:
+    """Which endpoints are in force (discovered or documented) and whether OpenEMR's site
+    address differs from the URL cwsctl was given."""
+    from cwsctl.core.doctor import passed
+    from cwsctl.core.oauth import endpoints, origin, site_address
+
+    ends = endpoints(profile)
+    how = "discovered" if ends.discovered else "documented paths (cwsctl oauth discover)"
+    yield passed("endpoints", f"token {ends.audience}, FHIR {ends.fhir_base} ({how})")
+    address = site_address(profile)
+    if address is None:
+        return
+    typed = origin(profile.url)
+    if address == typed:
+        yield passed("site address", f"{address} (the same as the profile URL)")
+    else:
+        yield passed(
+            "site address",
+            f"OpenEMR's site address {address} differs from the profile URL {typed}: requests "
+            f"go to {typed}, assertions name {ends.audience}",
+        )
+
+
+def _discovery_drift(profile: Profile, timeout: float) -> Iterator[Check]:
+    """Read the discovery documents again; fail when they name another token endpoint."""
+    from cwsctl.core.doctor import failed, passed
+    from cwsctl.core.errors import ExitStatus
+    from cwsctl.core.oauth import discover, endpoints
+
+    found = discover(profile.url, profile.site, timeout=timeout)
+    in_force = endpoints(profile).audience
+    if not found.token_endpoint:
+        yield passed("discovery", f"not readable ({'; '.join(found.problems)}); using {in_force}")
+    elif found.token_endpoint != in_force:
+        yield failed(
+            "discovery",
+            f"OpenEMR now names token endpoint {found.token_endpoint}, the profile uses "
+            f"{in_force}: every assertion's aud would be refused",
+            f"cwsctl -p {profile.name} oauth discover",
+            ExitStatus.LOCAL_KEY,
+        )
+    else:
+        yield passed("discovery", f"OpenEMR names the token endpoint in force ({in_force})")
 
 
 KIND = OpenEmrKind()
