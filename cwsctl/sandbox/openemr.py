@@ -1,26 +1,32 @@
 """The OpenEMR flavour of the sandbox: OAuth2 with JWT client assertions, Standard API, FHIR R4.
 
-A stand-in for an OpenEMR instance's API (site ``default`` unless told otherwise), for demos and
-tests; not OpenEMR. Endpoints (``{site}`` is the server's site):
+A stand-in for an OpenEMR 7.0.3 or 7.0.4+ instance's API (site ``default`` unless told
+otherwise), modelled on OpenEMR's source; ``cwsctl/sandbox/README.md`` keeps the table of what
+it does, for which version, with references, and what it does not model. Endpoints (``{site}``
+is the server's site):
 
-- ``POST /oauth2/{site}/registration``, ``GET /oauth2/{site}/authorize``,
+- ``GET /oauth2/{site}/.well-known/openid-configuration``,
+  ``GET /apis/{site}/fhir/.well-known/smart-configuration``, ``GET /apis/{site}/fhir/metadata``
+  (public) and ``POST /oauth2/{site}/registration``, ``GET /oauth2/{site}/authorize``,
   ``POST /oauth2/{site}/token`` — :mod:`.openemr_oauth`;
 - ``GET|POST /apis/{site}/api/patient``, ``GET /apis/{site}/api/patient/{uuid}``,
-  ``GET /apis/{site}/fhir/metadata``, ``GET|POST /apis/{site}/fhir/Patient``,
-  ``GET /apis/{site}/fhir/Patient/{id}`` — :mod:`.openemr_api`.
+  ``GET|POST /apis/{site}/fhir/Patient``, ``GET /apis/{site}/fhir/Patient/{id}`` —
+  :mod:`.openemr_api`.
 
 The envelope is the CWS flavour's (:class:`~.app.EnvelopeApp`: body limit, request timeouts,
-access log, faults), with a bearer-token check instead of signatures: every ``/apis/`` request
-but FHIR ``metadata`` needs ``Authorization: Bearer ACCESS_TOKEN`` → else 401 with
-``WWW-Authenticate: Bearer …``. The fault switches drop, error and latency hit the patient routes
-(``/apis/{site}/api/patient…``, ``/apis/{site}/fhir/Patient…``); corrupt and unsigned have no
-meaning here (no response signatures). The access log names the OAuth client, never a token.
+access log, faults), with a bearer-token check instead of signatures on every other ``/apis/``
+request: an unknown, expired or revoked token is 401 (7.0.3: league's ``access_denied`` JSON;
+7.0.4+: ``{"error":"An error occurred","message":…,"code":0}``); a user token whose login was
+ended by :meth:`OpenEmrSandboxServer.logout` is 400 "Refresh Token revoked or logged out". The
+fault switches drop, error and latency hit the patient routes; corrupt and unsigned have no
+meaning here. The access log names the OAuth client, never a token.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -32,34 +38,39 @@ from starlette.routing import Route
 from cwsctl.sandbox.app import MAX_BODY_BYTES, Answer, EnvelopeApp, Scope, printable
 from cwsctl.sandbox.faults import Faults
 from cwsctl.sandbox.openemr_api import ApiEndpoints, outcome
-from cwsctl.sandbox.openemr_oauth import (
-    DEFAULT_TOKEN_LIFETIME_S,
-    OAuthEndpoints,
-    OpenEmrState,
-    bearer_grant,
-)
-from cwsctl.sandbox.openemr_store import ACCESS, REFRESH, OpenEmrStore, Patient
-from cwsctl.sandbox.server import (
-    DEFAULT_HOST,
-    REQUEST_TIMEOUT_S,
-    BaseSandboxServer,
-)
+from cwsctl.sandbox.openemr_oauth import PHP_DEFAULT_TYPE, OAuthEndpoints, OpenEmrState
+from cwsctl.sandbox.openemr_scopes import V703, V704, VERSIONS
+from cwsctl.sandbox.openemr_store import ACCESS, REFRESH, Client, OpenEmrStore, Patient
+from cwsctl.sandbox.server import DEFAULT_HOST, REQUEST_TIMEOUT_S, BaseSandboxServer
 from cwsctl.sandbox.store import default_data_dir
 
 DEFAULT_SITE = "default"
+DEFAULT_VERSION = V704
 _SITE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ACCESS_DENIED = "The resource owner or authorization server denied the request."
+LOGGED_OUT = "Refresh Token revoked or logged out"
 
 
 def openemr_routes(state: OpenEmrState) -> Starlette:
-    """The OAuth2, Standard API and FHIR endpoints of one site, never redirecting."""
+    """The OAuth2, discovery, Standard API and FHIR endpoints of one site, never redirecting."""
     oauth = OAuthEndpoints(state)
     api = ApiEndpoints(state)
     site = state.site
     router = Starlette(
         routes=[
+            Route(
+                f"/oauth2/{site}/.well-known/openid-configuration",
+                oauth.openid_configuration,
+                methods=["GET"],
+            ),
             Route(f"/oauth2/{site}/registration", oauth.registration, methods=["POST"]),
             Route(f"/oauth2/{site}/authorize", oauth.authorize, methods=["GET"]),
             Route(f"/oauth2/{site}/token", oauth.token, methods=["POST"]),
+            Route(
+                f"/apis/{site}/fhir/.well-known/smart-configuration",
+                oauth.smart_configuration,
+                methods=["GET"],
+            ),
             Route(f"/apis/{site}/api/patient", api.patients, methods=["GET", "POST"]),
             Route(f"/apis/{site}/api/patient/{{uuid}}", api.patient, methods=["GET"]),
             Route(f"/apis/{site}/fhir/metadata", api.metadata, methods=["GET"]),
@@ -84,7 +95,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 class OpenEmrApp(EnvelopeApp):
-    """The envelope with bearer tokens checked on ``/apis/`` (FHIR metadata excepted)."""
+    """The envelope with bearer tokens checked on ``/apis/`` (metadata and discovery excepted)."""
 
     def __init__(
         self,
@@ -100,40 +111,86 @@ class OpenEmrApp(EnvelopeApp):
         self.state = state
         site = re.escape(state.site)
         self._patient_path = re.compile(rf"^/apis/{site}/(api/patient|fhir/Patient)(/.*)?$")
-        self._metadata_path = f"/apis/{state.site}/fhir/metadata"
+        self._public = {
+            f"/apis/{state.site}/fhir/metadata",
+            f"/apis/{state.site}/fhir/.well-known/smart-configuration",
+        }
 
     def _faulty(self, path: str) -> bool:
         return self._patient_path.match(path) is not None
 
     def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, Answer | None]:
         path: str = scope["path"]
-        if not path.startswith("/apis/") or path == self._metadata_path:
+        if not path.startswith("/apis/") or path in self._public:
             return "-", None
         values = [bytes(v).decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]
-        client_id, refusal = bearer_grant(self.state.store, values)
-        if client_id is not None:
-            return printable(client_id, 64), None
-        if refusal is None:  # no token at all: no error code (RFC 6750 §3.1)
-            challenge = 'Bearer realm="OpenEMR"'
+        token = ""
+        if values:
+            kind, _, rest = values[0].strip().partition(" ")
+            token = rest.strip() if kind.lower() == "bearer" else ""
+        grant = self.state.store.token(token, ACCESS) if token else None
+        if grant is None or grant.revoked or grant.expires_at <= time.time():
+            if not values:
+                hint = 'Missing "Authorization" header'
+            elif grant is None:
+                hint = "The JWT string must have two dots"
+            elif grant.revoked:
+                hint = "Access token has been revoked"
+            else:
+                hint = "Access token could not be verified"
+            return "-", self._denied(hint)
+        client = printable(grant.client_id, 64)
+        if grant.session is not None and not self.state.store.session_active(grant.session):
+            return client, self._logged_out()
+        scope.setdefault("state", {})["grant"] = grant
+        return client, None
+
+    def _denied(self, hint: str) -> Answer:
+        """401 for a missing, unknown, expired or revoked token, as each version words it."""
+        if self.state.version == V703:
             document = {
-                "error": "invalid_request",
-                "error_description": "this API needs Authorization: Bearer ACCESS_TOKEN",
+                "error": "access_denied",
+                "error_description": ACCESS_DENIED,
+                "hint": hint,
+                "message": ACCESS_DENIED,
             }
-        else:
-            challenge = (
-                f'Bearer realm="OpenEMR", error="invalid_token", error_description="{refusal}"'
-            )
-            document = {"error": "invalid_token", "error_description": refusal}
-        body_bytes = json.dumps(document, separators=(",", ":")).encode("utf-8")
-        return "-", Answer(401, body_bytes, [(b"www-authenticate", challenge.encode("ascii"))])
+            return Answer(401, _json(document))
+        document = {"error": "An error occurred", "message": ACCESS_DENIED, "code": 0}
+        return Answer(401, _json(document), content_type=PHP_DEFAULT_TYPE.encode("ascii"))
+
+    def _logged_out(self) -> Answer:
+        """400 for a user token whose trusted-user session is gone (logout, admin revoke)."""
+        if self.state.version == V703:
+            document = {
+                "error": "invalid _request",  # sic: OpenEMR's typo
+                "error_description": LOGGED_OUT,
+                "message": LOGGED_OUT,
+            }
+            return Answer(400, _json(document))
+        document = {"error": "An error occurred", "message": LOGGED_OUT, "code": 0}
+        return Answer(400, _json(document), content_type=PHP_DEFAULT_TYPE.encode("ascii"))
+
+
+def _json(document: object) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
 class OpenEmrSandboxServer(BaseSandboxServer):
     """An OpenEMR stand-in on ``host:port`` with state in ``data_dir/openemr.db``.
 
     Runs like :class:`~.server.SandboxServer` (``start``/``stop``, ``with``, ``serve_forever``,
-    ``faults``). ``token_lifetime``: seconds an access token lives (OpenEMR: 60). ``site``: the
-    ``{site}`` in every path.
+    ``faults``). OpenEMR's settings:
+
+    - ``version``: ``"7.0.3"`` or ``"7.0.4"`` (7.0.4 and master behave alike here);
+    - ``site``: the ``{site}`` in every path;
+    - ``site_address``: the Site Address Override (e.g. ``https://emr.example.test``); None →
+      every request's scheme + ``X-Forwarded-Host`` or ``Host``. Base of the discovery URLs and
+      of the ``aud`` an assertion must carry;
+    - ``system_scopes``: "Enable OpenEMR FHIR System Scopes" (``system/*`` scopes exist);
+    - ``manual_approval``: every new client starts disabled, not only confidential ones with
+      ``user/`` or ``system/`` scopes;
+    - ``token_lifetime``: None → OpenEMR's (client credentials 300 s, user tokens 3600 s); an
+      int overrides every access token's lifetime (tests).
     """
 
     def __init__(
@@ -143,7 +200,11 @@ class OpenEmrSandboxServer(BaseSandboxServer):
         host: str = DEFAULT_HOST,
         port: int = 0,
         site: str = DEFAULT_SITE,
-        token_lifetime: int = DEFAULT_TOKEN_LIFETIME_S,
+        version: str = DEFAULT_VERSION,
+        site_address: str | None = None,
+        system_scopes: bool = False,
+        manual_approval: bool = False,
+        token_lifetime: int | None = None,
         faults: Faults | None = None,
         access_log: bool = True,
         max_body: int = MAX_BODY_BYTES,
@@ -151,7 +212,9 @@ class OpenEmrSandboxServer(BaseSandboxServer):
     ) -> None:
         if not _SITE.match(site):
             raise ValueError(f"site must be 1-64 letters, digits, '_' or '-', not {site!r}")
-        if (
+        if version not in VERSIONS:
+            raise ValueError(f"version must be one of {', '.join(VERSIONS)}, not {version!r}")
+        if token_lifetime is not None and (
             isinstance(token_lifetime, bool)
             or not isinstance(token_lifetime, int)
             or token_lifetime < 1
@@ -159,13 +222,26 @@ class OpenEmrSandboxServer(BaseSandboxServer):
             raise ValueError(
                 f"token_lifetime must be a whole number of seconds ≥ 1, not {token_lifetime!r}"
             )
+        if site_address is not None and not re.match(
+            r"^https?://[^/?#\s]+(/[^?#\s]*)?$", site_address
+        ):
+            raise ValueError(f"site_address must be an http(s) URL, not {site_address!r}")
         self._init_running(
             host=host, port=port, access_log=access_log, request_timeout=request_timeout
         )
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.site = site
         self.store = OpenEmrStore(self.data_dir)
-        self.state = OpenEmrState(self.store, site, token_lifetime)
+        self.state = OpenEmrState(
+            self.store,
+            site,
+            version=version,
+            site_address=site_address.rstrip("/") if site_address else None,
+            system_scopes=system_scopes,
+            manual_approval=manual_approval,
+            token_lifetime=token_lifetime,
+            log_refusals=access_log,
+        )
         self.app = OpenEmrApp(
             self.state,
             faults=faults if faults is not None else Faults.from_env(),
@@ -173,28 +249,91 @@ class OpenEmrSandboxServer(BaseSandboxServer):
             max_body=max_body,
         )
 
+    # -- configuration ------------------------------------------------------------------------
     @property
-    def token_lifetime(self) -> int:
-        """Seconds an access token lives; assign to change it for tokens issued from now on."""
+    def version(self) -> str:
+        """The OpenEMR version modelled: ``7.0.3`` or ``7.0.4``."""
+        return self.state.version
+
+    @property
+    def site_address(self) -> str | None:
+        """The Site Address Override, or None (each request's own scheme and host)."""
+        return self.state.site_address
+
+    @property
+    def system_scopes(self) -> bool:
+        """Whether ``system/*`` scopes are turned on."""
+        return self.state.system_scopes
+
+    @property
+    def manual_approval(self) -> bool:
+        """Whether every new client starts disabled."""
+        return self.state.manual_approval
+
+    @property
+    def token_lifetime(self) -> int | None:
+        """The access-token lifetime override (None: OpenEMR's); settable while running."""
         return self.state.token_lifetime
 
     @token_lifetime.setter
-    def token_lifetime(self, seconds: int) -> None:
+    def token_lifetime(self, seconds: int | None) -> None:
         self.state.token_lifetime = seconds
+
+    # -- URLs ---------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        """The site address: the override, else this server's own URL."""
+        return self.state.site_address or self.url
 
     @property
     def token_url(self) -> str:
-        """The token endpoint, the ``aud`` of every client assertion."""
-        return f"{self.url}/oauth2/{self.site}/token"
+        """The configured token URL: the ``aud`` the server checks (requests without a proxy)."""
+        return f"{self.base_url}/oauth2/{self.site}/token"
+
+    @property
+    def oauth_url(self) -> str:
+        """``{site address}/oauth2/{site}`` (registration, authorize, token, discovery)."""
+        return f"{self.base_url}/oauth2/{self.site}"
+
+    @property
+    def fhir_url(self) -> str:
+        """The FHIR base as the server names it: ``{site address}/apis/{site}/fhir``."""
+        return f"{self.base_url}/apis/{self.site}/fhir"
 
     @property
     def api_url(self) -> str:
-        """``…/apis/{site}``, the base of the Standard API (``/api``) and FHIR (``/fhir``)."""
+        """``{this server's URL}/apis/{site}``: where to send API requests (never the override)."""
         return f"{self.url}/apis/{self.site}"
 
+    # -- administration -----------------------------------------------------------------------
+    def enable_client(self, client_id: str) -> bool:
+        """Enable a client (Admin → System → API Clients → Enable); False if there is none."""
+        return self.store.set_enabled(client_id, True)
+
+    def disable_client(self, client_id: str) -> bool:
+        """Disable a client again; False if there is none."""
+        return self.store.set_enabled(client_id, False)
+
+    def clients(self) -> list[dict[str, object]]:
+        """Every registered client: ``client_id``, ``enabled``, ``scope`` (and name, role)."""
+        return [client.to_json() for client in self.store.clients()]
+
+    def client(self, client_id: str) -> Client | None:
+        """One registered client, or None."""
+        return self.store.client(client_id)
+
     def revoke_tokens(self, *, refresh: bool = False) -> int:
-        """Make every access token (and refresh token, if asked) stop working; return how many."""
+        """Revoke every live access token (and refresh token, if asked); return how many."""
         return self.store.revoke((ACCESS, REFRESH) if refresh else (ACCESS,))
+
+    def logout(self) -> int:
+        """End every user's login (trusted-user sessions); return how many there were.
+
+        Every API call with one of their access tokens then answers 400 "Refresh Token revoked
+        or logged out", and their refresh tokens get 400 ``invalid_grant``. Client-credentials
+        tokens (the system user) are not affected.
+        """
+        return self.store.end_sessions()
 
     def patients(self) -> list[Patient]:
         """Every stored patient, by pid."""
@@ -205,6 +344,9 @@ class OpenEmrSandboxServer(BaseSandboxServer):
         return self.store.count_patients()
 
     def reset(self) -> None:
-        """Forget clients, tokens and patients, and switch faults off."""
+        """Forget clients, tokens, sessions and patients, and switch faults off."""
         self.store.clear()
         self.faults = Faults()
+
+
+__all__ = ["DEFAULT_SITE", "DEFAULT_VERSION", "V703", "V704", "OpenEmrApp", "OpenEmrSandboxServer"]

@@ -1,10 +1,15 @@
 """Patients as OpenEMR shows them: Standard API records, their validation, and FHIR R4 Patient.
 
-The Standard API validates a new patient like OpenEMR's ``PatientValidator``: ``fname`` 1–255
-characters, ``lname`` 2–255, ``sex`` 4–30 (OpenEMR stores "Male"/"Female", so "M" is refused),
-``DOB`` a ``YYYY-MM-DD`` date; errors come back per field, per rule, in the Particle validator's
-shape: ``{"lname": {"LengthBetween::TOO_SHORT": "Last Name must be 2 characters or longer"}}``.
-A FHIR Patient is mapped to the same fields and validated by the same rules.
+A new patient is validated like OpenEMR's ``PatientValidator`` (``Validators/PatientValidator.php``
+:56-59): ``fname`` 1–255 characters, ``lname`` 2–255, ``sex`` 4–30 (OpenEMR stores
+"Male"/"Female", so "M" is refused), ``DOB`` a ``Y-m-d`` date; errors come back per field, per
+rule, in the Particle validator's shape:
+``{"lname": {"LengthBetween::TOO_SHORT": "Last Name must be 2 characters or longer"}}``.
+
+A FHIR Patient is read as ``FhirPatientService::parseFhirResource`` reads it: only the HumanName
+with ``use: "official"`` gives fname (first given), mname (other givens) and lname (family) — no
+official name, no names; an identifier counts only by its type code, ``PT`` → pubpid and ``SS``
+→ ss, its ``system`` dropped; every other identifier is dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +17,11 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from cwsctl.sandbox.openemr_store import PUBPID_SYSTEM, Patient
+from cwsctl.sandbox.openemr_store import Patient
+
+#: HL7 v2 table 0203 (identifier types): PT is the pubpid, SS the social security number.
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+SSN_SYSTEM = "http://hl7.org/fhir/sid/us-ssn"
 
 #: Standard API fields kept; others are dropped, as OpenEMR keeps only patient_data columns.
 FIELDS = (
@@ -60,7 +69,7 @@ def validate_record(data: Any) -> tuple[dict[str, str], Errors]:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             errors[name] = {"Type::INVALID": f"{name} must be a string"}
             continue
-        text = str(value).strip()
+        text = str(value)  # not trimmed: PatientValidator counts what it is given
         if len(text) > MAX_FIELD_CHARS and name not in _LENGTHS:
             errors[name] = {"LengthBetween::TOO_LONG": f"{name} must be 255 characters or shorter"}
             continue
@@ -72,7 +81,7 @@ def validate_record(data: Any) -> tuple[dict[str, str], Errors]:
             continue
         if name not in record:
             errors[name] = {
-                "Required::NON_EXISTENT_KEY": f"{name} must be provided, but does not exist"
+                "Required::NON_EXISTENT_KEY": f"{label} must be provided, but does not exist"
             }
         elif len(record[name]) < low:
             errors[name] = {
@@ -85,7 +94,7 @@ def validate_record(data: Any) -> tuple[dict[str, str], Errors]:
     if "DOB" not in errors:
         if "DOB" not in record:
             errors["DOB"] = {
-                "Required::NON_EXISTENT_KEY": "DOB must be provided, but does not exist"
+                "Required::NON_EXISTENT_KEY": "Date of Birth must be provided, but does not exist"
             }
         elif not _is_date(record["DOB"]):
             errors["DOB"] = {
@@ -117,21 +126,124 @@ def matches(patient: Patient, filters: dict[str, str]) -> bool:
 
 
 # -- FHIR ------------------------------------------------------------------------------------
+#: Patient's elements (FHIR R4): anything else is a structural error (an OperationOutcome).
+PATIENT_ELEMENTS = frozenset(
+    [
+        "resourceType",
+        "id",
+        "meta",
+        "implicitRules",
+        "language",
+        "text",
+        "contained",
+        "extension",
+        "modifierExtension",
+        "identifier",
+        "active",
+        "name",
+        "telecom",
+        "gender",
+        "birthDate",
+        "deceasedBoolean",
+        "deceasedDateTime",
+        "address",
+        "maritalStatus",
+        "multipleBirthBoolean",
+        "multipleBirthInteger",
+        "photo",
+        "contact",
+        "communication",
+        "generalPractitioner",
+        "managingOrganization",
+        "link",
+    ]
+)
+
+
+def structure_problem(resource: Any) -> str | None:
+    """Why ``resource`` is not a FHIR Patient at all (FhirValidationService), or None."""
+    if not isinstance(resource, dict):
+        return "the body must be a FHIR resource (a JSON object)"
+    if resource.get("resourceType") != "Patient":
+        return f"resourceType must be Patient, not {str(resource.get('resourceType'))[:40]!r}"
+    unknown = sorted(k for k in resource if k not in PATIENT_ELEMENTS and not k.startswith("_"))
+    if unknown:
+        return f"unknown element {unknown[0][:40]!r} in Patient"
+    for name in ("identifier", "name", "telecom", "address"):
+        value = resource.get(name)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, dict) for v in value)
+        ):
+            return f"Patient.{name} must be an array of objects"
+    return None
+
+
+def record_from_fhir(resource: dict[str, Any]) -> dict[str, Any]:
+    """The patient_data fields OpenEMR takes from a (structurally valid) FHIR Patient."""
+    data: dict[str, Any] = {}
+    official = next((n for n in resource.get("name") or [] if n.get("use") == "official"), None)
+    if official is not None:
+        family = official.get("family")
+        if isinstance(family, str):
+            data["lname"] = family
+        given = official.get("given")
+        if isinstance(given, list) and given:
+            data["fname"] = given[0]
+            if len(given) > 1:
+                data["mname"] = " ".join(str(g) for g in given[1:])
+        prefix = official.get("prefix")
+        if isinstance(prefix, list) and prefix:
+            data["title"] = prefix[0]
+    gender = resource.get("gender")
+    if isinstance(gender, str):
+        data["sex"] = _GENDER_TO_SEX.get(gender, gender)
+    if resource.get("birthDate") is not None:
+        data["DOB"] = resource["birthDate"]
+    for identifier in resource.get("identifier") or []:
+        codings = (identifier.get("type") or {}).get("coding") or []
+        codes = {c.get("code") for c in codings if isinstance(c, dict)}
+        value = identifier.get("value")
+        if not isinstance(value, str):
+            continue
+        if "PT" in codes:
+            data["pubpid"] = value
+        elif "SS" in codes:
+            data["ss"] = value
+    for telecom in resource.get("telecom") or []:
+        if telecom.get("system") == "email" and isinstance(telecom.get("value"), str):
+            data.setdefault("email", telecom["value"])
+        elif telecom.get("system") == "phone" and isinstance(telecom.get("value"), str):
+            data.setdefault("phone_home", telecom["value"])
+    return data
+
+
 def fhir_resource(patient: Patient) -> dict[str, Any]:
-    """The FHIR R4 Patient for ``patient`` (id = the Standard API's uuid)."""
+    """The FHIR R4 Patient OpenEMR answers for ``patient`` (id = its uuid)."""
     record = patient.record
-    resource: dict[str, Any] = {"resourceType": "Patient", "id": patient.uuid}
-    resource["meta"] = {"versionId": "1"}
-    identifiers = []
-    for system, value in patient.identifiers:
-        identifier: dict[str, Any] = {"value": value}
-        if system:
-            identifier = {"system": system, "value": value}
-        if system == PUBPID_SYSTEM:
-            identifier["type"] = {"coding": [{"system": PUBPID_SYSTEM, "code": "PT"}]}
-        identifiers.append(identifier)
-    if identifiers:
-        resource["identifier"] = identifiers
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": patient.uuid,
+        "meta": {"versionId": "1"},
+    }
+    identifiers: list[dict[str, Any]] = []
+    if record.get("ss"):
+        identifiers.append(
+            {
+                "use": "official",
+                "type": {"coding": [{"system": V2_0203, "code": "SS"}]},
+                "system": SSN_SYSTEM,
+                "value": record["ss"],
+            }
+        )
+    identifiers.append(
+        {
+            "use": "official",
+            "type": {"coding": [{"system": V2_0203, "code": "PT"}]},
+            "system": V2_0203,
+            "value": patient.pubpid,
+        }
+    )
+    resource["identifier"] = identifiers
     name: dict[str, Any] = {"use": "official", "family": record.get("lname", "")}
     given = [record[k] for k in ("fname", "mname") if record.get(k)]
     if given:
@@ -139,14 +251,14 @@ def fhir_resource(patient: Patient) -> dict[str, Any]:
     if record.get("title"):
         name["prefix"] = [record["title"]]
     resource["name"] = [name]
-    sex = record.get("sex", "").casefold()
+    sex = str(record.get("sex", "")).casefold()
     resource["gender"] = sex if sex in ("male", "female", "other") else "unknown"
     if record.get("DOB"):
         resource["birthDate"] = record["DOB"]
     telecom = [
         {"system": "phone", "value": record["phone_home"], "use": "home"}
         if key == "phone_home"
-        else {"system": "email", "value": record["email"]}
+        else {"system": "email", "value": record["email"], "use": "home"}
         for key in ("phone_home", "email")
         if record.get(key)
     ]
@@ -164,99 +276,22 @@ def fhir_resource(patient: Patient) -> dict[str, Any]:
     return resource
 
 
-def record_from_fhir(resource: Any) -> tuple[dict[str, str], list[tuple[str, str]], list[str]]:
-    """Standard API fields and identifiers from a FHIR Patient, and what is wrong with it."""
-    if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
-        return {}, [], ["the body must be a FHIR Patient resource (resourceType 'Patient')"]
-    problems: list[str] = []
-    identifiers: list[tuple[str, str]] = []
-    raw_identifiers = resource.get("identifier", [])
-    if not isinstance(raw_identifiers, list):
-        problems.append("Patient.identifier must be an array")
-        raw_identifiers = []
-    for index, item in enumerate(raw_identifiers):
-        system = item.get("system", "") if isinstance(item, dict) else None
-        value = item.get("value") if isinstance(item, dict) else None
-        if not isinstance(system, str) or not isinstance(value, str) or not value.strip():
-            problems.append(f"Patient.identifier[{index}] needs a string value (and system)")
-            continue
-        identifiers.append((system, value.strip()))
-    data: dict[str, Any] = {}
-    names = resource.get("name")
-    if names is not None and not (
-        isinstance(names, list) and all(isinstance(n, dict) for n in names)
-    ):
-        problems.append("Patient.name must be an array of HumanName")
-        names = None
-    if names:
-        official = next((n for n in names if n.get("use") == "official"), names[0])
-        data["lname"] = official.get("family")
-        given = official.get("given") or []
-        if not isinstance(given, list):
-            problems.append("Patient.name.given must be an array")
-            given = []
-        if given:
-            data["fname"] = given[0]
-        if len(given) > 1:
-            data["mname"] = " ".join(str(g) for g in given[1:])
-        prefix = official.get("prefix")
-        if isinstance(prefix, list) and prefix:
-            data["title"] = prefix[0]
-    gender = resource.get("gender")
-    if gender is not None:
-        if gender not in _GENDER_TO_SEX:
-            problems.append("Patient.gender must be one of male, female, other, unknown")
-        else:
-            data["sex"] = _GENDER_TO_SEX[gender]
-    data["DOB"] = resource.get("birthDate")
-    if identifiers:
-        data["pubpid"] = identifiers[0][1]
-    record, errors = validate_record(data)
-    fhir_names = {
-        "fname": "Patient.name.given",
-        "lname": "Patient.name.family",
-        "sex": "Patient.gender",
-        "DOB": "Patient.birthDate",
-    }
-    for field, rules in errors.items():
-        for message in rules.values():
-            problems.append(f"{fhir_names.get(field, field)}: {message}")
-    return record, identifiers, problems
-
-
-def fhir_matches(patient: Patient, params: dict[str, str]) -> bool:
-    """FHIR search: string params match a name part by prefix, case-insensitively."""
+def fhir_matches(patient: Patient, name: str, wanted: str) -> bool:
+    """One FHIR search parameter (``identifier`` is done by the store: ss or pubpid = value)."""
     record = patient.record
-    for name, wanted in params.items():
-        want = wanted.casefold()
-        if name == "_id":
-            if patient.uuid != wanted:
-                return False
-        elif name == "birthdate":
-            if record.get("DOB", "") != wanted.removeprefix("eq"):
-                return False
-        elif name == "identifier":
-            system, value = parse_token(wanted)
-            if not any(
-                v == value and (system is None or s == system) for s, v in patient.identifiers
-            ):
-                return False
-        else:
-            fields = {"family": ("lname",), "given": ("fname", "mname")}.get(
-                name, ("fname", "mname", "lname")
-            )
-            parts = [p.casefold() for f in fields for p in record.get(f, "").split()]
-            if not any(p.startswith(want) for p in parts):
-                return False
-    return True
-
-
-def parse_token(text: str) -> tuple[str | None, str]:
-    """A FHIR token ``system|value``, ``|value`` (no system) or ``value`` (any system)."""
-    if "|" in text:
-        system, value = text.split("|", 1)
-        return system, value
-    return None, text
+    if name == "_id":
+        return patient.uuid == wanted
+    if name == "birthdate":
+        return str(record.get("DOB", "")) == wanted.removeprefix("eq")
+    if name == "identifier":
+        value = wanted.split("|", 1)[-1]
+        return value in (patient.pubpid, record.get("ss"))
+    want = wanted.casefold()
+    fields = {"family": ("lname",), "given": ("fname", "mname")}.get(
+        name, ("fname", "mname", "lname")
+    )
+    parts = [p.casefold() for f in fields for p in str(record.get(f, "")).split()]
+    return any(p.startswith(want) for p in parts)
 
 
 def _is_date(text: str) -> bool:

@@ -1,21 +1,27 @@
-"""The OpenEMR flavour's state: OAuth clients, tokens, seen ``jti``s and patients (SQLite).
+"""The OpenEMR flavour's state: OAuth clients, tokens, trusted users, seen ``jti``s and patients.
 
 It lives in ``openemr.db`` in the sandbox's data dir, beside the CWS flavour's ``sandbox.db``
 (nothing shared). Tokens, codes and registration access tokens are stored as SHA-256 digests
 only, so the file holds nothing a client could present. Like :mod:`.store`, it needs neither
 starlette nor uvicorn, one connection is shared by the server's threads behind a lock, and every
-statement commits when it returns (a patient create, identifiers included, is one transaction).
+statement commits when it returns.
 
-Patients are one table for both APIs: the Standard API's fields (``fname``, ``lname``, ``DOB``,
-``sex``, ``pubpid``, …) as JSON, plus ``patient_identifiers`` (system, value) for FHIR. A patient
-made through the Standard API gets one identifier, ``(PUBPID_SYSTEM, pubpid)``; one made
-through FHIR keeps every identifier it was sent, and its first identifier's value is its pubpid.
+As in OpenEMR:
+
+- a client has an ``enabled`` flag that only an administrator sets (:func:`enable_client`, which
+  works on the file while the server runs);
+- a token belongs to a role: ``system`` (client credentials, OpenEMR's system user) or ``users``
+  (a user's authorization code grant). A user's grant opens a *trusted-user session*; every
+  access and refresh token of that login carries it, and a logout ends it;
+- a patient is one ``patient_data`` row: the Standard API's fields, ``pubpid`` and ``ss`` among
+  them. FHIR identifiers are not stored as such (OpenEMR drops their ``system``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -28,23 +34,31 @@ from typing import Any
 from cwsctl.sandbox.store import open_private_db
 
 DB_FILE = "openemr.db"
-#: The identifier system a Standard API patient's pubpid gets in FHIR (HL7 v2 table 0203, "PT").
-PUBPID_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
+# Table names differ from the first sandbox's (oauth_clients, oauth_tokens, patients), so a data
+# dir written by it opens cleanly: the old tables are left alone.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS oauth_clients (
+CREATE TABLE IF NOT EXISTS api_clients (
     client_id          TEXT PRIMARY KEY,
     metadata           TEXT NOT NULL,
     registration_token TEXT NOT NULL,
-    issued_at          INTEGER NOT NULL
+    issued_at          INTEGER NOT NULL,
+    enabled            INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS oauth_tokens (
+CREATE TABLE IF NOT EXISTS api_tokens (
     digest     TEXT PRIMARY KEY,
     kind       TEXT NOT NULL,
     client_id  TEXT NOT NULL,
     scope      TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    session    TEXT,
     expires_at REAL NOT NULL,
+    revoked    INTEGER NOT NULL DEFAULT 0,
     extra      TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS trusted_users (
+    session   TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS oauth_jtis (
     client_id  TEXT NOT NULL,
@@ -52,25 +66,24 @@ CREATE TABLE IF NOT EXISTS oauth_jtis (
     expires_at REAL NOT NULL,
     PRIMARY KEY (client_id, jti)
 );
-CREATE TABLE IF NOT EXISTS patients (
+CREATE TABLE IF NOT EXISTS patient_data (
     pid        INTEGER PRIMARY KEY AUTOINCREMENT,
     uuid       TEXT NOT NULL UNIQUE,
     pubpid     TEXT NOT NULL,
+    ss         TEXT NOT NULL DEFAULT '',
     record     TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS patient_identifiers (
-    pid    INTEGER NOT NULL,
-    system TEXT NOT NULL,
-    value  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS patient_identifiers_value ON patient_identifiers (value);
-CREATE INDEX IF NOT EXISTS patients_pubpid ON patients (pubpid);
+CREATE INDEX IF NOT EXISTS patient_data_pubpid ON patient_data (pubpid);
+CREATE INDEX IF NOT EXISTS patient_data_ss ON patient_data (ss);
 """
 
 ACCESS = "access"
 REFRESH = "refresh"
 CODE = "code"
+#: Token roles, OpenEMR's names: the system user (client credentials) and a logged-in user.
+SYSTEM = "system"
+USERS = "users"
 
 
 def digest(token: str) -> str:
@@ -79,27 +92,54 @@ def digest(token: str) -> str:
 
 
 @dataclass(frozen=True)
+class Client:
+    """A registered client: its registration answer's metadata and whether it is enabled."""
+
+    client_id: str
+    metadata: dict[str, Any]
+    enabled: bool
+
+    @property
+    def scope(self) -> str:
+        """The scopes it registered, space-separated."""
+        return str(self.metadata.get("scope", ""))
+
+    def to_json(self) -> dict[str, Any]:
+        """``client_id``, ``enabled``, ``scope`` (and the client's name and role)."""
+        return {
+            "client_id": self.client_id,
+            "enabled": self.enabled,
+            "scope": self.scope,
+            "client_name": self.metadata.get("client_name"),
+            "client_role": self.metadata.get("client_role"),
+        }
+
+
+@dataclass(frozen=True)
 class Grant:
     """What a token or code stands for."""
 
     client_id: str
     scope: str
+    role: str
+    session: str | None
     expires_at: float
+    revoked: bool
     extra: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Patient:
-    """A stored patient: Standard API fields plus FHIR identifiers ``(system, value)``."""
+    """A stored patient: the Standard API's fields (``pubpid``, ``ss``, ``fname``, …)."""
 
     pid: int
     uuid: str
     record: dict[str, Any]
-    identifiers: list[tuple[str, str]]
 
-
-class MultipleMatchesError(Exception):
-    """A conditional create matched more than one patient."""
+    @property
+    def pubpid(self) -> str:
+        """The patient's public id (its pid when none was given)."""
+        return str(self.record.get("pubpid", ""))
 
 
 class OpenEmrStore:
@@ -115,25 +155,57 @@ class OpenEmrStore:
         with self._lock:
             self._db.close()
 
+    def __enter__(self) -> OpenEmrStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- clients ----------------------------------------------------------------------------
-    def add_client(self, client_id: str, metadata: dict[str, Any], registration_token: str) -> None:
-        """Store a registered client's metadata (as answered, without the registration token)."""
+    def add_client(
+        self, client_id: str, metadata: dict[str, Any], registration_token: str, *, enabled: bool
+    ) -> None:
+        """Store a registered client's metadata (without its registration token or secret)."""
         with self._lock:
             self._db.execute(
-                "INSERT INTO oauth_clients (client_id, metadata, registration_token, issued_at)"
-                " VALUES (?, ?, ?, ?)",
-                (client_id, json.dumps(metadata), digest(registration_token), int(time.time())),
+                "INSERT INTO api_clients"
+                " (client_id, metadata, registration_token, issued_at, enabled)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    client_id,
+                    json.dumps(metadata),
+                    digest(registration_token),
+                    int(time.time()),
+                    int(enabled),
+                ),
             )
 
-    def client(self, client_id: str) -> dict[str, Any] | None:
-        """A registered client's metadata, or None."""
+    def client(self, client_id: str) -> Client | None:
+        """A registered client, or None."""
         with self._lock:
             row = self._db.execute(
-                "SELECT metadata FROM oauth_clients WHERE client_id = ?", (client_id,)
+                "SELECT client_id, metadata, enabled FROM api_clients WHERE client_id = ?",
+                (client_id,),
             ).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        return None if row is None else Client(row[0], json.loads(row[1]), bool(row[2]))
 
-    # -- tokens and codes -------------------------------------------------------------------
+    def clients(self) -> list[Client]:
+        """Every registered client, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT client_id, metadata, enabled FROM api_clients ORDER BY rowid"
+            ).fetchall()
+        return [Client(r[0], json.loads(r[1]), bool(r[2])) for r in rows]
+
+    def set_enabled(self, client_id: str, enabled: bool = True) -> bool:
+        """Enable (or disable) a client, as Admin → System → API Clients does; False if unknown."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE api_clients SET enabled = ? WHERE client_id = ?", (int(enabled), client_id)
+            )
+        return cursor.rowcount > 0
+
+    # -- tokens, codes, sessions ------------------------------------------------------------
     def add_token(
         self,
         token: str,
@@ -141,47 +213,94 @@ class OpenEmrStore:
         client_id: str,
         scope: str,
         lifetime: float,
+        *,
+        role: str,
+        session: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> float:
         """Remember ``token`` (an access or refresh token, or a code); return its expiry time."""
         expires_at = time.time() + lifetime
         with self._lock:
             self._db.execute(
-                "INSERT INTO oauth_tokens (digest, kind, client_id, scope, expires_at, extra)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (digest(token), kind, client_id, scope, expires_at, json.dumps(extra or {})),
+                "INSERT INTO api_tokens"
+                " (digest, kind, client_id, scope, role, session, expires_at, extra)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    digest(token),
+                    kind,
+                    client_id,
+                    scope,
+                    role,
+                    session,
+                    expires_at,
+                    json.dumps(extra or {}),
+                ),
             )
         return expires_at
 
     def token(self, token: str, kind: str) -> Grant | None:
-        """The unexpired grant behind ``token`` of ``kind``, or None."""
+        """The grant behind ``token`` of ``kind`` (expired or revoked included), or None."""
         with self._lock:
             row = self._db.execute(
-                "SELECT client_id, scope, expires_at, extra FROM oauth_tokens"
-                " WHERE digest = ? AND kind = ? AND expires_at > ?",
-                (digest(token), kind, time.time()),
+                "SELECT client_id, scope, role, session, expires_at, revoked, extra"
+                " FROM api_tokens WHERE digest = ? AND kind = ?",
+                (digest(token), kind),
             ).fetchone()
-        return None if row is None else Grant(row[0], row[1], row[2], json.loads(row[3]))
+        return None if row is None else _grant(row)
 
     def take_token(self, token: str, kind: str) -> Grant | None:
-        """Like ``token``, but the token is used up: a second take finds nothing."""
+        """The grant behind ``token``, which is revoked by this call (a second take sees that)."""
         key = digest(token)
-        with self._lock:  # one connection behind one lock: the select and delete are one step
+        with self._lock:  # one connection behind one lock: the select and update are one step
             row = self._db.execute(
-                "SELECT client_id, scope, expires_at, extra FROM oauth_tokens"
-                " WHERE digest = ? AND kind = ?",
+                "SELECT client_id, scope, role, session, expires_at, revoked, extra"
+                " FROM api_tokens WHERE digest = ? AND kind = ?",
                 (key, kind),
             ).fetchone()
-            self._db.execute("DELETE FROM oauth_tokens WHERE digest = ?", (key,))
-        if row is None or row[2] <= time.time():
-            return None
-        return Grant(row[0], row[1], row[2], json.loads(row[3]))
+            self._db.execute("UPDATE api_tokens SET revoked = 1 WHERE digest = ?", (key,))
+        return None if row is None else _grant(row)
+
+    def revoke_digest(self, token_digest: str) -> None:
+        """Revoke the token stored under ``token_digest`` (a refresh's old access token)."""
+        with self._lock:
+            self._db.execute("UPDATE api_tokens SET revoked = 1 WHERE digest = ?", (token_digest,))
 
     def revoke(self, kinds: tuple[str, ...] = (ACCESS,)) -> int:
-        """Forget every token of ``kinds``; return how many there were."""
+        """Revoke every live token of ``kinds``; return how many there were."""
         marks = ", ".join("?" for _ in kinds)
         with self._lock:
-            cursor = self._db.execute(f"DELETE FROM oauth_tokens WHERE kind IN ({marks})", kinds)  # noqa: S608
+            cursor = self._db.execute(
+                f"UPDATE api_tokens SET revoked = 1 WHERE revoked = 0 AND expires_at > ?"  # noqa: S608
+                f" AND kind IN ({marks})",
+                (time.time(), *kinds),
+            )
+        return cursor.rowcount
+
+    def open_session(self, client_id: str) -> str:
+        """Start a trusted-user session (a user's login through ``client_id``); return its id."""
+        session = secrets.token_hex(16)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO trusted_users (session, client_id) VALUES (?, ?)", (session, client_id)
+            )
+        return session
+
+    def session_active(self, session: str) -> bool:
+        """Whether the trusted-user session is still there (no logout since)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM trusted_users WHERE session = ?", (session,)
+            ).fetchone()
+        return row is not None
+
+    def end_sessions(self) -> int:
+        """Log every user out: end every session and revoke its refresh tokens; return how many."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE api_tokens SET revoked = 1 WHERE kind = ? AND session IS NOT NULL",
+                (REFRESH,),
+            )
+            cursor = self._db.execute("DELETE FROM trusted_users")
         return cursor.rowcount
 
     def remember_jti(self, client_id: str, jti: str, expires_at: float) -> bool:
@@ -189,7 +308,7 @@ class OpenEmrStore:
         now = time.time()
         with self._lock:
             self._db.execute("DELETE FROM oauth_jtis WHERE expires_at < ?", (now,))
-            self._db.execute("DELETE FROM oauth_tokens WHERE expires_at < ?", (now,))
+            self._db.execute("DELETE FROM api_tokens WHERE expires_at < ?", (now - 86400,))
             try:
                 self._db.execute(
                     "INSERT INTO oauth_jtis (client_id, jti, expires_at) VALUES (?, ?, ?)",
@@ -200,128 +319,100 @@ class OpenEmrStore:
         return True
 
     # -- patients ---------------------------------------------------------------------------
-    def create_patient(
-        self,
-        record: dict[str, Any],
-        identifiers: list[tuple[str, str]] | None = None,
-        *,
-        if_none_exist: tuple[str | None, str] | None = None,
-    ) -> tuple[Patient, bool]:
-        """Store a validated patient; return it and True, or an existing match and False.
-
-        ``identifiers`` defaults to ``[(PUBPID_SYSTEM, pubpid)]``; an empty pubpid becomes the
-        pid (as OpenEMR does). ``if_none_exist`` (system or None, value): when exactly one
-        patient has that identifier it is returned instead; more than one raises
-        MultipleMatchesError. The look-up and the insert are one step under the lock.
-        """
+    def create_patient(self, record: dict[str, Any]) -> Patient:
+        """Store a validated patient, always a new one; an empty pubpid becomes the pid."""
+        new_uuid = str(uuid.uuid4())
+        record = dict(record)
         with self._lock:
-            if if_none_exist is not None:
-                pids = self._pids_by_identifier(*if_none_exist)
-                if len(pids) > 1:
-                    raise MultipleMatchesError(f"{len(pids)} patients match")
-                if pids:
-                    found = self._get_locked(pids[0])
-                    assert found is not None
-                    return found, False
-            new_uuid = str(uuid.uuid4())
-            record = dict(record)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 cursor = self._db.execute(
-                    "INSERT INTO patients (uuid, pubpid, record, created_at) VALUES (?, ?, ?, ?)",
-                    (new_uuid, str(record.get("pubpid") or ""), "{}", _now()),
+                    "INSERT INTO patient_data (uuid, pubpid, ss, record, created_at)"
+                    " VALUES (?, '', ?, '{}', ?)",
+                    (new_uuid, str(record.get("ss") or ""), _now()),
                 )
                 pid = cursor.lastrowid
                 assert pid is not None
                 if not record.get("pubpid"):
                     record["pubpid"] = str(pid)
-                if identifiers is None:
-                    identifiers = [(PUBPID_SYSTEM, record["pubpid"])]
                 self._db.execute(
-                    "UPDATE patients SET pubpid = ?, record = ? WHERE pid = ?",
+                    "UPDATE patient_data SET pubpid = ?, record = ? WHERE pid = ?",
                     (record["pubpid"], json.dumps(record, ensure_ascii=False), pid),
-                )
-                self._db.executemany(
-                    "INSERT INTO patient_identifiers (pid, system, value) VALUES (?, ?, ?)",
-                    [(pid, system, value) for system, value in identifiers],
                 )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return Patient(pid, new_uuid, record, list(identifiers)), True
+        return Patient(pid, new_uuid, record)
 
     def patient(self, patient_uuid: str) -> Patient | None:
         """The patient with ``patient_uuid``, or None."""
         with self._lock:
             row = self._db.execute(
-                "SELECT pid FROM patients WHERE uuid = ?", (patient_uuid,)
+                "SELECT pid, uuid, record FROM patient_data WHERE uuid = ?", (patient_uuid,)
             ).fetchone()
-            return None if row is None else self._get_locked(int(row[0]))
+        return None if row is None else _patient(row)
 
     def patients(self) -> list[Patient]:
         """Every patient, by pid."""
         with self._lock:
-            pids = [int(r[0]) for r in self._db.execute("SELECT pid FROM patients ORDER BY pid")]
-            return [p for p in map(self._get_locked, pids) if p is not None]
+            rows = self._db.execute(
+                "SELECT pid, uuid, record FROM patient_data ORDER BY pid"
+            ).fetchall()
+        return [_patient(r) for r in rows]
 
     def patients_by_pubpid(self, pubpid: str) -> list[Patient]:
         """Patients whose pubpid is ``pubpid`` (exact), by pid."""
         with self._lock:
-            pids = [
-                int(r[0])
-                for r in self._db.execute(
-                    "SELECT pid FROM patients WHERE pubpid = ? ORDER BY pid", (pubpid,)
-                )
-            ]
-            return [p for p in map(self._get_locked, pids) if p is not None]
+            rows = self._db.execute(
+                "SELECT pid, uuid, record FROM patient_data WHERE pubpid = ? ORDER BY pid",
+                (pubpid,),
+            ).fetchall()
+        return [_patient(r) for r in rows]
 
-    def patients_by_identifier(self, system: str | None, value: str) -> list[Patient]:
-        """Patients with identifier ``value`` (in ``system``, unless None), by pid."""
+    def patients_by_identifier(self, value: str) -> list[Patient]:
+        """Patients with ``ss = value OR pubpid = value`` (OpenEMR's FHIR identifier search)."""
         with self._lock:
-            pids = self._pids_by_identifier(system, value)
-            return [p for p in map(self._get_locked, pids) if p is not None]
+            rows = self._db.execute(
+                "SELECT pid, uuid, record FROM patient_data WHERE ss = ? OR pubpid = ?"
+                " ORDER BY pid",
+                (value, value),
+            ).fetchall()
+        return [_patient(r) for r in rows]
 
     def count_patients(self) -> int:
         """How many patients are stored."""
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM patients").fetchone()[0])
+            return int(self._db.execute("SELECT count(*) FROM patient_data").fetchone()[0])
 
     def clear(self) -> None:
-        """Forget patients, clients, tokens and seen ``jti``s."""
+        """Forget patients, clients, tokens, sessions and seen ``jti``s."""
         with self._lock:
-            for table in ("patients", "patient_identifiers", "oauth_clients", "oauth_tokens"):
+            for table in ("patient_data", "api_clients", "api_tokens", "trusted_users"):
                 self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             self._db.execute("DELETE FROM oauth_jtis")
 
-    def _pids_by_identifier(self, system: str | None, value: str) -> list[int]:
-        if system is None:
-            rows = self._db.execute(
-                "SELECT DISTINCT pid FROM patient_identifiers WHERE value = ? ORDER BY pid",
-                (value,),
-            )
-        else:
-            rows = self._db.execute(
-                "SELECT DISTINCT pid FROM patient_identifiers WHERE system = ? AND value = ?"
-                " ORDER BY pid",
-                (system, value),
-            )
-        return [int(r[0]) for r in rows]
 
-    def _get_locked(self, pid: int) -> Patient | None:
-        row = self._db.execute(
-            "SELECT pid, uuid, record FROM patients WHERE pid = ?", (pid,)
-        ).fetchone()
-        if row is None:
+def enable_client(data_dir: Path, client_id: str) -> Client | None:
+    """Enable ``client_id`` in ``data_dir`` (works while the server runs); None if unknown."""
+    with OpenEmrStore(data_dir) as store:
+        if not store.set_enabled(client_id, True):
             return None
-        identifiers = [
-            (str(s), str(v))
-            for s, v in self._db.execute(
-                "SELECT system, value FROM patient_identifiers WHERE pid = ? ORDER BY rowid",
-                (pid,),
-            )
-        ]
-        return Patient(int(row[0]), str(row[1]), json.loads(row[2]), identifiers)
+        return store.client(client_id)
+
+
+def list_clients(data_dir: Path) -> list[Client]:
+    """The clients registered in ``data_dir``."""
+    with OpenEmrStore(data_dir) as store:
+        return store.clients()
+
+
+def _grant(row: tuple[Any, ...]) -> Grant:
+    return Grant(row[0], row[1], row[2], row[3], row[4], bool(row[5]), json.loads(row[6]))
+
+
+def _patient(row: tuple[Any, ...]) -> Patient:
+    return Patient(int(row[0]), str(row[1]), json.loads(row[2]))
 
 
 def _now() -> str:
