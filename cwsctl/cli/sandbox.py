@@ -1,4 +1,4 @@
-"""`cwsctl sandbox …`: run a local CWS stand-in and manage its keys.
+"""`cwsctl sandbox …`: run a local CorEMR (CWS), OpenEMR or openEHR stand-in and manage its state.
 
 Nothing from cwsctl.sandbox (nor starlette/uvicorn) is imported until a command runs, so
 `cwsctl --help` stays fast and works without the `cwsctl[sandbox]` extra.
@@ -20,21 +20,29 @@ from cwsctl.cli.options import (
     with_globals,
 )
 from cwsctl.cli.output import Output
-from cwsctl.cli.params import Choice, Fraction, ListenHost, WholeNumber
+from cwsctl.cli.params import Choice, Fraction, HttpUrl, ListenHost, WholeNumber
 from cwsctl.core.errors import InputError
 from cwsctl.core.keys import DEFAULT_BITS
 
 if TYPE_CHECKING:
+    from cwsctl.sandbox.faults import Faults
     from cwsctl.sandbox.server import BaseSandboxServer
 
 SANDBOX_KINDS = ("cws", "openemr", "openehr")
-#: Longest --token-lifetime: a day (OpenEMR's own are 60 s; long ones only hide renewal bugs).
+OPENEMR_VERSIONS = ("7.0.3", "7.0.4")
+#: Longest --token-lifetime: a day (OpenEMR's own are 300 s and 3600 s; long ones hide bugs).
 MAX_TOKEN_LIFETIME_S = 86400
 
 app = typer.Typer(
-    help="Run a local sandbox server (CorEMR, OpenEMR or EHRbase stand-in) for demos and tests.",
+    help="Run a local sandbox server (a CorEMR, OpenEMR or openEHR/EHRbase stand-in) for demos "
+    "and tests, and manage its keys and clients.",
     no_args_is_help=True,
 )
+openemr_app = typer.Typer(
+    help="Administer the OpenEMR sandbox's state (what OpenEMR's admin pages do).",
+    no_args_is_help=True,
+)
+app.add_typer(openemr_app, name="openemr")
 
 DataDirOption = Annotated[
     Path | None,
@@ -188,14 +196,54 @@ def serve(
         ),
     ] = "cws",
     token_lifetime: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--token-lifetime",
             metavar="SECONDS",
             parser=WholeNumber(1, MAX_TOKEN_LIFETIME_S, "seconds"),
-            help="--kind openemr: seconds an access token lives (OpenEMR's backend tokens: 60).",
+            help="--kind openemr: seconds every access token lives [default: OpenEMR's, 300 for "
+            "client credentials, 3600 for a user's tokens].",
+            show_default=False,
         ),
-    ] = 60,
+    ] = None,
+    openemr_version: Annotated[
+        str,
+        typer.Option(
+            "--openemr-version",
+            metavar="VERSION",
+            parser=Choice(OPENEMR_VERSIONS),
+            help="--kind openemr: the OpenEMR release to behave like, 7.0.3 or 7.0.4 (7.0.4 is "
+            "also master's behaviour).",
+        ),
+    ] = "7.0.4",
+    site_address: Annotated[
+        str | None,
+        typer.Option(
+            "--site-address",
+            metavar="URL",
+            parser=HttpUrl(),
+            help="--kind openemr: OpenEMR's Site Address Override, the base of its discovery "
+            "URLs and of the aud a client assertion must carry [default: each request's scheme "
+            "and X-Forwarded-Host or Host].",
+            show_default=False,
+        ),
+    ] = None,
+    system_scopes: Annotated[
+        bool,
+        typer.Option(
+            "--system-scopes",
+            help="--kind openemr: turn on OpenEMR's FHIR system scopes (system/*.read and "
+            "$export; Admin → Config → Connectors).",
+        ),
+    ] = False,
+    manual_approval: Annotated[
+        bool,
+        typer.Option(
+            "--manual-approval",
+            help="--kind openemr: every new client starts disabled (OpenEMR's "
+            "oauth_app_manual_approval), not only confidential ones with user/ or system/ scopes.",
+        ),
+    ] = False,
     basic_auth_file: Annotated[
         Path | None,
         typer.Option(
@@ -214,22 +262,29 @@ def serve(
     server-key`. Faults hit only /ws/patients requests. One access line per request goes to
     stderr (method, path without query, status; no bodies); --quiet turns it off.
 
-    --kind openemr: a test stand-in for OpenEMR's API, site `default`, state in openemr.db in
-    the data dir. POST /oauth2/default/registration registers a client (JSON; application_type
-    private, token_endpoint_auth_method private_key_jwt, jwks inline or a loopback jwks_uri —
-    nothing is fetched from the network — redirect_uris required; answers 200 with client_id).
-    POST /oauth2/default/token (form): grant_type client_credentials, authorization_code (with
-    the PKCE code_verifier) or refresh_token (rotated on use; issued only with offline_access),
-    the client always authenticated by an RS384 client_assertion (jwt-bearer) whose kid, iss =
-    sub = client_id, aud = this token URL, exp (at most 5 min after iat) and single-use jti are
-    checked; access tokens live --token-lifetime seconds. GET /oauth2/default/authorize
-    approves at once — there is no login page — and redirects with a code (PKCE S256 required;
-    a loopback redirect_uri matches on any port). Bearer token required on: GET|POST
-    /apis/default/api/patient (OpenEMR's validationErrors/internalErrors/data envelope), GET
-    /apis/default/api/patient/UUID, GET|POST /apis/default/fhir/Patient (POST honours
-    If-None-Exist: identifier=SYSTEM|VALUE), GET /apis/default/fhir/Patient/ID; GET
-    /apis/default/fhir/metadata needs none. Faults (drop, error, latency) hit the patient
-    routes; corrupt and unsigned do not apply (nothing is signed). The access log names the
+    --kind openemr: a stand-in for OpenEMR 7.0.3 or 7.0.4+ (--openemr-version), modelled on
+    OpenEMR's source (cwsctl/sandbox/README.md has the table), site `default`, state in openemr.db
+    in the data dir. URLs are built from the site address (--site-address, else each request's
+    scheme and X-Forwarded-Host or Host): discovery at GET
+    /oauth2/default/.well-known/openid-configuration and GET
+    /apis/default/fhir/.well-known/smart-configuration. POST /oauth2/default/registration (JSON)
+    validates every scope against the server's list (system/* only with --system-scopes, and
+    only read and $export ones), refuses token_endpoint_auth_method private_key_jwt on 7.0.3,
+    answers 200; a confidential client (application_type private) with a user/ or system/
+    scope starts disabled — every grant answers 401 invalid_client — until `cwsctl sandbox
+    openemr enable-client CLIENT_ID` (works while the server runs). GET
+    /oauth2/default/authorize approves at once (no login page) and redirects with a code.
+    POST /oauth2/default/token: client_credentials with an RS384 client_assertion verified
+    with the first RSA key of the client's JWKS (kid ignored), aud exactly the token URL, 60 s
+    leeway, single-use jti → a token of the system user (300 s, system/* scopes only count);
+    authorization_code (PKCE S256) and refresh_token → a user's tokens (3600 s; a refresh
+    token with offline_access; a refresh revokes the old refresh and access tokens). Bearer
+    token required on /apis/default/api/patient[/UUID] (api:oemr and user/patient.* needed)
+    and /apis/default/fhir/Patient[/ID] (user/Patient.write to create, .read to read); a
+    missing scope is 401 (empty on 7.0.3). FHIR create reads only the name with use
+    "official", keeps identifiers by type code only (PT → pubpid, SS → ss), ignores
+    If-None-Exist and answers 201 {"pid", "uuid"}; search by identifier matches the value
+    only. Faults (drop, error, latency) hit the patient routes. The access log names the
     client id, never a token.
 
     --kind openehr: a test stand-in for an openEHR server (the released REST API, ITS-REST
@@ -277,10 +332,19 @@ def serve(
     from cwsctl.core.urls import is_loopback
     from cwsctl.sandbox.faults import Faults
     from cwsctl.sandbox.server import SandboxServer
-    from cwsctl.sandbox.server import serve as run_server
     from cwsctl.sandbox.store import SERVER_KEY_FILE
 
     basic_auth = None
+    openemr_only = {
+        "--token-lifetime": token_lifetime is not None,
+        "--site-address": site_address is not None,
+        "--system-scopes": system_scopes,
+        "--manual-approval": manual_approval,
+        "--openemr-version": openemr_version != "7.0.4",
+    }
+    misplaced = [name for name, given in openemr_only.items() if given]
+    if misplaced and kind != "openemr":
+        raise InputError(f"{misplaced[0]} applies only to --kind openemr")
     if basic_auth_file is not None:
         if kind != "openehr":
             raise InputError("--basic-auth-file applies only to --kind openehr")
@@ -336,43 +400,106 @@ def serve(
             )
         out.info("Press Ctrl-C to stop.")
 
-    stop_signal = run_server(
-        host,
-        port,
-        directory,
+    server = _build_server(
+        kind,
+        host=host,
+        port=port,
+        data_dir=directory,
         key_bits=key_bits,
         faults=faults,
         access_log=not out.settings.quiet,
-        on_ready=ready,
-        kind=kind,
         token_lifetime=token_lifetime,
         basic_auth=basic_auth,
+        openemr_version=openemr_version,
+        site_address=site_address,
+        system_scopes=system_scopes,
+        manual_approval=manual_approval,
     )
+    stop_signal = server.serve_forever(ready)
     how = f" ({signal.Signals(stop_signal).name})" if stop_signal else ""
     out.info(f"Sandbox stopped{how}.")
+
+
+def _build_server(
+    kind: str,
+    *,
+    host: str,
+    port: int,
+    data_dir: Path,
+    key_bits: int,
+    faults: Faults,
+    access_log: bool,
+    token_lifetime: int | None,
+    basic_auth: tuple[str, str] | None,
+    openemr_version: str,
+    site_address: str | None,
+    system_scopes: bool,
+    manual_approval: bool,
+) -> BaseSandboxServer:
+    """The flavour ``kind`` asks for (the dispatch lives here, so no flavour imports another)."""
+    common = {"host": host, "port": port, "faults": faults, "access_log": access_log}
+    if kind == "openemr":
+        from cwsctl.sandbox.openemr import OpenEmrSandboxServer
+
+        return OpenEmrSandboxServer(
+            data_dir,
+            version=openemr_version,
+            site_address=site_address,
+            system_scopes=system_scopes,
+            manual_approval=manual_approval,
+            token_lifetime=token_lifetime,
+            **common,  # type: ignore[arg-type]
+        )
+    if kind == "openehr":
+        from cwsctl.sandbox.openehr import OpenEhrSandboxServer
+
+        return OpenEhrSandboxServer(data_dir, basic_auth=basic_auth, **common)  # type: ignore[arg-type]
+    from cwsctl.sandbox.server import SandboxServer
+
+    return SandboxServer(data_dir, key_bits=key_bits, **common)  # type: ignore[arg-type]
 
 
 def _openemr_ready(out: Output, server: BaseSandboxServer) -> None:
     from cwsctl.sandbox.openemr import OpenEmrSandboxServer
 
     assert isinstance(server, OpenEmrSandboxServer)
+    lifetimes = (
+        f"{server.token_lifetime}-second access tokens"
+        if server.token_lifetime is not None
+        else "access tokens: 300 s client credentials, 3600 s user"
+    )
     if out.settings.json:
         out.json(
             {
                 "kind": "openemr",
                 "url": server.url,
                 "site": server.site,
+                "openemr_version": server.version,
+                "site_address": server.site_address,
+                "system_scopes": server.system_scopes,
+                "manual_approval": server.manual_approval,
                 "data_dir": str(server.data_dir),
                 "token_url": server.token_url,
+                "fhir_url": server.fhir_url,
                 "api_url": server.api_url,
                 "token_lifetime": server.token_lifetime,
                 "faults": server.faults.to_json(),
             }
         )
-    out.success(f"OpenEMR sandbox listening on {server.url} (data: {server.data_dir})")
-    out.info(f"Register: POST {server.url}/oauth2/{server.site}/registration")
-    out.info(f"Tokens: POST {server.token_url} ({server.token_lifetime}-second access tokens)")
+    out.success(
+        f"OpenEMR {server.version} sandbox listening on {server.url} (data: {server.data_dir})"
+    )
+    out.info(f"Discovery: {server.fhir_url}/.well-known/smart-configuration")
+    out.info(f"Register: POST {server.oauth_url}/registration")
+    out.info(f"Token URL (the assertion's aud): {server.token_url} ({lifetimes})")
     out.info(f"APIs: {server.api_url}/api/patient and {server.api_url}/fhir/Patient")
+    scopes = "on" if server.system_scopes else "off (--system-scopes turns them on)"
+    out.info(f"System scopes: {scopes}")
+    out.info(
+        "New confidential clients with user/ or system/ scopes start disabled"
+        f"{' (with --manual-approval: every new client)' if server.manual_approval else ''}: "
+        f"cwsctl sandbox openemr enable-client CLIENT_ID --data-dir {server.data_dir}"
+    )
     if server.faults.active:
         out.warn(f"fault injection on the patient routes: {server.faults.describe()}")
     out.info("Press Ctrl-C to stop.")
@@ -497,3 +624,49 @@ def server_key(
         f"Pin it: cwsctl sandbox server-key > sandbox.pem && cwsctl profile trust sandbox.pem "
         f"--username {SERVER_USERNAME}"
     )
+
+
+@openemr_app.command("enable-client")
+@with_globals
+def enable_client(
+    out: Output,
+    client_id: Annotated[
+        str, typer.Argument(metavar="CLIENT_ID", help="The client_id registration answered.")
+    ],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Enable a registered client, like OpenEMR's Admin → System → API Clients → Enable.
+
+    Works while the server runs (same SQLite file); the client's next grant succeeds.
+    """
+    from cwsctl.sandbox.openemr_store import enable_client as enable
+
+    directory = _data_dir(data_dir)
+    client = enable(directory, client_id)
+    if client is None:
+        raise InputError(
+            f"no client {client_id!r} is registered in {directory}",
+            hint=f"list them: cwsctl sandbox openemr clients --data-dir {directory}",
+        )
+    if out.settings.json:
+        out.json({"data_dir": str(directory), **client.to_json()})
+    out.success(f"Enabled client {client.client_id} in {directory}")
+
+
+@openemr_app.command("clients")
+@with_globals
+def list_clients(out: Output, data_dir: DataDirOption = None) -> None:
+    """List the registered OAuth clients: id, enabled or not, scopes."""
+    from cwsctl.sandbox.openemr_store import list_clients as registered
+
+    directory = _data_dir(data_dir)
+    clients = registered(directory)
+    if out.settings.json:
+        out.json({"data_dir": str(directory), "clients": [c.to_json() for c in clients]})
+        return
+    if not clients:
+        out.info(f"No OAuth clients registered in {directory}.")
+        return
+    for client in clients:
+        state = "enabled " if client.enabled else "disabled"
+        out.line(f"{client.client_id}  {state}  {client.scope}")

@@ -1,13 +1,24 @@
-"""A local CWS-compatible server (a CorEMR stand-in) for demos and tests.
+"""Local stand-ins for the three servers cwsctl speaks to, for demos and tests.
+
+One flavour per target, each a Starlette app on uvicorn with its state in SQLite:
+CorEMR's CWS API (signed bodies), OpenEMR's OAuth2 + Standard API + FHIR R4 (:mod:`.openemr`,
+modelled on OpenEMR 7.0.3 / 7.0.4+; see README.md in this package) and an openEHR REST server
+as EHRbase serves it (:mod:`.openehr`).
 
 - :mod:`cwsctl.sandbox.store` — data dir, server key, client keys, patients (SQLite); needs no extra.
 - :mod:`cwsctl.sandbox.faults` — fault switches (``CWSCTL_SANDBOX_*``); needs no extra.
-- :mod:`cwsctl.sandbox.app` — the ASGI app: the CWS envelope (body limit, signatures, faults).
-- :mod:`cwsctl.sandbox.routes` — the endpoints inside it (starlette).
-- :mod:`cwsctl.sandbox.server` — ``SandboxServer`` and ``serve`` (uvicorn).
+- :mod:`cwsctl.sandbox.app` — the ASGI envelope every flavour shares (body limit, faults, access
+  log) and the CWS flavour's signatures.
+- :mod:`cwsctl.sandbox.routes` — the CWS endpoints inside it (starlette).
+- :mod:`cwsctl.sandbox.server` — ``BaseSandboxServer`` (socket, uvicorn, limits), the CWS
+  ``SandboxServer`` and ``serve``. The flavours build on it; it imports none of them (the CLI
+  picks the flavour).
+- :mod:`cwsctl.sandbox.openemr` (``openemr_*``) and :mod:`cwsctl.sandbox.openehr`
+  (``openehr_*``) — the other two flavours.
 
-The last three need the optional extra ``cwsctl[sandbox]``; call :func:`require_server_deps` first
-to get a clear error instead of an ImportError. Importing this package imports none of them.
+Everything but ``store`` and ``faults`` needs the optional extra ``cwsctl[sandbox]``; call
+:func:`require_server_deps` first to get a clear error instead of an ImportError. Importing this
+package imports none of them.
 """
 
 from __future__ import annotations

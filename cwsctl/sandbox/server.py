@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -320,40 +320,23 @@ def serve(
     key_bits: int = keys.DEFAULT_BITS,
     faults: Faults | None = None,
     access_log: bool = True,
-    on_ready: Callable[[BaseSandboxServer], None] | None = None,
+    on_ready: Callable[[SandboxServer], None] | None = None,
     request_timeout: float = REQUEST_TIMEOUT_S,
-    kind: str = "cws",
-    token_lifetime: int | None = None,
-    basic_auth: tuple[str, str] | None = None,
 ) -> int | None:
-    """Run a sandbox in the foreground until Ctrl-C or SIGTERM; return the stopping signal.
+    """Run the CWS sandbox in the foreground until Ctrl-C or SIGTERM; return the stopping signal.
 
-    ``kind``: ``cws`` (CorEMR's signed API), ``openemr`` (:mod:`.openemr`, where
-    ``token_lifetime`` sets the access tokens' seconds and ``key_bits`` is unused) or ``openehr``
-    (:mod:`.openehr`, where ``basic_auth`` is the ``(user, password)`` required, if any).
+    The other flavours (:mod:`.openemr`, :mod:`.openehr`) build on :class:`BaseSandboxServer`
+    and are run through their own ``serve_forever``; this module imports none of them.
     """
-    common: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "faults": faults,
-        "access_log": access_log,
-        "request_timeout": request_timeout,
-    }
-    server: BaseSandboxServer
-    if kind == "cws":
-        server = SandboxServer(data_dir, key_bits=key_bits, **common)
-    elif kind == "openemr":
-        from cwsctl.sandbox.openemr import OpenEmrSandboxServer
-        from cwsctl.sandbox.openemr_oauth import DEFAULT_TOKEN_LIFETIME_S
-
-        lifetime = token_lifetime or DEFAULT_TOKEN_LIFETIME_S
-        server = OpenEmrSandboxServer(data_dir, token_lifetime=lifetime, **common)
-    elif kind == "openehr":
-        from cwsctl.sandbox.openehr import OpenEhrSandboxServer
-
-        server = OpenEhrSandboxServer(data_dir, basic_auth=basic_auth, **common)
-    else:
-        raise ValueError(f"unknown sandbox kind {kind!r}: cws, openemr or openehr")
+    server = SandboxServer(
+        data_dir,
+        host=host,
+        port=port,
+        key_bits=key_bits,
+        faults=faults,
+        access_log=access_log,
+        request_timeout=request_timeout,
+    )
     return server.serve_forever(on_ready)
 
 
