@@ -107,3 +107,22 @@ def test_config_write_is_atomic_and_leaves_no_temp_files(cli, cwsctl_home):
     leftovers = [p.name for p in cwsctl_home.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
     assert len(Store().load().profiles) == 5
+
+
+def test_openemr_init_keeps_discovered_endpoints(cli, cwsctl_home, openemr_sandbox):
+    result = cli(
+        "profile", "init", "emr", "--kind", "openemr", "--url", openemr_sandbox.url, "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["token_endpoint"] == openemr_sandbox.token_url
+    assert document["fhir_base"] == openemr_sandbox.fhir_url
+    assert document["discovery"]["discovered"] is True
+    assert document["discovery"]["site_address_differs"] is False
+    config = (cwsctl_home / "config.toml").read_text()
+    assert f'token_endpoint = "{openemr_sandbox.token_url}"' in config
+    shown = cli("profile", "show", "emr")
+    assert f"token_endpoint: {openemr_sandbox.token_url}" in shown.stdout
+    # a cws profile reads no discovery documents and keeps its old shape
+    assert init(cli, "cwsprod").exit_code == 0
+    assert "token_endpoint" not in json.loads(cli("profile", "show", "cwsprod", "--json").stdout)

@@ -283,7 +283,8 @@ def show(
     out.line(f"name:        {doc['name']}{' (default)' if doc['default'] else ''}")
     for key, value in doc.items():
         if key not in ("name", "default", "key_path", "key_fingerprint", "trusted"):
-            out.line(f"{key + ':':<13}{value}")
+            label = key + ":"
+            out.line(f"{label:<13}{value}" if len(label) < 13 else f"{label} {value}")
     if "key_path" in doc:
         out.line(f"private key: {doc['key_path'] or '(none: run cwsctl keygen)'}")
     if doc.get("key_fingerprint"):

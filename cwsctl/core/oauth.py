@@ -660,6 +660,11 @@ def _refusal_hint(grant: str, error: str, status: int, detail: str) -> str:
             "is right, and that the token endpoint is the one OpenEMR names (cwsctl oauth "
             "discover); or register again: cwsctl oauth register"
         )
+    if error == "invalid_request" and grant != GRANT_AUTHORIZATION_CODE:
+        return (
+            "OpenEMR refused the request or its client assertion (7.0.4+ also want iat within "
+            "the last 5 minutes and exp within 24 hours): check this machine's clock"
+        )
     if error == "invalid_scope":
         system = (
             " system/ scopes exist only after an administrator turned them on "
