@@ -498,7 +498,7 @@ def _openemr_ready(out: Output, server: BaseSandboxServer) -> None:
     out.info(
         "New confidential clients with user/ or system/ scopes start disabled"
         f"{' (with --manual-approval: every new client)' if server.manual_approval else ''}: "
-        f"cwsctl sandbox openemr enable-client CLIENT_ID --data-dir {server.data_dir}"
+        f"cwsctl sandbox openemr enable-client --data-dir {server.data_dir} -- CLIENT_ID"
     )
     if server.faults.active:
         out.warn(f"fault injection on the patient routes: {server.faults.describe()}")
@@ -637,7 +637,9 @@ def enable_client(
 ) -> None:
     """Enable a registered client, like OpenEMR's Admin → System → API Clients → Enable.
 
-    Works while the server runs (same SQLite file); the client's next grant succeeds.
+    Works while the server runs (same SQLite file); the client's next grant succeeds. Client
+    ids are base64url and may begin with "-": put "--" before one
+    (`cwsctl sandbox openemr enable-client --data-dir DIR -- CLIENT_ID`).
     """
     from cwsctl.sandbox.openemr_store import enable_client as enable
 

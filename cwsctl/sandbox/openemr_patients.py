@@ -75,6 +75,8 @@ def validate_record(data: Any) -> tuple[dict[str, str], Errors]:
             continue
         if text:
             record[name] = text
+        elif name in _LABELS:  # Particle's required(): present but empty
+            errors[name] = {"NotEmpty::EMPTY": f"{_LABELS[name]} must not be empty"}
     for name, (low, high) in _LENGTHS.items():
         label = _LABELS[name]
         if name in errors:
