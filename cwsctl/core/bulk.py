@@ -395,8 +395,9 @@ class BulkLoad:
             )
         return _ToSend(record, *key, journal_key)
 
-    def _send_row(self, number: int, row: _ToSend) -> RowResult:
-        """Send one patient, with lookups before any re-send; journal every step."""
+    def _send_row(self, number: int, row: _ToSend) -> RowResult | None:
+        """Send one patient, with lookups before any re-send; journal every step. None: the run
+        stopped before anything was sent for it (the row is left for the next run, unreported)."""
         assert self.client is not None
         external_id, facility, key = row.external_id, row.facility, row.journal_key
         create = self.mapping.create_request(row.record)
@@ -411,6 +412,8 @@ class BulkLoad:
                 break
             ticket = self.limiter.acquire(self._stop)
             if ticket is None:
+                if not (failures or busy):
+                    return None  # stopping before its first attempt: nothing happened to it
                 break
             congested, retry_after = False, None
             try:
