@@ -163,7 +163,9 @@ def create(
     Dates may be given as YYYY-MM-DD or ISO 8601 and are normalised to the CWS form
     YYYY-MM-DD HH:MM:SS.fff. A bulk load journals every row, so re-running the same command
     resumes: rows that got a verified 201 (or 409) are never sent again, and a row whose outcome
-    is unknown is looked up before it is re-sent.
+    is unknown is looked up before it is re-sent. On openemr profiles every patient (single or
+    bulk) is looked up before it is created, by its pubpid FACILITY:EXTERNAL_ID: OpenEMR creates
+    a patient on every POST.
     """
     connection = {
         "passphrase_file": passphrase_file,
