@@ -34,8 +34,7 @@ OPENEMR_VERSIONS = ("7.0.3", "7.0.4")
 MAX_TOKEN_LIFETIME_S = 86400
 
 app = typer.Typer(
-    help="Run a local sandbox server (a CorEMR, OpenEMR or openEHR/EHRbase stand-in) for demos "
-    "and tests, and manage its keys and clients.",
+    help="Run a local sandbox server (CorEMR, OpenEMR or EHRbase stand-in) for demos and tests.",
     no_args_is_help=True,
 )
 openemr_app = typer.Typer(
