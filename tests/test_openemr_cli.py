@@ -169,10 +169,7 @@ def test_a_one_letter_last_name_is_refused_before_sending(emr, run_cwsctl, tmp_p
     assert emr.count_patients() == 2 and not stored(emr, "EXT00001")
 
 
-def test_bulk_killed_and_resumed_holds_each_patient_once(
-    emr_latest, tmp_path, cwsctl_home, run_cwsctl
-):
-    emr = emr_latest
+def test_bulk_killed_and_resumed_holds_each_patient_once(emr, tmp_path, cwsctl_home, run_cwsctl):
     n = 60
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(n)])
     emr.faults = type(emr.faults)(latency_ms=60, seed=5)
@@ -221,10 +218,12 @@ def test_a_revoked_login_stops_the_bulk_run_with_the_login_hint(
     assert all(len(stored(emr, f"EXT{i:05d}")) == 1 for i in range(n))
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 def test_a_missing_scope_renews_the_token_once_per_run_not_per_row(
-    make_openemr_login, tmp_path, run_cwsctl, capfd
+    make_openemr_login, tmp_path, run_cwsctl, capfd, version
 ):
-    login = make_openemr_login(scope="openid offline_access api:fhir user/Patient.read")
+    scope = "openid offline_access api:fhir user/Patient.read"  # no user/Patient.write
+    login = make_openemr_login(scope=scope, version=version)
     n = 6
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(n)])
     capfd.readouterr()  # the sandbox's access log so far (registration, login)
