@@ -353,3 +353,26 @@ def test_one_journal_cannot_be_resumed_against_another_server(
         "-p", "emr2", "patients", "create", "--from", str(source), "--journal", str(tmp_path / "j2")
     )
     assert own.returncode == 0 and other.count_patients() == 1
+
+
+def test_demo_openemr_tells_the_real_servers_story_and_leaves_nothing(run_cwsctl, cwsctl_home):
+    result = run_cwsctl("demo", "--kind", "openemr", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["ok"] and document["kind"] == "openemr"
+    steps = [s["step"] for s in document["steps"]]
+    order = [
+        "Register",
+        "An OpenEMR administrator enables",
+        "Sign in once",
+        "Create",
+        "Send the same",
+    ]
+    positions = [next(i for i, s in enumerate(steps) if s.startswith(p)) for p in order]
+    assert positions == sorted(positions)
+    again = next(s for s in document["steps"] if s["step"].startswith("Send the same"))
+    assert again["patients_stored"] == 1
+    created = next(s for s in document["steps"] if s["step"].startswith("Create"))
+    assert set(json.loads(created["answer"])) == {"pid", "uuid"}
+    assert again["found"] == json.loads(created["answer"])["uuid"]
+    assert not cwsctl_home.exists()

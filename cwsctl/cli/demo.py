@@ -52,9 +52,9 @@ def demo(
 
     cws: generates a key, registers it, pins the sandbox's key, creates the walkthrough's example
     patient, verifies the signed response, shows a tampered body failing verification, and
-    prints the openssl/curl commands that do the same by hand. openemr: key, JWK Set, client
-    registration, a token got with a JWT signed by the key, the patient created through FHIR
-    (twice, created once), and read back. openehr: an EHR for the patient, a composition written
+    prints the openssl/curl commands that do the same by hand. openemr: key, discovery, JWK Set,
+    client registration, the administrator's enable step, a user's sign-in (PKCE), the patient
+    looked up and created once, the same row found by look-up, and read back. openehr: an EHR for the patient, a composition written
     and updated twice, a stale update refused, an AQL query and the version history.
     """
     from cwsctl.sandbox import require_server_deps
@@ -81,7 +81,7 @@ def demo(
         out.json({"ok": True, "kind": kind, "steps": steps})
     done = {
         "cws": "request signed, response verified, tampering detected",
-        "openemr": "client registered, token from a signed JWT, patient created once and read back",
+        "openemr": "discovered, registered, enabled, signed in; patient created once, found again, read back",
         "openehr": "EHR provisioned, composition versioned, stale update refused, query answered",
     }
     out.success(f"Demo complete: {done[kind]}.")

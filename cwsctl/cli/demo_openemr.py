@@ -1,8 +1,10 @@
-"""`cwsctl demo --kind openemr`: key → JWKS → registration → token → FHIR patient → read back.
+"""`cwsctl demo --kind openemr`: what a real OpenEMR asks for, step by step, against the sandbox.
 
-Runs against an in-process OpenEMR flavour of the sandbox on 127.0.0.1, in the caller's temporary
-directory, through the same core code the commands use (the bounded client, the OAuth2 token
-source, the openemr kind's patient mapping).
+key → discovery → JWK Set → registration → the administrator's enable step → a person's sign-in
+(authorization code + PKCE, against the sandbox's auto-approving authorize page) → the patient
+looked up, not found, created once → the same row again found by look-up, not re-created → read
+back. Runs against an in-process OpenEMR flavour of the sandbox (7.0.4 behaviour) on 127.0.0.1,
+in the caller's temporary directory, through the same core code the commands use.
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ from cwsctl.core.errors import ClientRequestError, ServerFailureError
 from cwsctl.core.patients import WALKTHROUGH_EXAMPLE
 
 PROFILE = "emr"
-DEMO_SCOPE = "openid offline_access api:fhir user/Patient.read user/Patient.write"
 Step = Callable[..., None]
 
 
 def run_openemr_demo(step: Step, root: Path, bits: int) -> None:
-    """Every step of the OpenEMR backend-services dance, each shown with its cwsctl command."""
+    """Every step of getting patients into OpenEMR, each shown with its cwsctl command."""
     from cwsctl.core import keys, oauth
+    from cwsctl.core.bulk import lookup_patient
     from cwsctl.core.exchange import bounded_client
     from cwsctl.core.jwks import jwk_set, key_id
     from cwsctl.core.kinds import kind_of
-    from cwsctl.core.patients import prepare_patient
+    from cwsctl.core.patients import patient_key, prepare_patient
     from cwsctl.core.profile import Config, Profile, Store
     from cwsctl.sandbox.faults import Faults
     from cwsctl.sandbox.openemr import OpenEmrSandboxServer
@@ -41,65 +43,82 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> None:
         fingerprint=keys.fingerprint(public_key),
     )
 
-    with OpenEmrSandboxServer(root / "sandbox", faults=Faults(), access_log=False) as server:
-        profile = Profile(PROFILE, url=server.url, kind="openemr", scope=DEMO_SCOPE)
+    data_dir = root / "sandbox"
+    with OpenEmrSandboxServer(data_dir, faults=Faults(), access_log=False) as server:
+        profile = Profile(PROFILE, url=server.url, kind="openemr")
+        found = oauth.discover(server.url, profile.site)
+        oauth.apply_discovery(profile, found)
         store.save(Config(default_profile=PROFILE, profiles={PROFILE: profile}))
         step(
-            "Point a profile at OpenEMR",
-            f"cwsctl profile init {PROFILE} --kind openemr --url {server.url} --scope '{DEMO_SCOPE}'",
-            site=profile.site,
+            "Point a profile at OpenEMR; cwsctl reads its discovery documents",
+            f"cwsctl profile init {PROFILE} --kind openemr --url {server.url}",
+            token_endpoint=f"{profile.token_endpoint} (the aud of every client assertion)",
+            scope=oauth.effective_scope(profile),
         )
         jwks = jwk_set([public_key])
         step(
             "Publish the public key as a JWK Set (RS384)",
             f"cwsctl -p {PROFILE} keys jwks > jwks.json",
-            kid=key_id(public_key),
+            kid=f"{key_id(public_key)} (OpenEMR ignores it and uses the set's first key)",
         )
 
         document = oauth.registration_document(
             client_name="cwsctl demo",
-            scope=DEMO_SCOPE,
-            redirect_uris=["http://127.0.0.1/callback"],
+            scope=oauth.effective_scope(profile),
+            redirect_uris=[oauth.LOOPBACK_REDIRECT_URI],
             jwks=jwks,
         )
         with bounded_client() as http:
             registration = oauth.run_flow(oauth.registration_flow(profile, document), http)
-            profile = oauth.record_registration(store, PROFILE, registration)
-            step(
-                "Register the client (private_key_jwt, JWKS inline)",
-                f"cwsctl -p {PROFILE} oauth register --client-name 'cwsctl demo'",
-                client_id=registration.client_id,
-            )
-            source = oauth.TokenSource(profile, store, private_key)
-            token = oauth.run_flow(source.token_flow(), http)
+        profile = oauth.record_registration(store, PROFILE, registration)
         step(
-            "Get a token: client credentials with a JWT signed by your key",
-            f"cwsctl -p {PROFILE} oauth token",
-            token_type=token.token_type,
-            expires_in=f"{max(0, round(token.expires_at - token.obtained_at))} s",
-            cached="in the profile's 0600 token file, reused until shortly before it expires",
+            "Register the client (confidential, JWKS inline)",
+            f"cwsctl -p {PROFILE} oauth register --client-name 'cwsctl demo'",
+            client_id=registration.client_id,
+            enabled="no: OpenEMR disables a new confidential client with user/ scopes",
+        )
+        server.enable_client(registration.client_id)
+        step(
+            "An OpenEMR administrator enables it (Administration → System → API Clients)",
+            f"cwsctl sandbox openemr enable-client {registration.client_id} "
+            f"--data-dir {data_dir}  (the sandbox's stand-in for that page)",
+        )
+
+        source = oauth.TokenSource(profile, store, private_key)
+        granted = _sign_in(oauth, profile, source)
+        step(
+            "Sign in once as an OpenEMR user (authorization code + PKCE, loopback redirect)",
+            f"cwsctl -p {PROFILE} oauth login",
+            refresh="refresh token stored in the profile's 0600 token file: cron renews with it",
+            access_token_lifetime=f"{round(granted.token.lifetime)} s",
+            note="client credentials cannot write patients in OpenEMR: writes need a user",
         )
 
         kind = kind_of(profile)
         mapping = kind.patients(profile)
-        create = mapping.create_request(prepare_patient(WALKTHROUGH_EXAMPLE))
+        record = prepare_patient(WALKTHROUGH_EXAMPLE)
+        mapping.check(record)
+        external_id, facility = patient_key(record)
         with kind.open_client(profile, store, passphrase=None, audit=None) as client:
-            first = client.request(*create)
-            _require(first.status == 201, first)
-            patient_id = mapping.verdict(first).patient_id
+            lookup, existing = lookup_patient(client, mapping, external_id, facility)
+            _require(lookup.status == 200 and existing is None, lookup)
+            created = client.request(*mapping.create_request(record))
+            _require(created.status == 201, created)
+            patient_id = mapping.verdict(created).patient_id
             step(
-                "Create the walkthrough's patient through FHIR (conditional create)",
-                f"cwsctl -p {PROFILE} patients create --external-id "
-                f"{WALKTHROUGH_EXAMPLE['external_id']} --facility 10000 …",
-                status=f"{first.status} {first.reason}",
-                patient_id=patient_id,
+                "Create the walkthrough's patient: looked up first, not found, created",
+                f"cwsctl -p {PROFILE} patients create --external-id {external_id} "
+                f"--facility {facility} …",
+                status=f"{created.status} {created.reason}",
+                answer=created.body.decode("utf-8", "replace"),
+                pubpid=f"{facility}:{external_id} (unique per facility)",
             )
-            again = client.request(*create)
-            _require(again.status == 200, again)
+            lookup, existing = lookup_patient(client, mapping, external_id, facility)
+            _require(existing == patient_id, lookup)
             step(
-                "Send the same patient again: OpenEMR finds it, nothing is created twice",
-                "(the same command; If-None-Exist: identifier=…)",
-                status=f"{again.status} {again.reason}",
+                "Send the same row again: found by look-up, nothing created",
+                "(the same command; OpenEMR ignores If-None-Exist, so cwsctl always looks first)",
+                found=existing,
                 patients_stored=server.count_patients(),
             )
             read = client.request("GET", f"/apis/{profile.site}/fhir/Patient/{patient_id}")
@@ -110,21 +129,40 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> None:
                 f"cwsctl -p {PROFILE} request GET /apis/{profile.site}/fhir/Patient/{patient_id}",
                 name=_name(resource),
                 birth_date=resource.get("birthDate"),
-                token_requests=f"{source.token_requests + _token_requests(client.auth)} "
-                "(one token served every call, from the cache)",
+                token_requests=f"{source.token_requests + _token_requests(client.auth)} (the "
+                "sign-in's code exchange; its cached access token served every call since)",
             )
 
     step(
         "The same by hand, for comparison",
-        "openssl / curl / a JWT library",
+        "openssl / curl / a JWT library / a browser",
         jwks="convert rsa.public to a JWK (n, e base64url) and POST it to /oauth2/default/registration",
-        assertion="build {iss, sub, aud, iat, exp, jti}, sign header.payload with RS384 "
-        "(openssl dgst -sha384 -sign rsa.private), base64url it",
-        grant="curl -X POST URL/oauth2/default/token --data-urlencode grant_type=client_credentials "
-        "--data-urlencode client_assertion_type=… --data-urlencode client_assertion=JWT",
-        create="curl -X POST URL/apis/default/fhir/Patient -H 'Authorization: Bearer …' "
-        "-H 'Content-Type: application/fhir+json' --data @patient.json  # every 60 s: a new JWT",
+        enable="ask an administrator to enable the client in Administration → System → API Clients",
+        login="build a PKCE pair, open /oauth2/default/authorize?… in a browser, catch the redirect, "
+        "then POST the code with a client assertion (RS384 JWT, aud = the discovered token URL)",
+        create="curl -G URL/apis/default/fhir/Patient --data-urlencode identifier=… first, then "
+        "curl -X POST URL/apis/default/fhir/Patient -H 'Authorization: Bearer …' --data @patient.json",
+        renew="every hour: a refresh-token grant with a new assertion, keeping the rotated refresh token",
     )
+
+
+def _sign_in(oauth: Any, profile: Any, source: Any) -> Any:
+    """``oauth login`` with the demo itself as the browser (the sandbox approves at once)."""
+    import httpx
+
+    pkce = oauth.pkce_pair()
+    state = oauth.new_state()
+    with oauth.LoopbackReceiver() as receiver:
+        url = oauth.authorize_url(
+            profile,
+            redirect_uri=receiver.redirect_uri,
+            state=state,
+            code_challenge=pkce.challenge,
+            scope=oauth.user_scope(source.scope),
+        )
+        httpx.get(url, follow_redirects=True, timeout=10.0)  # what the person's browser does
+        code = receiver.wait(state, 10.0)
+    return oauth.run_flow(source.code_flow(code, receiver.redirect_uri, pkce.verifier))
 
 
 def _require(ok: bool, response: Any) -> None:
