@@ -147,6 +147,7 @@ class OpenEmrApp(EnvelopeApp):
 
     def _denied(self, hint: str) -> Answer:
         """401 for a missing, unknown, expired or revoked token, as each version words it."""
+        document: dict[str, object]
         if self.state.version == V703:
             document = {
                 "error": "access_denied",
@@ -155,11 +156,16 @@ class OpenEmrApp(EnvelopeApp):
                 "message": ACCESS_DENIED,
             }
             return Answer(401, _json(document))
-        document = {"error": "An error occurred", "message": ACCESS_DENIED, "code": 0}
+        document = {
+            "error": "An error occurred",
+            "message": ACCESS_DENIED,
+            "code": 0,
+        }
         return Answer(401, _json(document), content_type=PHP_DEFAULT_TYPE.encode("ascii"))
 
     def _logged_out(self) -> Answer:
         """400 for a user token whose trusted-user session is gone (logout, admin revoke)."""
+        document: dict[str, object]
         if self.state.version == V703:
             document = {
                 "error": "invalid _request",  # sic: OpenEMR's typo
@@ -167,7 +173,11 @@ class OpenEmrApp(EnvelopeApp):
                 "message": LOGGED_OUT,
             }
             return Answer(400, _json(document))
-        document = {"error": "An error occurred", "message": LOGGED_OUT, "code": 0}
+        document = {
+            "error": "An error occurred",
+            "message": LOGGED_OUT,
+            "code": 0,
+        }
         return Answer(400, _json(document), content_type=PHP_DEFAULT_TYPE.encode("ascii"))
 
 
@@ -192,6 +202,8 @@ class OpenEmrSandboxServer(BaseSandboxServer):
     - ``token_lifetime``: None → OpenEMR's (client credentials 300 s, user tokens 3600 s); an
       int overrides every access token's lifetime (tests).
     """
+
+    store: OpenEmrStore
 
     def __init__(
         self,

@@ -300,7 +300,8 @@ class OAuthEndpoints:
             raise metadata_error("Invalid JSON") from None
         if not data or not isinstance(data, dict):
             raise metadata_error("Invalid JSON")
-        scope = data.get("scope") if isinstance(data.get("scope"), str) else ""
+        raw_scope = data.get("scope")
+        scope: str = raw_scope if isinstance(raw_scope, str) else ""
         private = data.get("application_type") == "private"
         if private:
             if "system/" in scope and not data.get("jwks") and not data.get("jwks_uri"):
