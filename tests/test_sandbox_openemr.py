@@ -576,6 +576,42 @@ def test_assertion_constraints(
         assert answer.json()["error"] == "invalid_client"
 
 
+def test_jwks_uri_is_fetched_on_every_token_request(openemr_sandbox: Any, rsa2048: Any) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served: list[int] = []
+
+    class Keys(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served.append(1)
+            body = json.dumps(jwks((rsa2048, None))).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Keys) as keys_server:
+        threading.Thread(target=keys_server.serve_forever, daemon=True).start()
+        uri = f"http://127.0.0.1:{keys_server.server_address[1]}/jwks.json"
+        client_id = register(openemr_sandbox, rsa2048, "openid api:fhir", jwks=None, jwks_uri=uri)[
+            "client_id"
+        ]
+        for _ in range(2):
+            signed = assertion(openemr_sandbox, rsa2048, client_id)
+            assert token_request(openemr_sandbox, signed).status_code == 200
+        keys_server.shutdown()
+    assert len(served) == 2  # not cached
+    remote = register(
+        openemr_sandbox, rsa2048, "openid", jwks=None, jwks_uri="https://keys.example.org/jwks"
+    )["client_id"]
+    refused = token_request(openemr_sandbox, assertion(openemr_sandbox, rsa2048, remote))
+    assert (refused.status_code, refused.json()["error"]) == (401, "invalid_client")
+
+
 def test_replayed_jti_is_refused(emr: Any, rsa2048: Any, client: str) -> None:
     signed = assertion(emr, rsa2048, client)
     assert token_request(emr, signed, scope=SYSTEM_SCOPE).status_code == 200
