@@ -80,8 +80,8 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> None:
         server.enable_client(registration.client_id)
         step(
             "An OpenEMR administrator enables it (Administration → System → API Clients)",
-            f"cwsctl sandbox openemr enable-client {registration.client_id} "
-            f"--data-dir {data_dir}  (the sandbox's stand-in for that page)",
+            f"cwsctl sandbox openemr enable-client --data-dir {data_dir} -- "
+            f"{registration.client_id}  (the sandbox's stand-in for that page)",
         )
 
         source = oauth.TokenSource(profile, store, private_key)
