@@ -46,6 +46,7 @@ from cwsctl.core.oauth import (
 )
 from cwsctl.core.profile import Config, Profile, Store
 from tests.conftest import OPENSSL, needs_openssl, write_private
+from tests.sandbox_plugin import read_login_url, start_oauth_login
 
 CLIENT_ID = "cwsctl-test-client"
 SITE = "default"
@@ -1101,37 +1102,13 @@ def test_register_client_id_by_hand_sends_nothing(cli, store: Store, token_serve
     assert cli("oauth", "register", "--client-id", "has space").exit_code == 2
 
 
-def _login(run_cwsctl_env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    import sys
-
-    return subprocess.Popen(
-        [sys.executable, "-m", "cwsctl", "oauth", "login", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=run_cwsctl_env,
-    )
-
-
-def _read_url(process: subprocess.Popen[bytes]) -> str:
-    assert process.stderr is not None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = process.stderr.readline().decode()
-        if line.startswith("http"):
-            return line.strip()
-        if not line and process.poll() is not None:
-            break
-    raise AssertionError("cwsctl oauth login printed no URL")
-
-
 def test_login_then_refresh_grant_without_prompt(
     run_cwsctl, cwsctl_home: Path, emr: Profile, store: Store, token_server
 ) -> None:
     env = {**os.environ, "CWSCTL_HOME": str(cwsctl_home)}
-    process = _login(env, "--no-browser", "--wait", "20")
+    process = start_oauth_login(env, "--no-browser", "--wait", "20")
     try:
-        url = _read_url(process)
+        url = read_login_url(process)
         query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
         assert url.startswith(f"{token_server.url}/oauth2/{SITE}/authorize?")
         assert query["response_type"] == "code" and query["client_id"] == CLIENT_ID
@@ -1160,9 +1137,9 @@ def test_login_then_refresh_grant_without_prompt(
 
 def test_login_wrong_state_is_refused(cwsctl_home: Path, emr: Profile, token_server) -> None:
     env = {**os.environ, "CWSCTL_HOME": str(cwsctl_home)}
-    process = _login(env, "--no-browser", "--wait", "20")
+    process = start_oauth_login(env, "--no-browser", "--wait", "20")
     try:
-        url = _read_url(process)
+        url = read_login_url(process)
         redirect = parse_qs(urlsplit(url).query)["redirect_uri"][0]
         httpx.get(redirect, params={"code": "forged", "state": "not-the-state"}, timeout=10)
         _, err = process.communicate(timeout=20)

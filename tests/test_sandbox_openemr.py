@@ -135,6 +135,13 @@ def user_login(server: Any, key: Any, client_id: str, scope: str = USER_SCOPE) -
     code = redirect_query(
         authorize(server, client_id, scope, code_challenge=challenge, code_challenge_method="S256")
     )["code"][0]
+    return code_exchange(server, key, client_id, code, verifier)
+
+
+def code_exchange(
+    server: Any, key: Any, client_id: str, code: str, verifier: str
+) -> httpx.Response:
+    """The authorization-code grant for ``code`` with an assertion and PKCE ``verifier``."""
     return token_request(
         server,
         assertion(server, key, client_id),
@@ -867,20 +874,10 @@ def test_code_is_single_use_and_pkce_checked(emr: Any, rsa2048: Any, client: str
     s256 = {"code_challenge": challenge, "code_challenge_method": "S256"}
     code = redirect_query(authorize(emr, client, USER_SCOPE, **s256))["code"][0]
 
-    def exchange(the_verifier: str) -> httpx.Response:
-        return token_request(
-            emr,
-            assertion(emr, rsa2048, client),
-            grant_type="authorization_code",
-            client_id=client,
-            code=code,
-            redirect_uri=REDIRECT,
-            code_verifier=the_verifier,
-        )
-
-    wrong = exchange(pkce()[0])
+    wrong = code_exchange(emr, rsa2048, client, code, pkce()[0])
     assert (wrong.status_code, wrong.json()["error"]) == (400, "invalid_grant")
-    assert exchange(verifier).json()["error"] == "invalid_grant"  # used up by the first try
+    again = code_exchange(emr, rsa2048, client, code, verifier)
+    assert again.json()["error"] == "invalid_grant"  # used up by the first try
     # a confidential client may skip PKCE; unregistered (but known) scopes are dropped
     bare = redirect_query(authorize(emr, client, "openid user/Encounter.read"))["code"][0]
     tokens = token_request(

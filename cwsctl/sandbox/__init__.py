@@ -10,9 +10,9 @@ as EHRbase serves it (:mod:`.openehr`).
 - :mod:`cwsctl.sandbox.app` — the ASGI envelope every flavour shares (body limit, faults, access
   log) and the CWS flavour's signatures.
 - :mod:`cwsctl.sandbox.routes` — the CWS endpoints inside it (starlette).
-- :mod:`cwsctl.sandbox.server` — ``BaseSandboxServer`` (socket, uvicorn, limits), the CWS
-  ``SandboxServer`` and ``serve``. The flavours build on it; it imports none of them (the CLI
-  picks the flavour).
+- :mod:`cwsctl.sandbox.server` — ``BaseSandboxServer`` (socket, uvicorn, limits, ``serve_forever``)
+  and the CWS ``SandboxServer``. The flavours build on it; it imports none of them (the CLI,
+  ``cwsctl sandbox serve``, picks the flavour).
 - :mod:`cwsctl.sandbox.openemr` (``openemr_*``) and :mod:`cwsctl.sandbox.openehr`
   (``openehr_*``) — the other two flavours.
 
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 from cwsctl.core.errors import InputError
 
 if TYPE_CHECKING:
-    from cwsctl.sandbox.server import SandboxServer, serve
+    from cwsctl.sandbox.server import SandboxServer
 
-__all__ = ["SandboxServer", "SandboxUnavailableError", "require_server_deps", "serve"]
+__all__ = ["SandboxServer", "SandboxUnavailableError", "require_server_deps"]
 
 
 class SandboxUnavailableError(InputError):
@@ -49,7 +49,7 @@ def require_server_deps() -> None:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("SandboxServer", "serve"):
+    if name == "SandboxServer":
         require_server_deps()
         from cwsctl.sandbox import server
 

@@ -147,38 +147,24 @@ class OpenEmrApp(EnvelopeApp):
 
     def _denied(self, hint: str) -> Answer:
         """401 for a missing, unknown, expired or revoked token, as each version words it."""
-        document: dict[str, object]
-        if self.state.version == V703:
-            document = {
-                "error": "access_denied",
-                "error_description": ACCESS_DENIED,
-                "hint": hint,
-                "message": ACCESS_DENIED,
-            }
-            return Answer(401, _json(document))
-        document = {
-            "error": "An error occurred",
-            "message": ACCESS_DENIED,
-            "code": 0,
-        }
-        return Answer(401, _json(document), content_type=PHP_DEFAULT_TYPE.encode("ascii"))
+        return self._refusal(401, "access_denied", ACCESS_DENIED, hint)
 
     def _logged_out(self) -> Answer:
         """400 for a user token whose trusted-user session is gone (logout, admin revoke)."""
-        document: dict[str, object]
+        return self._refusal(400, "invalid _request", LOGGED_OUT)  # sic: OpenEMR's typo
+
+    def _refusal(self, status: int, error: str, text: str, hint: str | None = None) -> Answer:
+        """7.0.3: league's OAuth error JSON (``error`` as given, ``text`` as description and
+        message, ``hint`` when given); 7.0.4+: the kernel's ``{"error":"An error occurred",
+        "message": text, "code": 0}`` with PHP's default content type."""
         if self.state.version == V703:
-            document = {
-                "error": "invalid _request",  # sic: OpenEMR's typo
-                "error_description": LOGGED_OUT,
-                "message": LOGGED_OUT,
-            }
-            return Answer(400, _json(document))
-        document = {
-            "error": "An error occurred",
-            "message": LOGGED_OUT,
-            "code": 0,
-        }
-        return Answer(400, _json(document), content_type=PHP_DEFAULT_TYPE.encode("ascii"))
+            document: dict[str, object] = {"error": error, "error_description": text}
+            if hint is not None:
+                document["hint"] = hint
+            document["message"] = text
+            return Answer(status, _json(document))
+        document = {"error": "An error occurred", "message": text, "code": 0}
+        return Answer(status, _json(document), content_type=PHP_DEFAULT_TYPE.encode("ascii"))
 
 
 def _json(document: object) -> bytes:

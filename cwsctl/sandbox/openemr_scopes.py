@@ -47,7 +47,12 @@ _BASE = [
     "email",
     "email_verified",
 ]
-_SYSTEM_EXTRA = ("system/Patient.$export", "system/Group.$export", "system/*.$bulkdata-status")
+_SYSTEM_EXTRA = (
+    "system/*.$export",
+    "system/Patient.$export",
+    "system/Group.$export",
+    "system/*.$bulkdata-status",
+)
 _FHIR_READ = [
     "AllergyIntolerance",
     "Appointment",
@@ -81,32 +86,19 @@ _FHIR_READ = [
     "ValueSet",
     "OperationDefinition",
 ]
-_FHIR_WRITE = [
-    "AllergyIntolerance",
-    "Appointment",
-    "CarePlan",
-    "CareTeam",
-    "Condition",
-    "Coverage",
-    "Device",
-    "Encounter",
-    "Goal",
-    "Group",
-    "Immunization",
-    "Location",
-    "Medication",
-    "MedicationRequest",
-    "Observation",
-    "Organization",
-    "Patient",
-    "Person",
-    "Practitioner",
-    "PractitionerRole",
-    "Questionnaire",
-    "QuestionnaireResponse",
-    "RelatedPerson",
-    "ServiceRequest",
-]
+#: FHIR resources OpenEMR reads but never writes (no ``user/X.write`` scope for them).
+_FHIR_READ_ONLY = frozenset(
+    {
+        "DiagnosticReport",
+        "DocumentReference",
+        "Binary",
+        "Procedure",
+        "Provenance",
+        "ValueSet",
+        "OperationDefinition",
+    }
+)
+_FHIR_WRITE = [resource for resource in _FHIR_READ if resource not in _FHIR_READ_ONLY]
 _API_V1 = [
     "patient/patient.read",
     "patient/appointment.read",
@@ -172,22 +164,17 @@ _V2 = re.compile(r"^(patient|user|system)/([A-Za-z_*]+)\.(c?r?u?d?s?)(\?.*)?$")
 @lru_cache(maxsize=8)
 def server_scopes(version: str, system_scopes: bool) -> frozenset[str]:
     """Every scope this server supports as written (v1 forms, plus 7.0.4+'s v2 server scopes)."""
+    roles = ("patient", "user", "system") if system_scopes else ("patient", "user")
     scopes = set(_BASE)
     if system_scopes:
         scopes.update(_SYSTEM_EXTRA)
-        scopes.add("system/*.$export")
-    for resource in _FHIR_READ:
-        scopes.update((f"patient/{resource}.read", f"user/{resource}.read"))
-        if system_scopes:
-            scopes.add(f"system/{resource}.read")
-    scopes.update(f"user/{resource}.write" for resource in _FHIR_WRITE)
+    # v1 forms (.read/.write) in every version; 7.0.4+ add the v2 server scopes (.rs/.cud)
+    forms = [("read", "write")] + ([("rs", "cud")] if version != V703 else [])
+    for read, write in forms:
+        scopes.update(f"{role}/{r}.{read}" for role in roles for r in _FHIR_READ)
+        scopes.update(f"user/{r}.{write}" for r in _FHIR_WRITE)
     scopes.update(_API_V1)
     if version != V703:
-        for resource in _FHIR_READ:
-            scopes.update((f"patient/{resource}.rs", f"user/{resource}.rs"))
-            if system_scopes:
-                scopes.add(f"system/{resource}.rs")
-        scopes.update(f"user/{resource}.cud" for resource in _FHIR_WRITE)
         scopes.update(_API_V2)
     return frozenset(scopes)
 

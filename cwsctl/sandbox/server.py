@@ -312,34 +312,6 @@ class SandboxServer(BaseSandboxServer):
         self.faults = Faults()
 
 
-def serve(
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    data_dir: Path | str | None = None,
-    *,
-    key_bits: int = keys.DEFAULT_BITS,
-    faults: Faults | None = None,
-    access_log: bool = True,
-    on_ready: Callable[[SandboxServer], None] | None = None,
-    request_timeout: float = REQUEST_TIMEOUT_S,
-) -> int | None:
-    """Run the CWS sandbox in the foreground until Ctrl-C or SIGTERM; return the stopping signal.
-
-    The other flavours (:mod:`.openemr`, :mod:`.openehr`) build on :class:`BaseSandboxServer`
-    and are run through their own ``serve_forever``; this module imports none of them.
-    """
-    server = SandboxServer(
-        data_dir,
-        host=host,
-        port=port,
-        key_bits=key_bits,
-        faults=faults,
-        access_log=access_log,
-        request_timeout=request_timeout,
-    )
-    return server.serve_forever(on_ready)
-
-
 def _bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
