@@ -3,22 +3,27 @@
 Against two local sandboxes started as their own processes on free loopback ports with fresh
 data dirs — ``cwsctl sandbox serve --kind openemr --token-lifetime S`` and the CWS one
 (``cwsctl sandbox serve --key-bits B``) — with one profile of each kind (``emr``: openemr,
-``keygen --bits B``, ``oauth register``; ``cws``: ``keygen --bits B``, ``sandbox add-key``,
-``profile trust`` of the sandbox's server key), it measures:
+``keygen --bits B``, ``oauth register``, the administrator's ``sandbox openemr enable-client``,
+then ``oauth login --no-browser`` with this script as the browser, since OpenEMR lets only a
+signed-in user write patients; ``cws``: ``keygen --bits B``, ``sandbox add-key``, ``profile
+trust`` of the sandbox's server key), it measures:
 
 1. **Token reuse**: a bash loop of ``--calls`` ``cwsctl -q -p emr request GET
    /apis/default/fhir/Patient?_id=none`` (a fresh process per call, as a shell script or cron job
-   runs it; the token cache starts empty). The token requests the sandbox got during the loop
-   are counted from its access log (``POST /oauth2/default/token``). Allowed:
-   ``ceil(elapsed / lifetime) + 1`` — one per lifetime the loop spans, plus the first. PASS when
-   the loop made at most that many. With ``--renewal-lifetime`` (default 2 s) a second OpenEMR
-   sandbox with that short lifetime and a slower loop shows the renewals happening (context,
-   not a verdict).
+   runs it). The sign-in's cached access token is dropped first (the refresh token stays), so the
+   loop starts with an empty cache: its first call makes a refresh-token grant. The token
+   requests the sandbox got during the loop are counted from its access log (``POST
+   /oauth2/default/token``). Allowed: ``ceil(elapsed / lifetime) + 1`` — one per lifetime the
+   loop spans, plus the first. PASS when the loop made at most that many. With
+   ``--renewal-lifetime`` (default 2 s) a second OpenEMR sandbox with that short lifetime and a
+   slower loop shows the renewals happening (context, not a verdict).
 2. **Bulk**: ``cwsctl -q --json -p emr patients create --from rows.csv`` versus the same with
    ``-p cws``, ``--rows`` rows each (fresh external ids, CSV and journal per run, default
    concurrency), run alternately ``--reps`` times; wall time of the whole process gives rows/s;
-   each sandbox's SQLite must hold exactly ``--rows`` new patients per run. PASS when the median
-   openemr rows/s is at least the median CWS rows/s.
+   each sandbox's SQLite must hold exactly ``--rows`` new patients per run. An openemr row costs
+   two requests (OpenEMR creates on every POST, so cwsctl looks each patient up by its pubpid
+   first: one GET, then the POST); the per-run line counts both from the access log. PASS when
+   the median openemr rows/s is at least the median CWS rows/s.
 
 Exit status: 0 whatever the verdicts; 2 if the setup fails. Every process it starts is stopped
 on the way out (also on Ctrl-C/SIGTERM). Standard library only; run from the project's
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -60,6 +66,9 @@ USERNAME = "bench"
 GET_PATH = "/apis/default/fhir/Patient?_id=none"
 TOKEN_LINE = "POST /oauth2/default/token "
 GET_LINE = "GET /apis/default/fhir/Patient "
+POST_LINE = "POST /apis/default/fhir/Patient "
+#: bench/bulk.py's rows are all in this facility (pubpid = FACILITY:EXTERNAL_ID).
+FACILITY = "10000"
 #: cwsctl reuses a token until min(10 s, 10 % of its lifetime) before it expires
 #: (cwsctl/core/oauth.py, REUSE_MARGIN_S and reuse_margin); only used to explain the figures.
 REUSE_MARGIN_S = 10.0
@@ -83,15 +92,7 @@ def run_bounded(
 
     Past ``timeout`` the whole group (bash and the cwsctl it started) is killed (exit -9)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        argv,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = spawn(argv, env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -103,6 +104,22 @@ def run_bounded(
         proc.wait()
         raise
     return proc.returncode, out, err, time.perf_counter() - start
+
+
+def spawn(
+    argv: list[str], env: dict[str, str], stdout: int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """Start a command in its own process group (so :func:`kill_group` stops all of it), stdin
+    closed, stderr piped, text mode."""
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def kill_group(proc: subprocess.Popen[str]) -> None:
@@ -157,8 +174,9 @@ def log_lines_since(sandbox: Sandbox, offset: int) -> list[str]:
         return handle.read().decode("utf-8", "replace").splitlines()
 
 
-def count_requests(sandbox: Sandbox, offset: int, expect_gets: int) -> tuple[int, int, int]:
-    """(token requests answered 200, other token requests, FHIR GETs) logged since ``offset``.
+def count_requests(sandbox: Sandbox, offset: int, expect_gets: int) -> tuple[int, int, int, int]:
+    """(token requests answered 200, other token requests, FHIR Patient GETs, FHIR Patient
+    POSTs) logged since ``offset``.
 
     Waits (at most 5 s) until the access log shows ``expect_gets`` GETs: it is written by
     another process."""
@@ -168,8 +186,9 @@ def count_requests(sandbox: Sandbox, offset: int, expect_gets: int) -> tuple[int
         ok = sum(1 for x in lines if TOKEN_LINE + "200" in x)
         other = sum(1 for x in lines if TOKEN_LINE in x) - ok
         gets = sum(1 for x in lines if GET_LINE in x)
+        posts = sum(1 for x in lines if POST_LINE in x)
         if gets >= expect_gets or time.monotonic() > deadline:
-            return ok, other, gets
+            return ok, other, gets, posts
         time.sleep(0.05)
 
 
@@ -178,7 +197,9 @@ def setup_openemr_profile(
     cws: list[str], env: dict[str, str], name: str, sandbox: Sandbox, key: str | None, bits: int
 ) -> None:
     """``profile init NAME --kind openemr``, a key (``keygen`` or ``keys import``), ``oauth
-    register``."""
+    register``, the administrator's enable step (``sandbox openemr enable-client``: OpenEMR keeps
+    a new client with user/ scopes disabled) and ``oauth login`` as a user (client credentials
+    cannot write patients in OpenEMR; a user's refresh token can)."""
     p = ["-p", name]
     setup_cmd(
         cws,
@@ -190,9 +211,61 @@ def setup_openemr_profile(
         setup_cmd(cws, env, [*p, "keygen", "--bits", str(bits)], f"keygen ({name})")
     else:
         setup_cmd(cws, env, [*p, "keys", "import", key], f"keys import ({name})")
-    setup_cmd(
-        cws, env, [*p, "oauth", "register", "--client-name", "bench"], f"oauth register ({name})"
-    )
+    register_and_sign_in(cws, env, name, sandbox)
+    forget_access_token(Path(env["CWSCTL_HOME"]), name)
+
+
+def register_and_sign_in(cws: list[str], env: dict[str, str], name: str, sandbox: Sandbox) -> None:
+    """``-p NAME oauth register``, the administrator's enable step (``sandbox openemr
+    enable-client``: OpenEMR keeps a new client with user/ scopes disabled) and :func:`sign_in`.
+    Also used by bench/percall.py."""
+    register = [*("-p", name), "oauth", "register", "--client-name", "bench"]
+    client_id = setup_cmd(cws, env, register, f"oauth register ({name})").strip()
+    enable = ["sandbox", "openemr", "enable-client", "--data-dir", str(sandbox.data_dir)]
+    setup_cmd(cws, env, [*enable, "--", client_id], f"enable-client ({name})")
+    sign_in(cws, env, name)
+
+
+def forget_access_token(home: Path, name: str) -> None:
+    """Drop the sign-in's cached access token (the refresh token stays), so the token loop starts
+    with an empty cache as cron would after an hour: its first call makes a refresh grant.
+
+    The file is cwsctl's token cache (``TokenFile`` in cwsctl/core/oauth.py, key ``access``);
+    rewritten in place, so it keeps its 0600 mode."""
+    path = home / "tokens" / f"{name}.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.pop("access", None) is None:
+        raise SetupError(f"oauth login ({name}) cached no access token in {path}")
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+def sign_in(cws: list[str], env: dict[str, str], name: str, wait: float = 30.0) -> None:
+    """``cwsctl -p NAME oauth login --no-browser`` with this script as the browser: GET the URL
+    it prints (the sandbox's authorize page approves at once and redirects to cwsctl's loopback
+    callback, which urllib follows)."""
+    argv = [*cws, "-p", name, "oauth", "login", "--no-browser", "--wait", str(wait)]
+    proc = spawn(argv, env, stdout=subprocess.DEVNULL)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("http"):
+                with urllib.request.urlopen(line.strip(), timeout=wait) as answer:
+                    answer.read()
+                break
+        rest = proc.communicate(timeout=wait)[1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        kill_group(proc)
+        proc.wait()
+        raise SetupError(f"oauth login ({name}): {exc}") from None
+    except BaseException:  # Ctrl-C, SIGTERM: leave nothing behind
+        kill_group(proc)
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        text = ("".join(lines) + (rest or "")).strip()[-500:]
+        raise SetupError(f"oauth login ({name}): exit {proc.returncode}: {text}")
 
 
 def setup_cws_profile(
@@ -244,7 +317,7 @@ def token_loop(
     code, _, err, wall = run_bounded(
         ["bash", "-c", script], env, calls * (LOOP_TIMEOUT_PER_CALL_S + pause) + 60
     )
-    tokens, refused, gets = count_requests(sandbox, offset, calls)
+    tokens, refused, gets, _ = count_requests(sandbox, offset, calls)
     margin = reuse_margin(lifetime)
     return {
         "calls": calls,
@@ -308,12 +381,13 @@ def renewal_line(r: dict[str, Any]) -> str:
 
 # -- 2. bulk --------------------------------------------------------------------------------
 def count_openemr(db: Path, prefix: str) -> tuple[int, int]:
-    """(patients, distinct external ids) in openemr.db whose external id starts with prefix."""
+    """(patients, distinct pubpids) in openemr.db whose external id starts with prefix (pubpid
+    ``FACILITY:EXTERNAL_ID``, the rows' facility 10000)."""
     with sqlite3.connect(db, timeout=10) as conn:
         pids, values = conn.execute(
-            "SELECT COUNT(DISTINCT pid), COUNT(DISTINCT value) FROM patient_identifiers "
-            "WHERE value LIKE ? || '%'",
-            (prefix,),
+            "SELECT COUNT(DISTINCT pid), COUNT(DISTINCT pubpid) FROM patient_data "
+            "WHERE pubpid LIKE ? || '%'",
+            (f"{FACILITY}:{prefix}",),
         ).fetchone()
     return int(pids), int(values)
 
@@ -343,10 +417,10 @@ def bulk_run(
         summary = {}
     if kind == "openemr":
         in_db, distinct = count_openemr(sandbox_db(sandbox, kind), prefix)
-        tokens = count_requests(sandbox, offset, 0)[0]
+        tokens, _, gets, posts = count_requests(sandbox, offset, rows)
     else:
         in_db = distinct = count_patients(sandbox_db(sandbox, kind), prefix)
-        tokens = None
+        tokens = gets = posts = None
     server_ms = (
         None
         if server_before is None or server_after is None
@@ -363,6 +437,8 @@ def bulk_run(
         "in_db": in_db,
         "distinct": distinct,
         "tokens": tokens,
+        "gets": gets,
+        "posts": posts,
         "exit": code,
         "stderr": err.strip(),
         "client_cpu_ms": 1000 * (client_after - client_before) / rows,
@@ -371,8 +447,7 @@ def bulk_run(
 
 
 def sandbox_db(sandbox: Sandbox, kind: str) -> Path:
-    data_dir = sandbox.argv[sandbox.argv.index("--data-dir") + 1]
-    return Path(data_dir) / ("openemr.db" if kind == "openemr" else "sandbox.db")
+    return sandbox.data_dir / ("openemr.db" if kind == "openemr" else "sandbox.db")
 
 
 def bulk_ok(r: dict[str, Any]) -> bool:
@@ -382,7 +457,11 @@ def bulk_ok(r: dict[str, Any]) -> bool:
 def show_bulk(r: dict[str, Any]) -> None:
     inner = r["inner_rate"]
     server = r["server_cpu_ms"]
-    tokens = "" if r["tokens"] is None else f", token requests {r['tokens']}"
+    tokens = (
+        ""
+        if r["tokens"] is None
+        else f", token requests {r['tokens']}, look-up GETs {r['gets']}, POSTs {r['posts']}"
+    )
     print(
         f"    run {r['rep']} {r['kind']:>7}: {r['rows']} rows in {r['wall']:.2f} s = "
         f"{r['rate']:.1f} rows/s end to end"

@@ -38,6 +38,7 @@ import venv
 from datetime import datetime, timezone
 from pathlib import Path
 
+from openemr import register_and_sign_in
 from sandbox_process import Sandbox, SetupError, clean_env, free_port, machine, remove_work_dir
 
 USER = "bench"
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace, work: Path, sandboxes: list[Sandbox]) -> int:
         emr = serve("openemr")
         setup([*cws, "profile", "init", "emr", "--kind", "openemr", "--url", emr.url], env, "emr")
         setup([*cws, "-p", "emr", "keygen", "--bits", "4096"], env, "emr keygen")
-        setup([*cws, "-p", "emr", "oauth", "register", "--client-name", "bench"], env, "register")
+        register_and_sign_in(cws, env, "emr", emr)  # register, enable, sign in as a user
         get = "/apis/default/fhir/Patient?_id=none"
         setup([*cws, "-q", "-p", "emr", "request", "GET", get], env, "emr token")  # token cached
         ehr = serve("openehr")

@@ -89,6 +89,7 @@ class Sandbox:
         token_lifetime: int | None = None,
     ) -> None:
         self.port = port
+        self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log
         argv = [
