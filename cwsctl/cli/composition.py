@@ -51,7 +51,7 @@ class VersionUidParam:
 
 
 class Timestamp:
-    """An ISO 8601 date-time, kept as written."""
+    """An ISO 8601 date-time, as the server wants it (see core.openehr.check_timestamp)."""
 
     def __call__(self, value: Any) -> str:
         from cwsctl.core.errors import InputError
@@ -123,7 +123,8 @@ AtOption = Annotated[
         metavar="TIMESTAMP",
         parser=Timestamp(),
         help="Read the version that was current at this ISO 8601 time "
-        "(?version_at_time=), e.g. 2024-05-01T10:00:00Z.",
+        "(?version_at_time=), e.g. 2024-05-01T10:00:00Z or '2024-05-01 10:00:00' (local "
+        "time; sent as 2024-05-01T10:00:00+HH:MM).",
         show_default=False,
     ),
 ]
@@ -149,7 +150,9 @@ IfMatchOption = Annotated[
         metavar="VERSION_UID",
         parser=VersionUidParam(),
         help="The version your change is based on (object_id::system_id::version). Without it, "
-        "the latest version is read first and its uid sent, so the change is never blind.",
+        "the latest version is read first and its uid sent, so the change is never blind. "
+        'Sent as If-Match: "UID"; a server that refuses the quotes (EHRbase 2.0-2.31) gets '
+        "the bare uid, once per run.",
         show_default=False,
     ),
 ]
@@ -270,8 +273,10 @@ def update(
 
     The version the change is based on is --if-match, else the version UID names (when it is a
     version uid), else the latest, read first. If the composition changed since, the server
-    refuses: exit 4, "changed since it was read: latest is <version uid>". Prints the new version
-    uid. Example: cwsctl composition update EHR_ID UID vitals.json --if-match UID::host::1
+    refuses: exit 4, "changed since it was read: latest is <version uid>" (when the answer does
+    not name it, as on EHRbase, one more read does). If-Match goes quoted as the specification
+    says, bare to a server that refuses quotes (EHRbase 2.0-2.31). Prints the new version uid.
+    Example: cwsctl composition update EHR_ID UID vitals.json --if-match UID::host::1
     """
     from cwsctl.core.openehr import update_composition
 
@@ -298,8 +303,10 @@ def delete(
     """Delete a composition (DELETE /ehr/{ehr_id}/composition/{preceding_version_uid}).
 
     The same rule as update: the version deleted is --if-match, or the one UID names, or the
-    latest, read first; a stale one exits 4 naming the latest. The server keeps the deletion as
-    a new version (see history). Prints the deletion's version uid when the server names it.
+    latest, read first; it goes in the path (no If-Match header). A stale one (409, or 412)
+    exits 4 naming the latest; an already deleted composition exits 4 saying so. The server
+    keeps the deletion as a new version (see history). Prints the deletion's version uid when
+    the server names it.
     """
     from cwsctl.core.openehr import delete_composition
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cwsctl.cli.composition import AtOption, VersionOption, connect
+from cwsctl.cli.composition import AtOption, IfMatchOption, VersionOption, connect
 from cwsctl.cli.options import (
     AllowHttpOption,
     MaxResponseSizeOption,
@@ -20,7 +20,8 @@ from cwsctl.cli.options import (
 from cwsctl.cli.output import Output
 
 app = typer.Typer(
-    help="openEHR EHRs: create one per subject, show it by id or subject, read its EHR_STATUS.",
+    help="openEHR EHRs: create one per subject, show it by id or subject, read and update its "
+    "EHR_STATUS.",
     no_args_is_help=True,
 )
 
@@ -39,7 +40,8 @@ NamespaceOption = Annotated[
         "--namespace",
         metavar="NS",
         help="The namespace of --subject-id (the EHR_STATUS subject's external_ref.namespace; "
-        "patients create uses urn:cwsctl:external-id:facility:FACILITY).",
+        "patients create uses urn:cwsctl:external-id:facility:FACILITY). EHRbase accepts "
+        "only [a-zA-Z][a-zA-Z0-9-_:/&+?]*; anything else is refused before sending (exit 2).",
         show_default=False,
     ),
 ]
@@ -175,3 +177,40 @@ def status(
         document = result.document if isinstance(result.document, dict) else None
         _print_ehr(out, document, result.ehr_id, result.response.body)
     out.info(f"EHR_STATUS version {uid or '(the server named none)'}")
+
+
+@app.command("status-update")
+@with_globals
+def status_update(
+    out: Output,
+    ehr_id: Annotated[str, typer.Argument(metavar="EHR_ID", help="The EHR's id.")],
+    file: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE",
+            help="The new EHR_STATUS (canonical JSON, or XML), sent byte for byte; '-' reads "
+            "stdin.",
+        ),
+    ],
+    if_match: IfMatchOption = None,
+    timeout: TimeoutOption = 30.0,
+    max_response_size: MaxResponseSizeOption = None,
+    allow_http: AllowHttpOption = False,
+) -> None:
+    """Commit a new EHR_STATUS version (PUT /ehr/{ehr_id}/ehr_status with If-Match), never blindly.
+
+    The version the change is based on is --if-match, else the latest, read first. If the
+    EHR_STATUS changed since, the server refuses: exit 4, "changed since it was read: latest is
+    <version uid>". If-Match goes quoted, bare to a server that refuses quotes (EHRbase
+    2.0-2.31). Prints the new version uid. Example: cwsctl ehr status EHR_ID --json | jq
+    .ehr_status > s.json; edit; cwsctl ehr status-update EHR_ID s.json
+    """
+    from cwsctl.cli.common import read_body
+    from cwsctl.cli.composition import _written
+    from cwsctl.core.openehr import update_ehr_status
+
+    body = read_body(file)
+    client, traced = connect(out, timeout, max_response_size, allow_http)
+    with client:
+        result = update_ehr_status(traced, ehr_id, body, if_match=if_match)  # type: ignore[arg-type]
+    _written(out, result, f"updated the EHR_STATUS of EHR {result.ehr_id}")

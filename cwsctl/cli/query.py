@@ -189,7 +189,8 @@ def query(
             "--offset",
             metavar="N",
             parser=WholeNumber(0, MAX_ROWS),
-            help="Skip the first N rows (sent as offset).",
+            help="Skip the first N rows (sent as offset); needs --limit or --all (openEHR "
+            "servers refuse an offset without a fetch).",
         ),
     ] = 0,
     limit: Annotated[
@@ -199,7 +200,8 @@ def query(
             metavar="N",
             parser=WholeNumber(1, MAX_ROWS),
             help="At most N rows (sent as fetch); with --all, the page size [default: the "
-            "server's own fetch; with --all, 1000].",
+            "server's own fetch; with --all, 1000, or the server's maximum fetch when it "
+            "refuses more].",
             show_default=False,
         ),
     ] = None,
@@ -208,9 +210,21 @@ def query(
         typer.Option(
             "--all",
             help="Fetch page after page (offset += rows, fetch = --limit or 1000) until a page "
-            "comes back short, writing rows as each page arrives.",
+            "comes back short, writing rows as each page arrives; at most --max-rows rows. AQL "
+            "with its own LIMIT/OFFSET/TOP is run once, as written, never paged.",
         ),
     ] = False,
+    max_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--max-rows",
+            metavar="N",
+            parser=WholeNumber(1, MAX_ROWS),
+            help="With --all: stop after N rows [default: 100000]. When the result set has "
+            "more, the rows written are kept and the command exits 4 (stopped at N rows).",
+            show_default=False,
+        ),
+    ] = None,
     fmt: Annotated[
         str | None,
         typer.Option(
@@ -230,11 +244,16 @@ def query(
     The result set's column names are the csv header and the keys of each ndjson/json row
     (a repeated name gets _2, _3…); strings are written as they are, objects as compact JSON.
     json: {"q", "offset", "columns": [{name, path}], "rows": [{…}], "row_count"}. Each page is
-    one request within --timeout and --max-response-size. Example: cwsctl query "SELECT
+    one request within --timeout and --max-response-size. --offset needs --limit (or --all);
+    --limit/--offset next to the AQL's own LIMIT/OFFSET/TOP are refused (exit 2). --all stops
+    at --max-rows (100000) rows: exit 4 when there are more. Example: cwsctl query "SELECT
     e/ehr_id/value AS ehr_id FROM EHR e" --all --format csv > ehrs.csv
     """
+    from cwsctl.core.errors import InputError
     from cwsctl.core.openehr import (
-        DEFAULT_PAGE_SIZE,
+        DEFAULT_MAX_ROWS,
+        RowCapError,
+        paging_clauses,
         parse_query_parameter,
         query_page,
         query_pages,
@@ -242,23 +261,47 @@ def query(
 
     q = _aql(out, aql, file)
     parameters = dict(parse_query_parameter(p) for p in param or [])
+    if max_rows is not None and not all_pages:
+        raise InputError(
+            "--max-rows goes with --all", hint="without --all, --limit N caps the rows"
+        )
+    if offset and limit is None and not all_pages:
+        raise InputError(
+            "--offset needs --limit: openEHR servers refuse an offset without a fetch",
+            hint="give --offset N --limit M, or --all (which pages from --offset)",
+        )
+    clauses = paging_clauses(q)
+    if clauses and (limit is not None or offset):
+        raise InputError(
+            f"the AQL has its own {'/'.join(clauses)}: --limit and --offset do not go with it",
+            hint="drop --limit/--offset (the query runs as written), or drop the clause from "
+            "the AQL and page with --limit/--offset or --all",
+        )
     chosen = fmt or ("json" if out.settings.json else "table" if out.stdout_isatty else "ndjson")
     writer = RowWriter(out, chosen, q, offset)
     pages = 0
+    capped: RowCapError | None = None
     client, traced = connect(out, timeout, max_response_size, allow_http)
     try:
         with client:
             if all_pages:
+                if clauses:
+                    out.info(f"the AQL has its own {'/'.join(clauses)}: run once, not paged")
                 stream = query_pages(
                     traced,  # type: ignore[arg-type]
                     q,
                     parameters,
                     offset=offset,
-                    page_size=limit or DEFAULT_PAGE_SIZE,
+                    page_size=limit,
+                    max_rows=max_rows or DEFAULT_MAX_ROWS,
+                    notice=out.warn,
                 )
-                for page in stream:
-                    writer.page(page)
-                    pages += 1
+                try:
+                    for page in stream:
+                        writer.page(page)
+                        pages += 1
+                except RowCapError as exc:
+                    capped = exc
             else:
                 page = query_page(
                     traced,  # type: ignore[arg-type]
@@ -275,6 +318,8 @@ def query(
         _silence_stdout()
         return
     out.info(f"{writer.count} row(s) in {pages} page(s)")
+    if capped is not None:
+        raise capped
 
 
 def _silence_stdout() -> None:

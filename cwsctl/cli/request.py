@@ -63,7 +63,9 @@ def request(
         typer.Option(
             "--if-match",
             metavar="VERSION_UID",
-            help='Send If-Match: "VERSION_UID" (openEHR optimistic locking; a stale one is 412).',
+            help='Send If-Match: "VERSION_UID" (openEHR optimistic locking; a stale one is 412). '
+            'A server that refuses the quotes (EHRbase 2.0-2.31: 400 "UUID string too large", '
+            "nothing written) gets it once more without them.",
             show_default=False,
         ),
     ] = None,

@@ -51,6 +51,7 @@ def request_command(
     body = read_body(body_file) if body_file is not None else b""
     extra_headers = parse_header_option(header or [])
     if if_match is not None:
+        # Quoted, as the specification says; send_with_if_match retries bare where refused.
         extra_headers["If-Match"] = quoted_etag(if_match)
     if prefer is not None:
         extra_headers["Prefer"] = f"return={prefer}"
@@ -74,7 +75,13 @@ def request_command(
             out.warn(
                 "response signature NOT verified (--insecure-skip-verify): the answer may be forged"
             )
-        response = client.request(method, path, body, extra_headers)
+        if if_match is not None:
+            from cwsctl.core.openehr import send_with_if_match
+
+            extra_headers.pop("If-Match")
+            response = send_with_if_match(client, method, path, body, extra_headers, if_match)
+        else:
+            response = client.request(method, path, body, extra_headers)
     if out.settings.verbose:
         show_exchange(out, response, body, show_body)
     show_response(out, response, client, output)
@@ -96,6 +103,11 @@ def show_response(
         response.raise_for_status()
     except ClientRequestError as exc:
         if response.status == 401:
+            from cwsctl.core.openehr import challenge_reason
+
+            reason = challenge_reason(response)
+            if reason:
+                exc.message += f"; {reason}"
             exc.hint = client.unauthorized_hint()
         raise
 

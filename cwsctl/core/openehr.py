@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ _PARAM_NAME = re.compile(r"\$?([A-Za-z_][A-Za-z0-9_]*)")
 VERSION_UID_EXAMPLE = "8849182c-82ad-4088-a07f-48ead4180515::local.ehrbase.org::1"
 #: Rows per page for ``query --all`` without ``--limit``.
 DEFAULT_PAGE_SIZE = 1000
+#: Rows ``query --all`` writes at most unless ``--max-rows`` says otherwise.
+DEFAULT_MAX_ROWS = 100_000
 JSON = "application/json"
 
 
@@ -136,26 +139,75 @@ def check_ehr_id(text: str) -> str:
 
 
 def check_timestamp(text: str) -> str:
-    """An ISO 8601 date-time as given (``2024-05-01T10:00:00Z``, ``…+02:00``), else InputError."""
+    """An ISO 8601 date-time as the server wants it: extended format, ``T``, and an offset.
+
+    Accepts ``2024-05-01T10:00:00Z``, ``…+02:00`` and ``2024-05-01 10:00:00`` (a space for the
+    ``T``); a time without an offset is the local time of this machine and is sent with its
+    offset. EHRbase parses ``version_at_time`` as an offset date-time and turns a space into ``+``,
+    so ``2024-05-01 10:00:00`` as typed would be refused (400). Else InputError (exit 2).
+    """
     value = text.strip()
     candidate = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
     try:
-        datetime.fromisoformat(candidate)
+        moment = datetime.fromisoformat(candidate)
     except ValueError:
         raise InputError(
             f"{text!r} is not an ISO 8601 date-time",
-            hint="use e.g. 2024-05-01T10:00:00Z or 2024-05-01T12:00:00.000+02:00",
+            hint="use e.g. 2024-05-01T10:00:00Z, 2024-05-01T12:00:00.000+02:00 or "
+            "'2024-05-01 10:00:00' (local time)",
         ) from None
     if "T" not in value.upper() and " " not in value:
         raise InputError(
             f"{text!r} is a date without a time", hint="add a time, e.g. 2024-05-01T00:00:00Z"
         )
-    return value
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # the machine's zone, as a person typing a time means it
+    if value.endswith(("Z", "z")) and "T" in value:
+        return value[:-1] + "Z"
+    return moment.isoformat()
 
 
 def etag(version: VersionUid) -> str:
     """The version uid as an HTTP entity tag, in double quotes (RFC 9110), for ``If-Match``."""
     return f'"{version}"'
+
+
+#: Clients whose server refused a quoted If-Match ("UUID string too large", EHRbase 2.0–2.31):
+#: their later writes send the bare version uid at once. Per client object, so per run.
+_BARE_IF_MATCH: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def refuses_quoted_if_match(response: ApiResponse) -> bool:
+    """Whether the answer is EHRbase 2.0–2.31's 400 for a quoted If-Match (nothing written)."""
+    return response.status == 400 and "UUID string" in response.error_message()
+
+
+def send_with_if_match(
+    client: ApiClient,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    version: str,
+) -> ApiResponse:
+    """Send a write with ``If-Match: "version"`` — or the bare uid where quotes are refused.
+
+    The specification (ITS-REST 1.0.2+) quotes the version uid; EHRbase 2.0–2.31 parses the raw
+    header as a uid and answers 400 "UUID string too large" before writing anything. So the
+    quoted form goes first; on that 400 the write is sent once more with the bare uid, and the
+    client remembers it: later writes through it go bare at once. The header is always sent.
+    ``version`` may be given quoted or weak (``W/"…"``); it is sent quoted.
+    """
+    bare_value = version.strip().removeprefix("W/").strip('"')
+    quoted = version.strip() if version.strip().startswith(('"', 'W/"')) else f'"{bare_value}"'
+    bare = client in _BARE_IF_MATCH
+    response = client.request(
+        method, path, body, {**headers, "If-Match": bare_value if bare else quoted}
+    )
+    if not bare and refuses_quoted_if_match(response):
+        _BARE_IF_MATCH.add(client)
+        response = client.request(method, path, body, {**headers, "If-Match": bare_value})
+    return response
 
 
 def _segment(value: str) -> str:
@@ -193,6 +245,30 @@ def version_uid_of(response: ApiResponse) -> VersionUid | None:
     return None
 
 
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def challenge_reason(response: ApiResponse) -> str | None:
+    """Why a 401 refused the credentials, from its ``WWW-Authenticate`` challenge (RFC 6750):
+    ``invalid_token: Jwt expired at …`` from ``error`` and ``error_description``, made safe for
+    one line (:func:`~cwsctl.core.client.server_text`). None when the challenge gives no reason
+    (a bare ``Basic realm="…"``)."""
+    from cwsctl.core.client import server_text
+
+    header = response.headers.get("www-authenticate")
+    if not header:
+        return None
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _CHALLENGE_PARAM.finditer(header)
+    }
+    error, description = params.get("error"), params.get("error_description")
+    if not error and not description:
+        return None
+    text = ": ".join(part for part in (error, description) if part)
+    return "the server says " + server_text(text.replace('\\"', '"'))
+
+
 def _unauthorized_hint(client: ApiClient) -> str:
     return client.unauthorized_hint()
 
@@ -219,6 +295,9 @@ def fail(
             hint="the server failed; retry later or contact its administrators",
         )
     if response.status == 401:
+        reason = challenge_reason(response)
+        if reason:
+            detail = f"{detail}; {reason}" if detail else reason
         return ClientRequestError(
             f"{base}: {detail}" if detail else base, _unauthorized_hint(client)
         )
@@ -239,23 +318,39 @@ def fail(
 
 
 class StaleVersionError(ClientRequestError):
-    """The composition changed since the version the caller read (412, or 409 on a delete)."""
+    """The object changed since the version the caller read (412 on an update, 409 or 412 on a
+    delete); ``latest`` is its latest version, from the answer or read once more."""
 
-    def __init__(self, latest: VersionUid | None, ehr_id: str, object_id: str) -> None:
+    def __init__(
+        self,
+        latest: VersionUid | None,
+        ehr_id: str,
+        object_id: str,
+        *,
+        read_again: str | None = None,
+    ) -> None:
         latest_text = str(latest) if latest is not None else "unknown (the server did not say)"
+        read = read_again or f"cwsctl composition get {ehr_id} {object_id}"
         super().__init__(
             f"changed since it was read: latest is {latest_text}",
-            hint=f"read it again (cwsctl composition get {ehr_id} {object_id}), apply your change "
-            f"to that version and retry"
+            hint=f"read it again ({read}), apply your change to that version and retry"
             + (f" with --if-match {latest}" if latest is not None else ""),
         )
         self.latest = latest
 
 
 def _stale_latest(response: ApiResponse) -> VersionUid | None:
+    """The latest version a stale answer names (ETag, Location, body or message), if any.
+
+    EHRbase 2.x names none: its 412 and 409 carry only ``{"error", "message"}``."""
     found = version_uid_of(response)
     if found is not None:
         return found
+    document = _document(response)
+    if isinstance(document, dict) and isinstance(document.get("latest_version_uid"), str):
+        named = VersionUid.from_header(document["latest_version_uid"])
+        if named is not None:
+            return named
     # Some servers only say it in the error text.
     match = re.search(r"[A-Za-z0-9._\-]+::[A-Za-z0-9._\-]+::[0-9.]+", response.error_message())
     return VersionUid.from_header(match.group(0)) if match else None
@@ -333,9 +428,19 @@ def find_ehr(client: ApiClient, subject_id: str, namespace: str) -> Ehr:
 
 
 def _check_subject(subject_id: str, namespace: str) -> None:
+    from cwsctl.core.kinds.openehr import NAMESPACE_RULE, namespace_problem
+
     for value, what in ((subject_id, "--subject-id"), (namespace, "--namespace")):
         if not value.strip() or any(ord(c) < 32 or c == "\x7f" for c in value):
             raise InputError(f"{what} must be non-empty text without control characters")
+    problem = namespace_problem(namespace)
+    if problem is not None:
+        # EHRbase checks the namespace of every EHR_STATUS subject (400); refused before sending.
+        raise InputError(
+            f"--namespace {namespace!r} is not a subject namespace EHRbase accepts: {problem}",
+            hint=f"a subject namespace must match {NAMESPACE_RULE} (letters, digits and "
+            "- _ : / & + ?, starting with a letter)",
+        )
 
 
 @dataclass(frozen=True)
@@ -366,6 +471,44 @@ def get_ehr_status(
         return EhrStatus(ehr_id, version_uid_of(response) or version, _document(response), response)
     which = f" version {version}" if version else f" at {at}" if at else ""
     raise fail(client, response, not_found=f"no EHR_STATUS{which} for EHR {ehr_id}")
+
+
+def update_ehr_status(
+    client: ApiClient, ehr_id: str, body: bytes, *, if_match: VersionUid | None = None
+) -> CompositionVersion:
+    """``PUT /ehr/{ehr_id}/ehr_status`` with ``If-Match`` — never blind, as compositions.
+
+    The preceding version is ``if_match``, else the latest EHR_STATUS, read first. ``If-Match``
+    goes quoted, or bare where the server refuses quotes (:func:`send_with_if_match`); a 412 raises
+    :class:`StaleVersionError` naming the latest (read once more when the answer does not say).
+    """
+    ehr_id = check_ehr_id(ehr_id)
+    if not body.strip():
+        raise InputError("the EHR_STATUS file is empty")
+    read_first = if_match is None
+    preceding = if_match
+    if preceding is None:
+        preceding = get_ehr_status(client, ehr_id).version_uid
+        if preceding is None:
+            raise ClientRequestError(
+                f"the server did not say which EHR_STATUS version of {ehr_id} is the latest",
+                hint="pass the version you read with --if-match VERSION_UID",
+            )
+    headers = {"Content-Type": _content_type(body), "Prefer": "return=representation"}
+    path = f"/ehr/{_segment(ehr_id)}/ehr_status"
+    response = send_with_if_match(client, "PUT", path, body, headers, str(preceding))
+    if response.ok:
+        return CompositionVersion(ehr_id, version_uid_of(response), response, preceding, read_first)
+    read_again = f"cwsctl ehr status {ehr_id}"
+    if response.status == 412:
+        latest = _stale_latest(response)
+        if latest is None:
+            try:
+                latest = get_ehr_status(client, ehr_id).version_uid
+            except CwsError:
+                latest = None
+        raise StaleVersionError(latest, ehr_id, preceding.object_id, read_again=read_again)
+    raise fail(client, response, not_found=f"no EHR {ehr_id}", hint=None)
 
 
 # -- compositions --------------------------------------------------------------------------------
@@ -504,26 +647,25 @@ def update_composition(
     """``PUT /ehr/{ehr_id}/composition/{uid}`` with ``If-Match`` — never blind.
 
     The preceding version is ``if_match``, else the version named by ``uid`` (when it is a version
-    uid), else the latest version, read first. A 412 raises :class:`StaleVersionError` naming the
-    server's latest version.
+    uid), else the latest version, read first. ``If-Match`` goes quoted, or bare where the server
+    refuses quotes (:func:`send_with_if_match`). A 412 raises :class:`StaleVersionError` naming
+    the latest version: from the answer, or read once more when the answer does not say (EHRbase).
     """
     ehr_id = check_ehr_id(ehr_id)
     if not body.strip():
         raise InputError("the composition file is empty")
     object_id, preceding, read_first = _preceding(client, ehr_id, uid, if_match)
-    headers = {
-        "Content-Type": _content_type(body),
-        "If-Match": etag(preceding),
-        "Prefer": "return=representation",
-    }
+    headers = {"Content-Type": _content_type(body), "Prefer": "return=representation"}
     if template_id is not None:
         headers["openEHR-TEMPLATE_ID"] = template_id
-    response = client.request("PUT", _composition_path(ehr_id, object_id), body, headers)
+    path = _composition_path(ehr_id, object_id)
+    response = send_with_if_match(client, "PUT", path, body, headers, str(preceding))
     if response.ok:
         written = version_uid_of(response)
         return CompositionVersion(ehr_id, written, response, preceding, read_first)
     if response.status == 412 or (response.status == 409 and _stale_latest(response)):
-        raise StaleVersionError(_stale_latest(response), ehr_id, object_id)
+        latest = _stale_latest(response) or _latest_after_refusal(client, ehr_id, object_id)
+        raise StaleVersionError(latest, ehr_id, object_id)
     raise fail(
         client,
         response,
@@ -532,31 +674,73 @@ def update_composition(
     )
 
 
+def _latest_after_refusal(client: ApiClient, ehr_id: str, object_id: str) -> VersionUid | None:
+    """The composition's latest version, read once (the ETag of ``GET …/composition/{uid}``),
+    for a refusal that did not name it; a deletion (204, no ETag on EHRbase) is found in the
+    revision history. None when it cannot be read."""
+    try:
+        response = client.request("GET", _composition_path(ehr_id, object_id))
+        if response.ok and response.status != 204:
+            found = version_uid_of(response)
+            if found is not None:
+                return found
+        if response.status == 204 or response.ok:
+            versions = [
+                VersionUid.from_header(r.version_uid)
+                for r in composition_history(client, ehr_id, object_id)
+            ]
+            known = [v for v in versions if v is not None]
+            return max(known, key=lambda v: v.trunk) if known else None
+    except CwsError:
+        return None
+    return None
+
+
 def delete_composition(
     client: ApiClient, ehr_id: str, uid: str, *, if_match: VersionUid | None = None
 ) -> CompositionVersion:
     """``DELETE /ehr/{ehr_id}/composition/{preceding_version_uid}`` — never blind, as update.
 
-    The server keeps the deletion as a new version; a stale preceding version (409 in the
-    release, 412 on some servers) raises :class:`StaleVersionError`.
+    The server keeps the deletion as a new version. The precondition is the version uid in the
+    path (the release defines no If-Match for DELETE, EHRbase reads none). A stale preceding
+    version — 409 in the release and on EHRbase ("If-Match version_uid does not match latest
+    version", no ETag), 412 on some servers — raises :class:`StaleVersionError` naming the
+    latest, read once more when the answer does not say. Deleting a deleted or unknown
+    composition is 404 on EHRbase (400 in the release): one read says which.
     """
     ehr_id = check_ehr_id(ehr_id)
     object_id, preceding, read_first = _preceding(client, ehr_id, uid, if_match)
-    # The release puts the precondition in the path; no If-Match header is defined for DELETE.
     response = client.request("DELETE", _composition_path(ehr_id, preceding))
     if response.ok:
         return CompositionVersion(ehr_id, version_uid_of(response), response, preceding, read_first)
     if response.status in (409, 412):
-        latest = _stale_latest(response)
+        latest = _stale_latest(response) or _latest_after_refusal(client, ehr_id, object_id)
         if response.status == 412 or (latest is not None and latest != preceding):
             raise StaleVersionError(latest, ehr_id, object_id)
+    history = f"see its versions: cwsctl composition history {ehr_id} {object_id}"
+    if response.status in (400, 404):
+        current = _current_state(client, ehr_id, object_id)
+        if current == "deleted":
+            raise ClientRequestError(f"composition {object_id} is already deleted", history)
     raise fail(
         client,
         response,
         not_found=f"no composition version {preceding} in EHR {ehr_id}",
         conflict=f"composition {object_id} cannot be deleted: {response.error_message()}",
-        hint=f"see its versions: cwsctl composition history {ehr_id} {object_id}",
+        hint=history,
     )
+
+
+def _current_state(client: ApiClient, ehr_id: str, object_id: str) -> str | None:
+    """``"deleted"`` when the composition's latest version is a deletion (its GET is 204),
+    ``"present"`` when it reads, None when unknown or unreadable."""
+    try:
+        response = client.request("GET", _composition_path(ehr_id, object_id))
+    except CwsError:
+        return None
+    if response.status == 204:
+        return "deleted"
+    return "present" if response.ok else None
 
 
 @dataclass(frozen=True)
@@ -709,13 +893,42 @@ def query_page(
     offset: int | None = None,
     fetch: int | None = None,
 ) -> ResultPage:
-    """Run ``q`` once (``POST /query/aql``) and read one page of its result set."""
-    if not q.strip():
-        raise InputError("the AQL query is empty")
-    body = query_body(q, parameters, offset, fetch)
-    response = client.request("POST", "/query/aql", body, {"Content-Type": JSON})
+    """Run ``q`` once (``POST /query/aql``) and read one page of its result set.
+
+    An ``offset`` needs a ``fetch`` (EHRbase answers 422 to an offset alone): InputError.
+    """
+    response = _query_response(client, q, parameters, offset, fetch)
     if not response.ok:
         raise fail(client, response, hint=_query_hint(response))
+    return _result_page(response, offset)
+
+
+def _query_response(
+    client: ApiClient,
+    q: str,
+    parameters: Mapping[str, Any] | None,
+    offset: int | None,
+    fetch: int | None,
+) -> ApiResponse:
+    if not q.strip():
+        raise InputError("the AQL query is empty")
+    if offset is not None and fetch is None:
+        raise InputError(
+            "--offset needs --limit: openEHR servers refuse an offset without a fetch",
+            hint="give --offset N --limit M, or --all (which pages from --offset)",
+        )
+    clauses = paging_clauses(q) if offset is not None or fetch is not None else []
+    if clauses:
+        # EHRbase refuses fetch/offset next to a LIMIT (422) or silently takes the smaller.
+        raise InputError(
+            f"the AQL has its own {'/'.join(clauses)}: --limit and --offset do not go with it",
+            hint="drop --limit/--offset, or drop the clause from the AQL",
+        )
+    body = query_body(q, parameters, offset, fetch)
+    return client.request("POST", "/query/aql", body, {"Content-Type": JSON})
+
+
+def _result_page(response: ApiResponse, offset: int | None) -> ResultPage:
     document = _document(response)
     if response.status == 204 or document is None:
         document = {"columns": [], "rows": []}
@@ -732,10 +945,68 @@ def query_page(
     return ResultPage(offset or 0, clean_columns, clean_rows, document, response)
 
 
+_MAX_FETCH = re.compile(r"exceeds maximum fetch (\d+)", re.IGNORECASE)
+_MAX_LIMIT = re.compile(r"exceeds maximum limit (\d+)", re.IGNORECASE)
+
+
+def max_fetch_of(response: ApiResponse) -> int | None:
+    """M in EHRbase's 422 "Fetch parameter N exceeds maximum fetch M" (``max-fetch`` is set)."""
+    if response.status != 422:
+        return None
+    match = _MAX_FETCH.search(response.error_message())
+    return int(match.group(1)) if match else None
+
+
 def _query_hint(response: ApiResponse) -> str | None:
     if response.status == 400:
         return "the server rejected the query: check the AQL and its --param values"
-    return None
+    if response.status != 422:
+        return None
+    text = response.error_message()
+    allowed = max_fetch_of(response)
+    if allowed is not None:
+        return (
+            f"the server returns at most {allowed} rows per request: use --limit {allowed} or "
+            "less, or --all (which pages within that)"
+        )
+    match = _MAX_LIMIT.search(text)
+    if match:
+        return f"the server allows at most LIMIT {match.group(1)} in the AQL: lower it"
+    lowered = text.lower()
+    if "limit clause" in lowered or ("offset" in lowered and "aql" in lowered):
+        return (
+            "the AQL has its own LIMIT/OFFSET: drop --limit/--offset, or drop the clause and "
+            "page with --limit/--offset or --all"
+        )
+    if "offset" in lowered and "fetch" in lowered:
+        return "an offset needs a fetch: give --limit with --offset"
+    return "the server refused the query as unprocessable: see its message"
+
+
+_STRINGS_AND_COMMENTS = re.compile(
+    r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|--[^\n]*|/\*.*?\*/", re.DOTALL
+)
+_PAGING_CLAUSE = re.compile(
+    r"(?<![\w/.\[$])(LIMIT|OFFSET)\s+(?:\d|\$)|\bSELECT\s+(?:DISTINCT\s+)?(TOP)\s+\d",
+    re.IGNORECASE,
+)
+
+
+def paging_clauses(q: str) -> list[str]:
+    """The AQL's own paging clauses (``LIMIT``, ``OFFSET``, ``TOP``), upper case, in order;
+    words inside string literals and comments do not count."""
+    bare = _STRINGS_AND_COMMENTS.sub(" ", q)
+    found: list[str] = []
+    for match in _PAGING_CLAUSE.finditer(bare):
+        word = (match.group(1) or match.group(2)).upper()
+        if word not in found:
+            found.append(word)
+    return found
+
+
+class RowCapError(ClientRequestError):
+    """``query --all`` stopped at its row cap with more rows to come (exit 4): the rows written
+    are complete, the result set is not."""
 
 
 def query_pages(
@@ -744,31 +1015,86 @@ def query_pages(
     parameters: Mapping[str, Any] | None = None,
     *,
     offset: int = 0,
-    page_size: int = DEFAULT_PAGE_SIZE,
+    page_size: int | None = None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    notice: Callable[[str], None] | None = None,
 ) -> Iterator[ResultPage]:
-    """Every page of ``q``'s result set, from ``offset``, ``page_size`` rows at a time.
+    """Every page of ``q``'s result set, from ``offset``, ``page_size`` rows at a time, and at
+    most ``max_rows`` rows in all.
 
     Pages are requested one after another (each a bounded request of its own) and yielded as they
     come; nothing is kept from one page to the next. Paging stops after a page shorter than the
-    fetch the server applied (``meta.fetch`` when it says, else ``page_size``), or an empty one.
-    A server that answers for another offset than asked (``meta.offset``) is an error rather than
-    an endless loop.
+    fetch the server applied (``meta.fetch`` when it says, else the fetch asked), or an empty one.
+    A server that refuses the page size with EHRbase's 422 "Fetch parameter N exceeds maximum
+    fetch M" is asked again with pages of M (``notice`` is told). When ``max_rows`` rows are
+    yielded and the server has more (the last page asks for one row beyond the cap to know),
+    :class:`RowCapError` is raised after the last page: a server that always answers a full
+    page cannot keep a job running forever. A server that answers for another offset than asked
+    (``meta.offset``) is an error rather than an endless loop.
+
+    ``page_size`` None is :data:`DEFAULT_PAGE_SIZE`. A query with its own LIMIT/OFFSET/TOP
+    (:func:`paging_clauses`) is never paged past the user's limit: it runs once, as written,
+    without fetch or offset (EHRbase refuses both next to a LIMIT, or would take the smaller),
+    still within ``max_rows``; with a ``page_size`` or ``offset`` it is an InputError.
     """
-    if page_size < 1:
+    if page_size is not None and page_size < 1:
         raise InputError("the page size must be at least 1")
+    if max_rows < 1:
+        raise InputError("--max-rows must be at least 1")
+    clauses = paging_clauses(q)
+    if clauses:
+        if page_size is not None or offset:
+            raise InputError(
+                f"the AQL has its own {'/'.join(clauses)}: --limit and --offset do not go with it",
+                hint="drop --limit/--offset (the query runs once, as written), or drop the "
+                "clause and let --all page it",
+            )
+        page = query_page(client, q, parameters)
+        more = len(page.rows) > max_rows
+        page.rows = page.rows[:max_rows]
+        yield page
+        if more:
+            raise RowCapError(
+                f"stopped at {max_rows} rows (--max-rows): the result set has more",
+                hint="raise --max-rows, or lower the query's own LIMIT",
+            )
+        return
+    page_size = page_size or DEFAULT_PAGE_SIZE
+    written = 0
     while True:
-        page = query_page(client, q, parameters, offset=offset, fetch=page_size)
-        fetch = page_size
+        left = max_rows - written
+        fetch = min(page_size, left + 1)
+        response = _query_response(client, q, parameters, offset, fetch)
+        allowed = max_fetch_of(response)
+        if allowed is not None and 0 < allowed < fetch:
+            page_size = allowed
+            if notice is not None:
+                notice(f"the server returns at most {allowed} rows per request: pages of {allowed}")
+            continue
+        if not response.ok:
+            raise fail(client, response, hint=_query_hint(response))
+        page = _result_page(response, offset)
+        applied = fetch
         meta = page.document.get("meta")
         meta = meta if isinstance(meta, dict) else {}
         if isinstance(meta.get("fetch"), int) and meta["fetch"] > 0:
-            fetch = min(fetch, int(meta["fetch"]))
+            applied = min(applied, int(meta["fetch"]))
         if isinstance(meta.get("offset"), int) and meta["offset"] != offset:
             raise ClientRequestError(
                 f"asked for rows from offset {offset}, the server answered from {meta['offset']}",
                 hint="run the query without --all, with --offset and --limit",
             )
+        more = len(page.rows) > left
+        if more:
+            page.rows = page.rows[:left]
         yield page
-        if len(page.rows) < fetch or not page.rows:
+        written += len(page.rows)
+        if more:
+            raise RowCapError(
+                f"stopped at {max_rows} rows (--max-rows): the result set has more",
+                hint=f"raise --max-rows, narrow the query, or go on with --offset "
+                f"{offset + len(page.rows)} (add ORDER BY for a stable order)",
+            )
+        if len(page.rows) < applied or not page.rows:
             return
         offset += len(page.rows)

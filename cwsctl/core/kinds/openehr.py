@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -32,13 +33,49 @@ if TYPE_CHECKING:
 
 #: The subject namespace holding CorEMR's external ids of one facility (as on OpenEMR).
 SUBJECT_NAMESPACE = "urn:cwsctl:external-id:facility:{facility}"
+#: The namespace of a facility code that holds characters EHRbase refuses, escaped.
+ENCODED_SUBJECT_NAMESPACE = "urn:cwsctl:external-id:facility-enc:{facility}"
+#: What EHRbase accepts as a subject namespace (``ValidationServiceImp``; else 400).
+NAMESPACE_RULE = "[a-zA-Z][a-zA-Z0-9-_:/&+?]*"
+_NAMESPACE = re.compile(r"[a-zA-Z][a-zA-Z0-9\-_:/&+?]*")
+#: Characters kept as they are in an encoded facility code (the rule's, less the escape ``+``).
+_KEPT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_:/&?")
 #: A harmless, authenticated GET that says which server answers (the release's template list).
 IDENTITY_PATH = "/definition/template/adl1.4"
 
 
 def subject_namespace(facility: str) -> str:
-    """The EHR subject namespace for external ids of ``facility``."""
-    return SUBJECT_NAMESPACE.format(facility=facility)
+    """The EHR subject namespace for external ids of ``facility``.
+
+    ``urn:cwsctl:external-id:facility:FACILITY`` when that is a namespace EHRbase accepts (every
+    integer facility, and codes of letters, digits and ``- _ : / & + ?``). A code holding any
+    other character (``.``, a space, ``#``, non-ASCII…) would make every row a 400, so it is
+    escaped instead: ``urn:cwsctl:external-id:facility-enc:`` followed by the code with each
+    such byte of its UTF-8, and ``+`` itself, written ``+XX`` (upper-case hex) — ``MAIN.NORTH``
+    becomes ``…:facility-enc:MAIN+2ENORTH``. The two prefixes differ, so no two facilities share
+    a namespace, and codes that were valid keep the namespace they always had.
+    """
+    plain = SUBJECT_NAMESPACE.format(facility=facility)
+    if _NAMESPACE.fullmatch(plain):
+        return plain
+    escaped = "".join(
+        chr(byte) if chr(byte) in _KEPT else f"+{byte:02X}" for byte in facility.encode("utf-8")
+    )
+    return ENCODED_SUBJECT_NAMESPACE.format(facility=escaped)
+
+
+def namespace_problem(namespace: str) -> str | None:
+    """Why EHRbase would refuse ``namespace`` as a subject namespace (400), or None."""
+    if _NAMESPACE.fullmatch(namespace):
+        return None
+    if not namespace:
+        return "it is empty"
+    if not namespace[0].isascii() or not namespace[0].isalpha():
+        return f"it must start with a letter, not {namespace[0]!r}"
+    position, char = next(
+        (i, c) for i, c in enumerate(namespace) if not _NAMESPACE.fullmatch("a" + c)
+    )
+    return f"{char!r} (at position {position + 1}) is not allowed"
 
 
 def ehr_status(subject_id: str, namespace: str) -> dict[str, Any]:
@@ -98,6 +135,25 @@ class OpenEhrPatients(PatientMapping):
         "booking_no",
         "booking_date",
     )
+
+    def check(self, record: dict[str, Any]) -> None:
+        """Refuse a row whose subject namespace EHRbase would refuse (exit 2, nothing sent).
+
+        :func:`subject_namespace` escapes every facility code into a valid namespace, so this
+        only guards that promise: a row it ever failed for is reported invalid, the rest go on.
+        """
+        from cwsctl.core.patients import PatientValidationError
+
+        namespace = subject_namespace(str(record["facility"]))
+        problem = namespace_problem(namespace)
+        if problem is not None:
+            raise PatientValidationError(
+                f"field 'facility' gives the subject namespace {namespace!r}, which EHRbase "
+                f"refuses: {problem}",
+                status=422,
+                field="facility",
+                hint=f"a subject namespace must match {NAMESPACE_RULE}",
+            )
 
     def create_request(self, record: dict[str, Any]) -> PatientRequest:
         """``POST /ehr`` with the subject's EHR_STATUS; the EHR comes back in the answer."""
