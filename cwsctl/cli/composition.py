@@ -21,6 +21,7 @@ from cwsctl.cli.options import (
     with_globals,
 )
 from cwsctl.cli.output import Output
+from cwsctl.cli.params import Choice
 from cwsctl.core.openehr import VersionUid
 
 if TYPE_CHECKING:
@@ -140,7 +141,8 @@ FileArg = Annotated[
     str,
     typer.Argument(
         metavar="FILE",
-        help="The composition (canonical JSON, or XML), sent byte for byte; '-' reads stdin.",
+        help="The composition (canonical JSON or XML; FLAT or STRUCTURED JSON with --format), "
+        "sent byte for byte; '-' reads stdin.",
     ),
 ]
 IfMatchOption = Annotated[
@@ -161,8 +163,21 @@ TemplateIdOption = Annotated[
     typer.Option(
         "--template-id",
         metavar="ID",
-        help="Send openEHR-TEMPLATE_ID: ID (the operational template the composition follows).",
+        help="The template the composition follows, sent as ?templateId=ID (and the "
+        "openEHR-TEMPLATE_ID header). Needed for flat and structured unless the composition "
+        "names it (ctx/template_id); must match a canonical composition's own template_id.",
         show_default=False,
+    ),
+]
+FormatOption = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        metavar="canonical|flat|structured",
+        parser=Choice(("canonical", "flat", "structured")),
+        help="The composition's format: canonical (JSON or XML), or the web-template formats "
+        "flat and structured (sent with ?format=FLAT|STRUCTURED&templateId=ID and "
+        "application/openehr.wt.flat|structured.schema+json).",
     ),
 ]
 
@@ -197,6 +212,7 @@ def create(
     ehr_id: EhrIdArg,
     file: FileArg,
     template_id: TemplateIdOption = None,
+    fmt: FormatOption = "canonical",
     timeout: TimeoutOption = 30.0,
     max_response_size: MaxResponseSizeOption = None,
     allow_http: AllowHttpOption = False,
@@ -204,15 +220,18 @@ def create(
     """Commit a new composition to an EHR (POST /ehr/{ehr_id}/composition).
 
     Prints the new version uid (object_id::system_id::1) on stdout, from the answer's ETag or
-    Location. Example: cwsctl composition create 7d44b88c-… vitals.json --template-id
-    vital_signs.v1
+    Location. The template must be on the server first (cwsctl template upload FILE.opt).
+    Example: cwsctl composition create 7d44b88c-… vitals.flat.json --format flat --template-id
+    cwsctl.vital_signs.v1
     """
     from cwsctl.core.openehr import create_composition
 
     body = read_body(file)
     client, traced = connect(out, timeout, max_response_size, allow_http)
     with client:
-        result = create_composition(traced, ehr_id, body, template_id=template_id)  # type: ignore[arg-type]
+        result = create_composition(  # type: ignore[arg-type]
+            traced, ehr_id, body, template_id=template_id, fmt=fmt
+        )
     _written(out, result, f"created composition in EHR {result.ehr_id}")
 
 
@@ -224,6 +243,16 @@ def get(
     uid: UidArg,
     version: VersionOption = None,
     at: AtOption = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="canonical|flat|structured",
+            parser=Choice(("canonical", "flat", "structured")),
+            help="The format to read it in: canonical JSON, or flat or structured "
+            "(?format=FLAT|STRUCTURED).",
+        ),
+    ] = "canonical",
     output: Annotated[
         Path | None,
         typer.Option(
@@ -251,7 +280,9 @@ def get(
         raise InputError("give --version or --at, not both")
     client, traced = connect(out, timeout, max_response_size, allow_http)
     with client:
-        result = get_composition(traced, ehr_id, uid, version=version, at=at)  # type: ignore[arg-type]
+        result = get_composition(  # type: ignore[arg-type]
+            traced, ehr_id, uid, version=version, at=at, fmt=fmt
+        )
         show_response(out, result.response, client, output)
     out.info(f"version {result.version_uid or '(the server named none)'}")
 
@@ -265,6 +296,7 @@ def update(
     file: FileArg,
     if_match: IfMatchOption = None,
     template_id: TemplateIdOption = None,
+    fmt: FormatOption = "canonical",
     timeout: TimeoutOption = 30.0,
     max_response_size: MaxResponseSizeOption = None,
     allow_http: AllowHttpOption = False,
@@ -284,7 +316,7 @@ def update(
     client, traced = connect(out, timeout, max_response_size, allow_http)
     with client:
         result = update_composition(  # type: ignore[arg-type]
-            traced, ehr_id, uid, body, if_match=if_match, template_id=template_id
+            traced, ehr_id, uid, body, if_match=if_match, template_id=template_id, fmt=fmt
         )
     _written(out, result, "updated")
 

@@ -35,6 +35,7 @@ from cwsctl.core.errors import ClientRequestError, CwsError, InputError, ServerF
 
 if TYPE_CHECKING:
     from cwsctl.core.client import ApiClient, ApiResponse
+    from cwsctl.core.openehr_formats import CompositionFormat
 
 #: A versioned object's id: a UUID on every server we know, but any HIER_OBJECT_ID root is valid.
 _OBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
@@ -534,21 +535,30 @@ def _composition_path(ehr_id: str, uid: str | VersionUid) -> str:
 
 
 def create_composition(
-    client: ApiClient, ehr_id: str, body: bytes, *, template_id: str | None = None
+    client: ApiClient,
+    ehr_id: str,
+    body: bytes,
+    *,
+    template_id: str | None = None,
+    fmt: CompositionFormat = "canonical",
 ) -> CompositionVersion:
-    """``POST /ehr/{ehr_id}/composition`` with ``body`` exactly as given (JSON, or XML when it
-    starts with ``<``); ``openEHR-TEMPLATE_ID`` when a template id is given."""
+    """``POST /ehr/{ehr_id}/composition`` with ``body`` exactly as given, in ``fmt``: canonical
+    (JSON, or XML when it starts with ``<``), FLAT or STRUCTURED (``?format=…&templateId=…``, see
+    :func:`~cwsctl.core.openehr_formats.write_request`)."""
+    from cwsctl.core.openehr_formats import template_missing, write_request
+
     ehr_id = check_ehr_id(ehr_id)
     if not body.strip():
         raise InputError("the composition file is empty")
-    headers = {"Content-Type": _content_type(body), "Prefer": "return=representation"}
-    if template_id is not None:
-        if not template_id.strip() or any(ord(c) < 32 for c in template_id):
-            raise InputError("--template-id must be non-empty text without control characters")
-        headers["openEHR-TEMPLATE_ID"] = template_id
-    response = client.request("POST", f"/ehr/{_segment(ehr_id)}/composition", body, headers)
+    sent = write_request(body, fmt, template_id)
+    headers = {**sent.headers, "Prefer": "return=representation"}
+    path = sent.path(f"/ehr/{_segment(ehr_id)}/composition")
+    response = client.request("POST", path, body, headers)
     if response.ok:
         return CompositionVersion(ehr_id, version_uid_of(response), response)
+    missing = template_missing(response, sent.template_id)
+    if missing is not None:
+        raise missing
     raise fail(
         client,
         response,
@@ -564,12 +574,17 @@ def get_composition(
     *,
     version: VersionUid | None = None,
     at: str | None = None,
+    fmt: CompositionFormat = "canonical",
 ) -> CompositionVersion:
     """A composition: the latest version, a given version uid, or the version at a time.
 
     A version uid given as ``uid`` reads that version. A deleted composition (the release's 204)
-    is a ClientRequestError naming the deletion.
+    is a ClientRequestError naming the deletion. ``fmt`` asks for canonical JSON, FLAT or
+    STRUCTURED (:func:`~cwsctl.core.openehr_formats.read_request`).
     """
+    from cwsctl.core.openehr_formats import read_request
+
+    wanted = read_request(fmt)
     ehr_id = check_ehr_id(ehr_id)
     object_id, named = object_id_of(uid)
     if version is not None and at is not None:
@@ -587,7 +602,7 @@ def get_composition(
             + "?"
             + urlencode({"version_at_time": check_timestamp(at)})
         )
-    response = client.request("GET", path)
+    response = client.request("GET", wanted.path(path), headers=wanted.headers)
     which = f" version {target}" if isinstance(target, VersionUid) else f" at {at}" if at else ""
     if response.status == 204:
         deleted = version_uid_of(response)
@@ -643,8 +658,10 @@ def update_composition(
     *,
     if_match: VersionUid | None = None,
     template_id: str | None = None,
+    fmt: CompositionFormat = "canonical",
 ) -> CompositionVersion:
-    """``PUT /ehr/{ehr_id}/composition/{uid}`` with ``If-Match`` — never blind.
+    """``PUT /ehr/{ehr_id}/composition/{uid}`` with ``If-Match`` — never blind. ``body`` is in
+    ``fmt``, sent as :func:`~cwsctl.core.openehr_formats.write_request` says.
 
     The preceding version is ``if_match``, else the version named by ``uid`` (when it is a version
     uid), else the latest version, read first. ``If-Match`` goes quoted, or bare where the server
@@ -654,11 +671,12 @@ def update_composition(
     ehr_id = check_ehr_id(ehr_id)
     if not body.strip():
         raise InputError("the composition file is empty")
+    from cwsctl.core.openehr_formats import write_request
+
+    sent = write_request(body, fmt, template_id)
     object_id, preceding, read_first = _preceding(client, ehr_id, uid, if_match)
-    headers = {"Content-Type": _content_type(body), "Prefer": "return=representation"}
-    if template_id is not None:
-        headers["openEHR-TEMPLATE_ID"] = template_id
-    path = _composition_path(ehr_id, object_id)
+    headers = {**sent.headers, "Prefer": "return=representation"}
+    path = sent.path(_composition_path(ehr_id, object_id))
     response = send_with_if_match(client, "PUT", path, body, headers, str(preceding))
     if response.ok:
         written = version_uid_of(response)
