@@ -151,6 +151,28 @@ def test_openemr_lookup_accepts_only_this_facility_pubpid():
     assert mapping.match(_answer(200, {"resourceType": "Bundle"}), "X1", "10000") is None
 
 
+_PT = {
+    "type": {"coding": [{"code": "PT"}]},
+    "value": "10000:X1",
+}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"entry": 5},
+        {"entry": "abc"},
+        {"entry": [{"resource": {"id": "u1", "identifier": 7}}]},
+        {"entry": [{"resource": {"id": "u1", "identifier": [{"value": "10000:X1"}]}}]},
+        {"entry": [{"resource": {"id": {"no": 1}, "identifier": [_PT]}}]},
+        [1, 2],
+    ],
+)
+def test_openemr_match_survives_odd_bundles(document: object) -> None:
+    """A broken or hostile search answer is 'not found', never a crash (exit 1)."""
+    assert OpenEmrPatients("default").match(_answer(200, document), "X1", "10000") is None
+
+
 def _answer(status: int, document: object, headers: dict[str, str] | None = None) -> ApiResponse:
     return ApiResponse(
         "POST", "https://h/", status, "", headers or {}, json.dumps(document).encode(), None, 1.0

@@ -523,6 +523,17 @@ def test_enable_client_command_works_while_the_server_runs(
     assert "no client 'nobody'" in unknown.stderr
 
 
+def test_admin_commands_refuse_a_file_that_is_not_a_database(tmp_path: Any, cli: Any) -> None:
+    """A damaged or foreign openemr.db is a one-line usage error (exit 2), not a traceback."""
+    (tmp_path / "openemr.db").write_bytes(b"not sqlite at all\n" * 8)
+    data_dir = ["--data-dir", str(tmp_path)]
+    for command in (["clients", *data_dir], ["enable-client", *data_dir, "--", "-abc"]):
+        result = cli("sandbox", "openemr", *command)
+        assert result.exit_code == 2, (command, result.stderr)
+        assert "is not a usable sandbox database" in result.stderr
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
 # -- client assertions ---------------------------------------------------------------------------
 def test_first_rsa_key_verifies_and_kid_is_ignored(
     openemr_sandbox: Any, rsa2048: Any, rsa2048_other: Any

@@ -137,11 +137,20 @@ def open_private_db(path: Path, schema: str) -> sqlite3.Connection:
     ensure_private_dir(path.parent)
     if not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA busy_timeout = 5000")
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = NORMAL")
-    db.executescript(schema)
+    db: sqlite3.Connection | None = None
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.executescript(schema)
+    except sqlite3.DatabaseError as exc:  # not SQLite, or damaged: the user's file, not a bug
+        if db is not None:
+            db.close()
+        raise InputError(
+            f"{path} is not a usable sandbox database ({exc})",
+            hint="point --data-dir at a sandbox's data directory, or move that file away",
+        ) from None
     return db
 
 

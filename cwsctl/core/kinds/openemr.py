@@ -150,15 +150,22 @@ class OpenEmrPatients(PatientMapping):
         another patient found that way is not this facility's patient.
         """
         wanted = pubpid(external_id, facility)
-        for entry in json_field(response.body, "entry") or []:
+        for entry in _list(json_field(response.body, "entry")):
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if isinstance(resource, dict) and _has_pubpid(resource, wanted):
-                return resource.get("id")
+                found = resource.get("id")
+                return found if isinstance(found, str) and found else None
         return None
 
 
+def _list(value: Any) -> list[Any]:
+    """``value`` if the server sent a JSON array there, else nothing (a hostile or broken answer
+    must not crash the look-up)."""
+    return value if isinstance(value, list) else []
+
+
 def _has_pubpid(resource: dict[str, Any], value: str) -> bool:
-    for identifier in resource.get("identifier") or []:
+    for identifier in _list(resource.get("identifier")):
         if not isinstance(identifier, dict) or identifier.get("value") != value:
             continue
         kind = identifier.get("type")
