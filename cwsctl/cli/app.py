@@ -85,11 +85,15 @@ COMMANDS: dict[str, Entry] = {
     ),
     "ehr": _group(
         "ehr",
-        "openEHR EHRs: create one per subject, show it by id or subject, read its EHR_STATUS.",
+        "openEHR EHRs: create one per subject, show it by id or subject, read and update its EHR_STATUS.",
     ),
     "composition": _group(
         "composition",
         "openEHR compositions: create, read (any version), update and delete without ever overwriting a change you did not see, and list their revision history.",
+    ),
+    "template": _group(
+        "template",
+        "openEHR operational templates (ADL 1.4 OPTs): list, upload (once, before the first composition that uses one), read as OPT or web template, and example compositions.",
     ),
     "patients": _group(
         "patients",

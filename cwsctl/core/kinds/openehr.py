@@ -302,18 +302,24 @@ class OpenEhrKind(Kind):
         path: str,
         timeout: float,
     ) -> Iterator[Check]:
-        """An authenticated GET of the template list."""
+        """An authenticated GET of the template list; then the templates the server holds."""
         from cwsctl.core.doctor import request_check
+        from cwsctl.core.templates import templates_check
 
-        client = OpenEhrClient(
-            credentials(profile, store), base_url=profile.url, timeout=timeout, allow_http=True
-        )
-        yield request_check(
+        def client() -> OpenEhrClient:
+            return OpenEhrClient(
+                credentials(profile, store), base_url=profile.url, timeout=timeout, allow_http=True
+            )
+
+        reached = request_check(
             "credentials and server",
-            client,
+            client(),
             path,
             "check the user and password/token the server expects (CWSCTL_PASSWORD, CWSCTL_TOKEN)",
         )
+        yield reached
+        if reached.ok:
+            yield templates_check(client())
 
 
 KIND = OpenEhrKind()
