@@ -23,7 +23,7 @@ from cwsctl.cli.options import (
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import WholeNumber
 from cwsctl.cli.progress import BulkProgress
-from cwsctl.core.errors import CwsError, ExitStatus, InputError
+from cwsctl.core.errors import ClientRequestError, CwsError, ExitStatus, InputError
 
 if TYPE_CHECKING:
     from cwsctl.core.bulk import RowResult, Summary
@@ -262,11 +262,18 @@ def _single(
 
             external_id, facility = patient_key(record)
             lookup, found = lookup_patient(client, mapping, external_id, facility)
-            if found is not None or lookup.status not in (200, 404):
-                # Found (nothing is created), or the search was refused (nothing is sent blind).
+            if found is not None:
                 show_response(out, lookup, client)
                 out.info(f"exists: found by look-up as {found}; nothing created")
                 return
+            if lookup.status not in (200, 404):
+                # The search was refused or answered oddly: nothing is sent blind.
+                show_response(out, lookup, client)  # raises for 4xx/5xx
+                raise ClientRequestError(
+                    f"the look-up answered HTTP {lookup.status}, not a search result; "
+                    "nothing was created",
+                    hint="check the profile URL (a redirect?) with cwsctl doctor",
+                )
         response = client.request(*create)
     show_response(out, response, client)
 
