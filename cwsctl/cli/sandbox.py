@@ -271,7 +271,7 @@ def serve(
     only read and $export ones), refuses token_endpoint_auth_method private_key_jwt on 7.0.3,
     answers 200; a confidential client (application_type private) with a user/ or system/
     scope starts disabled — every grant answers 401 invalid_client — until `cwsctl sandbox
-    openemr enable-client CLIENT_ID` (works while the server runs). GET
+    openemr enable-client --data-dir D -- CLIENT_ID` (works while the server runs). GET
     /oauth2/default/authorize approves at once (no login page) and redirects with a code.
     POST /oauth2/default/token: client_credentials with an RS384 client_assertion verified
     with the first RSA key of the client's JWKS (kid ignored), aud exactly the token URL, 60 s
