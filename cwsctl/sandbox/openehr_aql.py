@@ -8,7 +8,7 @@ builders), and the sandbox needs only enough to list EHRs and compositions. The 
        | FROM COMPOSITION c [ '[' ARCHETYPE_ID ']' ]
     [WHERE condition [AND condition …]]
     [ORDER BY path [ASC|DESC] [, …]]
-    [LIMIT n [OFFSET m] | OFFSET m [LIMIT n]]
+    [LIMIT n [OFFSET m]]
 
     item      := path [AS alias]
     path      := variable | variable/attribute[/attribute …]     (no [predicates] inside paths)
@@ -39,7 +39,7 @@ from typing import Any
 
 SUBSET = (
     "the sandbox answers SELECT paths FROM EHR e [CONTAINS COMPOSITION c] [WHERE path = value "
-    "[AND …]] [ORDER BY path [ASC|DESC]] [LIMIT n] [OFFSET m] (see cwsctl sandbox serve --help)"
+    "[AND …]] [ORDER BY path [ASC|DESC]] [LIMIT n [OFFSET m]] (see cwsctl sandbox serve --help)"
 )
 
 _TOKEN = re.compile(
@@ -278,14 +278,10 @@ class _Parser:
                     break
                 self.at += 1
         limit = offset = None
-        for _ in range(2):
-            word = self.keyword("limit", "offset")
-            if word == "limit" and limit is None:
-                limit = self.whole_number("LIMIT")
-            elif word == "offset" and offset is None:
+        if self.keyword("limit"):  # AQL's grammar: LIMIT n [OFFSET m], never OFFSET alone
+            limit = self.whole_number("LIMIT")
+            if self.keyword("offset"):
                 offset = self.whole_number("OFFSET")
-            elif word is not None:
-                raise AqlError(f"{word.upper()} given twice")
         token = self.peek()
         if token is not None:
             self.check_supported()

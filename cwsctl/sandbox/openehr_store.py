@@ -12,7 +12,8 @@ never ambiguous).
 
 Compositions are kept as the bytes received, plus what the API and AQL need without parsing
 them again: name, template id, archetype node id. An EHR's subject (external id + namespace) is
-unique, enforced by the database.
+unique, enforced by the database. Uploaded operational templates are kept as EHRbase keeps them:
+id, concept, root archetype id, upload time and the OPT re-serialised.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (object_id, version)
 );
 CREATE INDEX IF NOT EXISTS versions_ehr ON versions (ehr_id, kind);
+CREATE TABLE IF NOT EXISTS templates (
+    template_id   TEXT PRIMARY KEY,
+    concept       TEXT NOT NULL,
+    archetype_id  TEXT NOT NULL,
+    created       TEXT NOT NULL,
+    opt           BLOB NOT NULL
+);
 """
 
 STATUS = "EHR_STATUS"
@@ -134,6 +142,21 @@ class StaleVersionError(Exception):
 
 class AlreadyDeletedError(Exception):
     """The latest version is a deletion already."""
+
+
+@dataclass(frozen=True)
+class StoredTemplate:
+    """An uploaded operational template: its id, concept, root archetype, upload time, OPT."""
+
+    template_id: str
+    concept: str
+    archetype_id: str
+    created: str
+    opt: bytes
+
+
+class TemplateExistsError(Exception):
+    """A template with that id is stored already (and overwriting is off)."""
 
 
 class OpenEhrStore:
@@ -248,10 +271,17 @@ class OpenEhrStore:
         with self._lock:
             return self._version_locked(object_id, number=number, at=at, ehr_id=ehr_id)
 
-    def create_composition(self, ehr_id: str, content: Content) -> Version:
-        """Version 1 of a new composition in ``ehr_id``."""
+    def create_composition(
+        self, ehr_id: str, content: Content, object_id: str | None = None
+    ) -> Version:
+        """Version 1 of a new composition in ``ehr_id`` (``object_id`` given or new).
+
+        Raises EhrExistsError if ``object_id`` is taken (by any object).
+        """
         with self._lock:
-            object_id = str(uuid.uuid4())
+            if object_id is not None and self._version_locked(object_id) is not None:
+                raise EhrExistsError(object_id)
+            object_id = object_id or str(uuid.uuid4())
             self._insert(object_id, 1, ehr_id, COMPOSITION, content, CREATION, self._tick())
             written = self._version_locked(object_id)
         assert written is not None
@@ -262,17 +292,17 @@ class OpenEhrStore:
     ) -> Version:
         """Version ``preceding + 1`` (a deletion if ``content`` is None), if still the latest.
 
-        Raises StaleVersionError (another version came first), AlreadyDeletedError (a deletion
-        of a deletion), KeyError (no such composition in ``ehr_id``).
+        Raises AlreadyDeletedError (a deletion when the latest is a deletion, whatever
+        ``preceding`` says), StaleVersionError (another version came first), KeyError (no such composition in ``ehr_id``).
         """
         with self._lock:
             latest = self._version_locked(object_id, ehr_id=ehr_id)
             if latest is None or latest.kind != COMPOSITION:
                 raise KeyError(object_id)
-            if latest.version != preceding:
-                raise StaleVersionError(latest)
             if content is None and latest.deleted:
                 raise AlreadyDeletedError(object_id)
+            if latest.version != preceding:
+                raise StaleVersionError(latest)
             change = DELETED if content is None else MODIFICATION
             stored = content if content is not None else Content(b"")
             self._insert(
@@ -305,22 +335,52 @@ class OpenEhrStore:
             ).fetchall()
         return [_row_version(r) for r in rows]
 
-    def templates(self) -> list[tuple[str, str, str | None]]:
-        """Template ids seen in compositions: (id, first seen, an archetype node id using it)."""
+    # -- templates --------------------------------------------------------------------------------
+    def add_template(self, template: StoredTemplate, *, overwrite: bool = False) -> None:
+        """Store ``template``; TemplateExistsError if its id is taken and ``overwrite`` is off."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM templates WHERE template_id = ?", (template.template_id,)
+            ).fetchone()
+            if row is not None and not overwrite:
+                raise TemplateExistsError(template.template_id)
+            self._db.execute(
+                "INSERT OR REPLACE INTO templates (template_id, concept, archetype_id, created, opt)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    template.template_id,
+                    template.concept,
+                    template.archetype_id,
+                    template.created,
+                    template.opt,
+                ),
+            )
+
+    def template(self, template_id: str) -> StoredTemplate | None:
+        """The template with ``template_id``, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT template_id, concept, archetype_id, created, opt FROM templates"
+                " WHERE template_id = ?",
+                (template_id,),
+            ).fetchone()
+        return None if row is None else _row_template(row)
+
+    def templates(self) -> list[StoredTemplate]:
+        """Every uploaded template, by id."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT template_id, min(time_committed), min(archetype_node_id) FROM versions"
-                " WHERE kind = ? AND template_id IS NOT NULL GROUP BY template_id"
-                " ORDER BY template_id",
-                (COMPOSITION,),
+                "SELECT template_id, concept, archetype_id, created, opt FROM templates"
+                " ORDER BY template_id"
             ).fetchall()
-        return [(str(t), str(when), None if a is None else str(a)) for t, when, a in rows]
+        return [_row_template(r) for r in rows]
 
     def clear(self) -> None:
         """Forget every EHR and version."""
         with self._lock:
             self._db.execute("DELETE FROM ehrs")
             self._db.execute("DELETE FROM versions")
+            self._db.execute("DELETE FROM templates")
 
     # -- internals (lock held) --------------------------------------------------------------------
     def _tick(self) -> datetime:
@@ -419,6 +479,17 @@ def _row_version(row: tuple[object, ...]) -> Version:
         None if node_id is None else str(node_id),
         str(change),
         str(when),
+    )
+
+
+def _row_template(row: tuple[object, ...]) -> StoredTemplate:
+    template_id, concept, archetype_id, created, opt = row
+    return StoredTemplate(
+        str(template_id),
+        str(concept),
+        str(archetype_id),
+        str(created),
+        bytes(opt),  # type: ignore[arg-type]
     )
 
 
