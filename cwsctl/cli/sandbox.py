@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -253,6 +253,59 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    bearer_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--bearer-token-file",
+            metavar="FILE",
+            help="--kind openehr: require a bearer token, one of those in FILE (one a line), as "
+            "EHRbase's OAUTH mode does; a wrong one gets 401 with WWW-Authenticate: Bearer "
+            'error="invalid_token". Not with --basic-auth-file.',
+            show_default=False,
+        ),
+    ] = None,
+    if_match: Annotated[
+        str,
+        typer.Option(
+            "--if-match",
+            metavar="MODE",
+            parser=Choice(("ehrbase", "spec")),
+            help="--kind openehr: ehrbase (EHRbase 2.0-2.31: a quoted If-Match is refused 400 "
+            '"UUID string too large") or spec (quoted, as the openEHR REST release says).',
+        ),
+    ] = "ehrbase",
+    max_fetch: Annotated[
+        int | None,
+        typer.Option(
+            "--max-fetch",
+            metavar="N",
+            parser=WholeNumber(1, 10_000_000),
+            help="--kind openehr: EHRbase's ehrbase.rest.aql.max-fetch: a query asking for more "
+            "rows gets 422 [default: no maximum].",
+            show_default=False,
+        ),
+    ] = None,
+    fetch_precedence: Annotated[
+        str,
+        typer.Option(
+            "--fetch-precedence",
+            metavar="MODE",
+            parser=Choice(("reject", "min-fetch")),
+            help="--kind openehr: EHRbase's ehrbase.rest.aql.fetch-precedence for AQL with its own "
+            "LIMIT and a fetch: reject (422) or min-fetch (the smaller one).",
+        ),
+    ] = "reject",
+    default_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--default-limit",
+            metavar="N",
+            parser=WholeNumber(1, 10_000_000),
+            help="--kind openehr: EHRbase's ehrbase.rest.aql.default-limit: rows a query answers "
+            "when neither fetch nor LIMIT says [default: every row].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve a CWS, OpenEMR or openEHR sandbox until Ctrl-C or SIGTERM (then exit 0).
 
@@ -286,34 +339,36 @@ def serve(
     only. Faults (drop, error, latency) hit the patient routes. The access log names the
     client id, never a token.
 
-    --kind openehr: a test stand-in for an openEHR server (the released REST API, ITS-REST
-    1.0.x, as EHRbase serves it), state in openehr.db in the data dir. Base path
-    /ehrbase/rest/openehr/v1 (B below; a profile URL is the server URL + B); version uids are
-    UUID::cwsctl-sandbox::N; Prefer: return=representation answers with the resource, else no
-    body; answers with a version carry ETag "VERSION_UID", Location and Last-Modified. POST B/ehr
-    (an EHR_STATUS body, or none) → 201 with ETag "EHR_ID" and Location, 409 if the subject
-    (external_ref id + namespace) has an EHR; PUT B/ehr/EHR_ID the same with a given UUID; GET
-    B/ehr/EHR_ID; GET B/ehr?subject_id=ID&subject_namespace=NS. GET B/ehr/EHR_ID/ehr_status
-    [?version_at_time=ISO], GET B/ehr/EHR_ID/ehr_status/VERSION_UID, PUT B/ehr/EHR_ID/ehr_status
-    with If-Match. POST B/ehr/EHR_ID/composition (canonical JSON) → 201, version 1; GET
-    B/ehr/EHR_ID/composition/UID (a version uid, or an object uid for the latest
-    [?version_at_time=ISO]; 204 if deleted); PUT B/ehr/EHR_ID/composition/OBJECT_UID with
-    If-Match: "PRECEDING_VERSION_UID" → the next version (If-Match missing: 400; stale: 412
-    with the latest version uid in ETag, Location and the error body); DELETE
-    B/ehr/EHR_ID/composition/PRECEDING_VERSION_UID → 204, a deleted version (stale: 409); GET
-    B/ehr/EHR_ID/versioned_composition/OBJECT_UID[/revision_history]. POST B/query/aql
-    {"q", "query_parameters", "offset", "fetch"} or GET B/query/aql?q=…&offset=&fetch= →
-    {"meta", "q", "columns", "rows"}; fetch defaults to 100. The AQL subset: SELECT paths
-    [AS alias] FROM EHR e [[ehr_id/value=V]] [CONTAINS COMPOSITION c [[ARCHETYPE_ID]]] (or
-    FROM COMPOSITION c) [WHERE path OP V [AND …]] [ORDER BY path [ASC|DESC], …] [LIMIT n]
-    [OFFSET m], where a path walks the canonical JSON (e/ehr_id/value,
-    e/ehr_status/subject/external_ref/id/value, c/uid/value, c/name/value,
-    c/archetype_details/template_id/value), OP is = != < <= > >=, V is 'text', a number, true,
-    false or $param; only the latest, non-deleted version of each composition is seen; anything
-    else is 400 "not supported by the sandbox". GET B/definition/template/adl1.4 lists the
-    template ids seen; OPTIONS B names the server. --basic-auth-file FILE: every request but
-    OPTIONS B needs Authorization: Basic with FILE's user:password, else 401. Faults (drop,
-    error, latency) hit B/ehr and everything under it; corrupt and unsigned do not apply.
+    --kind openehr: a stand-in for EHRbase 2.x (the openEHR REST API, ITS-REST 1.0.3, as
+    EHRbase serves it; cwsctl/sandbox/README.md has the table), state in openehr.db in the data
+    dir. Base path /ehrbase/rest/openehr/v1 (B below; a profile URL is the server URL + B);
+    GET /ehrbase/rest/status reports ehrbase_version (2.31.0, or 2.32.0 with --if-match spec).
+    Version uids are UUID::cwsctl-sandbox::N; Prefer: return=representation (exactly) answers
+    with the resource, else no body. Templates first: POST B/definition/template/adl1.4 with an
+    OPT (Content-Type and Accept application/xml, else 415/406) → 201, the id read from the
+    XML, a second upload of an id → 409; GET B/definition/template/adl1.4[/ID[/example]] (the
+    OPT as XML, or a web template for application/json). A composition whose template is not
+    uploaded → 422. POST B/ehr (an EHR_STATUS or nothing) → 201 with ETag "EHR_ID"; the EHR's
+    ehr_status is an OBJECT_REF; a subject namespace outside [a-zA-Z][a-zA-Z0-9-_:/&+?]* → 400;
+    a subject twice → 409. POST B/ehr/EHR_ID/composition (canonical JSON, or FLAT/STRUCTURED
+    with ?format=FLAT|STRUCTURED&templateId=ID or the application/openehr.wt.flat.schema+json
+    and …structured.schema+json types) → 204 (201 with the body when asked), Location = the
+    object uid. PUT B/ehr/EHR_ID/composition/OBJECT_UID with If-Match → 204: with --if-match
+    ehrbase (the default, EHRbase 2.0-2.31) a quoted If-Match is 400 "UUID string too large"
+    and a bare version uid works; with spec both work. A stale update → 412, a stale DELETE
+    B/ehr/EHR_ID/composition/VERSION_UID → 409, both without ETag or Location; deleting a deleted
+    one → 404; reading a deleted one → 204. version_at_time must be extended ISO 8601 (a space
+    → 400). Revision history: {"items": […]}. POST B/query/aql {"q", "query_parameters",
+    "offset", "fetch"} (or GET): offset without fetch → 422; fetch above --max-fetch → 422; AQL
+    with its own LIMIT plus fetch/offset → 422 (--fetch-precedence reject, the default) or the
+    smaller of LIMIT and fetch (min-fetch); without fetch or LIMIT every row, or
+    --default-limit rows. The AQL subset: SELECT paths [AS alias] FROM EHR e [[ehr_id/value=V]]
+    [CONTAINS COMPOSITION c [[ARCHETYPE_ID]]] (or FROM COMPOSITION c) [WHERE path OP V [AND
+    …]] [ORDER BY path [ASC|DESC], …] [LIMIT n [OFFSET m]]; anything else is 400 "not
+    supported by the sandbox". Errors are {"error", "message"}. --basic-auth-file FILE: every
+    request needs Authorization: Basic with FILE's user:password; --bearer-token-file FILE: a
+    bearer token from FILE (401 with WWW-Authenticate: Bearer error="invalid_token"
+    otherwise). Faults (drop, error, latency) hit B/ehr and everything under it.
 
     Limits, so that one misbehaving client cannot exhaust the sandbox or lock others out: a
     request body over 1 MiB gets 413 as soon as that much has arrived (or is declared in
@@ -344,12 +399,35 @@ def serve(
     misplaced = [name for name, given in openemr_only.items() if given]
     if misplaced and kind != "openemr":
         raise InputError(f"{misplaced[0]} applies only to --kind openemr")
+    openehr_only = {
+        "--basic-auth-file": basic_auth_file is not None,
+        "--bearer-token-file": bearer_token_file is not None,
+        "--if-match": if_match != "ehrbase",
+        "--max-fetch": max_fetch is not None,
+        "--fetch-precedence": fetch_precedence != "reject",
+        "--default-limit": default_limit is not None,
+    }
+    misplaced = [name for name, given in openehr_only.items() if given]
+    if misplaced and kind != "openehr":
+        raise InputError(f"{misplaced[0]} applies only to --kind openehr")
+    if basic_auth_file is not None and bearer_token_file is not None:
+        raise InputError("--basic-auth-file and --bearer-token-file exclude each other")
+    bearer_tokens = None
     if basic_auth_file is not None:
-        if kind != "openehr":
-            raise InputError("--basic-auth-file applies only to --kind openehr")
         from cwsctl.sandbox.openehr import read_basic_auth_file
 
         basic_auth = read_basic_auth_file(basic_auth_file.expanduser())
+    if bearer_token_file is not None:
+        from cwsctl.sandbox.openehr import read_bearer_token_file
+
+        bearer_tokens = read_bearer_token_file(bearer_token_file.expanduser())
+    openehr_settings = {
+        "bearer_tokens": bearer_tokens,
+        "if_match": if_match,
+        "max_fetch": max_fetch,
+        "fetch_precedence": fetch_precedence,
+        "default_limit": default_limit,
+    }
     faults = Faults.from_env(
         drop_rate=drop_rate,
         error_rate=error_rate,
@@ -413,6 +491,7 @@ def serve(
         site_address=site_address,
         system_scopes=system_scopes,
         manual_approval=manual_approval,
+        openehr_settings=openehr_settings,
     )
     stop_signal = server.serve_forever(ready)
     how = f" ({signal.Signals(stop_signal).name})" if stop_signal else ""
@@ -434,6 +513,7 @@ def _build_server(
     site_address: str | None,
     system_scopes: bool,
     manual_approval: bool,
+    openehr_settings: dict[str, Any] | None = None,
 ) -> BaseSandboxServer:
     """The flavour ``kind`` asks for (the dispatch lives here, so no flavour imports another)."""
     common = {"host": host, "port": port, "faults": faults, "access_log": access_log}
@@ -452,7 +532,12 @@ def _build_server(
     if kind == "openehr":
         from cwsctl.sandbox.openehr import OpenEhrSandboxServer
 
-        return OpenEhrSandboxServer(data_dir, basic_auth=basic_auth, **common)  # type: ignore[arg-type]
+        return OpenEhrSandboxServer(
+            data_dir,
+            basic_auth=basic_auth,
+            **(openehr_settings or {}),
+            **common,  # type: ignore[arg-type]
+        )
     from cwsctl.sandbox.server import SandboxServer
 
     return SandboxServer(data_dir, key_bits=key_bits, **common)  # type: ignore[arg-type]
@@ -509,25 +594,54 @@ def _openehr_ready(out: Output, server: BaseSandboxServer) -> None:
 
     assert isinstance(server, OpenEhrSandboxServer)
     auth = server.basic_auth
+    bearer = server.bearer_tokens is not None
     if out.settings.json:
         out.json(
             {
                 "kind": "openehr",
                 "url": server.url,
                 "base_url": server.base_url,
+                "status_url": server.status_url,
                 "system_id": server.system_id,
                 "data_dir": str(server.data_dir),
-                "auth": "basic" if auth else "none",
+                "auth": "basic" if auth else "bearer" if bearer else "none",
                 "username": auth[0] if auth else None,
+                "if_match": server.if_match,
+                "ehrbase_version": server.ehrbase_version,
+                "max_fetch": server.max_fetch,
+                "fetch_precedence": server.fetch_precedence,
+                "default_limit": server.default_limit,
+                "templates": server.template_ids(),
                 "faults": server.faults.to_json(),
             }
         )
     out.success(f"openEHR sandbox listening on {server.url} (data: {server.data_dir})")
     out.info(f"Base URL (profile --url): {server.base_url}")
+    quoting = (
+        'a quoted If-Match is refused (400 "UUID string too large")'
+        if server.if_match == "ehrbase"
+        else "If-Match quoted as the specification says (bare accepted too)"
+    )
+    out.info(f"Behaves like EHRbase {server.ehrbase_version}: {quoting}")
+    limits = [f"fetch precedence {server.fetch_precedence}"]
+    if server.max_fetch is not None:
+        limits.append(f"max fetch {server.max_fetch}")
+    if server.default_limit is not None:
+        limits.append(f"default limit {server.default_limit}")
+    out.info("AQL: " + ", ".join(limits))
+    templates = server.template_ids()
+    out.info(
+        f"Templates uploaded: {', '.join(templates)}"
+        if templates
+        else "No templates uploaded yet: compositions need one (POST "
+        f"{server.base_url}/definition/template/adl1.4, Content-Type and Accept application/xml)"
+    )
     if auth:
         out.info(f"Basic auth required, user {auth[0]!r} (password from the --basic-auth-file)")
+    elif bearer:
+        out.info("Bearer token required (one of those in the --bearer-token-file)")
     else:
-        out.info("No authentication required (use --basic-auth-file FILE to require it)")
+        out.info("No authentication required (use --basic-auth-file or --bearer-token-file)")
     if server.faults.active:
         out.warn(f"fault injection on {server.base_url}/ehr…: {server.faults.describe()}")
     out.info("Press Ctrl-C to stop.")
