@@ -173,7 +173,9 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error(404, f"No resource found at path: {request.url.path[:200]}")
     return error(
-        exc.status_code, f"Request method '{request.method}' is not supported", exc.headers
+        exc.status_code,
+        f"Request method '{request.method}' is not supported",
+        dict(exc.headers or {}),
     )
 
 
@@ -335,6 +337,8 @@ class OpenEhrSandboxServer(BaseSandboxServer):
     - ``basic_auth=(user, password)`` or ``bearer_tokens={…}`` (never both), or neither;
     - ``templates``: OPTs (bytes) uploaded before the server starts (an admin's earlier upload).
     """
+
+    store: OpenEhrStore
 
     def __init__(
         self,

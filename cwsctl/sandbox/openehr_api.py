@@ -7,6 +7,7 @@ The routes and the behaviour table are in :mod:`.openehr` (and the sandbox READM
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from datetime import datetime, timezone
@@ -882,8 +883,9 @@ class OpenEhrEndpoints:
             meta["max-fetch"] = self.max_fetch
         limit, start = self._limits(query, fetch, offset)
         try:
+            unlimited = dataclasses.replace(query, limit=None, offset=None)  # applied below
             rows = aql.execute(
-                query, parameters, self._ehr_documents(), self._composition_documents()
+                unlimited, parameters, self._ehr_documents(), self._composition_documents()
             )
             executed = aql.substituted(query, text, parameters)
         except aql.AqlError as exc:

@@ -489,7 +489,7 @@ def _row_template(row: tuple[object, ...]) -> StoredTemplate:
         str(concept),
         str(archetype_id),
         str(created),
-        bytes(opt),  # type: ignore[arg-type]
+        bytes(opt),  # type: ignore[call-overload]
     )
 
 
