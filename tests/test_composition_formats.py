@@ -282,3 +282,91 @@ def test_write_and_read_requests():
         write_request(FLAT, "flat", " ")
     with pytest.raises(InputError):
         write_request(b"[1, 2]", "flat", TEMPLATE)
+
+
+# -- end to end, against the openEHR sandbox -----------------------------------------------------
+
+
+@pytest.fixture
+def cdr(make_openehr_sandbox, cli, tmp_path):
+    """A sandbox with an EHR; the shipped template is uploaded by each test that needs it."""
+    pytest.importorskip("starlette")
+    sandbox = make_openehr_sandbox()
+    result = cli(
+        "profile", "init", "cdr", "--kind", "openehr", "--url", sandbox.base_url, "--default"
+    )
+    assert result.exit_code == 0, result.stderr
+    ehr = cli("ehr", "create", "--subject-id", "F-1", "--namespace", "urn:cwsctl:test")
+    assert ehr.exit_code == 0, ehr.stderr
+    sandbox.ehr_id = ehr.stdout.strip()
+    return sandbox
+
+
+def upload_template(cli, tmp_path):
+    from cwsctl.templates import vital_signs_opt
+
+    opt = tmp_path / "vital_signs.opt"
+    opt.write_bytes(vital_signs_opt())
+    result = cli("template", "upload", str(opt))
+    assert result.exit_code == 0, result.stderr
+
+
+def test_sandbox_refuses_a_composition_before_its_template(cdr, cli, tmp_path):
+    document = json.loads(CANONICAL)
+    document.update(
+        {
+            "language": {"terminology_id": {"value": "ISO_639-1"}, "code_string": "en"},
+            "territory": {"terminology_id": {"value": "ISO_3166-1"}, "code_string": "DE"},
+            "category": {
+                "value": "event",
+                "defining_code": {"terminology_id": {"value": "openehr"}, "code_string": "433"},
+            },
+            "composer": {"_type": "PARTY_SELF"},
+        }
+    )
+    source = write(tmp_path, "v.json", json.dumps(document).encode())
+    result = cli("composition", "create", cdr.ehr_id, source)
+    assert result.exit_code == 4
+    assert f"upload the template '{TEMPLATE}' first: cwsctl template upload" in result.stderr
+
+
+def test_sandbox_flat_round_trip(cdr, cli, tmp_path):
+    upload_template(cli, tmp_path)
+    example = cli("template", "example", TEMPLATE, "--format", "flat")
+    assert example.exit_code == 0, example.stderr
+    source = write(tmp_path, "v.flat.json", example.stdout.encode())
+    created = cli(
+        "composition", "create", cdr.ehr_id, source, "--format", "flat", "--template-id", TEMPLATE
+    )
+    assert created.exit_code == 0, created.stderr
+    uid = created.stdout.strip()
+    assert uid.endswith("::1")
+    flat = cli("composition", "get", cdr.ehr_id, uid, "--format", "flat")
+    assert flat.exit_code == 0, flat.stderr
+    sent, back = json.loads(example.stdout), json.loads(flat.stdout)
+    numbers = {k: v for k, v in sent.items() if k.endswith("|magnitude")}
+    assert numbers and all(back.get(k) == v for k, v in numbers.items())
+    canonical = cli("composition", "get", cdr.ehr_id, uid)
+    document = json.loads(canonical.stdout)
+    assert document["archetype_details"]["template_id"]["value"] == TEMPLATE
+    updated = cli(
+        "composition", "update", cdr.ehr_id, uid.split("::")[0], source,
+        "--format", "flat", "--template-id", TEMPLATE,
+    )  # fmt: skip
+    assert updated.exit_code == 0, updated.stderr
+    assert updated.stdout.strip().endswith("::2")
+
+
+def test_sandbox_structured_create(cdr, cli, tmp_path):
+    upload_template(cli, tmp_path)
+    example = cli("template", "example", TEMPLATE, "--format", "structured")
+    assert example.exit_code == 0, example.stderr
+    source = write(tmp_path, "v.structured.json", example.stdout.encode())
+    created = cli(
+        "composition", "create", cdr.ehr_id, source, "--format", "structured",
+        "--template-id", TEMPLATE,
+    )  # fmt: skip
+    assert created.exit_code == 0, created.stderr
+    got = cli("composition", "get", cdr.ehr_id, created.stdout.strip(), "--format", "structured")
+    assert got.exit_code == 0, got.stderr
+    assert "ctx" in json.loads(got.stdout) or TEMPLATE.split(".")[0] in got.stdout

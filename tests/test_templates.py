@@ -263,3 +263,62 @@ def test_doctor_lists_the_templates(ehrbase, run_cwsctl, cwsctl_home, opt_file):
     result = run_cwsctl("doctor", "--json")
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert checks["templates"]["detail"] == f"1 uploaded: {VITAL_SIGNS_TEMPLATE_ID}"
+
+
+# -- end to end, against the openEHR sandbox -----------------------------------------------------
+
+
+@pytest.fixture
+def cdr(make_openehr_sandbox, cli):
+    pytest.importorskip("starlette")
+    server = make_openehr_sandbox()
+    result = cli(
+        "profile", "init", "cdr", "--kind", "openehr", "--url", server.base_url, "--default"
+    )
+    assert result.exit_code == 0, result.stderr
+    return server
+
+
+def test_sandbox_upload_twice_then_a_changed_one(cdr, cli, opt_file, tmp_path):
+    first = cli("template", "upload", str(opt_file), "--json")
+    assert first.exit_code == 0, first.stderr
+    assert json.loads(first.stdout)["outcome"] == "uploaded"
+    again = cli("template", "upload", str(opt_file), "--json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout) == {
+        "template_id": VITAL_SIGNS_TEMPLATE_ID,
+        "outcome": "already uploaded",
+        "status": 409,
+        "location": None,
+    }
+    other = tmp_path / "other.opt"
+    other.write_bytes(changed(vital_signs_opt()))
+    result = cli("template", "upload", str(other))
+    assert result.exit_code == 4
+    assert f"template '{VITAL_SIGNS_TEMPLATE_ID}' is already on the server" in result.stderr
+
+
+def test_sandbox_list_get_and_example(cdr, cli, opt_file, tmp_path):
+    assert cli("template", "upload", str(opt_file)).exit_code == 0
+    listed = json.loads(cli("template", "list", "--json").stdout)["templates"]
+    assert [row["template_id"] for row in listed] == [VITAL_SIGNS_TEMPLATE_ID]
+    saved = tmp_path / "back.opt"
+    got = cli("template", "get", VITAL_SIGNS_TEMPLATE_ID, "-o", str(saved))
+    assert got.exit_code == 0, got.stderr
+    assert read_opt(saved.read_bytes()).template_id == VITAL_SIGNS_TEMPLATE_ID
+    assert same_xml(saved.read_bytes(), vital_signs_opt())
+    web = cli("template", "get", VITAL_SIGNS_TEMPLATE_ID, "--format", "web")
+    assert web.exit_code == 0, web.stderr
+    assert json.loads(web.stdout)["templateId"] == VITAL_SIGNS_TEMPLATE_ID
+    flat = cli("template", "example", VITAL_SIGNS_TEMPLATE_ID, "--format", "flat")
+    assert flat.exit_code == 0, flat.stderr
+    assert all("/" in key for key in json.loads(flat.stdout))
+    canonical = cli("template", "example", VITAL_SIGNS_TEMPLATE_ID)
+    assert json.loads(canonical.stdout)["_type"] == "COMPOSITION"
+
+
+def test_sandbox_doctor_lists_the_uploaded_template(cdr, cli, opt_file, run_cwsctl):
+    assert cli("template", "upload", str(opt_file)).exit_code == 0
+    result = run_cwsctl("doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["templates"]["detail"] == f"1 uploaded: {VITAL_SIGNS_TEMPLATE_ID}"
