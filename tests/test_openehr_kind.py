@@ -173,6 +173,13 @@ def test_demo_openehr_runs_clean_and_leaves_nothing(run_cwsctl, cwsctl_home):
     stale = next(s for s in document["steps"] if s["step"].startswith("A stale update"))
     assert stale["result"].startswith("refused (exit 4): changed since it was read: latest is ")
     assert stale["result"].endswith("::3")
+    steps = [s["step"] for s in document["steps"]]
+    assert steps.index(next(s for s in steps if s.startswith("Upload the operational"))) < (
+        steps.index(next(s for s in steps if s.startswith("Write a composition in FLAT")))
+    )
+    updates = [s for s in document["steps"] if s["step"].startswith("Update it")]
+    assert "sent again bare" in updates[0]["if_match"]  # the sandbox refused the quoted form
+    assert updates[1]["if_match"].startswith("sent bare at once")
     assert not cwsctl_home.exists()
 
 

@@ -54,8 +54,10 @@ def demo(
     patient, verifies the signed response, shows a tampered body failing verification, and
     prints the openssl/curl commands that do the same by hand. openemr: key, discovery, JWK Set,
     client registration, the administrator's enable step, a user's sign-in (PKCE), the patient
-    looked up and created once, the same row found by look-up, and read back. openehr: an EHR for the patient, a composition written
-    and updated twice, a stale update refused, an AQL query and the version history.
+    looked up and created once, the same row found by look-up, and read back. openehr (the
+    sandbox as EHRbase 2.31): the template uploaded, an EHR for the patient, a FLAT composition
+    written and updated twice (a quoted If-Match refused, then sent bare), a stale update refused
+    naming the latest version, an AQL query and the version history.
     """
     from cwsctl.sandbox import require_server_deps
 
@@ -82,7 +84,7 @@ def demo(
     done = {
         "cws": "request signed, response verified, tampering detected",
         "openemr": "discovered, registered, enabled, signed in; patient created once, found again, read back",
-        "openehr": "EHR provisioned, composition versioned, stale update refused, query answered",
+        "openehr": "template uploaded, EHR provisioned, FLAT composition versioned, stale update refused, query answered",
     }
     out.success(f"Demo complete: {done[kind]}.")
 

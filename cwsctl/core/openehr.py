@@ -183,6 +183,11 @@ def refuses_quoted_if_match(response: ApiResponse) -> bool:
     return response.status == 400 and "UUID string" in response.error_message()
 
 
+def sends_bare_if_match(client: ApiClient) -> bool:
+    """Whether ``client`` learnt that its server refuses a quoted If-Match (EHRbase 2.0–2.31)."""
+    return client in _BARE_IF_MATCH
+
+
 def send_with_if_match(
     client: ApiClient,
     method: str,
