@@ -21,7 +21,7 @@ from cwsctl.cli.options import (
     with_globals,
 )
 from cwsctl.cli.output import Output
-from cwsctl.cli.params import Choice
+from cwsctl.cli.params import Choice, OutputFile
 from cwsctl.core.openehr import VersionUid
 
 if TYPE_CHECKING:
@@ -97,10 +97,15 @@ class Traced:
 
 
 def connect(
-    out: Output, timeout: float, max_response_size: int | None, allow_http: bool
+    out: Output,
+    timeout: float,
+    max_response_size: int | None,
+    allow_http: bool,
+    commands: str = "ehr, composition and query",
 ) -> tuple[Any, Traced]:
-    """The profile's client (a context manager to close) and its traced face for core calls."""
-    require_kind(out.settings, "openehr", "ehr, composition and query")
+    """The profile's client (a context manager to close) and its traced face for core calls;
+    ``commands`` names them in the error for a profile of another kind."""
+    require_kind(out.settings, "openehr", commands)
     client = open_client(
         out.settings, timeout=timeout, max_response_size=max_response_size, allow_http=allow_http
     )
@@ -180,6 +185,27 @@ FormatOption = Annotated[
         "application/openehr.wt.flat|structured.schema+json).",
     ),
 ]
+ReadFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        metavar="canonical|flat|structured",
+        parser=Choice(("canonical", "flat", "structured")),
+        help="The format to read it in: canonical JSON, flat or structured (asked for with "
+        "?format=, e.g. ?format=FLAT).",
+    ),
+]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        parser=OutputFile("output file"),
+        help="Save the body here, byte for byte as received, instead of printing it.",
+        show_default=False,
+    ),
+]
 
 
 def _written(out: Output, result: CompositionVersion, what: str) -> None:
@@ -243,25 +269,8 @@ def get(
     uid: UidArg,
     version: VersionOption = None,
     at: AtOption = None,
-    fmt: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            metavar="canonical|flat|structured",
-            parser=Choice(("canonical", "flat", "structured")),
-            help="The format to read it in: canonical JSON, or flat or structured "
-            "(?format=FLAT|STRUCTURED).",
-        ),
-    ] = "canonical",
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="FILE",
-            help="Save the composition here, byte for byte as received.",
-        ),
-    ] = None,
+    fmt: ReadFormatOption = "canonical",
+    output: OutputOption = None,
     timeout: TimeoutOption = 30.0,
     max_response_size: MaxResponseSizeOption = None,
     allow_http: AllowHttpOption = False,

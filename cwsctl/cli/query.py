@@ -253,7 +253,7 @@ def query(
     from cwsctl.core.openehr import (
         DEFAULT_MAX_ROWS,
         RowCapError,
-        paging_clauses,
+        check_paging,
         parse_query_parameter,
         query_page,
         query_pages,
@@ -265,18 +265,7 @@ def query(
         raise InputError(
             "--max-rows goes with --all", hint="without --all, --limit N caps the rows"
         )
-    if offset and limit is None and not all_pages:
-        raise InputError(
-            "--offset needs --limit: openEHR servers refuse an offset without a fetch",
-            hint="give --offset N --limit M, or --all (which pages from --offset)",
-        )
-    clauses = paging_clauses(q)
-    if clauses and (limit is not None or offset):
-        raise InputError(
-            f"the AQL has its own {'/'.join(clauses)}: --limit and --offset do not go with it",
-            hint="drop --limit/--offset (the query runs as written), or drop the clause from "
-            "the AQL and page with --limit/--offset or --all",
-        )
+    clauses = check_paging(q, offset or None, limit, all_pages=all_pages)
     chosen = fmt or ("json" if out.settings.json else "table" if out.stdout_isatty else "ndjson")
     writer = RowWriter(out, chosen, q, offset)
     pages = 0

@@ -7,11 +7,11 @@ template is uploaded once, before the first composition. httpx is imported insid
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
+from cwsctl.cli.composition import OutputOption, ReadFormatOption, connect
 from cwsctl.cli.options import (
     AllowHttpOption,
     MaxResponseSizeOption,
@@ -20,9 +20,6 @@ from cwsctl.cli.options import (
 )
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import Choice
-
-if TYPE_CHECKING:
-    from cwsctl.cli.composition import Traced
 
 app = typer.Typer(
     help="openEHR operational templates (ADL 1.4 OPTs): list, upload (once, before the first "
@@ -34,31 +31,6 @@ TemplateIdArg = Annotated[
     str,
     typer.Argument(metavar="TEMPLATE_ID", help="The template's id (its OPT's template_id)."),
 ]
-OutputOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--output",
-        "-o",
-        metavar="FILE",
-        help="Save the answer here, byte for byte as received, instead of printing it.",
-        show_default=False,
-    ),
-]
-
-
-def _connect(out: Output, timeout: float, max_response_size: int | None, allow_http: bool) -> Any:
-    from cwsctl.cli.common import open_client, require_kind
-
-    require_kind(out.settings, "openehr", "template commands")
-    return open_client(
-        out.settings, timeout=timeout, max_response_size=max_response_size, allow_http=allow_http
-    )
-
-
-def _traced(client: Any, out: Output) -> Traced:
-    from cwsctl.cli.composition import Traced
-
-    return Traced(client, out)
 
 
 @app.command("list")
@@ -77,8 +49,9 @@ def list_(
     """
     from cwsctl.core.templates import list_templates
 
-    with _connect(out, timeout, max_response_size, allow_http) as client:
-        templates = list_templates(_traced(client, out))  # type: ignore[arg-type]
+    client, traced = connect(out, timeout, max_response_size, allow_http, "template commands")
+    with client:
+        templates = list_templates(traced)  # type: ignore[arg-type]
     rows = [t.as_dict() for t in templates]
     if out.settings.json:
         out.json({"templates": rows})
@@ -132,8 +105,9 @@ def upload(
     data = read_body(file)
     what = "stdin" if file == "-" else file
     read_opt(data, what)  # a bad file is exit 2 before anything is sent
-    with _connect(out, timeout, max_response_size, allow_http) as client:
-        result = upload_template(_traced(client, out), data, what)  # type: ignore[arg-type]
+    client, traced = connect(out, timeout, max_response_size, allow_http, "template commands")
+    with client:
+        result = upload_template(traced, data, what)  # type: ignore[arg-type]
     if out.settings.json:
         out.json(
             {
@@ -182,8 +156,9 @@ def get(
     from cwsctl.cli.request_run import show_response
     from cwsctl.core.templates import get_template
 
-    with _connect(out, timeout, max_response_size, allow_http) as client:
-        response = get_template(_traced(client, out), template_id, fmt)  # type: ignore[arg-type]
+    client, traced = connect(out, timeout, max_response_size, allow_http, "template commands")
+    with client:
+        response = get_template(traced, template_id, fmt)  # type: ignore[arg-type]
         show_response(out, response, client, output)
 
 
@@ -192,16 +167,7 @@ def get(
 def example(
     out: Output,
     template_id: TemplateIdArg,
-    fmt: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            metavar="canonical|flat|structured",
-            parser=Choice(("canonical", "flat", "structured")),
-            help="The example's format: canonical JSON, FLAT or STRUCTURED "
-            "(?format=JSON|FLAT|STRUCTURED).",
-        ),
-    ] = "canonical",
+    fmt: ReadFormatOption = "canonical",
     output: OutputOption = None,
     timeout: TimeoutOption = 30.0,
     max_response_size: MaxResponseSizeOption = None,
@@ -215,6 +181,7 @@ def example(
     from cwsctl.cli.request_run import show_response
     from cwsctl.core.templates import template_example
 
-    with _connect(out, timeout, max_response_size, allow_http) as client:
-        response = template_example(_traced(client, out), template_id, fmt)  # type: ignore[arg-type]
+    client, traced = connect(out, timeout, max_response_size, allow_http, "template commands")
+    with client:
+        response = template_example(traced, template_id, fmt)  # type: ignore[arg-type]
         show_response(out, response, client, output)

@@ -935,18 +935,7 @@ def _query_response(
 ) -> ApiResponse:
     if not q.strip():
         raise InputError("the AQL query is empty")
-    if offset is not None and fetch is None:
-        raise InputError(
-            "--offset needs --limit: openEHR servers refuse an offset without a fetch",
-            hint="give --offset N --limit M, or --all (which pages from --offset)",
-        )
-    clauses = paging_clauses(q) if offset is not None or fetch is not None else []
-    if clauses:
-        # EHRbase refuses fetch/offset next to a LIMIT (422) or silently takes the smaller.
-        raise InputError(
-            f"the AQL has its own {'/'.join(clauses)}: --limit and --offset do not go with it",
-            hint="drop --limit/--offset, or drop the clause from the AQL",
-        )
+    check_paging(q, offset, fetch)
     body = query_body(q, parameters, offset, fetch)
     return client.request("POST", "/query/aql", body, {"Content-Type": JSON})
 
@@ -1015,6 +1004,28 @@ _PAGING_CLAUSE = re.compile(
 )
 
 
+def check_paging(
+    q: str, offset: int | None, fetch: int | None, *, all_pages: bool = False
+) -> list[str]:
+    """The AQL's own paging clauses (:func:`paging_clauses`), once what no server takes is
+    refused (InputError, exit 2): an ``offset`` without a ``fetch`` (EHRbase: 422) unless
+    ``all_pages`` (which sends one), and a ``fetch`` or ``offset`` next to the AQL's own
+    LIMIT/OFFSET/TOP (EHRbase refuses them with a LIMIT, 422, or silently takes the smaller)."""
+    if offset is not None and fetch is None and not all_pages:
+        raise InputError(
+            "--offset needs --limit: openEHR servers refuse an offset without a fetch",
+            hint="give --offset N --limit M, or --all (which pages from --offset)",
+        )
+    clauses = paging_clauses(q)
+    if clauses and (offset is not None or fetch is not None):
+        raise InputError(
+            f"the AQL has its own {'/'.join(clauses)}: --limit and --offset do not go with it",
+            hint="drop --limit/--offset (the query runs as written), or drop the clause from "
+            "the AQL and page with --limit/--offset or --all",
+        )
+    return clauses
+
+
 def paging_clauses(q: str) -> list[str]:
     """The AQL's own paging clauses (``LIMIT``, ``OFFSET``, ``TOP``), upper case, in order;
     words inside string literals and comments do not count."""
@@ -1064,14 +1075,7 @@ def query_pages(
         raise InputError("the page size must be at least 1")
     if max_rows < 1:
         raise InputError("--max-rows must be at least 1")
-    clauses = paging_clauses(q)
-    if clauses:
-        if page_size is not None or offset:
-            raise InputError(
-                f"the AQL has its own {'/'.join(clauses)}: --limit and --offset do not go with it",
-                hint="drop --limit/--offset (the query runs once, as written), or drop the "
-                "clause and let --all page it",
-            )
+    if check_paging(q, offset or None, page_size, all_pages=True):
         page = query_page(client, q, parameters)
         more = len(page.rows) > max_rows
         page.rows = page.rows[:max_rows]
