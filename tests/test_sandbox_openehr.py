@@ -235,6 +235,11 @@ def test_template_upload_needs_xml_both_ways_and_answers_409_to_a_second(
     [
         (b"<template", "Could not parse input template"),
         (b'<!DOCTYPE x [<!ENTITY a "b">]><template/>', "Could not parse input template"),
+        (  # the same in UTF-16, which a search for the bytes b"<!DOCTYPE" misses
+            '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "b">]>'
+            '<template xmlns="http://schemas.openehr.org/v1">&a;</template>'.encode("utf-16"),
+            "contains a DTD",
+        ),
         (b'<template xmlns="urn:other"/>', "Could not parse input template"),
         (b"<concept>cwsctl.vital_signs.v1</concept>", "nil or empty concept"),
         (b"<template_id><value>cwsctl.vital_signs.v1</value></template_id>", "template_id"),

@@ -14,7 +14,13 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from cwsctl.core.errors import ClientRequestError, InputError
-from cwsctl.core.templates import MAX_XML_BYTES, parse_xml, read_opt, same_xml
+from cwsctl.core.templates import (
+    MAX_XML_BYTES,
+    MAX_XML_DEPTH,
+    parse_xml,
+    read_opt,
+    same_xml,
+)
 from cwsctl.templates import VITAL_SIGNS_TEMPLATE_ID, vital_signs_opt
 from tests.capture_server import Captured, CaptureServer, capture_server  # noqa: F401
 
@@ -77,6 +83,18 @@ def test_unsafe_or_broken_xml_is_refused(data, words):
     with pytest.raises(InputError) as caught:
         parse_xml(data, "FILE")
     assert words in caught.value.message
+
+
+def test_deep_xml_compares_without_recursion_and_deeper_is_refused():
+    depth = MAX_XML_DEPTH
+
+    def nested(text: str, levels: int) -> bytes:
+        return ("<a>" * levels + text + "</a>" * levels).encode()
+
+    assert same_xml(nested("x", depth), nested("x", depth))
+    assert not same_xml(nested("x", depth), nested("y", depth))
+    with pytest.raises(InputError, match=f"nested more than {depth} deep"):
+        parse_xml(nested("x", depth + 1), "FILE")
 
 
 def test_oversized_xml_is_refused_before_parsing():
@@ -213,6 +231,15 @@ def test_an_unsafe_opt_is_refused_before_sending(ehrbase, cli, tmp_path):
     assert ehrbase.requests == []
 
 
+def test_a_hostile_stored_opt_after_a_409_is_one_error_line(ehrbase, cli, opt_file):
+    # A server answering the read-back with XML nested deeper than any OPT: exit 4, no traceback.
+    ehrbase.fake.stored[VITAL_SIGNS_TEMPLATE_ID] = b"<a>" * 100_000 + b"</a>" * 100_000
+    result = cli("template", "upload", str(opt_file))
+    assert result.exit_code == 4, result.stderr
+    assert "nested more than" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_list_json_and_lines(ehrbase, cli, opt_file):
     empty = cli("template", "list", "--json")
     assert empty.exit_code == 0 and json.loads(empty.stdout) == {"templates": []}
@@ -296,6 +323,17 @@ def test_sandbox_upload_twice_then_a_changed_one(cdr, cli, opt_file, tmp_path):
     result = cli("template", "upload", str(other))
     assert result.exit_code == 4
     assert f"template '{VITAL_SIGNS_TEMPLATE_ID}' is already on the server" in result.stderr
+
+
+def test_sandbox_an_opt_nested_too_deep_is_refused_before_sending(cdr, cli, tmp_path):
+    deep = tmp_path / "deep.opt"
+    deep.write_bytes(
+        b"<template>" + b"<a>" * MAX_XML_DEPTH + b"</a>" * MAX_XML_DEPTH + b"</template>"
+    )
+    result = cli("template", "upload", str(deep))
+    assert result.exit_code == 2
+    assert f"nested more than {MAX_XML_DEPTH} deep" in result.stderr
+    assert json.loads(cli("template", "list", "--json").stdout) == {"templates": []}
 
 
 def test_sandbox_list_get_and_example(cdr, cli, opt_file, tmp_path):

@@ -15,8 +15,10 @@ compares the two as XML (:func:`same_xml`): the same template is "already upload
 error; a different one with the same id is :class:`TemplateConflictError` (exit 4).
 
 XML from files and from servers is parsed by :func:`parse_xml`: at most :data:`MAX_XML_BYTES`,
-and a document with a DTD (``<!DOCTYPE``) or an entity declaration is refused before anything is
-expanded (no OPT has one; refusing them rules out entity-expansion bombs). Python's expat never
+:data:`MAX_XML_ELEMENTS` elements nested at most :data:`MAX_XML_DEPTH` deep (so a hostile answer
+cannot exhaust memory; the comparison walks the tree without recursion), and a document with a DTD
+(``<!DOCTYPE``) or an entity declaration is refused before anything is expanded (no OPT has one;
+refusing them rules out entity-expansion bombs). Python's expat never
 fetches external entities. defusedxml would do the same as a dependency; this is the few lines
 cwsctl needs of it.
 """
@@ -42,6 +44,10 @@ OPENEHR_NS = "http://schemas.openehr.org/v1"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 #: The largest OPT (or XML answer) cwsctl parses; real OPTs are a few MB at most.
 MAX_XML_BYTES = 32 * 1024 * 1024
+#: The most elements cwsctl reads from one document (a large OPT has a few hundred thousand).
+MAX_XML_ELEMENTS = 1_000_000
+#: The deepest nesting cwsctl reads (OPTs nest a few dozen levels).
+MAX_XML_DEPTH = 1000
 XML = "application/xml"
 JSON = "application/json"
 #: The web template media type of the release (EHRbase also answers it for application/json).
@@ -56,7 +62,7 @@ EXAMPLE_FORMATS: dict[str, str] = {"canonical": "JSON", "flat": "FLAT", "structu
 # -- safe XML ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class XmlNode:
     """An element as compared: ``{namespace}name``, attributes sorted (an ``xsi:type`` value by
     its local name: a re-serialiser may write ``v1:C_ATTRIBUTE`` for ``C_ATTRIBUTE``), and its
@@ -91,9 +97,36 @@ class XmlNode:
         """The element's own text pieces, joined."""
         return "".join(item for item in self.content if isinstance(item, str))
 
+    def __eq__(self, other: object) -> bool:
+        """Same name, attributes and content, all the way down; walked with a list, not
+        recursion, so nesting depth cannot exhaust the stack."""
+        if not isinstance(other, XmlNode):
+            return NotImplemented
+        pending: list[tuple[XmlNode, XmlNode]] = [(self, other)]
+        while pending:
+            first, second = pending.pop()
+            if (
+                first.name != second.name
+                or first.attributes != second.attributes
+                or len(first.content) != len(second.content)
+            ):
+                return False
+            for mine, theirs in zip(first.content, second.content, strict=True):
+                if isinstance(mine, XmlNode) and isinstance(theirs, XmlNode):
+                    pending.append((mine, theirs))
+                elif isinstance(mine, XmlNode) or isinstance(theirs, XmlNode) or mine != theirs:
+                    return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
 
 class _Refused(Exception):
     """Raised from an expat handler to stop at a construct cwsctl does not accept."""
+
+    def __init__(self, what: str, why: str = "an OPT has none") -> None:
+        super().__init__(what)
+        self.why = why
 
 
 @dataclass
@@ -118,8 +151,9 @@ def _clark(expat_name: str) -> str:
 def parse_xml(data: bytes, what: str, error: type[CwsError] = InputError) -> XmlNode:
     """Parse ``data`` into an :class:`XmlNode` tree, safely; ``error`` names ``what`` is wrong.
 
-    Refused: more than :data:`MAX_XML_BYTES`, a DTD or entity declaration, and anything that is
-    not well-formed XML.
+    Refused: more than :data:`MAX_XML_BYTES`, :data:`MAX_XML_ELEMENTS` elements or
+    :data:`MAX_XML_DEPTH` levels, a DTD or entity declaration, and anything that is not
+    well-formed XML.
     """
     if len(data) > MAX_XML_BYTES:
         raise error(f"{what} is larger than {MAX_XML_BYTES // (1024 * 1024)} MiB")
@@ -128,6 +162,7 @@ def parse_xml(data: bytes, what: str, error: type[CwsError] = InputError) -> Xml
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     stack: list[_Open] = []
     roots: list[XmlNode] = []
+    elements = 0
 
     def refuse_dtd(*_: Any) -> None:
         raise _Refused("a DTD (<!DOCTYPE …>)")
@@ -136,6 +171,12 @@ def parse_xml(data: bytes, what: str, error: type[CwsError] = InputError) -> Xml
         raise _Refused("an entity declaration (<!ENTITY …>)")
 
     def start(name: str, attrs: dict[str, str]) -> None:
+        nonlocal elements
+        elements += 1
+        if elements > MAX_XML_ELEMENTS:
+            raise _Refused(f"more than {MAX_XML_ELEMENTS} elements", "no OPT is that large")
+        if len(stack) >= MAX_XML_DEPTH:
+            raise _Refused(f"elements nested more than {MAX_XML_DEPTH} deep", "no OPT is that deep")
         if stack:
             stack[-1].flush()
         attributes = []
@@ -164,7 +205,7 @@ def parse_xml(data: bytes, what: str, error: type[CwsError] = InputError) -> Xml
     try:
         parser.Parse(data, True)
     except _Refused as exc:
-        raise error(f"{what} contains {exc}: refused (an OPT has none)") from None
+        raise error(f"{what} contains {exc}: refused ({exc.why})") from None
     except expat.ExpatError as exc:
         raise error(f"{what} is not well-formed XML: {exc}") from None
     if len(roots) != 1:
@@ -354,14 +395,7 @@ def get_template(client: ApiClient, template_id: str, fmt: TemplateFormat = "opt
     web template (``Accept: application/json``); a 404 is "no template …" (exit 4)."""
     accept = XML if fmt == "opt" else JSON
     response = client.request("GET", template_path(template_id), headers={"Accept": accept})
-    if response.ok and response.status != 204:
-        return response
-    raise _fail(
-        client,
-        response,
-        not_found=f"no template {template_id!r} on the server",
-        hint="list them with: cwsctl template list; upload one with: cwsctl template upload FILE.opt",
-    )
+    return _template_answer(client, response, template_id)
 
 
 def template_example(
@@ -372,13 +406,18 @@ def template_example(
     query = urlencode({"format": EXAMPLE_FORMATS[fmt]})
     path = f"{template_path(template_id, 'example')}?{query}"
     response = client.request("GET", path, headers={"Accept": JSON})
+    return _template_answer(client, response, template_id)
+
+
+def _template_answer(client: ApiClient, response: ApiResponse, template_id: str) -> ApiResponse:
+    """``response`` when it has a body; else the error, a 404 saying the template is missing."""
     if response.ok and response.status != 204:
         return response
     raise _fail(
         client,
         response,
         not_found=f"no template {template_id!r} on the server",
-        hint="list them with: cwsctl template list",
+        hint="list them with: cwsctl template list; upload one with: cwsctl template upload FILE.opt",
     )
 
 

@@ -114,10 +114,15 @@ class Template:
 # -- reading an OPT ---------------------------------------------------------------------------------
 def parse_opt(body: bytes) -> Template:
     """The template in ``body`` (OPT XML); FormatError(400) for what EHRbase would refuse."""
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        raise FormatError(400, "Could not parse input template: DOCTYPE/ENTITY not allowed")
+    from cwsctl.core.errors import InputError
+    from cwsctl.core.templates import parse_xml
+
+    try:  # refuses a DTD or entity in any encoding (UTF-16 too), and size, depth and count bombs
+        parse_xml(body, "the template")
+    except InputError as exc:
+        raise FormatError(400, f"Could not parse input template: {exc.message}") from None
     try:
-        root = ET.fromstring(body)  # noqa: S314 - no DOCTYPE, so no entities to expand
+        root = ET.fromstring(body)  # noqa: S314 - checked above: no DOCTYPE, no entities
     except ET.ParseError as exc:
         raise FormatError(400, f"Could not parse input template: {exc}") from None
     if root.tag not in (f"{_N}template", f"{_N}operational_template"):
