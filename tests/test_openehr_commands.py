@@ -191,6 +191,9 @@ def test_version_uid_parses_and_prints_the_same_text():
     assert str(uid) == text
     assert VersionUid.from_header(f'W/"{text}"') == uid
     assert VersionUid.from_header(f"http://h/ehr/e/composition/{text}") == uid
+    # A server's ETag naming a version past any integer is no version (int() would raise).
+    assert VersionUid.from_header('"a::b::' + "9" * 5000 + '"') is None
+    assert VersionUid.parse("a::b::" + "9" * 18).trunk == int("9" * 18)
 
 
 @pytest.mark.parametrize(
@@ -205,6 +208,7 @@ def test_version_uid_parses_and_prints_the_same_text():
         "a::::1",
         "a b::c::1",
         "a::b::1.",
+        "a::b::1" + "0" * 18,
     ],
 )
 def test_malformed_version_uids_are_input_errors(bad):

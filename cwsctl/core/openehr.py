@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 _OBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 #: A creating system's id: usually a host name, e.g. ``local.ehrbase.org``.
 _SYSTEM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
-#: A version tree id: a trunk version, or ``trunk.branch.version``.
-_VERSION = re.compile(r"[1-9][0-9]*(?:\.[1-9][0-9]*\.[1-9][0-9]*)?")
+#: A version tree id: a trunk version, or ``trunk.branch.version``; each an openEHR Integer, so
+#: at most 18 digits (a server naming a longer one would otherwise break ``int()``: exit 1).
+_VERSION = re.compile(r"[1-9][0-9]{0,17}(?:\.[1-9][0-9]{0,17}\.[1-9][0-9]{0,17})?")
 #: An AQL parameter name (written ``$name`` in the query).
 _PARAM_NAME = re.compile(r"\$?([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -226,8 +227,10 @@ def _segment(value: str) -> str:
 def _document(response: ApiResponse) -> Any:
     if not response.body:
         return None
+    from cwsctl.core.jsondoc import loads_json
+
     try:
-        return json.loads(response.body)
+        return loads_json(response.body)
     except ValueError:
         return None
 
