@@ -2,6 +2,10 @@
 
 stdout carries results (bytes, a header, a PEM, one JSON document); stderr carries everything for
 people. rich is imported only when stderr is a colour terminal, so scripts and cron stay fast.
+
+Nothing written here can drive a terminal (see :mod:`cwsctl.core.text`): every message on stderr
+has its control characters escaped, and so has everything written to stdout when stdout is a
+terminal. Written to a file or a pipe, a result stays byte for byte what it was.
 """
 
 from __future__ import annotations
@@ -61,7 +65,15 @@ class Output:
 
     # -- results (stdout) ---------------------------------------------------------------
     def data(self, payload: bytes | str) -> None:
-        """Write a result exactly as given (bytes untouched)."""
+        """Write a result: exactly as given to a file or a pipe; on a terminal, with its control
+        characters escaped (``\\x1b``, ``\\u009b``) so that no answer can drive the terminal."""
+        if self.stdout_isatty:
+            from cwsctl.core.text import printable_block, printable_bytes
+
+            shown = (
+                printable_block(payload) if isinstance(payload, str) else printable_bytes(payload)
+            )
+            payload = shown.encode("utf-8")
         raw = payload.encode("utf-8") if isinstance(payload, str) else payload
         stream = getattr(sys.stdout, "buffer", None)
         if stream is None:  # pragma: no cover - exotic stdout replacements
@@ -76,10 +88,53 @@ class Output:
         self.data(text + "\n")
 
     def json(self, document: Any) -> None:
-        """Write one JSON document to stdout."""
+        """Write one JSON document to stdout (on a terminal, C1 and other invisible characters
+        in its strings are written as ``\\u009b`` escapes: still the same JSON)."""
         import json
 
         self.line(json.dumps(document, indent=2, ensure_ascii=False))
+
+    def pretty_json(self, document: Any) -> None:
+        """A JSON document for people: highlighted on a colour terminal, else as :meth:`json`."""
+        if not (self.stdout_isatty and self.color):
+            self.json(document)
+            return
+        import json
+
+        from rich.highlighter import JSONHighlighter
+        from rich.text import Text
+
+        from cwsctl.core.text import printable_block
+
+        text = Text(printable_block(json.dumps(document, indent=2, ensure_ascii=False)))
+        text.no_wrap = True
+        text.overflow = None
+        self.console().print(JSONHighlighter()(text), soft_wrap=True)
+
+    def table(self, columns: list[Any], rows: list[list[Any]], **options: Any) -> None:
+        """A rich table on stdout. ``columns`` are names or rich ``Column`` objects; headings
+        and cells are plain text, never rich markup, with control characters escaped."""
+        from rich.table import Column, Table
+        from rich.text import Text
+
+        from cwsctl.core.text import printable, printable_block
+
+        shown = [c if isinstance(c, Column) else Column(str(c)) for c in columns]
+        for column in shown:
+            column.header = Text(printable(column.header, limit=None))
+        table = Table(*shown, **options)
+        for row in rows:
+            table.add_row(*(Text(printable_block("" if v is None else str(v))) for v in row))
+        self.console().print(table)
+
+    def console(self) -> Any:
+        """A rich Console on stdout that follows the colour decision (NO_COLOR: no styling at
+        all, so nothing but text reaches the terminal)."""
+        from rich.console import Console
+
+        if self.color:
+            return Console(highlight=False)
+        return Console(no_color=True, color_system=None, highlight=False)
 
     # -- messages (stderr) --------------------------------------------------------------
     def info(self, message: str, style: str | None = None) -> None:
@@ -100,11 +155,16 @@ class Output:
 
     def error(self, message: str, hint: str | None = None) -> None:
         """The one-line error plus its hint; never silenced."""
-        self._err(f"cwsctl: error: {message}", "bold red")
+        from cwsctl.core.text import printable
+
+        self._err(f"cwsctl: error: {printable(message, limit=None)}", "bold red")
         if hint:
-            self._err(f"hint: {hint}", "dim")
+            self._err(f"hint: {printable(hint, limit=None)}", "dim")
 
     def _err(self, message: str, style: str | None) -> None:
+        from cwsctl.core.text import printable_block
+
+        message = printable_block(message)
         if self.color and style:
             if self._console is None:
                 from rich.console import Console

@@ -41,6 +41,7 @@ from cwsctl.core.exchange import (
 from cwsctl.core.identity import SigningIdentity
 from cwsctl.core.profile import TrustedKey
 from cwsctl.core.signing import body_sha256
+from cwsctl.core.text import printable
 from cwsctl.core.urls import check_same_server, check_transport_security, resolve_url
 from cwsctl.core.verification import VerificationResult, verify_response
 
@@ -51,10 +52,9 @@ _MAX_SERVER_TEXT = 200
 
 
 def server_text(value: object) -> str:
-    """A server-supplied string made safe for a one-line message (no controls, bounded)."""
-    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_SERVER_TEXT else text[: _MAX_SERVER_TEXT - 1] + "…"
+    """A server-supplied string made safe for a one-line message: :func:`~.text.printable`,
+    the one sanitiser (controls escaped, whitespace collapsed, bounded)."""
+    return printable(value, limit=_MAX_SERVER_TEXT)
 
 
 class CwsAuth(httpx.Auth):
@@ -159,17 +159,17 @@ class ApiResponse:
             if isinstance(label, str) and label and label.lower() != self.reason.lower():
                 message = f"{server_text(label)}: {message}"
             return (message + extra)[:300]
-        return ((_error_text(document) or str(document)) + extra)[:300]
+        return (printable(_error_text(document) or str(document), limit=None) + extra)[:300]
 
     def raise_for_status(self) -> None:
         """Raise ClientRequestError for 4xx and ServerFailureError for 5xx."""
         if self.ok or self.status < 400:
             return
-        message = f"{self.status} {self.reason}: {self.error_message()}"
+        message = f"{self.status} {printable(self.reason)}: {self.error_message()}"
         current = self.headers.get("etag")
         if self.status == 412 and current:
             # A failed precondition names the version that is current now (openEHR: its uid).
-            message += f"; latest is {current.removeprefix('W/').strip(chr(34))}"
+            message += f"; latest is {printable(current.removeprefix('W/').strip(chr(34)))}"
         if self.status >= 500:
             raise ServerFailureError(
                 message, hint="the server failed; retry later or contact its administrators"
