@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from cwsctl.core import keys
-from cwsctl.core.patients import REQUIRED_FIELDS
+from cwsctl.core.patients import REQUIRED_FIELDS, WALKTHROUGH_EXAMPLE
 from cwsctl.core.profile import Config, Profile, Store, TrustedKey
 from cwsctl.core.signing import Algorithm
 from tests.hostile_server import SERVER_SIGNER, HostileServer
@@ -436,3 +436,189 @@ def test_bulk_retry_looks_up_a_cut_off_row_in_the_same_run(
         posts = [e for e in proxy.proxy_log if e[0] == "POST" and e[2] == ext]
         assert len(posts) == 1, posts  # sent once; the retry was a look-up
     stored_once(sandbox, ROWS)
+
+
+# -- issue 20: redirects, hostile JSON, local header errors, secrets that cannot be sent ------
+def test_a_redirect_is_exit_4_and_says_it_was_not_followed(cwsctl_home, hostile_profile, tmp_path):
+    """A 3xx is not a success (a POST answered 301 created nothing): exit 4, one error line."""
+    hostile_profile.behaviour = "status"
+    hostile_profile.status_line = "HTTP/1.1 301 Moved Permanently"
+    hostile_profile.extra_headers = [("Location", "https://elsewhere.example.org/ws/patients/")]
+    body = tmp_path / "b.json"
+    body.write_bytes(b"{}")
+    quiet = cwsctl(cwsctl_home, "-q", "request", "POST", "/ws/patients/", str(body))
+    assert quiet.code == 4, quiet.stderr
+    assert_one_error_line(quiet)
+    assert "redirect" in quiet.stderr and "not followed" in quiet.stderr
+    loud = cwsctl(cwsctl_home, "request", "GET", "/ws/")
+    assert loud.code == 4
+    assert "301 Moved Permanently" in loud.stderr and "redirects are not followed" in loud.stderr
+    assert len(hostile_profile.answered) == 2  # one request each: nothing followed
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+DEEP_OBJECT = b'{"error": ' + b'{"a": ' * 600 + b"1" + b"}" * 600 + b"}"
+
+
+@pytest.mark.parametrize("body", [DEEP, DEEP_OBJECT], ids=["list", "object"])
+@pytest.mark.parametrize("status", ["200 OK", "422 Unprocessable Entity"])
+def test_deeply_nested_json_never_crashes(cwsctl_home, hostile_profile, body, status):
+    """A server can send JSON nested past Python's recursion limit: it is shown as non-JSON
+    (--json: a string body; an error: the start of the body), never an internal error."""
+    hostile_profile.behaviour = "status"
+    hostile_profile.status_line = f"HTTP/1.1 {status}"
+    hostile_profile.body = body
+    for extra in ([], ["--json"], ["-v"]):
+        run = cwsctl(cwsctl_home, "request", "GET", "/ws/", *extra)
+        assert run.code == (0 if status.startswith("200") else 4), run.stderr
+        assert "Traceback" not in run.stderr and "internal error" not in run.stderr
+        if extra == ["--json"]:
+            assert isinstance(json.loads(run.stdout)["body"], str)
+    quiet = cwsctl(cwsctl_home, "-q", "request", "GET", "/ws/")
+    if status.startswith("4"):
+        assert_one_error_line(quiet)
+
+
+def _bad_local(run: Run, code: int = 2) -> None:
+    assert run.code == code, run.stderr
+    assert_one_error_line(run)
+    assert "outcome" not in run.stderr and "cut off" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["-H", "Bad Name: x"], "header"),
+        (["-H", "X-Note: caf\u00e9"], "X-Note"),
+        (["-H", "X-Note: a\r\nX-Evil: b"], "X-Note"),
+        (["-H", "X-Note: a\x7fb"], "X-Note"),
+        (["-H", "X-N\u00f6te: a"], "header"),
+    ],
+)
+def test_local_header_errors_are_exit_2_and_nothing_is_sent(
+    cwsctl_home, hostile_profile, args, says
+):
+    for method in ("GET", "POST"):
+        run = cwsctl(cwsctl_home, "request", method, "/ws/", *args)
+        _bad_local(run)
+        assert says in run.stderr
+        assert "a\r" not in run.stderr and "X-Evil" not in run.stderr
+    assert hostile_profile.connections == []
+
+
+def test_a_method_with_a_space_is_exit_2_and_nothing_is_sent(cwsctl_home, hostile_profile):
+    run = cwsctl(cwsctl_home, "request", "GE T", "/ws/")
+    _bad_local(run)
+    assert "method" in run.stderr
+    assert hostile_profile.connections == []
+
+
+def test_a_cws_username_with_a_newline_is_exit_3_before_sending(cwsctl_home, hostile_profile):
+    store = Store(cwsctl_home)
+    config = store.load()
+    config.profiles["default"].username = "tester\r\nX-Evil: 1"
+    store.save(config)
+    run = cwsctl(cwsctl_home, "request", "GET", "/ws/")
+    _bad_local(run, 3)
+    assert "username" in run.stderr and "X-Evil" not in run.stderr
+    assert hostile_profile.connections == []
+
+
+SECRET = "s3cr3t-value"
+
+
+def _openehr_profile(home: Path, url: str, auth: str, *extra: str) -> None:
+    init = [
+        "profile",
+        "init",
+        "ehr",
+        "--kind",
+        "openehr",
+        "--url",
+        url,
+        "--auth",
+        auth,
+        "--default",
+    ]
+    done = cwsctl(home, *init, *extra)
+    assert done.code == 0, done.stderr
+
+
+def cwsctl_env(home: Path, env: dict[str, str], *args: str) -> Run:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return cwsctl(home, *args)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CWSCTL_TOKEN", SECRET + "\r"),
+        ("CWSCTL_TOKEN", SECRET + "\n" + SECRET),
+        ("CWSCTL_TOKEN", "t\u00f6ken-" + SECRET),
+        ("CWSCTL_PASSWORD", SECRET + "\r"),
+        ("CWSCTL_PASSWORD", SECRET + "\n" + SECRET),
+    ],
+)
+def test_a_secret_that_cannot_be_a_header_is_exit_2_naming_its_source(
+    cwsctl_home, hostile_server, variable, value
+):
+    auth = "bearer" if variable == "CWSCTL_TOKEN" else "basic"
+    _openehr_profile(
+        cwsctl_home, hostile_server.url, auth, *(["--username", "u"] if auth == "basic" else [])
+    )
+    for args in (
+        ["request", "GET", "/ehr"],
+        ["request", "POST", "/ehr"],
+        ["-q", "request", "GET", "/ehr"],
+    ):
+        run = cwsctl_env(cwsctl_home, {variable: value}, *args)
+        _bad_local(run)
+        assert variable in run.stderr
+        assert SECRET not in run.stderr and "ken-" not in run.stderr and "ss-" not in run.stderr
+    assert hostile_server.connections == []
+
+
+def test_a_stored_token_that_cannot_be_a_header_is_exit_3(cwsctl_home, hostile_server, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"ab\x00" + SECRET.encode() + b"\n")
+    _openehr_profile(
+        cwsctl_home, hostile_server.url, "bearer", "--token-file", str(token_file), "--store-secret"
+    )
+    run = cwsctl(cwsctl_home, "request", "GET", "/ehr")
+    _bad_local(run, 3)
+    assert "stored" in run.stderr and SECRET not in run.stderr
+    assert hostile_server.connections == []
+
+
+def test_a_bulk_load_with_a_bad_token_sends_nothing_and_reports_no_secret(
+    cwsctl_home, hostile_server, tmp_path
+):
+    _openehr_profile(cwsctl_home, hostile_server.url, "bearer")
+    rows = tmp_path / "rows.csv"
+    with rows.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(WALKTHROUGH_EXAMPLE))
+        writer.writeheader()
+        writer.writerow(WALKTHROUGH_EXAMPLE)
+    report = tmp_path / "report.csv"
+    run = cwsctl_env(
+        cwsctl_home,
+        {"CWSCTL_TOKEN": SECRET + "\r"},
+        "patients",
+        "create",
+        "--from",
+        str(rows),
+        "--report",
+        str(report),
+    )
+    assert run.code == 2, run.stderr
+    assert SECRET not in run.stderr
+    assert not report.exists() or SECRET not in report.read_text()
+    assert hostile_server.connections == []

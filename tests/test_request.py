@@ -205,7 +205,8 @@ def _closed_port() -> int:
 
 
 def test_connection_refused_is_exit_6(cli, sandbox_profile):
-    result = cli("request", "GET", f"http://127.0.0.1:{_closed_port()}/ws/")
+    port = _closed_port()
+    result = cli("request", "GET", f"http://127.0.0.1:{port}/ws/", "--allow-other-host")
     assert result.exit_code == 6
     assert "cannot connect" in result.stderr
 
@@ -297,3 +298,75 @@ def test_demo_runs_clean(run_cwsctl, cwsctl_home):
         and "Verification failure (as expected)" in err
     )
     assert not cwsctl_home.exists()  # the demo left nothing in the user's home
+
+
+# -- issue 20 ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra", [[], ["-v"], ["--dry-run"], ["--curl"], ["--json"]])
+def test_a_full_url_to_another_server_gets_no_cws_signature(
+    cli, sandbox, sandbox_profile, hostile_server, extra
+):
+    """CWS signs only the body: the signature of an empty GET is a reusable credential, so it
+    never leaves for another origin (another port is another origin) without --allow-other-host."""
+    for url in (
+        f"{hostile_server.url}/ws/",
+        f"http://localhost:{sandbox.url.rsplit(':', 1)[1]}/ws/",
+    ):
+        result = cli("request", "GET", url, *extra)
+        assert result.exit_code == 2, result.stderr
+        assert "refusing to send this profile's credentials" in result.stderr
+        assert "--allow-other-host" in result.stderr
+        assert "Signature=" not in result.stdout + result.stderr
+    assert hostile_server.connections == []
+
+
+def test_allow_other_host_sends_but_never_shows_the_signature(
+    cli, sandbox, sandbox_profile, hostile_server
+):
+    url = f"{hostile_server.url}/ws/"
+    for extra in (["--dry-run"], ["--curl"]):
+        shown = cli("request", "GET", url, "--allow-other-host", *extra)
+        assert shown.exit_code == 0, shown.stderr
+        assert "Signature=" not in shown.stdout and "not shown" in shown.stdout
+    assert hostile_server.connections == []
+    sent = cli("request", "GET", url, "--allow-other-host", "--insecure-skip-verify", "-v")
+    assert sent.exit_code == 0, sent.stderr
+    assert "Access=tester, Signature=" not in sent.stderr and "not shown" in sent.stderr
+    (record,) = hostile_server.answered
+    assert record.request.headers["authorization"].startswith(
+        "CWS-SHA256 Access=tester, Signature="
+    )
+    # The profile's own server, by full URL, is home: shown as always.
+    home = cli("request", "GET", f"{sandbox.url}/ws/", "--dry-run")
+    assert "Signature=" in home.stdout
+
+
+def test_a_query_holding_a_url_is_a_path(cli, sandbox, sandbox_profile):
+    path = "/ws/patients/?external_id=http://hl7.org/fhir/sid/us-ssn|123"
+    result = cli("request", "GET", path, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["body"]["patients"] == []
+    dry = cli("request", "GET", path, "--dry-run")
+    assert dry.stdout.startswith(f"GET {sandbox.url}/ws/patients/?external_id=http")
+
+
+def test_credentials_in_a_url_are_refused_and_never_shown(cli, sandbox, sandbox_profile):
+    init = cli(
+        "profile",
+        "init",
+        "x",
+        "--url",
+        "https://alice:pw-s3cret@cws.example.org",
+        "--username",
+        "u",
+    )
+    assert init.exit_code == 2
+    assert "pw-s3cret" not in init.stderr + init.stdout and "user name or password" in init.stderr
+    full = cli("request", "GET", f"http://alice:pw-s3cret@{sandbox.url.split('://')[1]}/ws/")
+    assert full.exit_code == 2 and "pw-s3cret" not in full.stderr
+    store = Store()
+    config = store.load()
+    config.profiles["default"].url = sandbox.url.replace("://", "://alice:pw-s3cret@")
+    store.save(config)
+    stored = cli("request", "GET", "/ws/")
+    assert stored.exit_code == 3 and "pw-s3cret" not in stored.stderr
+    assert "user name or password" in stored.stderr

@@ -69,6 +69,7 @@ def open_client(
     verify_responses: bool = True,
     allow_http: bool = False,
     max_connections: int = 10,
+    allow_other_host: bool = False,
 ) -> ApiClient:
     """A client for the profile in force, authenticating as its kind does (``max_response_size``
     None: 64 MiB). ``verify_responses`` matters only to kinds whose servers sign answers."""
@@ -87,6 +88,7 @@ def open_client(
         max_response_size=max_response_size,
         allow_http=allow_http,
         max_connections=max_connections,
+        allow_other_host=allow_other_host,
     )
 
 

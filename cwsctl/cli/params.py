@@ -25,6 +25,7 @@ from cwsctl.core.urls import (
     HOST_RULE,
     URL_RULE,
     has_control_character,
+    is_full_url,
     is_valid_host,
     parse_http_url,
 )
@@ -202,7 +203,7 @@ class PathOrUrl(HttpUrl):
 
     def __call__(self, value: Any) -> str:
         text = str(value)
-        if "://" in text:
+        if is_full_url(text):
             return super().__call__(text)
         if has_control_character(text):
             raise _bad(f"must not hold control characters, not {text!r}")

@@ -94,6 +94,16 @@ def request(
         ),
     ] = False,
     allow_http: AllowHttpOption = False,
+    allow_other_host: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-host",
+            help="Let a full URL on another server than the profile's (scheme, host, port) get "
+            "this profile's credentials: the CWS signature, the bearer token or the password. "
+            "Refused without it (exit 2); -v, --dry-run and --curl never show them for another "
+            "host.",
+        ),
+    ] = False,
     show_body: Annotated[
         bool, typer.Option("--show-body", help="With -v, show body values instead of masking them.")
     ] = False,
@@ -125,4 +135,5 @@ def request(
         allow_http,
         show_body,
         passphrase_file,
+        allow_other_host,
     )

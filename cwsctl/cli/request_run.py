@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 
 def parse_header_option(values: list[str]) -> dict[str, str]:
     """Turn repeated ``-H 'Name: value'`` options into a dict."""
+    from cwsctl.core.headers import check_name, check_value
+
     headers: dict[str, str] = {}
     for value in values:
         name, sep, content = value.partition(":")
         if not sep or not name.strip():
-            raise InputError(f"bad header {value!r}", hint="use -H 'Name: value'")
-        headers[name.strip()] = content.strip()
+            raise InputError("bad header: -H needs 'Name: value'", hint="use -H 'Name: value'")
+        name = check_name(name.strip())
+        headers[name] = check_value(content.strip(" \t"), f"-H {name}")
     return headers
 
 
@@ -46,6 +49,7 @@ def request_command(
     allow_http: bool = False,
     show_body: bool = False,
     passphrase_file: Path | None = None,
+    allow_other_host: bool = False,
 ) -> None:
     """`cwsctl request` with its parameters named as in the Typer command (see its help)."""
     body = read_body(body_file) if body_file is not None else b""
@@ -63,6 +67,7 @@ def request_command(
         max_response_size=max_response_size,
         verify_responses=not (insecure_skip_verify or offline),
         allow_http=allow_http,
+        allow_other_host=allow_other_host,
     ) as client:
         if offline:
             prepared = client.build_request(method, path, body, extra_headers)
@@ -114,17 +119,22 @@ def show_response(
 
 def status_line(response: ApiResponse, client: ApiClient) -> str:
     """``201 Created · verified by coremr (SHA256:…) · 12 ms``."""
+    from cwsctl.core.client import server_text
+
     trust = client.trust_description(response)
-    return f"{response.status} {response.reason} · {trust} · {response.elapsed_ms:.0f} ms"
+    line = f"{response.status} {server_text(response.reason)} · {trust}"
+    if 300 <= response.status < 400:
+        line += " · a redirect: redirects are not followed"
+    return f"{line} · {response.elapsed_ms:.0f} ms"
 
 
 def response_document(response: ApiResponse) -> dict[str, object]:
     """The ``--json`` envelope of a response."""
-    import json
+    from cwsctl.core.jsondoc import loads_json
 
     check = response.verification
     try:
-        body: object = json.loads(response.body) if response.body else None
+        body: object = loads_json(response.body) if response.body else None
     except ValueError:
         body = response.body.decode("utf-8", "replace")
     return {
@@ -161,10 +171,10 @@ def _emit(out: Output, response: ApiResponse, output: Path | None) -> None:
 
 def _write_body(out: Output, body: bytes) -> None:
     if out.stdout_isatty and body:
-        import json
+        from cwsctl.core.jsondoc import loads_json
 
         try:
-            json.loads(body)
+            loads_json(body)
         except ValueError:
             pass
         else:

@@ -38,16 +38,20 @@ from cwsctl.core.exchange import (
     size_cap,
     time_left,
 )
+from cwsctl.core.headers import check_method, check_name, check_value
 from cwsctl.core.identity import SigningIdentity
+from cwsctl.core.jsondoc import loads_json
 from cwsctl.core.profile import TrustedKey
 from cwsctl.core.signing import body_sha256
 from cwsctl.core.text import printable
-from cwsctl.core.urls import check_same_server, check_transport_security, resolve_url
+from cwsctl.core.urls import check_same_server, check_transport_security, origin, resolve_url
 from cwsctl.core.verification import VerificationResult, verify_response
 
 #: Methods that may be re-sent after the request went out without changing anything twice.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 VERIFICATION_EXTENSION = "cwsctl.verification"
+#: What -v, --dry-run and --curl show instead of a credential meant for another host.
+OTHER_HOST_CREDENTIAL = "<not shown: computed for another host (--allow-other-host)>"
 _MAX_SERVER_TEXT = 200
 
 
@@ -143,12 +147,10 @@ class ApiResponse:
         return f"{text} ({self.explanation})" if text else self.explanation
 
     def _server_message(self) -> str:
-        import json
-
         try:
-            document = json.loads(self.body)
+            document = loads_json(self.body)
         except ValueError:
-            return self.body[:200].decode("utf-8", "replace").strip()
+            return server_text(self.body[:200].decode("utf-8", "replace"))
         hint = document.get("hint") if isinstance(document, dict) else None
         extra = f"; hint: {server_text(hint)}" if isinstance(hint, str) and hint.strip() else ""
         if isinstance(document, dict) and isinstance(document.get("message"), str):
@@ -162,9 +164,22 @@ class ApiResponse:
         return (printable(_error_text(document) or str(document), limit=None) + extra)[:300]
 
     def raise_for_status(self) -> None:
-        """Raise ClientRequestError for 4xx and ServerFailureError for 5xx."""
-        if self.ok or self.status < 400:
+        """Raise ClientRequestError for 3xx and 4xx, ServerFailureError for 5xx.
+
+        A redirect is not followed (credentials stay with the server they were meant for) and is
+        not a success: a POST answered 301 created nothing.
+        """
+        if self.ok or self.status < 300:
             return
+        if self.status < 400:
+            location = self.headers.get("location")
+            where = f" to {server_text(location)}" if location else ""
+            raise ClientRequestError(
+                f"{self.status} {server_text(self.reason)}: the server answered with a "
+                f"redirect{where}; redirects are not followed and a redirect is not a success",
+                hint="use the URL the profile's server means (cwsctl profile init NAME --url …), "
+                "or give that path",
+            )
         message = f"{self.status} {printable(self.reason)}: {self.error_message()}"
         current = self.headers.get("etag")
         if self.status == 412 and current:
@@ -223,9 +238,9 @@ class ApiClient:
     signs_responses = False
     #: What to call the server in messages.
     server_name = "the server"
-    #: Whether the kind's auth attaches a reusable credential (token, password): then requests
-    #: may only go to the profile's own server.
-    credentials_stay_home = False
+    #: Whether the kind's auth attaches a reusable credential (token, password, a CWS signature):
+    #: then requests may only go to the profile's own server, unless ``allow_other_host``.
+    credentials_stay_home = True
 
     def __init__(
         self,
@@ -235,12 +250,14 @@ class ApiClient:
         timeout: float = DEFAULT_TIMEOUT,
         max_response_size: int | None = None,
         allow_http: bool = False,
+        allow_other_host: bool = False,
         retries: int = 2,
         max_connections: int = 10,
         audit: AuditLog | None = None,
     ) -> None:
         self.base_url = base_url
         self.allow_http = allow_http
+        self.allow_other_host = allow_other_host
         self.retries = retries
         self.timeout = timeout
         self.max_response_size = size_cap(max_response_size)
@@ -298,11 +315,14 @@ class ApiClient:
     ) -> httpx.Request:
         """The request as it will be sent, before the kind's authentication is added."""
         url = self._checked_url(path_or_url)
+        check_method(method.upper())
         merged = {k: v for k, v in (headers or {}).items()}
         if any(k.lower() == "authorization" for k in merged):
             raise InputError(
                 "the Authorization header is computed by cwsctl; do not pass it with -H"
             )
+        for key, value in merged.items():
+            check_value(value, f"the {check_name(key)} header")
         given = {k.lower() for k in merged}
         for key, value in self.default_headers(url, body).items():
             if key.lower() not in given:
@@ -320,11 +340,15 @@ class ApiClient:
         if url is None:
             url = resolve_url(self.base_url, path_or_url)
             check_transport_security(url, allow_http=self.allow_http)
-            if self.credentials_stay_home and self.base_url:
+            if self.credentials_stay_home and self.base_url and not self.allow_other_host:
                 check_same_server(url, self.base_url)
             if "?" not in path_or_url and len(self._urls) < 64:
                 self._urls[path_or_url] = url
         return url
+
+    def at_home(self, url: str) -> bool:
+        """True when ``url`` is on the profile's own server (or the profile names none)."""
+        return not self.base_url or origin(url) == origin(self.base_url)
 
     def request(
         self,
@@ -351,6 +375,15 @@ class ApiClient:
                 try:
                     response = self._http.send(request, auth=self._auth)
                     break
+                except (httpx.LocalProtocolError, UnicodeEncodeError):
+                    # Checked before sending (core/headers.py); this is the last line of
+                    # defence. h11's own message quotes the value, which may be a secret.
+                    self._record(request, None, started, "InputError")
+                    raise InputError(
+                        "a request header cannot be sent (a line break, NUL or non-ASCII "
+                        "character in a header value); nothing was sent",
+                        hint="check the -H values and the profile's credentials",
+                    ) from None
                 except httpx.HTTPError as exc:
                     error = self.network_error(exc, method, str(request.url))
                     pause = 0.2 * attempt
@@ -374,11 +407,19 @@ class ApiClient:
             body=response.content,
             verification=response.extensions.get(VERIFICATION_EXTENSION),
             elapsed_ms=(time.perf_counter() - started) * 1000,
-            request_headers=dict(request.headers.items()),
+            request_headers=self.shown_headers(request),
             explanation=self.explain(response.status_code),
         )
         self._record(request, result, started)
         return result
+
+    def shown_headers(self, request: httpx.Request) -> dict[str, str]:
+        """The request's headers as ``-v`` may show them: a credential computed for another
+        host (``--allow-other-host``) is shown nowhere."""
+        headers = dict(request.headers.items())
+        if "authorization" in headers and not self.at_home(str(request.url)):
+            headers["authorization"] = OTHER_HOST_CREDENTIAL
+        return headers
 
     def network_error(self, exc: httpx.HTTPError, method: str, url: str) -> CwsError:
         """:func:`network_error`, with this client's timeout and size cap in the message."""
@@ -428,6 +469,12 @@ class CwsClient(ApiClient):
                 "no pinned CorEMR key: responses cannot be verified",
                 hint="pin the server's public key: cwsctl profile trust COREMR_PUBLIC_KEY.pem",
             )
+        check_value(
+            identity.username,
+            "the profile's username",
+            ProfileError,
+            hint="fix it: cwsctl profile init NAME --username USER",
+        )
         super().__init__(CwsAuth(identity, trusted, verify_responses=verify_responses), **options)
         self.identity = identity
 
@@ -441,7 +488,10 @@ class CwsClient(ApiClient):
         """The exact signed request that would be sent (``request()`` leaves signing to
         ``CwsAuth``, so each body sent is signed exactly once)."""
         request = super().build_request(method, path_or_url, body, headers)
-        request.headers["Authorization"] = self.identity.authorize(body).format()
+        if self.at_home(str(request.url)):
+            request.headers["Authorization"] = self.identity.authorize(body).format()
+        else:  # --allow-other-host: signed when sent, shown nowhere (it is a replayable credential)
+            request.headers["Authorization"] = OTHER_HOST_CREDENTIAL
         return request
 
     def unauthorized_hint(self) -> str:

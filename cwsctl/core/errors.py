@@ -7,7 +7,8 @@ The tree::
     ├── LocalKeyError             3  missing key, bad PEM, wrong passphrase, unsafe permissions
     │   └── ProfileError          3  no such profile, incomplete profile, no pinned server key
     │       └── LoginRequiredError 3  OpenEMR needs a person to sign in (cwsctl oauth login)
-    ├── ClientRequestError        4  the server answered 4xx
+    ├── ClientRequestError        4  the server answered 4xx, or 3xx (redirects are not followed
+    │                                and a redirect is not a success)
     ├── ServerFailureError        5  the server answered 5xx
     ├── NetworkError              6  connection refused, DNS, TLS, timeout
     └── SignatureError            7  a signature did not verify, or a response carried none
@@ -67,7 +68,8 @@ class LoginRequiredError(ProfileError):
 
 
 class ClientRequestError(CwsError):
-    """The server rejected the request (HTTP 4xx)."""
+    """The server rejected the request (HTTP 4xx), or answered with a redirect (3xx), which
+    cwsctl does not follow."""
 
     exit_status = ExitStatus.HTTP_4XX
 

@@ -74,6 +74,7 @@ from cwsctl.core.errors import (
 )
 from cwsctl.core.exchange import DEFAULT_TIMEOUT, bounded_client, time_left
 from cwsctl.core.files import atomic_write, ensure_private_dir
+from cwsctl.core.jsondoc import loads_json
 from cwsctl.core.jwks import JWS_ALGORITHM, key_id
 from cwsctl.core.profile import DISCOVERED_FIELDS, Profile, Store, validate_profile_name
 
@@ -611,7 +612,7 @@ class TokenRefusedError(ClientRequestError):
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:
     try:
-        data = json.loads(response.content)
+        data = loads_json(response.content)
     except (ValueError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None

@@ -21,8 +21,10 @@ def masked_body(body: bytes) -> str:
     """A body for display with its field values masked; non-JSON bodies are summarised."""
     if not body:
         return "(empty body)"
+    from cwsctl.core.jsondoc import loads_json
+
     try:
-        document = json.loads(body)
+        document = loads_json(body)
     except ValueError:
         return f"({len(body)} bytes, not JSON; hidden)"
     return json.dumps(mask_values(document), ensure_ascii=False)

@@ -18,6 +18,19 @@ URL_RULE = "must be an http:// or https:// URL with a valid host (and port 1-655
 HOST_RULE = "must be a host name or an IP address"
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+# A scheme at the very start (RFC 3986): what makes PATH_OR_URL a full URL. A query string may
+# hold "://" (an identifier system such as http://hl7.org/fhir/sid/us-ssn) and stays a path.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_full_url(text: str) -> bool:
+    """True when ``text`` starts with a scheme and ``://`` (else it is a path)."""
+    return bool(_SCHEME.match(text))
+
+
+def without_userinfo(text: str) -> str:
+    """``text`` with any ``user:password@`` of its authority replaced by ``***@``, for messages."""
+    return re.sub(r"(://)[^/?#]*@", r"\1***@", text)
 
 
 def has_control_character(text: str) -> bool:
@@ -70,7 +83,7 @@ def parse_http_url(text: str) -> str:
     than http/https, no host, a host that is not a name or IP address (``http://[::1``), and a
     port that is not a number from 1 to 65535.
     """
-    shown = repr(text)
+    shown = repr(without_userinfo(text))
     if has_control_or_space(text):
         raise InputError(f"{shown} is not a valid URL: it holds a space or control character")
     try:
@@ -87,6 +100,13 @@ def parse_http_url(text: str) -> str:
         raise InputError(f"{shown} has an invalid host {host!r}")
     if port == 0:
         raise InputError(f"{shown} has port 0; a port must be from 1 to 65535")
+    if "@" in parts.netloc:
+        raise InputError(
+            f"{shown} holds a user name or password (user:password@host): cwsctl does not take "
+            "credentials from a URL, where they show in listings, logs and errors",
+            hint="give the URL without them; credentials come from the profile (keys, "
+            "CWSCTL_PASSWORD_FILE, CWSCTL_TOKEN_FILE, cwsctl oauth login)",
+        )
     return text
 
 
@@ -106,7 +126,7 @@ def resolve_url(base_url: str, path_or_url: str) -> str:
     A malformed full URL raises :class:`InputError`; a malformed base URL (a hand-edited
     config) raises :class:`ProfileError`.
     """
-    if "://" in path_or_url:
+    if is_full_url(path_or_url):
         return parse_http_url(path_or_url)
     if not base_url:
         raise ProfileError(
@@ -155,5 +175,6 @@ def check_same_server(url: str, base_url: str) -> None:
         raise InputError(
             f"refusing to send this profile's credentials to {urlsplit(url).netloc}: "
             f"the profile's server is {scheme}://{host}:{port}",
-            hint="give a path on the profile's server, or use a profile made for that server",
+            hint="give a path on the profile's server, use a profile made for that server, or "
+            "pass --allow-other-host if you mean to send them there",
         )

@@ -31,6 +31,7 @@ supported by the sandbox" (the API answers 400).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -255,8 +256,8 @@ class _Parser:
                     raise _unexpected(token, "an alias name")
                 alias = token.text
             columns.append(Column(alias or f"#{len(columns)}", path))
-            token = self.peek()
-            if token is None or token.text != ",":
+            after = self.peek()
+            if after is None or after.text != ",":
                 break
             self.at += 1
         self.expect("from")
@@ -273,8 +274,8 @@ class _Parser:
                 path = self.path()
                 direction = self.keyword("asc", "ascending", "desc", "descending")
                 order.append((path, direction in ("desc", "descending")))
-                token = self.peek()
-                if token is None or token.text != ",":
+                after = self.peek()
+                if after is None or after.text != ",":
                     break
                 self.at += 1
         limit = offset = None
@@ -282,10 +283,10 @@ class _Parser:
             limit = self.whole_number("LIMIT")
             if self.keyword("offset"):
                 offset = self.whole_number("OFFSET")
-        token = self.peek()
-        if token is not None:
+        rest = self.peek()
+        if rest is not None:
             self.check_supported()
-            raise unsupported(f"{token.text!r} at offset {token.start}")
+            raise unsupported(f"{rest.text!r} at offset {rest.start}")
         query = Query(
             tuple(columns),
             ehr_var,
@@ -404,6 +405,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _row_key(path: Path, row: dict[str, Any]) -> tuple[int, Any]:
+    return _sort_key(path.value(row))
+
+
 def _sort_key(value: Any) -> tuple[int, Any]:
     if value is None:
         return (0, 0)
@@ -429,7 +434,8 @@ def execute(
     """
     rows: list[dict[str, Any]]
     if query.composition_variable is None:
-        rows = [{query.ehr_variable: doc} for _, doc in ehrs]
+        ehr_variable = query.ehr_variable or ""  # the parser sets one variable at least
+        rows = [{ehr_variable: doc} for _, doc in ehrs]
     else:
         by_ehr: dict[str, list[dict[str, Any]]] = {}
         for ehr_id, doc in compositions:
@@ -450,7 +456,7 @@ def execute(
         condition.value.resolve(parameters)  # a missing parameter is an error even with no rows
     rows = [r for r in rows if all(_holds(c, r, parameters) for c in query.where)]
     for path, descending in reversed(query.order):
-        rows.sort(key=lambda r, p=path: _sort_key(p.value(r)), reverse=descending)
+        rows.sort(key=functools.partial(_row_key, path), reverse=descending)
     start = query.offset or 0
     end = None if query.limit is None else start + query.limit
     return [[c.path.value(r) for c in query.columns] for r in rows[start:end]]

@@ -473,7 +473,7 @@ def _row_version(row: tuple[object, ...]) -> Version:
         int(number),  # type: ignore[call-overload]
         str(ehr_id),
         str(kind),
-        bytes(body),  # type: ignore[arg-type]
+        bytes(body),  # type: ignore[call-overload]
         None if name is None else str(name),
         None if template_id is None else str(template_id),
         None if node_id is None else str(node_id),

@@ -156,10 +156,10 @@ def kind_of(profile: Profile) -> Kind:
 
 def json_field(body: bytes, *path: str | int) -> Any:
     """``body``'s JSON value at ``path`` (keys and list indexes), or None if it is not there."""
-    import json
+    from cwsctl.core.jsondoc import loads_json
 
     try:
-        value: Any = json.loads(body)
+        value: Any = loads_json(body)
     except ValueError:
         return None
     for step in path:

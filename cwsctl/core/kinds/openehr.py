@@ -200,12 +200,14 @@ def basic_authorization(username: str, password: str) -> str:
 
 def credentials(profile: Profile, store: Store) -> httpx.Auth | None:
     """The profile's ``auth``: nothing, basic as ``username``, or a bearer token."""
-    from cwsctl.core.secrets import SECRET_FOR_AUTH, resolve_secret
+    from cwsctl.core.errors import ProfileError
+    from cwsctl.core.secrets import SECRET_FOR_AUTH, check_secret, resolve_secret
 
     if profile.auth == "none":
         return None
     secret = resolve_secret(store, profile.name, SECRET_FOR_AUTH[profile.auth])
     if profile.auth == "basic":
+        check_secret(profile.username, "username", f"profile {profile.name!r}", ProfileError)
         return SecretAuth(basic_authorization(profile.username, secret))
     return SecretAuth(f"Bearer {secret}")
 
