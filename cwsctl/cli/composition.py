@@ -389,23 +389,22 @@ def history(
         return
     columns = ("version_uid", "time_committed", "change_type", "committer")
     if out.stdout_isatty:
-        from rich.console import Console
-        from rich.table import Column, Table
+        from rich.table import Column
 
-        widest = max((len(row["version_uid"] or "") for row in rows), default=11)
+        from cwsctl.core.text import printable_block
+
+        widest = max((len(printable_block(row["version_uid"] or "")) for row in rows), default=11)
         shown = [c for c in columns if c == "version_uid" or any(row[c] for row in rows)]
-        table = Table(
-            *(
+        out.table(
+            [
                 Column(c, no_wrap=True, min_width=widest)
                 if c == "version_uid"
                 else Column(c, overflow="fold")
                 for c in shown
-            ),
+            ],
+            [[row[c] for c in shown] for row in rows],
             title=f"composition {object_id}",
         )
-        for row in rows:
-            table.add_row(*(row[c] or "" for c in shown))
-        Console(no_color=not out.color).print(table)
     else:
         out.data("".join("\t".join(row[c] or "" for c in columns) + "\n" for row in rows))
     out.info(f"{len(rows)} version(s)")

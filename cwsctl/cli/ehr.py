@@ -5,7 +5,6 @@ httpx is imported inside the commands (through open_client), so `cwsctl --help` 
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -64,9 +63,7 @@ def _print_ehr(out: Output, document: dict[str, object] | None, ehr_id: str, raw
     if out.settings.json:
         out.json(document if document is not None else {"ehr_id": {"value": ehr_id}})
     elif out.stdout_isatty and document is not None:
-        from rich.console import Console
-
-        Console(no_color=not out.color).print_json(json.dumps(document))
+        out.pretty_json(document)  # control characters escaped, C1 too (cli/output.py)
     else:
         out.data(raw if raw.endswith(b"\n") or not raw else raw + b"\n")
 

@@ -122,6 +122,8 @@ class Output:
         shown = [c if isinstance(c, Column) else Column(str(c)) for c in columns]
         for column in shown:
             column.header = Text(printable(column.header, limit=None))
+        if isinstance(options.get("title"), str):
+            options["title"] = Text(printable(options["title"], limit=None))
         table = Table(*shown, **options)
         for row in rows:
             table.add_row(*(Text(printable_block("" if v is None else str(v))) for v in row))

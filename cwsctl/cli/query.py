@@ -122,13 +122,10 @@ class RowWriter:
         self._write(buffer.getvalue())
 
     def _table(self, rows: list[dict[str, Any]]) -> None:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(*(self.names or []))
-        for row in rows:
-            table.add_row(*(_table_text(v) for v in row.values()))
-        Console(no_color=not self.out.color).print(table)
+        # Column names and cells come from the server: Output.table shows them as plain text.
+        self.out.table(
+            list(self.names or []), [[_table_text(v) for v in row.values()] for row in rows]
+        )
 
     def _write(self, text: str) -> None:
         if text:

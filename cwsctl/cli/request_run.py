@@ -174,13 +174,11 @@ def _write_body(out: Output, body: bytes) -> None:
         from cwsctl.core.jsondoc import loads_json
 
         try:
-            loads_json(body)
+            document = loads_json(body)
         except ValueError:
             pass
         else:
-            from rich.console import Console
-
-            Console(no_color=not out.color).print_json(body.decode("utf-8"))
+            out.pretty_json(document)  # control characters escaped, C1 too (cli/output.py)
             return
     out.data(body)
 

@@ -58,16 +58,13 @@ def list_(
         return
     columns = ("template_id", "concept", "archetype_id", "created_timestamp")
     if out.stdout_isatty and rows:
-        from rich.console import Console
-        from rich.table import Column, Table
+        from rich.table import Column
 
-        table = Table(
-            *(Column(c, overflow="fold", no_wrap=c == "template_id") for c in columns),
+        out.table(
+            [Column(c, overflow="fold", no_wrap=c == "template_id") for c in columns],
+            [[row[c] for c in columns] for row in rows],
             title="templates",
         )
-        for row in rows:
-            table.add_row(*(row[c] or "" for c in columns))
-        Console(no_color=not out.color).print(table)
     else:
         out.data("".join("\t".join(row[c] or "" for c in columns) + "\n" for row in rows))
     out.info(f"{len(rows)} template(s)")
