@@ -36,6 +36,8 @@ def audit(
     if out.settings.json:
         out.json({"profile": name, "path": str(log.path), "entries": list(entries)})
         return
+    from cwsctl.core.text import printable
+
     count = 0
     for entry in entries:
         count += 1
@@ -44,10 +46,12 @@ def audit(
             if entry.get("verified")
             else entry.get("error") or "NOT verified"
         )
-        out.line(
-            f"{entry['time']}  {entry['method']:<6} {entry['path']}  {entry['status'] or '-'}  "
-            f"{trust}  {entry['duration_ms']:.0f} ms"
+        # The log is a file anyone with access may have edited: every field shown as plain text.
+        time, method, path, status, trust = (
+            printable(v, limit=None)
+            for v in (entry["time"], entry["method"], entry["path"], entry["status"] or "-", trust)
         )
+        out.line(f"{time}  {method:<6} {path}  {status}  {trust}  {entry['duration_ms']:.0f} ms")
     if not count:
         out.info(
             f"no audit entries for profile {name!r}" + (f" in the last {since}" if since else "")

@@ -44,6 +44,7 @@ def doctor(
     """
     from cwsctl.core.doctor import run_checks, worst_exit_status
     from cwsctl.core.profile import Store
+    from cwsctl.core.text import printable
 
     checks = []
     for check in run_checks(
@@ -57,9 +58,10 @@ def doctor(
         if out.settings.json or (out.settings.quiet and check.ok):
             continue
         mark = "✓" if check.ok else "✗"
-        out.line(f"{mark} {check.name}: {check.detail}")
+        # Details quote servers and stored settings: one plain line each, wherever it goes.
+        out.line(f"{mark} {check.name}: {printable(check.detail, limit=None)}")
         if check.fix:
-            out.line(f"    fix: {check.fix}")
+            out.line(f"    fix: {printable(check.fix, limit=None)}")
     if out.settings.json:
         out.json({"ok": all(c.ok for c in checks), "checks": [c.to_json() for c in checks]})
     failures = [c for c in checks if not c.ok]
