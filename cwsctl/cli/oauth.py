@@ -245,10 +245,9 @@ def register(
         " ".join(scope.split()) if scope else oauth.effective_scope(profile), extra
     )
     if client_id is not None:
-        if not client_id.strip() or any(not ch.isprintable() or ch.isspace() for ch in client_id):
-            raise InputError(
-                f"--client-id must be a non-empty id without spaces, not {client_id!r}"
-            )
+        problem = oauth.client_id_problem(client_id)
+        if problem is not None:
+            raise InputError(f"--client-id is not a usable OAuth client id: {problem}")
         given = wanted_scope if (scope or extra) else None
         recorded = oauth.record_client(store, profile.name, client_id, scope=given)
         if out.settings.json:

@@ -26,6 +26,7 @@ from cwsctl.core.profile import (
     validate_profile_name,
 )
 from cwsctl.core.signing import Algorithm
+from cwsctl.core.text import printable
 
 app = typer.Typer(
     help="Create, list, select profiles and pin CorEMR's public key.", no_args_is_help=True
@@ -185,6 +186,12 @@ def init(
     from cwsctl.core.kinds import kind_of
 
     validate_profile_name(name)
+    if client_id is not None:
+        from cwsctl.core.oauth import client_id_problem
+
+        problem = client_id_problem(client_id)
+        if problem is not None:
+            raise InputError(f"--client-id is not a usable OAuth client id: {problem}")
     store = Store()
     config = store.load()
     existing = config.profiles.get(name) or Profile(name)
@@ -258,7 +265,8 @@ def list_profiles(out: Output) -> None:
     for doc in documents:
         mark = "*" if doc["default"] else " "
         who = doc.get("username") or doc.get("client_id") or ""
-        out.line(f"{mark} {doc['name']}\t{doc['kind']}\t{doc['url']}\t{who}")
+        shown = (printable(v, limit=None) for v in (doc["name"], doc["kind"], doc["url"], who))
+        out.line(mark + " " + "\t".join(shown))
 
 
 @app.command("show")
@@ -283,7 +291,7 @@ def show(
     out.line(f"name:        {doc['name']}{' (default)' if doc['default'] else ''}")
     for key, value in doc.items():
         if key not in ("name", "default", "key_path", "key_fingerprint", "trusted"):
-            label = key + ":"
+            label, value = key + ":", printable(value, limit=None)
             out.line(f"{label:<13}{value}" if len(label) < 13 else f"{label} {value}")
     if "key_path" in doc:
         out.line(f"private key: {doc['key_path'] or '(none: run cwsctl keygen)'}")
@@ -294,7 +302,7 @@ def show(
     if not profile.trusted:
         out.line("trusted:     (none: run cwsctl profile trust COREMR_PUBLIC_KEY.pem)")
     for t in profile.trusted:
-        out.line(f"trusted:     {t.username} {t.fingerprint}")
+        out.line(f"trusted:     {printable(t.username, limit=None)} {t.fingerprint}")
 
 
 @app.command("use")
