@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
+from email.utils import formatdate
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -35,9 +37,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cwsctl.sandbox.app import MAX_BODY_BYTES, Answer, EnvelopeApp, Scope, printable
-from cwsctl.sandbox.faults import Faults
+from cwsctl.sandbox.app import (
+    MAX_BODY_BYTES,
+    Answer,
+    EnvelopeApp,
+    Receive,
+    Scope,
+    Send,
+    printable,
+)
+from cwsctl.sandbox.faults import FaultDice, Faults
 from cwsctl.sandbox.openemr_api import ApiEndpoints, outcome
+from cwsctl.sandbox.openemr_export import (
+    DEFAULT_EXPORT_TTL_S,
+    OPENEMR_MODE,
+    ExportFaults,
+    ExportService,
+    FileAnswer,
+)
 from cwsctl.sandbox.openemr_oauth import PHP_DEFAULT_TYPE, OAuthEndpoints, OpenEmrState
 from cwsctl.sandbox.openemr_scopes import V703, V704, VERSIONS
 from cwsctl.sandbox.openemr_store import ACCESS, REFRESH, Client, OpenEmrStore, Patient
@@ -51,11 +68,22 @@ ACCESS_DENIED = "The resource owner or authorization server denied the request."
 LOGGED_OUT = "Refresh Token revoked or logged out"
 
 
-def openemr_routes(state: OpenEmrState) -> Starlette:
-    """The OAuth2, discovery, Standard API and FHIR endpoints of one site, never redirecting."""
+def openemr_routes(state: OpenEmrState, export: ExportService | None = None) -> Starlette:
+    """The OAuth2, discovery, Standard API, FHIR and bulk export endpoints of one site, never
+    redirecting (no export routes without ``export``)."""
     oauth = OAuthEndpoints(state)
     api = ApiEndpoints(state)
     site = state.site
+    fhir = f"/apis/{site}/fhir"
+    export_routes = []
+    if export is not None:  # before Patient/{id}: Patient/$export is not a patient id
+        export_routes = [
+            Route(f"{fhir}/$export", export.kickoff_system, methods=["GET"]),
+            Route(f"{fhir}/Patient/$export", export.kickoff_patient, methods=["GET"]),
+            Route(f"{fhir}/Group/{{id}}/$export", export.kickoff_group, methods=["GET"]),
+            Route(f"{fhir}/$bulkdata-status", export.status, methods=["GET", "DELETE"]),
+            Route(f"{fhir}/Binary/{{id}}", export.binary_route, methods=["GET"]),
+        ]
     router = Starlette(
         routes=[
             Route(
@@ -74,6 +102,7 @@ def openemr_routes(state: OpenEmrState) -> Starlette:
             Route(f"/apis/{site}/api/patient", api.patients, methods=["GET", "POST"]),
             Route(f"/apis/{site}/api/patient/{{uuid}}", api.patient, methods=["GET"]),
             Route(f"/apis/{site}/fhir/metadata", api.metadata, methods=["GET"]),
+            *export_routes,
             Route(f"/apis/{site}/fhir/Patient", api.fhir_patients, methods=["GET", "POST"]),
             Route(f"/apis/{site}/fhir/Patient/{{id}}", api.fhir_patient, methods=["GET"]),
         ],
@@ -104,17 +133,27 @@ class OpenEmrApp(EnvelopeApp):
         faults: Faults | None = None,
         access_log: bool = True,
         max_body: int = MAX_BODY_BYTES,
+        export: ExportService | None = None,
     ) -> None:
         super().__init__(
-            openemr_routes(state), faults=faults, access_log=access_log, max_body=max_body
+            openemr_routes(state, export), faults=faults, access_log=access_log, max_body=max_body
         )
         self.state = state
+        self.export = export
         site = re.escape(state.site)
-        self._patient_path = re.compile(rf"^/apis/{site}/(api/patient|fhir/Patient)(/.*)?$")
+        self._patient_path = re.compile(
+            rf"^/apis/{site}/(api/patient|fhir/Patient)(/[^$].*)?$"  # not Patient/$export
+        )
+        self._binary_path = re.compile(rf"^/apis/{site}/fhir/Binary/([^/]*)$")
         self._public = {
             f"/apis/{state.site}/fhir/metadata",
             f"/apis/{state.site}/fhir/.well-known/smart-configuration",
         }
+
+    def close(self) -> None:
+        """Stop export jobs still running (spec mode) and close their store."""
+        if self.export is not None:
+            self.export.close()
 
     def _faulty(self, path: str) -> bool:
         return self._patient_path.match(path) is not None
@@ -144,6 +183,40 @@ class OpenEmrApp(EnvelopeApp):
             return client, self._logged_out()
         scope.setdefault("state", {})["grant"] = grant
         return client, None
+
+    async def _dispatch(self, scope: Scope, body: bytes) -> Answer:
+        """Binary downloads are streamed from disk, not captured whole like other answers."""
+        match = self._binary_path.match(scope["path"])
+        if self.export is not None and match is not None and scope["method"] == "GET":
+            grant = scope.get("state", {}).get("grant")
+            return self.export.binary(grant, match.group(1))
+        return await super()._dispatch(scope, body)
+
+    async def _respond(
+        self,
+        send: Send,
+        answer: Answer,
+        dice: FaultDice | None,
+        log: Callable[[str], None],
+        unread: Receive | None = None,
+    ) -> None:
+        if not isinstance(answer, FileAnswer):
+            await super()._respond(send, answer, dice, log, unread)
+            return
+        now = time.time() + self.faults.clock_skew_s
+        headers = [
+            (b"content-type", answer.content_type),
+            (b"content-length", str(answer.size).encode("ascii")),
+            *answer.headers,
+            (b"date", formatdate(now, usegmt=True).encode("ascii")),
+        ]
+        log("" if answer.cut is None else f" fault=cut@{answer.cut}")
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for chunk in answer.chunks():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if answer.cut is not None:
+            return  # the response never completes: uvicorn closes the connection
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _denied(self, hint: str) -> Answer:
         """401 for a missing, unknown, expired or revoked token, as each version words it."""
@@ -186,7 +259,12 @@ class OpenEmrSandboxServer(BaseSandboxServer):
     - ``manual_approval``: every new client starts disabled, not only confidential ones with
       ``user/`` or ``system/`` scopes;
     - ``token_lifetime``: None → OpenEMR's (client credentials 300 s, user tokens 3600 s); an
-      int overrides every access token's lifetime (tests).
+      int overrides every access token's lifetime (tests);
+    - ``export_mode``: ``"openemr"`` (bulk export as OpenEMR's source does it) or ``"spec"``
+      (the Bulk Data Access IG: asynchronous, ``export_delay`` seconds of 202s), see
+      :mod:`.openemr_export`; ``export_ttl``: seconds export files live after the job started
+      (OpenEMR's hour; tests shorten it). ``export_faults`` (:class:`ExportFaults`) are settable
+      while running.
     """
 
     store: OpenEmrStore
@@ -203,6 +281,9 @@ class OpenEmrSandboxServer(BaseSandboxServer):
         system_scopes: bool = False,
         manual_approval: bool = False,
         token_lifetime: int | None = None,
+        export_mode: str = OPENEMR_MODE,
+        export_delay: float = 0.0,
+        export_ttl: float = DEFAULT_EXPORT_TTL_S,
         faults: Faults | None = None,
         access_log: bool = True,
         max_body: int = MAX_BODY_BYTES,
@@ -240,11 +321,15 @@ class OpenEmrSandboxServer(BaseSandboxServer):
             token_lifetime=token_lifetime,
             log_refusals=access_log,
         )
+        self.export = ExportService(
+            self.state, self.data_dir, mode=export_mode, delay=export_delay, ttl=export_ttl
+        )
         self.app = OpenEmrApp(
             self.state,
             faults=faults if faults is not None else Faults.from_env(),
             access_log=access_log,
             max_body=max_body,
+            export=self.export,
         )
 
     # -- configuration ------------------------------------------------------------------------
@@ -267,6 +352,30 @@ class OpenEmrSandboxServer(BaseSandboxServer):
     def manual_approval(self) -> bool:
         """Whether every new client starts disabled."""
         return self.state.manual_approval
+
+    @property
+    def export_mode(self) -> str:
+        """``openemr`` or ``spec``."""
+        return self.export.mode
+
+    @property
+    def export_delay(self) -> float:
+        """Spec mode: seconds a job answers 202 before its manifest."""
+        return self.export.delay
+
+    @property
+    def export_faults(self) -> ExportFaults:
+        """The export fault switches (attributes settable while the server runs)."""
+        return self.export.faults
+
+    @export_faults.setter
+    def export_faults(self, value: ExportFaults) -> None:
+        self.export.faults = value
+
+    @property
+    def group_id(self) -> str:
+        """The one Group (a provider panel holding every patient) ``Group/{id}/$export`` knows."""
+        return self.export.group_id
 
     @property
     def token_lifetime(self) -> int | None:
@@ -341,10 +450,25 @@ class OpenEmrSandboxServer(BaseSandboxServer):
         """How many patients are stored."""
         return self.store.count_patients()
 
+    def seed_patients(
+        self, n: int, *, facility: str = "10000", prefix: str = "P", created_at: str | None = None
+    ) -> int:
+        """Insert ``n`` generated patients at once (one transaction); return how many."""
+        return self.store.seed_patients(n, facility=facility, prefix=prefix, created_at=created_at)
+
     def reset(self) -> None:
-        """Forget clients, tokens, sessions and patients, and switch faults off."""
+        """Forget clients, tokens, sessions, patients and export jobs; switch faults off."""
         self.store.clear()
+        self.export.clear()
         self.faults = Faults()
 
 
-__all__ = ["DEFAULT_SITE", "DEFAULT_VERSION", "V703", "V704", "OpenEmrApp", "OpenEmrSandboxServer"]
+__all__ = [
+    "DEFAULT_SITE",
+    "DEFAULT_VERSION",
+    "V703",
+    "V704",
+    "ExportFaults",
+    "OpenEmrApp",
+    "OpenEmrSandboxServer",
+]

@@ -232,3 +232,13 @@ def allows(version: str, role: str, scopes: str, resource: str, need: str) -> bo
 def _letters(text: str) -> bool:
     """SMART v2 permissions: a non-empty, ordered subset of ``cruds``."""
     return bool(text) and re.fullmatch(r"c?r?u?d?s?", text) is not None
+
+
+def allows_operation(role: str, scopes: str, resource: str, operation: str) -> bool:
+    """Whether a token of ``role`` holds ``{role}/{resource}.{operation}`` (``$export``,
+    ``$bulkdata-status``): the exact scope in every version — the operation names its resource,
+    so ``system/*.$export`` does not cover ``system/Patient.$export`` (7.0.3 compares strings,
+    7.0.4+ ``ScopeEntity::containsScope`` matches resource and operation)."""
+    prefix = "system" if role == "system" else "user"
+    wanted = f"{prefix}/{resource}.{operation}"
+    return any(scope.partition("?")[0] == wanted for scope in scopes.split())

@@ -380,6 +380,40 @@ class OpenEmrStore:
             ).fetchall()
         return [_patient(r) for r in rows]
 
+    def seed_patients(
+        self,
+        n: int,
+        *,
+        facility: str = "10000",
+        prefix: str = "P",
+        created_at: str | None = None,
+    ) -> int:
+        """Insert ``n`` generated, valid patients in one transaction; return how many.
+
+        Public ids are ``{facility}:{prefix}{k}`` with ``k`` counting on from the patients
+        already stored, so repeated seeding never repeats one. Names, sex and birth dates are
+        derived from ``k`` (fake, deterministic). ``created_at`` (``YYYY-MM-DDThh:mm:ssZ``,
+        default now) is what an export's ``_since`` compares with.
+        """
+        if n < 0:
+            raise ValueError(f"n must be ≥ 0, not {n}")
+        stamp = created_at or _now()
+        with self._lock:
+            start = int(self._db.execute("SELECT count(*) FROM patient_data").fetchone()[0])
+            rows = (_seed_row(start + i + 1, facility, prefix, stamp) for i in range(n))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO patient_data (uuid, pubpid, ss, record, created_at)"
+                    " VALUES (?, ?, '', ?, ?)",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return n
+
     def count_patients(self) -> int:
         """How many patients are stored."""
         with self._lock:
@@ -413,6 +447,23 @@ def _grant(row: tuple[Any, ...]) -> Grant:
 
 def _patient(row: tuple[Any, ...]) -> Patient:
     return Patient(int(row[0]), str(row[1]), json.loads(row[2]))
+
+
+_GIVEN = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "John", "Radia", "Ken")
+_FAMILY = ("Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Backus")
+
+
+def _seed_row(k: int, facility: str, prefix: str, stamp: str) -> tuple[str, str, str, str]:
+    """One generated patient_data row: uuid, pubpid, record JSON, created_at."""
+    pubpid = f"{facility}:{prefix}{k}"
+    record = {
+        "fname": _GIVEN[k % len(_GIVEN)],
+        "lname": _FAMILY[(k // len(_GIVEN)) % len(_FAMILY)],
+        "DOB": f"{1930 + k % 80}-{1 + k % 12:02d}-{1 + k % 28:02d}",
+        "sex": "Female" if k % 2 else "Male",
+        "pubpid": pubpid,
+    }
+    return str(uuid.uuid4()), pubpid, json.dumps(record), stamp
 
 
 def _now() -> str:
