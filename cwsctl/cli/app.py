@@ -64,6 +64,11 @@ COMMANDS: dict[str, Entry] = {
         "query",
         "Run an AQL query on an openehr profile (POST /query/aql) and write its rows.",
     ),
+    "export": _command(
+        "export",
+        "export",
+        "Bulk FHIR export ($export) from an openemr profile into DIR, resumable from cron.",
+    ),
     "demo": _command(
         "demo",
         "demo",

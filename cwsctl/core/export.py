@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
@@ -126,6 +126,8 @@ _TYPE = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
 #: OpenEMR's DateSearchField: YYYY[-MM[-DD[Thh:mm[:ss][.f]]]][Z|±hh:mm].
 _SINCE = re.compile(r"\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?)?)?(Z|[+-]\d{2}:\d{2})?")
 _PHP_DATE = "%Y-%m-%d %H:%M:%S.%f"
+#: A FHIR instant: date, time to the second, any fraction, an offset (read on Python 3.10 too).
+_INSTANT = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})")
 
 
 # -- the request ---------------------------------------------------------------------------
@@ -232,7 +234,7 @@ def check_since(value: str) -> str:
 
 def format_instant(moment: datetime) -> str:
     """A UTC instant as FHIR writes it: ``2026-03-01T12:00:00Z`` (fractions only when there)."""
-    moment = moment.astimezone(UTC)
+    moment = moment.astimezone(timezone.utc)
     text = moment.strftime("%Y-%m-%dT%H:%M:%S")
     if moment.microsecond:
         text += f".{moment.microsecond:06d}".rstrip("0")
@@ -250,7 +252,7 @@ def _php_timezone(kind: Any, name: Any) -> Any:
         sign = -1 if match.group(1) == "-" else 1
         return timezone(sign * timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
     if name.upper() in ("UTC", "GMT", "Z", "UCT"):
-        return UTC
+        return timezone.utc
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
@@ -268,9 +270,13 @@ def normalise_transaction_time(value: Any) -> str | None:
     """
     try:
         if isinstance(value, str):
-            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-            if moment.tzinfo is None:
-                return None  # an instant without an offset says no moment
+            match = _INSTANT.fullmatch(value.strip())
+            if match is None:
+                return None  # not an instant (one without an offset says no moment)
+            date, fraction, offset = match.groups()
+            micro = (fraction or "").ljust(6, "0")[:6]
+            zone = "+00:00" if offset == "Z" else offset
+            moment = datetime.fromisoformat(f"{date}.{micro}{zone}")
             return format_instant(moment)
         if isinstance(value, dict) and isinstance(value.get("date"), str):
             tz = _php_timezone(value.get("timezone_type"), value.get("timezone"))
@@ -347,7 +353,7 @@ class NdjsonCheck:
 
 
 def _now() -> str:
-    return format_instant(datetime.now(UTC).replace(microsecond=0))
+    return format_instant(datetime.now(timezone.utc).replace(microsecond=0))
 
 
 class ExportState:
@@ -424,6 +430,8 @@ class ExportResult:
     fetched: int = 0
     inline_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Tokens this run got after its first (expiry, or a 401).
+    token_renewals: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` document."""
@@ -443,6 +451,7 @@ class ExportResult:
             "bytes": sum(int(f.get("bytes") or 0) for f in self.files),
             "error_files": sum(1 for f in self.files if f.get("kind") == "error"),
             "inline_errors": self.inline_errors,
+            "token_renewals": self.token_renewals,
             "seconds": round(self.seconds, 3),
         }
 
@@ -523,7 +532,7 @@ def retry_after(response: httpx.Response, now: float | None = None) -> float | N
         except (TypeError, ValueError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
+            when = when.replace(tzinfo=timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
@@ -581,6 +590,26 @@ def _head_of(response: httpx.Response, limit: int = 1 << 16) -> bytes:
             if len(head) >= limit:
                 break
     return bytes(head[:limit])
+
+
+def status_document(state: ExportState) -> dict[str, Any]:
+    """What ``--status`` shows of the export kept in a directory (no server asked)."""
+    files = state.files
+    done = [f for f in files if f.get("done")]
+    return {
+        "directory": str(state.directory),
+        "state": state.state,
+        "request": state.data.get("request"),
+        "status_url": state.data.get("status_url"),
+        "kicked_off_at": state.data.get("kicked_off_at"),
+        "transaction_time": state.data.get("transaction_time"),
+        "transaction_instant": state.data.get("transaction_instant"),
+        "files": len(files),
+        "files_done": len(done),
+        "bytes_done": sum(int(f.get("bytes") or 0) for f in done),
+        "finished_at": state.data.get("finished_at"),
+        "last_done": state.data.get("last_done"),
+    }
 
 
 # -- the exporter --------------------------------------------------------------------------
@@ -871,22 +900,7 @@ class Exporter:
         return state
 
     def _state_document(self, state: ExportState) -> dict[str, Any]:
-        files = state.files
-        done = [f for f in files if f.get("done")]
-        return {
-            "directory": str(self.directory),
-            "state": state.state,
-            "request": state.data.get("request"),
-            "status_url": state.data.get("status_url"),
-            "kicked_off_at": state.data.get("kicked_off_at"),
-            "transaction_time": state.data.get("transaction_time"),
-            "transaction_instant": state.data.get("transaction_instant"),
-            "files": len(files),
-            "files_done": len(done),
-            "bytes_done": sum(int(f.get("bytes") or 0) for f in done),
-            "finished_at": state.data.get("finished_at"),
-            "last_done": state.data.get("last_done"),
-        }
+        return status_document(state)
 
     def _since_value(self, request: ExportRequest, previous: ExportState | None) -> str | None:
         if request.since != "last":
@@ -1323,6 +1337,7 @@ class Exporter:
         result.transaction_time = state.data.get("transaction_time")
         result.transaction_instant = state.data.get("transaction_instant")
         result.files = list(state.files)
+        result.token_renewals = self._tokens.renewals if self._tokens is not None else 0
         inline = state.data.get("inline_errors")
         result.inline_errors = [str(i) for i in inline] if isinstance(inline, list) else []
         return result
