@@ -30,9 +30,32 @@ def run_reporting_errors(out: Output, func: Callable[..., Any], *args: Any, **kw
     except Exception as exc:
         if out.settings.debug:
             raise
+        local = _local_file_error(exc)
+        if local is not None:
+            out.error(local[0])
+            return int(local[1])
         out.error(
             f"internal error: {type(exc).__name__}: {exc}",
             "this is a bug in cwsctl; rerun with --debug and report the traceback",
         )
         return int(ExitStatus.INTERNAL)
     return 0
+
+
+def _local_file_error(exc: Exception) -> tuple[str, ExitStatus] | None:
+    """An OS error about a named local file (a path we did not check first): one line naming it,
+    exit 3 inside CWSCTL_HOME (our state), 2 elsewhere (a file the user named). Any other
+    exception, and an OSError without a file name (sockets), stays a bug."""
+    if not isinstance(exc, OSError) or exc.filename is None:
+        return None
+    from pathlib import Path
+
+    from cwsctl.core.profile import cwsctl_home
+
+    path = Path(str(exc.filename))
+    reason = exc.strerror or type(exc).__name__
+    try:
+        mine = path.resolve().is_relative_to(cwsctl_home().resolve())
+    except (OSError, ValueError, RuntimeError):
+        mine = False
+    return f"{path}: {reason}", ExitStatus.LOCAL_KEY if mine else ExitStatus.USAGE

@@ -11,6 +11,7 @@ from cwsctl.cli.common import passphrase_file_from, passphrase_source, store_and
 from cwsctl.cli.keys_run import key_document, show_command, show_public
 from cwsctl.cli.options import KEY_BITS, PassphraseFileOption, RotateTimeoutOption, with_globals
 from cwsctl.cli.output import Output
+from cwsctl.cli.params import OutputFile
 from cwsctl.core import keys
 from cwsctl.core.errors import LocalKeyError
 from cwsctl.core.files import atomic_write, read_bytes
@@ -39,7 +40,12 @@ def keygen(
     force: ForceOption = False,
     public_out: Annotated[
         Path | None,
-        typer.Option("--public-out", metavar="FILE", help="Also write the public key PEM to FILE."),
+        typer.Option(
+            "--public-out",
+            metavar="FILE",
+            parser=OutputFile("public key file"),
+            help="Also write the public key PEM to FILE.",
+        ),
     ] = None,
     next_key: Annotated[
         bool,
@@ -67,7 +73,7 @@ def keygen(
     keys.save_private_key(path, key, passphrase, overwrite=force)
     document = key_document(profile, path, key)
     if public_out is not None:
-        atomic_write(public_out, keys.public_key_pem(key.public_key()))
+        atomic_write(public_out, keys.public_key_pem(key.public_key()), mode=0o644)
     show_public(out, document, {"encrypted": passphrase is not None})
     config = store.load()
     username = config.profiles[profile].username if profile in config.profiles else "USERNAME"
@@ -136,7 +142,12 @@ def show(out: Output, passphrase_file: PassphraseFileOption = None) -> None:
 def export_public(
     out: Output,
     file: Annotated[
-        Path | None, typer.Argument(metavar="FILE", help="Write the PEM here instead of stdout.")
+        Path | None,
+        typer.Argument(
+            metavar="FILE",
+            parser=OutputFile("public key file"),
+            help="Write the PEM here instead of stdout.",
+        ),
     ] = None,
     passphrase_file: PassphraseFileOption = None,
 ) -> None:
@@ -148,7 +159,7 @@ def export_public(
     if file is None:
         show_public(out, document)
         return
-    atomic_write(file, str(document["public_key"]).encode("ascii"))
+    atomic_write(file, str(document["public_key"]).encode("ascii"), mode=0o644)
     if out.settings.json:
         out.json({**document, "path": str(file)})
     out.success(f"Public key written to {file} ({document['fingerprint']})")

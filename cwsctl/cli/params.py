@@ -31,6 +31,8 @@ from cwsctl.core.urls import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import typer
 
 
@@ -232,6 +234,32 @@ class ListenHost(_Rule):
         if not is_valid_host(text):
             raise self.fail(value)
         return text[1:-1] if text.startswith("[") else text
+
+
+class OutputFile(_Rule):
+    """A file cwsctl will write: checked while parsing, before anything is sent or replaced.
+
+    A directory, a missing directory, a directory this process cannot write in, a symlink, or
+    another user's file is refused (exit 2) naming the path; see
+    :func:`cwsctl.core.files.check_output_path`. The write checks again.
+    """
+
+    def __init__(self, what: str = "file") -> None:
+        self.what = what
+
+    def __call__(self, value: Any) -> Path:
+        from pathlib import Path
+
+        from cwsctl.core.files import check_output_path
+
+        if isinstance(value, str) and value == "":
+            raise _bad("must name a file, not ''")
+        path = Path(value)
+        try:
+            check_output_path(path, what=self.what)
+        except InputError as exc:
+            raise _bad(exc.message) from None
+        return path
 
 
 def _num(value: float) -> str:

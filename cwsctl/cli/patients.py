@@ -21,7 +21,7 @@ from cwsctl.cli.options import (
     with_globals,
 )
 from cwsctl.cli.output import Output
-from cwsctl.cli.params import WholeNumber
+from cwsctl.cli.params import OutputFile, WholeNumber
 from cwsctl.cli.progress import BulkProgress
 from cwsctl.core.errors import ClientRequestError, CwsError, ExitStatus, InputError
 
@@ -125,6 +125,7 @@ def create(
         typer.Option(
             "--journal",
             metavar="FILE",
+            parser=OutputFile("journal"),
             help="Journal file (default: the input path + .journal).",
             show_default=False,
         ),
@@ -134,6 +135,7 @@ def create(
         typer.Option(
             "--report",
             metavar="FILE",
+            parser=OutputFile("report"),
             help="Write one line per row here (.csv or .json).",
             show_default=False,
         ),

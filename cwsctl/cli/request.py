@@ -18,7 +18,7 @@ from cwsctl.cli.options import (
     with_globals,
 )
 from cwsctl.cli.output import Output
-from cwsctl.cli.params import Choice, PathOrUrl
+from cwsctl.cli.params import Choice, OutputFile, PathOrUrl
 from cwsctl.cli.request_run import request_command
 
 
@@ -46,6 +46,7 @@ def request(
             "--output",
             "-o",
             metavar="FILE",
+            parser=OutputFile("output file"),
             help="Save the exact response body here and its signature in FILE.sig.",
         ),
     ] = None,

@@ -13,6 +13,7 @@ import typer
 
 from cwsctl.cli.options import PassphraseFileOption, with_globals
 from cwsctl.cli.output import Output
+from cwsctl.cli.params import OutputFile
 from cwsctl.cli.sign_run import SignRequest, sign_file, verify_command
 
 AlgorithmOption = Annotated[
@@ -57,6 +58,7 @@ def sign(
         typer.Option(
             "--raw-out",
             metavar="FILE",
+            parser=OutputFile("signature file"),
             help="Write the binary signature here (as openssl dgst -sign does).",
         ),
     ] = None,

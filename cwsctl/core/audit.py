@@ -13,6 +13,8 @@ directory) whatever the umask, and a failed write raises instead of being printe
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import os
@@ -83,7 +85,19 @@ class AuditLog:
             entry["error"] = error
         line = json.dumps(entry, separators=(",", ":"))  # ASCII: its length is its size on disk
         # handle() takes the handler's own lock around the size check, rotation and write.
-        self._handler().handle(logging.makeLogRecord({"msg": line}))
+        try:
+            self._handler().handle(logging.makeLogRecord({"msg": line}))
+        except OSError as exc:
+            from cwsctl.core.errors import LocalKeyError
+
+            reason = exc.strerror or str(exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                reason = "no space left (disk full, quota or file size limit)"
+            raise LocalKeyError(
+                f"cannot write the audit log {self.path}: {reason}",
+                hint=f"make {self.directory} a directory you can write in (the request itself "
+                "was sent; see its outcome on the server)",
+            ) from None
 
     def _handler(self) -> RotatingFileHandler:
         with self._lock:
@@ -101,7 +115,10 @@ class AuditLog:
         """Close the log file (it is reopened if more is recorded)."""
         with self._lock:
             if self._file is not None:
-                self._file.close()
+                # Nothing is buffered past a record (each is flushed); a failed flush here is
+                # the entry whose own write was already reported as an error.
+                with contextlib.suppress(OSError):
+                    self._file.close()
                 self._file = None
 
     def entries(self, since: float | None = None) -> Iterator[dict[str, Any]]:
@@ -134,7 +151,8 @@ def _private_rotating_file_handler() -> type[RotatingFileHandler]:
             # FileHandler's open() would create the file (and the new one after each rotation)
             # with the umask's mode; os.open gives 0600 at creation, never readable by others.
             ensure_private_dir(Path(self.baseFilename).parent)
-            fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(self.baseFilename, flags, 0o600)
             try:
                 return open(fd, "a", encoding="utf-8", newline="")
             except BaseException:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from cwsctl.core.errors import LocalKeyError
-from cwsctl.core.files import atomic_write, ensure_private_dir, read_bytes
+from cwsctl.core.files import atomic_write, ensure_private_dir, no_core_dumps, read_bytes
 
 MIN_BITS = 2048
 ALLOWED_BITS = (2048, 3072, 4096)
@@ -124,6 +124,7 @@ def parse_private_key(
         if passphrase is None:
             raise LocalKeyError(f"{source} is encrypted and no passphrase was given") from None
         secret = passphrase()
+        no_core_dumps()  # a passphrase is in memory from now on
         try:
             key = loader(data, password=secret)
         except (ValueError, TypeError):
@@ -170,7 +171,13 @@ def save_private_key(
     ensure_private_dir(path.parent)
     if path.exists() and not overwrite:
         raise LocalKeyError(f"a key already exists at {path}", hint="pass --force to replace it")
-    atomic_write(path, private_key_pem(key, passphrase), mode=0o600, overwrite=overwrite)
+    atomic_write(
+        path,
+        private_key_pem(key, passphrase),
+        overwrite=overwrite,
+        what="private key",
+        error=LocalKeyError,
+    )
 
 
 def _reject_obvious_non_private(data: bytes, source: str) -> None:
