@@ -9,15 +9,23 @@ mid-write) is cut off on open; the row it described is then re-checked the same 
 
 An exclusive OS lock (``flock``) on the journal stops two runs at once; the kernel drops it when
 a process dies, so a killed run never blocks the next one.
+
+A journal is trusted only when it is ours: a regular file (never through a symlink), owned by
+this user, writable by nobody else, whose first line is a cwsctl journal header. Anything else
+(``--journal bookings.csv``, a slip for ``--from``) is refused before a byte of it is changed —
+the torn-line repair runs only on a file already known to be a journal.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import stat
 import threading
 import time
 from pathlib import Path
@@ -28,6 +36,8 @@ from cwsctl.core.errors import InputError
 JOURNAL_VERSION = 1
 #: Outcomes after which a row is never sent again.
 FINAL_OUTCOMES = frozenset({"created", "exists"})
+#: How every journal's first line starts (see :func:`_encode`).
+_HEADER_START = b'{"journal":'
 
 
 class JournalBusyError(InputError):
@@ -47,7 +57,7 @@ class Journal:
         self._written = self._synced = 0  # lines appended, and how many of them are on disk
         self._states: dict[str, dict[str, Any]] = {}
         self.torn_lines = 0
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = _open_own_file(path)
         try:
             _lock_exclusively(self._fd, path)
             self._salt = self._load()
@@ -59,6 +69,7 @@ class Journal:
     # -- opening -------------------------------------------------------------------------
     def _load(self) -> bytes:
         data = _read_all(self._fd)
+        self._check_header(data)
         end = data.rfind(b"\n") + 1
         if end < len(data):  # a torn last line: drop it so the next append starts clean
             self.torn_lines += 1
@@ -85,6 +96,29 @@ class Journal:
             salt = secrets.token_bytes(16)
             self._append({"journal": JOURNAL_VERSION, "salt": salt.hex()})
         return salt
+
+    def _check_header(self, data: bytes) -> None:
+        """Refuse a non-empty file whose first line is not a journal header (nothing written yet).
+
+        A first line cut off by a crash (no newline yet) is accepted when it is the start of a
+        header, so the torn-line repair can drop it.
+        """
+        if not data:
+            return
+        first, newline, _ = data.partition(b"\n")
+        if newline:
+            try:
+                _salt_of(json.loads(first))
+                return
+            except (ValueError, RecursionError):
+                pass
+        elif _HEADER_START.startswith(first) or first.startswith(_HEADER_START):
+            return
+        raise InputError(
+            f"{self.path} is not a cwsctl journal; refusing to use it (it was not changed)",
+            hint="--journal names the journal file (the input is --from); "
+            "name a new file or a journal of an earlier run",
+        )
 
     def _bind(self, target: str | None) -> None:
         """Refuse a journal written for another server; tie a new (or older) one to ``target``.
@@ -128,7 +162,7 @@ class Journal:
         entry = {"key": key, "row": row, "outcome": outcome, "t": round(time.time(), 3), **facts}
         line = _encode(entry)
         with self._lock:
-            os.write(self._fd, line)  # O_APPEND: whole lines, never interleaved
+            self._write(line)  # O_APPEND: whole lines, never interleaved
             self._states[key] = entry
             self._written += 1
             mine = self._written
@@ -145,12 +179,39 @@ class Journal:
                 return
             with self._lock:
                 upto = self._written
-            _datasync(self._fd)
+            try:
+                _datasync(self._fd)
+            except OSError as exc:
+                raise self._failure(exc) from None
             self._synced = upto
 
     def _append(self, entry: dict[str, Any]) -> None:
-        os.write(self._fd, _encode(entry))
-        _datasync(self._fd)
+        self._write(_encode(entry))
+        try:
+            _datasync(self._fd)
+        except OSError as exc:
+            raise self._failure(exc) from None
+
+    def _write(self, line: bytes) -> None:
+        """Append one whole line, or none of it (a short write is cut off again)."""
+        size = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: OSError) -> InputError:
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            reason = "no space left (disk full, quota or file size limit)"
+        return InputError(
+            f"cannot write journal {self.path}: {reason}",
+            hint="rows in flight are re-checked on the next run",
+        )
 
     def close(self) -> None:
         """Release the lock and close the file."""
@@ -181,6 +242,43 @@ def _salt_of(header: Any) -> bytes:
     if not isinstance(salt, str) or not salt:
         raise ValueError("no salt")
     return bytes.fromhex(salt)
+
+
+def _open_own_file(path: Path) -> int:
+    """Open (or create, 0600) the journal at ``path``: a regular file of ours, never via a link."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)  # a FIFO must not hang
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = "it is a symbolic link"
+        elif exc.errno == errno.ENOENT:
+            reason = f"directory {path.parent} does not exist"
+        elif exc.errno == errno.EISDIR:
+            reason = "it is a directory"
+        else:
+            reason = exc.strerror or str(exc)
+        raise InputError(f"cannot use journal {path}: {reason}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"cannot use journal {path}: it is not a regular file")
+        if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+            raise InputError(
+                f"refusing journal {path}: it belongs to another user",
+                hint="a journal decides which rows are sent: use one of your own",
+            )
+        if info.st_mode & 0o022:
+            raise InputError(
+                f"refusing journal {path}: others can write it (mode {stat.S_IMODE(info.st_mode):o})",
+                hint=f"a journal decides which rows are sent: chmod 600 {path}",
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _lock_exclusively(fd: int, path: Path) -> None:
