@@ -67,13 +67,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cwsctl.core.client import authorized_copy, network_error, server_text
 from cwsctl.core.errors import (
     ClientRequestError,
+    LocalKeyError,
     LoginRequiredError,
     NetworkError,
     ProfileError,
     ServerFailureError,
 )
 from cwsctl.core.exchange import DEFAULT_TIMEOUT, bounded_client, time_left
-from cwsctl.core.files import atomic_write, ensure_private_dir
+from cwsctl.core.files import atomic_write, check_private_file, ensure_private_dir, no_core_dumps
 from cwsctl.core.jsondoc import loads_json
 from cwsctl.core.jwks import JWS_ALGORITHM, key_id
 from cwsctl.core.profile import DISCOVERED_FIELDS, Profile, Store, validate_profile_name
@@ -524,19 +525,59 @@ class TokenStore:
         self.lock_path = self.directory / f"{profile}.lock"
 
     def read(self) -> dict[str, Any]:
-        """The whole file (empty when missing or unreadable as JSON)."""
+        """The whole file (empty when missing or unreadable as JSON).
+
+        A file group or others can read or write is refused (exit 3, like a key): its tokens
+        may have been copied, or planted."""
+        check_private_file(self.path, what="token file")
         try:
-            data = json.loads(self.path.read_bytes())
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError):
+        except OSError:
             return {}  # a damaged cache only costs a new token
+        no_core_dumps()  # tokens are in memory from now on
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return {}
         return data if isinstance(data, dict) else {}
 
     def write(self, data: dict[str, Any]) -> None:
         """Replace the file atomically (0600 in a 0700 directory)."""
         ensure_private_dir(self.directory)
-        atomic_write(self.path, json.dumps(data, indent=1).encode("utf-8"), mode=0o600)
+        atomic_write(
+            self.path,
+            json.dumps(data, indent=1).encode("utf-8"),
+            what="token file",
+            error=LocalKeyError,
+        )
+
+    @contextlib.contextmanager
+    def _updating(self) -> Iterator[dict[str, Any]]:
+        """Read, let the caller change, and write the file under an exclusive lock of its own
+        (``<profile>.json.lock``, not the grant lock: a grant holder writes too), so concurrent
+        writers (a registration and a token refresh) never lose each other's change."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            data = self.read()
+            yield data
+            self.write(data)
+            return
+        ensure_private_dir(self.directory)
+        lock = self.directory / f"{self.path.name}.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as exc:
+            raise LocalKeyError(f"cannot write in {self.directory}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = self.read()
+            yield data
+            self.write(data)
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -585,27 +626,24 @@ class TokenStore:
 
     def save_grant(self, client_id: str, token_url: str, result: GrantResult) -> None:
         """Cache a granted access token; keep (or replace, when rotated) the refresh token."""
-        data = self.read()
-        if data.get("client_id") != client_id or data.get("token_url") != token_url:
-            data.pop("refresh_token", None)
-        data.update({"client_id": client_id, "token_url": token_url})
-        data["access"] = result.token.to_json()
-        if result.refresh_token:
-            data["refresh_token"] = result.refresh_token
-        self.write(data)
+        with self._updating() as data:
+            if data.get("client_id") != client_id or data.get("token_url") != token_url:
+                data.pop("refresh_token", None)
+            data.update({"client_id": client_id, "token_url": token_url})
+            data["access"] = result.token.to_json()
+            if result.refresh_token:
+                data["refresh_token"] = result.refresh_token
 
     def drop_refresh_token(self) -> None:
         """Forget a refresh token the server refused."""
-        data = self.read()
-        if data.pop("refresh_token", None) is not None:
-            self.write(data)
+        with self._updating() as data:
+            data.pop("refresh_token", None)
 
     def clear_grants(self) -> None:
         """Forget the access and refresh tokens (the registration secrets stay)."""
-        data = self.read()
-        for name in ("access", "refresh_token", "client_id", "token_url"):
-            data.pop(name, None)
-        self.write(data)
+        with self._updating() as data:
+            for name in ("access", "refresh_token", "client_id", "token_url"):
+                data.pop(name, None)
 
     def registration(self) -> dict[str, Any]:
         """The stored registration secrets (``client_id``, ``registration_access_token`` …)."""
@@ -614,9 +652,8 @@ class TokenStore:
 
     def save_registration(self, secrets_: dict[str, str]) -> None:
         """Store a registration answer's secrets."""
-        data = self.read()
-        data["registration"] = secrets_
-        self.write(data)
+        with self._updating() as data:
+            data["registration"] = secrets_
 
 
 # -- token endpoint answers ----------------------------------------------------------------

@@ -7,8 +7,10 @@ must be signed with (more than one while CorEMR rotates its key).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,13 +19,16 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core import keys
-from cwsctl.core.errors import ProfileError
+from cwsctl.core.errors import CwsError, InputError, ProfileError
 from cwsctl.core.files import atomic_write, ensure_private_dir
 from cwsctl.core.signing import Algorithm
 
 DEFAULT_PROFILE = "default"
 DEFAULT_SERVER_USERNAME = "coremr"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Used with fullmatch: "$" would also match before a trailing newline.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: Name of the lock file that serialises config.toml's read-modify-write (see Store.save).
+CONFIG_LOCK = ".config.lock"
 
 
 def _tomllib() -> Any:
@@ -48,13 +53,43 @@ def cwsctl_home() -> Path:
 
 
 def validate_profile_name(name: str) -> str:
-    """Profile names become file names, so keep them to a safe alphabet."""
-    if not _NAME_RE.match(name):
+    """Profile names become file names, so keep them to a safe alphabet.
+
+    An empty name is a usage error (exit 2), never "the default profile": a script whose
+    ``-p "$PROFILE"`` lost its variable must not run against whatever the default is.
+    """
+    if name == "":
+        raise InputError(
+            "empty profile name",
+            hint="name the profile (-p NAME / CWSCTL_PROFILE=NAME), or leave both unset "
+            "for the configured default",
+        )
+    if not _NAME_RE.fullmatch(name):
         raise ProfileError(
             f"invalid profile name {name!r}",
             hint="use letters, digits, '.', '_' and '-' (up to 64 characters)",
         )
     return name
+
+
+def validate_site_name(site: str, error: type[CwsError] = InputError) -> str:
+    """An OpenEMR site becomes a path segment (``/oauth2/<site>/…``): same alphabet as a profile."""
+    if not _NAME_RE.fullmatch(site):
+        raise error(
+            f"invalid OpenEMR site {site!r}",
+            hint="use letters, digits, '.', '_' and '-' (up to 64 characters), e.g. 'default'",
+        )
+    return site
+
+
+def validate_basic_username(username: str, error: type[CwsError] = InputError) -> str:
+    """A basic-auth user name cannot hold ':' (it ends the name in the Authorization header)."""
+    if ":" in username:
+        raise error(
+            f"a basic-auth username cannot contain ':' ({username!r})",
+            hint="HTTP basic auth separates the user name from the password with ':'",
+        )
+    return username
 
 
 @dataclass
@@ -123,6 +158,13 @@ class Profile:
     fhir_base: str = ""
     issuer: str = ""
 
+    def __post_init__(self) -> None:
+        # Values that end up in paths or headers are checked however the profile is made.
+        if self.kind == "openemr":
+            validate_site_name(self.site)
+        if self.kind == "openehr" and self.auth == "basic":
+            validate_basic_username(self.username)
+
     def trusted_for(self, username: str) -> list[TrustedKey]:
         """Pinned keys whose signer name matches ``username``."""
         return [t for t in self.trusted if t.username == username]
@@ -183,6 +225,10 @@ class Profile:
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ProfileError(f"profile {name!r} in config.toml is malformed ({exc})") from None
+        except InputError as exc:  # a stored value a profile cannot hold: the profile's problem
+            raise ProfileError(
+                f"profile {name!r} in config.toml: {exc.message}", exc.hint
+            ) from None
 
 
 @dataclass
@@ -191,6 +237,16 @@ class Config:
 
     default_profile: str | None = None
     profiles: dict[str, Profile] = field(default_factory=dict)
+    #: What the file held when this config was loaded (None: not loaded from a file): save()
+    #: applies only what changed since, on top of what is on disk then.
+    loaded: _Snapshot | None = field(default=None, repr=False, compare=False)
+
+    def snapshot(self) -> _Snapshot:
+        """The default profile and each profile's TOML table, as they would be written now."""
+        return self.default_profile, {n: p.to_toml() for n, p in self.profiles.items()}
+
+
+_Snapshot = tuple[str | None, dict[str, dict[str, Any]]]
 
 
 class Store:
@@ -226,7 +282,7 @@ class Store:
         try:
             raw = self.config_path.read_bytes()
         except FileNotFoundError:
-            return Config()
+            return Config(loaded=(None, {}))
         except OSError as exc:
             raise ProfileError(f"cannot read {self.config_path}: {exc.strerror}") from None
         tomllib = _tomllib()
@@ -240,26 +296,91 @@ class Store:
         profiles_table = data.get("profiles", {})
         if not isinstance(profiles_table, dict):
             raise ProfileError(f"{self.config_path}: 'profiles' must be a table")
-        return Config(
+        config = Config(
             default_profile=data.get("default_profile"),
             profiles={n: Profile.from_toml(n, t) for n, t in profiles_table.items()},
         )
+        config.loaded = config.snapshot()
+        return config
 
     def save(self, config: Config) -> None:
-        """Write config.toml atomically (temp file + rename), readable by the owner only."""
+        """Write config.toml atomically (temp file + rename), readable by the owner only.
+
+        The read-modify-write is serialised by an exclusive lock, and only what changed since
+        ``config`` was loaded is applied to what the file holds now: two ``profile init`` at once
+        both keep their profile. (A config not loaded from this store replaces the file.) When
+        both changed the default profile, the one already on disk stays (the first one made).
+        """
         import tomli_w  # writing is rare; keep it off the signing path
 
-        data: dict[str, Any] = {}
-        if config.default_profile:
-            data["default_profile"] = config.default_profile
-        data["profiles"] = {n: p.to_toml() for n, p in sorted(config.profiles.items())}
         ensure_private_dir(self.root)
-        atomic_write(self.config_path, tomli_w.dumps(data).encode("utf-8"), mode=0o600)
+        with self._config_lock():
+            merged = self._merge(config)
+            data: dict[str, Any] = {}
+            if merged.default_profile:
+                data["default_profile"] = merged.default_profile
+            data["profiles"] = {n: p.to_toml() for n, p in sorted(merged.profiles.items())}
+            atomic_write(
+                self.config_path,
+                tomli_w.dumps(data).encode("utf-8"),
+                what="config",
+                error=ProfileError,
+            )
+        config.profiles = dict(merged.profiles)
+        config.default_profile = merged.default_profile
+        config.loaded = merged.snapshot()
+
+    def _merge(self, config: Config) -> Config:
+        if config.loaded is None:
+            return config
+        base_default, base = config.loaded
+        disk = self.load()
+        profiles = dict(disk.profiles)
+        for name in set(base) | set(config.profiles):
+            mine = config.profiles.get(name)
+            if (mine.to_toml() if mine else None) == base.get(name):
+                continue  # not changed here: keep what is on disk now
+            if mine is None:
+                profiles.pop(name, None)
+            else:
+                profiles[name] = mine
+        default = disk.default_profile
+        if config.default_profile != base_default and (
+            disk.default_profile == base_default or disk.default_profile not in profiles
+        ):
+            default = config.default_profile
+        return Config(default, profiles)
+
+    @contextlib.contextmanager
+    def _config_lock(self) -> Iterator[None]:
+        """Hold the exclusive lock on ``$CWSCTL_HOME/.config.lock`` (blocking; a dead holder's
+        lock is dropped by the kernel)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        path = self.root / CONFIG_LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as exc:
+            raise ProfileError(f"cannot write in {self.root}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def active_profile_name(self, requested: str | None, config: Config | None = None) -> str:
         """The profile in force: the one requested, else the configured default, else 'default'."""
-        if requested:
+        if requested is not None:
             return validate_profile_name(requested)
+        if os.environ.get("CWSCTL_PROFILE") == "":
+            raise InputError(
+                "empty profile name (CWSCTL_PROFILE is set but empty)",
+                hint="set CWSCTL_PROFILE to a profile's name, or unset it for the configured "
+                "default",
+            )
         config = config if config is not None else self.load()
         return config.default_profile or DEFAULT_PROFILE
 
