@@ -86,6 +86,11 @@ def run_checks(
     yield passed(
         "config", f"{store.config_path} parses" if store.config_path.exists() else "no config yet"
     )
+    from cwsctl.core.files import loose_dir_warning
+
+    loose = loose_dir_warning(store.root)
+    if loose is not None:  # a warning, not a failure: a shared home may be meant
+        yield Check("home", True, f"warning: {loose}", f"chmod go-w {store.root} (unless shared)")
     name = store.active_profile_name(requested_profile, config)
     profile = config.profiles.get(name)
     kind = kind_of(profile) if profile is not None else None

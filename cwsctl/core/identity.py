@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core import keys, signing
 from cwsctl.core.errors import LocalKeyError, ProfileError
-from cwsctl.core.files import read_bytes
+from cwsctl.core.files import no_core_dumps, read_bytes
 from cwsctl.core.signing import Algorithm, AuthorizationHeader
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ def load_profile_key(
 def read_passphrase_file(path: Path) -> bytes:
     """Read a passphrase file: its first line, without the line ending (like ``-passin file:``)."""
     data = read_bytes(path, what="passphrase file", error=LocalKeyError)
+    no_core_dumps()  # the passphrase is in memory from now on
     passphrase = data.splitlines()[0] if data.strip(b"\r\n") else b""
     if not passphrase:
         raise LocalKeyError(f"passphrase file {path} is empty")
