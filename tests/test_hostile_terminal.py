@@ -585,3 +585,38 @@ def test_an_unusable_client_id_from_the_server_is_exit_5_and_not_stored(
     assert Store(cwsctl_home).load().profiles["default"].client_id == ""
     assert not (cwsctl_home / "tokens" / "default.json").exists()
     assert terminal_server.answered[0].request.target.endswith("/registration")
+
+
+# -- stored clinical data: what another user wrote into a real (sandbox) server -----------------
+SUBJECT = "\x1b[31mRED\x1b]0;PWNED\x07\u009b2J"
+SUBJECT_AQL = (
+    "SELECT e/ehr_id/value AS ehr_id, e/ehr_status/subject/external_ref/id/value AS subject "
+    "FROM EHR e"
+)
+STORED = {
+    "ehr-status": ("ehr", "status", "{ehr_id}"),
+    "query-table": ("query", SUBJECT_AQL),
+    "query-csv": ("query", SUBJECT_AQL, "--format", "csv"),
+    "query-json": ("query", SUBJECT_AQL, "--format", "json"),
+}
+
+
+@pytest.mark.parametrize("name", list(STORED))
+def test_stored_clinical_data_reaches_the_terminal_escaped(name, cwsctl_home, openehr_sandbox):
+    """Another client (cwsctl refuses such a subject id) stored an EHR whose subject id holds
+    control sequences; every command that shows it escapes them."""
+    import httpx
+
+    from cwsctl.core.kinds.openehr import ehr_create_request
+
+    made = ehr_create_request(SUBJECT, "ns")
+    answer = httpx.post(
+        openehr_sandbox.base_url + made.path, content=made.body, headers=made.headers
+    )
+    assert answer.status_code == 201, answer.text
+    ehr_id = answer.json()["ehr_id"]["value"]
+    openehr_profile(cwsctl_home, openehr_sandbox.base_url)
+    run = run_on_tty(cwsctl_home, *(a.format(ehr_id=ehr_id) for a in STORED[name]))
+    text = assert_terminal_safe(run)
+    assert run.code == 0, text
+    assert RECOGNISABLE.search(text), text
