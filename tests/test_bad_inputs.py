@@ -136,9 +136,17 @@ CASES = [
         "trust-garbage", ["profile", "trust", "{tmp}/garbage.bin"], 3, "not a readable public key"
     ),
     Case(
-        "unreachable-host", ["request", "GET", "http://127.0.0.1:{closed}/ws/"], 6, "cannot connect"
+        "unreachable-host",
+        ["request", "GET", "http://127.0.0.1:{closed}/ws/", "--allow-other-host"],
+        6,
+        "cannot connect",
     ),
-    Case("tls-failure", ["request", "GET", "https://127.0.0.1:{port}/ws/"], 6, "TLS"),
+    Case(
+        "tls-failure",
+        ["request", "GET", "https://127.0.0.1:{port}/ws/", "--allow-other-host"],
+        6,
+        "TLS",
+    ),
     Case("http-4xx", ["request", "GET", "/ws/patients/424242"], 4, "404"),
     Case("http-5xx", ["request", "GET", "/ws/patients/1"], 5, "500", faults=Faults(error_rate=1.0)),
     Case(
@@ -278,7 +286,7 @@ def test_ctrl_c_is_130_and_changes_nothing(ctx, cwsctl_home):
         listener.settimeout(0.2)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/ws/patients/1"
         process = subprocess.Popen(
-            [sys.executable, "-m", "cwsctl", "request", "GET", url, "--timeout", "60"],
+            [sys.executable, "-m", "cwsctl", "request", "GET", url, "--allow-other-host"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
