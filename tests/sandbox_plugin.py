@@ -12,12 +12,13 @@
   fault switches (reuses the session server key, so ``sandbox_server.trusted_key`` trusts it);
   stopped after the test.
 - ``make_openemr_sandbox(site="default", version=…, site_address=…, system_scopes=…,
-  token_lifetime=…, **faults)`` (function): a fresh OpenEMR-flavour server
-  (``OpenEmrSandboxServer``) with its own data dir, started; stopped after the test. Options not
-  given keep the server's defaults (OpenEMR 7.0.4, its token lifetimes). ``.url``, ``.site``,
-  ``.token_url``, ``.api_url``, ``.revoke_tokens(refresh=False)``, ``.logout()``,
-  ``.enable_client(id)``, ``.patients()``, ``.count_patients()``, ``.token_lifetime``
-  (settable), ``.faults`` (settable).
+  token_lifetime=…, export_mode=…, export_delay=…, export_ttl=…, **faults)`` (function): a
+  fresh OpenEMR-flavour server (``OpenEmrSandboxServer``) with its own data dir, started;
+  stopped after the test. Options not given keep the server's defaults (OpenEMR 7.0.4, its token
+  lifetimes, export mode ``openemr``). ``.url``, ``.site``, ``.token_url``, ``.api_url``,
+  ``.revoke_tokens(refresh=False)``, ``.logout()``, ``.enable_client(id)``, ``.patients()``,
+  ``.count_patients()``, ``.seed_patients(n)``, ``.group_id``, ``.export_faults``,
+  ``.token_lifetime`` (settable), ``.faults`` (settable).
 - ``openemr_sandbox`` (function): ``make_openemr_sandbox()`` with the defaults.
 - ``make_openemr_login(server=None, name="emr", scope=None, **server_options)`` (function): an
   openemr profile logged in as a user, made the way a user makes one: the session rsa2048 key
@@ -201,6 +202,9 @@ OPENEMR_SERVER_OPTIONS = (
     "system_scopes",
     "manual_approval",
     "token_lifetime",
+    "export_mode",
+    "export_delay",
+    "export_ttl",
 )
 
 

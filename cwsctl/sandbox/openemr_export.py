@@ -706,11 +706,24 @@ class ExportService:
             if self.mode == OPENEMR_MODE:
                 return kernel_error(500, "injected fault: status lookup failed")
             return self._outcome(500, "injected fault: try again", "transient")
+        if self.mode == SPEC_MODE and job.status != DONE and time.time() >= job.ready_at:
+            job = await self._settle(job)  # a job about to end: a moment's wait, not a 202
         if self.mode == OPENEMR_MODE:
             if job.status != DONE:  # unreachable in OpenEMR: the job ends before its id is out
                 return Response(b"", 202, media_type="application/json")
             return JSONResponse(self._manifest(job))
         return self._spec_status(job)
+
+    async def _settle(self, job: Job, wait: float = 0.5) -> Job:
+        """``job`` again once its thread has finished, or after ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while job.status != DONE and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            again = self.store.job(job.uuid, job.client_id, job.role)
+            if again is None:
+                break
+            job = again
+        return job
 
     def _spec_status(self, job: Job) -> Response:
         now = time.time()
