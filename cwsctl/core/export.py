@@ -838,6 +838,9 @@ class Exporter:
             if response.status_code == 202:
                 progress = response.headers.get("x-progress")
                 document["progress"] = server_text(progress) if progress else None
+            elif response.status_code == 429:
+                document["progress"] = "polled too soon (429)"
+                document["retry_after"] = retry_after(response)
             elif response.status_code == 200:
                 self._take_manifest(state, content)
                 document = self._state_document(state)
@@ -1011,7 +1014,7 @@ class Exporter:
                 if isinstance(exc.__cause__, ResponseTooLargeError) or failures >= STATUS_RETRIES:
                     raise
                 failures += 1
-                delay = min(2.0**failures, POLL_MAX_S)
+                delay = min(2.0 ** (failures - 1), POLL_MAX_S)
                 self.events.progress(f"status URL unreachable; again in {delay:.0f} s")
             else:
                 status = response.status_code
@@ -1032,7 +1035,7 @@ class Exporter:
                     self.events.progress(f"asked to slow down (429); next poll in {delay:.0f} s")
                 elif status >= 500 and failures < STATUS_RETRIES:
                     failures += 1
-                    delay = asked if asked is not None else min(2.0**failures, POLL_MAX_S)
+                    delay = asked if asked is not None else min(2.0 ** (failures - 1), POLL_MAX_S)
                     self.events.progress(
                         f"status URL answered {status}; retry {failures} in {delay:.0f} s"
                     )

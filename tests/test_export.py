@@ -1,0 +1,488 @@
+"""`cwsctl export` against the OpenEMR-flavour sandbox in both export modes (openemr: OpenEMR as
+its source shows it; spec: the Bulk Data Access IG), as real subprocesses: full and partial
+exports, --since last, --status, --cancel, a done DIR, --new, and the faults of issue 21 item 5
+(the client killed mid-poll and mid-download then resumed, a download cut short, 5xx on the
+status URL, tokens expiring mid-export, a file whose lines do not match its type or count)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cwsctl.core import keys
+from cwsctl.core.profile import Store
+
+pytest.importorskip("jwt")
+pytest.importorskip("starlette")
+
+from cwsctl.sandbox.faults import Faults
+from cwsctl.sandbox.openemr import OpenEmrSandboxServer
+
+STATE = ".cwsctl-export.json"
+
+
+class ThrottlingProxy:
+    """A TCP relay on 127.0.0.1 that forwards to ``target``; while ``rate`` is set, the
+    server's bytes reach the client at about ``rate`` bytes a second (a slow network, so that a
+    test can kill the client in the middle of a download)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.rate: int | None = None
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, slow: bool) -> None:
+        try:
+            while True:
+                rate = self.rate if slow else None
+                data = source.recv(4096 if rate else 65536)
+                if not data:
+                    break
+                sink.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+
+@dataclass
+class Setup:
+    """A sandbox with patients and an openemr profile registered with --export-scopes."""
+
+    server: OpenEmrSandboxServer
+    home: Path
+    out: Path
+    name: str = "emr"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "CWSCTL_HOME": str(self.home)}
+
+    def args(self, *extra: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "cwsctl",
+            "-p",
+            self.name,
+            "export",
+            "--out",
+            str(self.out),
+            *extra,
+        ]
+
+    def run(self, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.args(*extra),
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+
+    def run_json(self, *extra: str) -> dict[str, Any]:
+        result = self.run("--json", *extra)
+        assert result.returncode == 0, result.stderr
+        document = json.loads(result.stdout)
+        assert isinstance(document, dict)
+        return document
+
+    def start(self, *extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.args(*extra),
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def state(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.out / STATE).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def patient_ids(self) -> list[str]:
+        """Every Patient id in DIR's Patient files, in order (duplicates kept)."""
+        ids = []
+        for path in sorted(self.out.glob("Patient-*.ndjson")):
+            for line in path.read_bytes().splitlines():
+                ids.append(json.loads(line)["id"])
+        return ids
+
+    def server_ids(self) -> list[str]:
+        return sorted(p.uuid for p in self.server.patients())
+
+
+@pytest.fixture
+def export_setup(tmp_path: Path, rsa2048: Any, cwsctl_home: Path) -> Iterator[Callable[..., Setup]]:
+    """Factory: ``export_setup("spec", patients=50, export_delay=2, token_lifetime=2,
+    proxy=True)`` starts a sandbox with system scopes on, seeds it, and registers profile
+    ``emr`` with ``oauth register --export-scopes`` plus the administrator's enable step. With
+    ``proxy=True`` the profile's URL is a :class:`ThrottlingProxy` in front of the sandbox."""
+    started: list[Any] = []
+
+    def make(
+        mode: str = "openemr", *, patients: int = 40, proxy: bool = False, **options: Any
+    ) -> Setup:
+        data_dir = tmp_path / f"emr-{len(started)}"
+        data_dir.mkdir(mode=0o700)
+        server = OpenEmrSandboxServer(
+            data_dir,
+            system_scopes=True,
+            export_mode=mode,
+            faults=Faults(),
+            access_log=False,
+            **options,
+        ).start()
+        started.append(server)
+        if patients:
+            server.seed_patients(patients)
+        url = server.url
+        if proxy:
+            relay = ThrottlingProxy(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+            started.append(relay)
+            url = relay.url
+        env = {**os.environ, "CWSCTL_HOME": str(cwsctl_home)}
+
+        def cwsctl(*args: str) -> None:
+            result = subprocess.run(
+                [sys.executable, "-m", "cwsctl", *args], env=env, capture_output=True, text=True
+            )
+            assert result.returncode == 0, (args, result.stderr)
+
+        cwsctl("profile", "init", "emr", "--kind", "openemr", "--url", url, "--site", server.site)
+        store = Store(cwsctl_home)
+        keys.save_private_key(store.private_key_path("emr"), rsa2048, None, overwrite=True)
+        cwsctl("-p", "emr", "oauth", "register", "--client-name", "export tests", "--export-scopes")
+        server.enable_client(store.get_profile("emr").client_id)  # the administrator's step
+        setup = Setup(server, cwsctl_home, tmp_path / f"out-{len(started)}")
+        setup.proxy = relay if proxy else None  # type: ignore[attr-defined]
+        return setup
+
+    yield make
+    for item in started:
+        if isinstance(item, ThrottlingProxy):
+            item.close()
+        else:
+            item.stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def assert_every_patient_once(setup: Setup) -> None:
+    ids = setup.patient_ids()
+    assert len(ids) == len(set(ids)), "a patient is in DIR twice"
+    assert sorted(ids) == setup.server_ids()
+    assert not list(setup.out.glob("*.part"))
+
+
+def assert_manifest_matches_files(setup: Setup) -> dict[str, Any]:
+    manifest = json.loads((setup.out / "manifest.json").read_text())
+    for entry in manifest["output"] + [e for e in manifest["error"] if "url" in e]:
+        data = (setup.out / entry["path"]).read_bytes()
+        assert entry["bytes"] == len(data)
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["lines"] == len(data.splitlines())
+    return manifest
+
+
+# -- whole exports ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["openemr", "spec"])
+def test_full_export_then_done_dir_then_new(export_setup: Callable[..., Setup], mode: str) -> None:
+    setup = export_setup(mode, patients=60, export_delay=1.0 if mode == "spec" else 0.0)
+    summary = setup.run_json()
+    assert summary["state"] == "done" and summary["kicked_off"] and not summary["resumed"]
+    assert summary["resources"] == 60
+    assert_every_patient_once(setup)
+    manifest = assert_manifest_matches_files(setup)
+    assert manifest["requiresAccessToken"] is True
+    assert manifest["cwsctl"]["transactionInstant"].endswith("Z")
+    if mode == "openemr":  # the PHP DateTime object, kept as given and normalised
+        assert set(manifest["transactionTime"]) == {"date", "timezone_type", "timezone"}
+    else:
+        assert manifest["output"][0]["count"] == 60
+    assert stat.S_IMODE((setup.out / STATE).stat().st_mode) == 0o600
+    assert stat.S_IMODE((setup.out / "Patient-1.ndjson").stat().st_mode) == 0o600
+
+    again = setup.run()  # a finished DIR: reported, nothing sent again
+    assert again.returncode == 0
+    assert "already holds a finished export" in again.stderr
+    assert json.loads((setup.out / "manifest.json").read_text()) == manifest
+
+    renewed = setup.run_json("--new")
+    assert renewed["kicked_off"] and renewed["status_url"] != summary["status_url"]
+    assert_every_patient_once(setup)
+
+
+@pytest.mark.parametrize("mode", ["openemr", "spec"])
+def test_patient_level_with_types(export_setup: Callable[..., Setup], mode: str) -> None:
+    setup = export_setup(mode, patients=15)
+    summary = setup.run_json("--patient", "--type", "Patient")
+    assert [f["type"] for f in summary["files"]] == ["Patient"]
+    manifest = json.loads((setup.out / "manifest.json").read_text())
+    assert "Patient/$export" in manifest["request"]
+    assert "type=Patient" in manifest["cwsctl"]["kickoffUrl"]
+    assert "_type=Patient" in manifest["cwsctl"]["kickoffUrl"]
+    assert_every_patient_once(setup)
+
+
+def test_group_export_asks_for_the_group_route(export_setup: Callable[..., Setup]) -> None:
+    setup = export_setup("openemr", patients=5)
+    summary = setup.run_json("--group", "no-such-group")
+    assert summary["state"] == "done"
+    manifest = json.loads((setup.out / "manifest.json").read_text())
+    assert "/Group/no-such-group/$export" in manifest["cwsctl"]["kickoffUrl"]
+
+
+@pytest.mark.parametrize("mode", ["openemr", "spec"])
+def test_since_last_exports_only_what_changed(
+    export_setup: Callable[..., Setup], mode: str
+) -> None:
+    setup = export_setup(mode, patients=20)
+    time.sleep(1.1)  # transaction times are whole seconds: the seed must lie before the first
+    first = setup.run_json()
+    assert first["resources"] == 20
+    refused = setup.run("--since", "last")  # done DIR, no --new: nothing happens
+    assert refused.returncode == 0 and "already holds" in refused.stderr
+    time.sleep(1.1)
+    setup.server.seed_patients(3, prefix="Q")
+    second = setup.run_json("--since", "last", "--new")
+    assert second["kicked_off"]
+    new_ids = setup.patient_ids()
+    old = set(setup.server_ids())
+    assert len(new_ids) == 3 and len(set(new_ids)) == 3 and set(new_ids) <= old
+    state = setup.state()
+    assert state["since_sent"] == first["transaction_instant"]
+    assert state["last_done"]["transaction_instant"] == second["transaction_instant"]
+
+
+def test_since_last_needs_a_finished_export(export_setup: Callable[..., Setup]) -> None:
+    setup = export_setup("openemr", patients=1)
+    result = setup.run("--since", "last")
+    assert result.returncode == 2
+    assert "no finished export" in result.stderr
+
+
+def test_bad_since_refused_before_sending(export_setup: Callable[..., Setup]) -> None:
+    setup = export_setup("openemr", patients=1)
+    result = setup.run("--since", "2026-03-01 12:00:00")
+    assert result.returncode == 2
+    assert "use T between date and time" in result.stderr
+    assert not (setup.out / STATE).exists()
+
+
+def test_a_profile_without_the_export_scope_is_told_which(
+    export_setup: Callable[..., Setup], cwsctl_home: Path
+) -> None:
+    setup = export_setup("openemr", patients=1)
+    store = Store(cwsctl_home)
+    config = store.load()
+    profile = store.get_profile("emr", config)
+    profile.scope = " ".join(s for s in profile.scope.split() if s != "system/Group.$export")
+    store.save(config)
+    result = setup.run("--group", "g1")
+    assert result.returncode == 3
+    assert "system/Group.$export" in result.stderr
+    assert "--export-scopes" in result.stderr
+
+
+# -- status and cancel -------------------------------------------------------------------------
+
+
+def test_status_cancel_and_new(export_setup: Callable[..., Setup]) -> None:
+    setup = export_setup("spec", patients=10, export_delay=60.0)
+    process = setup.start()
+    wait_for(lambda: setup.state().get("state") == "running")
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    status = setup.run_json("--status")
+    assert status["state"] == "running"
+    assert status["server_status"] in (202, 429) and status["progress"]  # 429: polled too soon
+    human = setup.run("--status")
+    assert human.returncode == 0 and "state:" in human.stdout and "running" in human.stdout
+
+    cancelled = setup.run("--cancel")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert setup.state()["state"] == "cancelled"
+    again = setup.run()
+    assert again.returncode == 2 and "--new" in again.stderr
+    setup.server.export.delay = 0.0
+    renewed = setup.run_json("--new")
+    assert renewed["kicked_off"] and renewed["state"] == "done"
+    assert renewed["status_url"] != status["status_url"]
+    assert_every_patient_once(setup)
+
+
+def test_status_of_an_empty_dir(export_setup: Callable[..., Setup]) -> None:
+    setup = export_setup("openemr", patients=0)
+    result = setup.run("--status")
+    assert result.returncode == 2 and "no export in" in result.stderr
+
+
+# -- faults: killed and resumed ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_mid_poll_resumes_without_a_second_kickoff(
+    export_setup: Callable[..., Setup], sig: signal.Signals
+) -> None:
+    setup = export_setup("spec", patients=30, export_delay=4.0)
+    process = setup.start()
+    wait_for(lambda: setup.state().get("state") == "running")
+    time.sleep(0.3)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=30)
+    if sig == signal.SIGINT:
+        assert process.returncode == 130, err
+    status_url = setup.state()["status_url"]
+    summary = setup.run_json()
+    assert not summary["kicked_off"] and summary["resumed"]
+    assert summary["status_url"] == status_url
+    assert_every_patient_once(setup)
+    assert_manifest_matches_files(setup)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_mid_download_resumes_every_line_once(
+    export_setup: Callable[..., Setup], sig: signal.Signals
+) -> None:
+    setup = export_setup("openemr", patients=3000, proxy=True)
+    proxy: ThrottlingProxy = setup.proxy  # type: ignore[attr-defined]
+    proxy.rate = 100_000  # bytes a second: the Patient file takes several seconds
+    process = setup.start("--parallel", "2")
+    part = setup.out / "Patient-1.ndjson.part"
+    wait_for(lambda: part.exists() and part.stat().st_size > 20_000, timeout=60)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=30)
+    if sig == signal.SIGINT:
+        assert process.returncode == 130, err
+        assert "interrupted" in err
+    else:
+        assert part.exists()  # what SIGKILL leaves behind
+    state = setup.state()
+    assert state["state"] == "downloading"
+    assert not any(f["done"] for f in state["files"] if f["type"] == "Patient")
+    proxy.rate = None
+    summary = setup.run_json()
+    assert not summary["kicked_off"] and summary["resumed"]
+    assert summary["status_url"] == state["status_url"]
+    assert summary["resources"] == 3000
+    assert_every_patient_once(setup)
+    assert_manifest_matches_files(setup)
+
+
+def test_a_download_cut_short_is_fetched_again(export_setup: Callable[..., Setup]) -> None:
+    setup = export_setup("openemr", patients=200)
+    setup.server.export_faults.cut_file_after = 5000
+    summary = setup.run_json()
+    assert setup.server.export_faults.cut_file_after is None  # the cut happened
+    assert summary["resources"] == 200
+    assert_every_patient_once(setup)
+    assert_manifest_matches_files(setup)
+
+
+@pytest.mark.parametrize("mode", ["openemr", "spec"])
+def test_5xx_on_the_status_url_is_retried(export_setup: Callable[..., Setup], mode: str) -> None:
+    setup = export_setup(mode, patients=10, export_delay=0.5 if mode == "spec" else 0.0)
+    setup.server.export_faults.status_errors = 2
+    summary = setup.run_json()
+    assert setup.server.export_faults.status_errors == 0
+    assert summary["state"] == "done"
+    assert_every_patient_once(setup)
+
+
+def test_tokens_expire_mid_export(export_setup: Callable[..., Setup]) -> None:
+    setup = export_setup("spec", patients=30, export_delay=5.0, token_lifetime=2)
+    summary = setup.run_json("--parallel", "1")
+    assert summary["state"] == "done"
+    assert summary["token_renewals"] >= 1
+    assert_every_patient_once(setup)
+
+
+@pytest.mark.parametrize("mode", ["openemr", "spec"])
+def test_a_file_of_the_wrong_type_is_exit_5_naming_it(
+    export_setup: Callable[..., Setup], mode: str
+) -> None:
+    setup = export_setup(mode, patients=10)
+    setup.server.export_faults.wrong_type = "Patient"
+    result = setup.run()
+    assert result.returncode == 5, result.stderr
+    assert "Patient-1.ndjson" in result.stderr
+    assert "not a Patient" in result.stderr
+    assert not (setup.out / "Patient-1.ndjson").exists()
+    assert not list(setup.out.glob("*.part"))
+    state = setup.state()
+    assert state["state"] == "downloading"
+    again = setup.run()  # the same job again: no second kick-off, the same refusal
+    assert again.returncode == 5 and "Patient-1.ndjson" in again.stderr
+    assert setup.state()["status_url"] == state["status_url"]
+    # the way out: cancel that job, start a new one
+    setup.server.export_faults.wrong_type = None
+    assert setup.run("--cancel").returncode == 0
+    setup.run_json("--new")
+    assert_every_patient_once(setup)
+
+
+def test_a_count_that_does_not_match_is_exit_5_naming_the_file(
+    export_setup: Callable[..., Setup],
+) -> None:
+    setup = export_setup("spec", patients=10)
+    setup.server.export_faults.wrong_count = True
+    result = setup.run()
+    assert result.returncode == 5, result.stderr
+    assert "Patient-1.ndjson" in result.stderr
+    assert "the manifest says 11" in result.stderr
+    assert not (setup.out / "Patient-1.ndjson").exists()
