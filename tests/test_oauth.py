@@ -1135,9 +1135,34 @@ def test_login_then_refresh_grant_without_prompt(
     assert token_server.state.grants() == ["authorization_code", "refresh_token"]
 
 
-def test_login_wrong_state_is_refused(cwsctl_home: Path, emr: Profile, token_server) -> None:
+def test_login_ignores_a_wrong_state_and_signs_in_with_the_right_one(
+    cwsctl_home: Path, emr: Profile, token_server
+) -> None:
+    """Any local process can reach the loopback port: a redirect with the wrong state is
+    ignored with a warning (its code never exchanged), not allowed to abort the login."""
     env = {**os.environ, "CWSCTL_HOME": str(cwsctl_home)}
     process = start_oauth_login(env, "--no-browser", "--wait", "20")
+    try:
+        url = read_login_url(process)
+        redirect = parse_qs(urlsplit(url).query)["redirect_uri"][0]
+        httpx.get(redirect, params={"code": "forged", "state": "not-the-state"}, timeout=10)
+        httpx.get(redirect, params={"code": "forged-too"}, timeout=10)
+        assert process.poll() is None  # still waiting
+        assert httpx.get(url, follow_redirects=True, timeout=10).status_code == 200
+        _, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert err.count(b"cwsctl: warning: ignored a redirect with the wrong state") == 2
+    assert token_server.state.grants() == ["authorization_code"]
+    assert token_server.state.token_forms[0]["code"] not in ("forged", "forged-too")
+
+
+def test_login_wrong_state_only_times_out_with_exit_6(
+    cwsctl_home: Path, emr: Profile, token_server
+) -> None:
+    env = {**os.environ, "CWSCTL_HOME": str(cwsctl_home)}
+    process = start_oauth_login(env, "--no-browser", "--wait", "2")
     try:
         url = read_login_url(process)
         redirect = parse_qs(urlsplit(url).query)["redirect_uri"][0]
@@ -1145,9 +1170,58 @@ def test_login_wrong_state_is_refused(cwsctl_home: Path, emr: Profile, token_ser
         _, err = process.communicate(timeout=20)
     finally:
         process.kill()
-    assert process.returncode == 4
-    assert b"wrong state" in err
+    assert process.returncode == 6, err
     assert token_server.state.token_forms == []
+
+
+def test_the_browser_inherits_no_secret_variables(
+    cwsctl_home: Path, emr: Profile, token_server, tmp_path: Path
+) -> None:
+    """oauth login on a terminal opens $BROWSER: it gets cwsctl's environment minus
+    CWSCTL_PASSWORD*, CWSCTL_TOKEN* and CWSCTL_PASSPHRASE*."""
+    import pty
+    import subprocess
+    import sys
+
+    seen = tmp_path / "browser-env.json"
+    browser = tmp_path / "browser"
+    browser.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        f"open({str(seen)!r}, 'w').write(json.dumps({{**os.environ, 'URL': sys.argv[1]}}))\n"
+    )
+    browser.chmod(0o700)
+    secrets = {
+        "CWSCTL_PASSWORD": "pw-secret",
+        "CWSCTL_TOKEN": "tok-secret",
+        "CWSCTL_TOKEN_FILE": str(tmp_path / "t"),
+        "CWSCTL_PASSPHRASE_FILE": str(tmp_path / "p"),
+    }
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(secrets, CWSCTL_HOME=str(cwsctl_home), BROWSER=f"{browser} %s", DISPLAY=":99")
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cwsctl", "oauth", "login", "--wait", "20"],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    os.close(terminal)
+    try:
+        url = read_login_url(process)
+        deadline = time.monotonic() + 20
+        while not seen.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(url, follow_redirects=True, timeout=10).status_code == 200
+        _, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+        os.close(controller)
+    assert process.returncode == 0, err
+    inherited = json.loads(seen.read_text())
+    assert inherited["URL"] == url and inherited["CWSCTL_HOME"] == str(cwsctl_home)
+    assert not set(secrets) & set(inherited)
 
 
 def test_login_without_terminal_needs_no_browser_flag(run_cwsctl, emr: Profile) -> None:

@@ -403,6 +403,28 @@ def _can_open_browser() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+#: Variables the browser must not inherit: secrets, and where they are.
+_SECRET_VARIABLES = ("CWSCTL_PASSWORD", "CWSCTL_TOKEN", "CWSCTL_PASSPHRASE")
+
+
+def _open_browser(url: str) -> bool:
+    """Open ``url`` in the user's browser, which inherits no ``CWSCTL_PASSWORD*``,
+    ``CWSCTL_TOKEN*`` or ``CWSCTL_PASSPHRASE*`` variable (it outlives cwsctl, and runs plug-ins
+    and helpers of its own). webbrowser starts it with this process's environment, so the
+    variables are taken out of it for the call and put back after."""
+    import webbrowser
+
+    hidden = {
+        name: value for name, value in os.environ.items() if name.startswith(_SECRET_VARIABLES)
+    }
+    for name in hidden:
+        del os.environ[name]
+    try:
+        return webbrowser.open(url)
+    finally:
+        os.environ.update(hidden)
+
+
 @app.command("login")
 @with_globals
 def login(
@@ -488,13 +510,10 @@ def login(
         # Always shown, even with -q or --json: the person needs it to go on.
         sys.stderr.write(f"Open this URL to sign in to OpenEMR:\n{url}\n")
         sys.stderr.flush()
-        if not no_browser and _can_open_browser():
-            import webbrowser
-
-            if webbrowser.open(url):
-                out.info("(opened in your browser)")
+        if not no_browser and _can_open_browser() and _open_browser(url):
+            out.info("(opened in your browser)")
         out.info(f"Waiting up to {wait:g} s for the redirect to {receiver.redirect_uri} …")
-        code = receiver.wait(state, wait)
+        code = receiver.wait(state, wait, on_ignored=out.warn)
     granted = oauth.run_flow(
         source.code_flow(code, receiver.redirect_uri, pkce.verifier),
         timeout=timeout,

@@ -49,6 +49,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import math
 import os
 import queue
 import secrets
@@ -75,6 +76,7 @@ from cwsctl.core.errors import (
 )
 from cwsctl.core.exchange import DEFAULT_TIMEOUT, bounded_client, time_left
 from cwsctl.core.files import atomic_write, check_private_file, ensure_private_dir, no_core_dumps
+from cwsctl.core.headers import value_problem
 from cwsctl.core.jsondoc import loads_json
 from cwsctl.core.jwks import JWS_ALGORITHM, key_id
 from cwsctl.core.profile import DISCOVERED_FIELDS, Profile, Store, validate_profile_name
@@ -107,6 +109,12 @@ MAX_ASSERTION_LIFETIME_S = 300
 #: Lifetime assumed for a token whose answer has no ``expires_in`` (OpenEMR's client-credentials
 #: tokens last 300 s; its user tokens an hour).
 DEFAULT_TOKEN_LIFETIME_S = 300
+#: The longest lifetime believed from an ``expires_in`` (a day; OpenEMR's tokens last an hour).
+#: A missing, non-numeric, negative or non-finite one (1e999, "Infinity", NaN) gets the default.
+MAX_TOKEN_LIFETIME_S = 24 * 3600
+#: The largest access token taken (OpenEMR's JWTs are 1-2 KiB; servers refuse much larger
+#: request heads anyway): a bigger one is refused rather than cached and sent with every request.
+MAX_ACCESS_TOKEN_SIZE = 16 * 1024
 #: Seconds the discovery documents may take (``profile init``, ``oauth discover``) by default.
 DISCOVERY_TIMEOUT_S = 10.0
 #: A cached token is reused until this long before it expires (or 10 % of its lifetime, if less).
@@ -481,7 +489,7 @@ class Token:
         if not isinstance(data, dict):
             return None
         try:
-            return cls(
+            token = cls(
                 access_token=str(data["access_token"]),
                 token_type=str(data.get("token_type", "Bearer")),
                 scope=str(data.get("scope", "")),
@@ -490,6 +498,9 @@ class Token:
             )
         except (KeyError, TypeError, ValueError):
             return None
+        # A token that never expires (a cache written from an expires_in of 1e999) is none.
+        finite = math.isfinite(token.obtained_at) and math.isfinite(token.expires_at)
+        return token if finite else None
 
 
 def reuse_margin(lifetime: float) -> float:
@@ -795,16 +806,24 @@ def parse_token_response(response: httpx.Response, grant: str, *, sent_at: float
     token_type = str(body.get("token_type", ""))
     if not isinstance(access, str) or not access:
         raise ServerFailureError("the token endpoint's answer has no access_token")
+    if len(access) > MAX_ACCESS_TOKEN_SIZE:
+        raise ServerFailureError(
+            f"the token endpoint's access_token is {len(access)} characters long (cwsctl takes "
+            f"at most {MAX_ACCESS_TOKEN_SIZE}); refusing it",
+            hint="ask the server's administrators",
+        )
+    if value_problem(access) is not None:
+        raise ServerFailureError(
+            f"the token endpoint's access_token {value_problem(access)}: it cannot be sent in "
+            "an HTTP header; refusing it",
+            hint="ask the server's administrators",
+        )
     if token_type.lower() != "bearer":
         raise ServerFailureError(
             f"the token endpoint granted a {server_text(token_type) or 'typeless'} token; "
             "cwsctl uses Bearer tokens"
         )
-    try:
-        lifetime = float(body.get("expires_in", DEFAULT_TOKEN_LIFETIME_S))
-    except (TypeError, ValueError):
-        lifetime = DEFAULT_TOKEN_LIFETIME_S
-    lifetime = max(0.0, lifetime)
+    lifetime = token_lifetime(body.get("expires_in"))
     refresh = body.get("refresh_token")
     return GrantResult(
         token=Token(
@@ -816,6 +835,20 @@ def parse_token_response(response: httpx.Response, grant: str, *, sent_at: float
         ),
         refresh_token=refresh if isinstance(refresh, str) and refresh else None,
     )
+
+
+def token_lifetime(expires_in: object) -> float:
+    """Seconds a granted token lives: ``expires_in`` when it is a finite number of seconds
+    above 0, at most :data:`MAX_TOKEN_LIFETIME_S`; else :data:`DEFAULT_TOKEN_LIFETIME_S`."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float | str):
+        return DEFAULT_TOKEN_LIFETIME_S
+    try:
+        seconds = float(expires_in)
+    except (ValueError, OverflowError):
+        return DEFAULT_TOKEN_LIFETIME_S
+    if not math.isfinite(seconds) or seconds <= 0:
+        return DEFAULT_TOKEN_LIFETIME_S
+    return min(seconds, MAX_TOKEN_LIFETIME_S)
 
 
 # -- getting tokens ------------------------------------------------------------------------
@@ -1384,22 +1417,38 @@ class LoopbackReceiver:
             self._thread.join(timeout=5)
         self._server.server_close()
 
-    def wait(self, expected_state: str, timeout: float) -> str:
-        """The authorization code from the redirect; errors for a refusal, a wrong ``state``
-        (CSRF) or no redirect within ``timeout`` seconds."""
-        try:
-            answer = self._server.answers.get(timeout=timeout)
-        except queue.Empty:
-            raise NetworkError(
-                f"no answer reached {self.redirect_uri} within {timeout:g} s",
-                hint="open the printed URL in a browser on this machine and approve; "
-                "allow more time with --wait SECONDS",
-            ) from None
-        if answer.state != expected_state:
-            raise ClientRequestError(
-                "the redirect carried the wrong state; refusing its code (possible forgery)",
-                hint="run cwsctl oauth login again",
-            )
+    def wait(
+        self,
+        expected_state: str,
+        timeout: float,
+        on_ignored: Callable[[str], None] | None = None,
+    ) -> str:
+        """The authorization code from the redirect; errors for a refusal or no redirect with
+        the right ``state`` within ``timeout`` seconds.
+
+        A redirect with the wrong ``state`` (or none) is ignored, its code never used, and
+        ``on_ignored`` told with a one-line warning: any local process can reach the port, and
+        must not be able to abort the login; the real redirect, or the timeout, ends the wait.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                answer = self._server.answers.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise NetworkError(
+                    f"no answer reached {self.redirect_uri} within {timeout:g} s",
+                    hint="open the printed URL in a browser on this machine and approve; "
+                    "allow more time with --wait SECONDS",
+                ) from None
+            if answer.state is not None and secrets.compare_digest(
+                answer.state.encode(), expected_state.encode()
+            ):
+                break
+            if on_ignored is not None:
+                on_ignored(
+                    "ignored a redirect with the wrong state (not from this login: possible "
+                    "forgery); still waiting for the right one"
+                )
         if answer.error:
             description = server_text(answer.error_description or "")
             raise ClientRequestError(
