@@ -76,6 +76,8 @@ def request_command(
             else:
                 out.data(format_request(prepared))
             return
+        if out.settings.verbose:
+            out.info(f"* proxy: {client.proxy_description(path)}", "dim")
         if insecure_skip_verify:
             out.warn(
                 "response signature NOT verified (--insecure-skip-verify): the answer may be forged"

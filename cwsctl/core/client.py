@@ -33,8 +33,10 @@ from cwsctl.core.exchange import (
     ResponseTooLargeError,
     UnexpectedEncodingError,
     bounded_client,
+    describe_proxy,
     exchange_deadline,
     format_size,
+    plain_http_via_proxy,
     size_cap,
     time_left,
 )
@@ -44,7 +46,13 @@ from cwsctl.core.jsondoc import loads_json
 from cwsctl.core.profile import TrustedKey
 from cwsctl.core.signing import body_sha256
 from cwsctl.core.text import printable
-from cwsctl.core.urls import check_same_server, check_transport_security, origin, resolve_url
+from cwsctl.core.urls import (
+    check_same_server,
+    check_transport_security,
+    origin,
+    resolve_url,
+    without_userinfo,
+)
 from cwsctl.core.verification import VerificationResult, verify_response
 
 #: Methods that may be re-sent after the request went out without changing anything twice.
@@ -342,9 +350,21 @@ class ApiClient:
             check_transport_security(url, allow_http=self.allow_http)
             if self.credentials_stay_home and self.base_url and not self.allow_other_host:
                 check_same_server(url, self.base_url)
+            proxy = plain_http_via_proxy(url)
+            if proxy is not None:
+                raise InputError(
+                    f"refusing to send a plain-http request to {urlsplit(url).netloc} through "
+                    f"the proxy {without_userinfo(proxy)}: the proxy would read its credentials "
+                    "and body",
+                    hint="use https (the proxy then only tunnels it), or list the host in NO_PROXY",
+                )
             if "?" not in path_or_url and len(self._urls) < 64:
                 self._urls[path_or_url] = url
         return url
+
+    def proxy_description(self, path_or_url: str) -> str:
+        """How a request to ``path_or_url`` travels: ``direct (…)`` or the proxy (``-v``)."""
+        return describe_proxy(self._checked_url(path_or_url))
 
     def at_home(self, url: str) -> bool:
         """True when ``url`` is on the profile's own server (or the profile names none)."""

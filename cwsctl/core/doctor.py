@@ -193,23 +193,26 @@ def _url_check(profile: Profile) -> Check:
 def _reach_checks(url: str, path: str, timeout: float) -> Iterator[Check]:
     import httpx
 
-    from cwsctl.core.exchange import bounded_client
+    from cwsctl.core.exchange import bounded_client, describe_proxy, proxy_for
 
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    yield passed("proxy", describe_proxy(url))
     try:
         addresses = {
             str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         }
     except OSError as exc:
-        yield failed(
-            "dns",
-            f"cannot resolve {host}: {exc}",
-            "check the host name in the profile URL",
-            ExitStatus.NETWORK,
-        )
-        return
+        if proxy_for(url) is None:
+            yield failed(
+                "dns",
+                f"cannot resolve {host}: {exc}",
+                "check the host name in the profile URL",
+                ExitStatus.NETWORK,
+            )
+            return
+        addresses = {"not resolvable here; the proxy resolves it"}  # behind a proxy
     yield passed("dns", f"{host} → {', '.join(sorted(addresses))}")
     try:
         # Only the head matters here; the body is read (and bounded) but not used.

@@ -15,6 +15,13 @@ place:
   httpx closes the connection instead of returning it to the pool. cwsctl asks for
   ``Accept-Encoding: identity`` and refuses a compressed answer, so the bytes counted are the bytes
   kept (and a small compressed body cannot expand past the cap).
+
+**Proxies.** ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and ``NO_PROXY`` are read as httpx reads
+them (:func:`environment_proxies`), and each proxy gets a bounded transport of its own, mounted
+as httpx mounts its own proxy transports: the deadline and the size cap hold through a proxy too.
+An https origin is reached through a ``CONNECT`` tunnel, so the proxy sees the host and port and
+never the request (its credentials travel inside TLS); a plain-http one would be handed to the
+proxy whole, which :func:`plain_http_via_proxy` lets callers refuse.
 """
 
 from __future__ import annotations
@@ -43,6 +50,55 @@ class ResponseTooLargeError(httpx.TransportError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the answer is larger than {format_size(limit)}")
         self.limit = limit
+
+
+def environment_proxies() -> dict[str, str | None]:
+    """httpx's reading of the proxy variables: URL pattern → proxy URL (None: direct, from
+    ``NO_PROXY``). Empty when none is set (or ``NO_PROXY=*``)."""
+    from httpx._utils import get_environment_proxies
+
+    return get_environment_proxies()
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy a request to ``url`` goes through (None: direct), chosen as httpx does."""
+    from httpx._utils import URLPattern
+
+    proxies = environment_proxies()
+    if not proxies:
+        return None
+    target = httpx.URL(url)
+    for pattern, proxy in sorted(
+        ((URLPattern(key), value) for key, value in proxies.items()), key=lambda item: item[0]
+    ):
+        if pattern.matches(target):
+            return proxy
+    return None
+
+
+def plain_http_via_proxy(url: str) -> str | None:
+    """The proxy that would receive a plain-http request to ``url`` whole (credentials
+    included), or None: https goes through a tunnel, and a proxy on this machine is allowed."""
+    from cwsctl.core.urls import is_loopback
+
+    proxy = proxy_for(url)
+    if proxy is None or httpx.URL(url).scheme != "http":
+        return None
+    return None if is_loopback(httpx.URL(proxy).host) else proxy
+
+
+def describe_proxy(url: str) -> str:
+    """How a request to ``url`` travels, for ``-v`` and ``doctor`` (no proxy password)."""
+    from cwsctl.core.urls import without_userinfo
+
+    proxy = proxy_for(url)
+    if proxy is None:
+        variables = "NO_PROXY" if environment_proxies() else "no proxy variable set"
+        return f"direct ({variables})"
+    how = (
+        "CONNECT tunnel" if httpx.URL(url).scheme == "https" else "plain http: it sees the request"
+    )
+    return f"{without_userinfo(proxy)} ({how})"
 
 
 class UnexpectedEncodingError(httpx.TransportError):
@@ -121,16 +177,17 @@ class BoundedTransport(httpx.HTTPTransport):
         max_response_size: int | None = None,
         retries: int = 0,
         max_connections: int = 10,
+        proxy: str | None = None,
     ) -> None:
         # httpx.HTTPTransport.__init__ only builds its httpcore pool, with no way to pass a
-        # network backend; the pool is built the same way (no proxy: cwsctl's clients never take
-        # one from the environment) with ours, instead of calling it and paying for two SSL
-        # contexts. It is built on the first send (see _pool): importing httpcore and h11 costs
+        # network backend; the pool is built the same way (a ConnectionPool, or an HTTPProxy
+        # for ``proxy``) with ours, instead of calling it and paying for two SSL contexts. It is built on the first send (see _pool): importing httpcore and h11 costs
         # ~13 ms that a dry run, which only builds the request, never needs.
         self.timeout = timeout
         self.max_response_size = size_cap(max_response_size)
         self._retries = retries
         self._max_connections = max_connections
+        self._proxy = proxy
         self._built: Any = None
         self._building = threading.Lock()
 
@@ -144,7 +201,9 @@ class BoundedTransport(httpx.HTTPTransport):
                     from cwsctl.core.exchange_pool import make_pool
 
                     self._built = make_pool(
-                        max_connections=self._max_connections, retries=self._retries
+                        max_connections=self._max_connections,
+                        retries=self._retries,
+                        proxy=self._proxy,
                     )
                 pool = self._built
         return pool
@@ -193,15 +252,29 @@ def bounded_client(
     retries: int = 0,
     max_connections: int = 10,
 ) -> httpx.Client:
-    """An ``httpx.Client`` whose every exchange is bounded in time and size (no redirects)."""
-    transport = BoundedTransport(
-        timeout=timeout,
-        max_response_size=max_response_size,
-        retries=retries,
-        max_connections=max_connections,
-    )
+    """An ``httpx.Client`` whose every exchange is bounded in time and size (no redirects),
+    through the proxies the environment names (each with a bounded transport of its own)."""
+    options: dict[str, Any] = {
+        "timeout": timeout,
+        "max_response_size": max_response_size,
+        "retries": retries,
+        "max_connections": max_connections,
+    }
+    mounts: dict[str, httpx.BaseTransport | None] = {}
+    for pattern, proxy in environment_proxies().items():
+        if proxy is not None and httpx.URL(proxy).scheme not in ("http", "https"):
+            from cwsctl.core.errors import InputError
+            from cwsctl.core.urls import without_userinfo
+
+            raise InputError(
+                f"the proxy {without_userinfo(proxy)} is not an http:// or https:// proxy "
+                "(SOCKS is not supported)",
+                hint="set HTTPS_PROXY/HTTP_PROXY to an http proxy, or unset ALL_PROXY",
+            )
+        mounts[pattern] = BoundedTransport(proxy=proxy, **options) if proxy else None
     return _Client(
-        transport=transport,
+        transport=BoundedTransport(**options),
+        mounts=mounts,
         timeout=httpx.Timeout(timeout),
         follow_redirects=False,
         headers={"Accept-Encoding": "identity"},

@@ -14,10 +14,32 @@ import httpx
 from cwsctl.core.exchange import time_left
 
 
-def make_pool(*, max_connections: int, retries: int) -> httpcore.ConnectionPool:
+def make_pool(
+    *, max_connections: int, retries: int, proxy: str | None = None
+) -> httpcore.ConnectionPool:
     """The pool httpx.HTTPTransport would build (httpx's default limits for ``max_connections``),
-    with deadline-bound sockets."""
+    with deadline-bound sockets; through ``proxy`` (an http(s) proxy URL) when given, as
+    httpx.HTTPTransport(proxy=…) builds it: CONNECT tunnels for https origins."""
     limits = httpx.Limits(max_connections=max_connections)
+    if proxy is not None:
+        settings = httpx.Proxy(url=proxy)
+        return _ProxyPool(
+            proxy_url=httpcore.URL(
+                scheme=settings.url.raw_scheme,
+                host=settings.url.raw_host,
+                port=settings.url.port,
+                target=settings.url.raw_path,
+            ),
+            proxy_auth=settings.raw_auth,
+            proxy_headers=settings.headers.raw,
+            ssl_context=None,
+            proxy_ssl_context=settings.ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            retries=retries,
+            network_backend=_DeadlineBackend(),
+        )
     return _Pool(
         ssl_context=None,
         max_connections=limits.max_connections,
@@ -104,6 +126,16 @@ class _Pool(httpcore.ConnectionPool):
 
     def create_connection(self, origin: httpcore.Origin) -> httpcore.ConnectionInterface:
         """A connection to ``origin``; the first https one makes the SSL context."""
+        if self._ssl_context is None and origin.scheme == b"https":
+            self._ssl_context = httpx.create_ssl_context()
+        return super().create_connection(origin)
+
+
+class _ProxyPool(httpcore.HTTPProxy):
+    """httpcore's proxy pool, with the same lazily made SSL context as :class:`_Pool`."""
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.ConnectionInterface:
+        """A connection to ``origin`` through the proxy; the first https one makes the context."""
         if self._ssl_context is None and origin.scheme == b"https":
             self._ssl_context = httpx.create_ssl_context()
         return super().create_connection(origin)
