@@ -370,3 +370,5 @@ def test_credentials_in_a_url_are_refused_and_never_shown(cli, sandbox, sandbox_
     stored = cli("request", "GET", "/ws/")
     assert stored.exit_code == 3 and "pw-s3cret" not in stored.stderr
     assert "user name or password" in stored.stderr
+    doctor = cli("doctor", "--json")
+    assert doctor.exit_code == 3 and "pw-s3cret" not in doctor.stdout + doctor.stderr

@@ -175,9 +175,16 @@ def _key_checks(
 
 
 def _url_check(profile: Profile) -> Check:
-    from cwsctl.core.urls import is_loopback
+    from cwsctl.core.urls import is_loopback, without_userinfo
 
     parts = urlsplit(profile.url)
+    if "@" in parts.netloc:  # a hand-edited URL with user:password@ (profile init refuses it)
+        return failed(
+            "https",
+            f"{without_userinfo(profile.url)} holds a user name or password",
+            f"cwsctl profile init {profile.name} --kind {profile.kind} --url https://HOST",
+            ExitStatus.LOCAL_KEY,
+        )
     if parts.scheme == "https":
         return passed("https", profile.url)
     if parts.scheme == "http" and is_loopback(parts.hostname or ""):

@@ -85,7 +85,11 @@ class CwsKind(Kind):
 
     def summary(self, profile: Profile) -> str:
         """``https://… as 'site-user' (CWS-SHA256)``."""
-        return f"{profile.url} as {profile.username!r} ({profile.algorithm.scheme})"
+        from cwsctl.core.urls import without_userinfo
+
+        return (
+            f"{without_userinfo(profile.url)} as {profile.username!r} ({profile.algorithm.scheme})"
+        )
 
     def incomplete(self, profile: Profile) -> str | None:
         """A CWS profile needs a URL and the username CorEMR knows the key by."""

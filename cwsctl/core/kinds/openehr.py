@@ -257,7 +257,9 @@ class OpenEhrKind(Kind):
     def summary(self, profile: Profile) -> str:
         """``https://…/openehr/v1, auth basic as 'loader'``."""
         who = f" as {profile.username!r}" if profile.auth == "basic" else ""
-        return f"{profile.url}, auth {profile.auth}{who}"
+        from cwsctl.core.urls import without_userinfo
+
+        return f"{without_userinfo(profile.url)}, auth {profile.auth}{who}"
 
     def incomplete(self, profile: Profile) -> str | None:
         """A URL, and a username for basic auth."""

@@ -245,7 +245,9 @@ class OpenEmrKind(Kind):
         from cwsctl.core.oauth import effective_scope
 
         client = f"client {profile.client_id!r}" if profile.client_id else "no client registered"
-        return f"{profile.url} site {profile.site!r}, {client}, scope {effective_scope(profile)!r}"
+        from cwsctl.core.urls import without_userinfo
+
+        return f"{without_userinfo(profile.url)} site {profile.site!r}, {client}, scope {effective_scope(profile)!r}"
 
     def incomplete(self, profile: Profile) -> str | None:
         """An OpenEMR profile needs the server's URL."""
