@@ -1336,6 +1336,8 @@ def test_sandbox_site_address_differs_aud_follows_discovery(
 def test_sandbox_token_reuse_then_renewal(
     run_cwsctl, registered: Profile, emr_sandbox, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    # Long enough that six CLI runs on a loaded 2-core machine fit in one token's reuse window.
+    emr_sandbox.token_lifetime = 8
     capfd.readouterr()
     tokens = []
     for _ in range(3):
@@ -1348,7 +1350,7 @@ def test_sandbox_token_reuse_then_renewal(
         assert result.stderr == b""
     assert len(set(tokens)) == 1
     assert token_requests(capfd) == 1  # six calls, one token request
-    time.sleep(2.0)  # the 2-second token is past its reuse margin now
+    time.sleep(8.0)  # the 8-second token is past its reuse margin now
     renewed = run_cwsctl("oauth", "token")
     assert renewed.returncode == 0, renewed.stderr
     assert renewed.stdout.strip() != tokens[0]
