@@ -581,3 +581,24 @@ def test_core_dumps_are_disabled_once_a_passphrase_is_read(cwsctl_home, tmp_path
     )
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().splitlines()[-1] == "0 (0, 0)"
+
+
+def test_a_stored_secret_others_can_read_is_refused_and_core_dumps_go_off(tmp_path):
+    """Issue 20 item 19: the stored openEHR password/token file is checked like a key."""
+    import resource
+
+    from cwsctl.core.errors import CwsError, ExitStatus
+    from cwsctl.core.profile import Store
+    from cwsctl.core.secrets import resolve_secret, secrets_path, store_secret
+
+    store = Store(tmp_path / "home")
+    store_secret(store, "cdr", "password", "s3cret-pw")
+    path = secrets_path(store, "cdr")
+    path.chmod(0o644)
+    with pytest.raises(CwsError) as refused:
+        resolve_secret(store, "cdr", "password")
+    assert refused.value.exit_status == ExitStatus.LOCAL_KEY
+    assert "chmod 600" in (refused.value.hint or "") and "s3cret" not in refused.value.message
+    assert resource.getrlimit(resource.RLIMIT_CORE) == (0, 0)
+    path.chmod(0o600)
+    assert resolve_secret(store, "cdr", "password") == "s3cret-pw"

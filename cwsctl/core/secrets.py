@@ -20,7 +20,13 @@ import unicodedata
 from pathlib import Path
 
 from cwsctl.core.errors import CwsError, InputError, ProfileError
-from cwsctl.core.files import atomic_write, ensure_private_dir, read_bytes
+from cwsctl.core.files import (
+    atomic_write,
+    check_private_file,
+    ensure_private_dir,
+    no_core_dumps,
+    read_bytes,
+)
 from cwsctl.core.profile import Store, validate_profile_name
 
 #: What each auth method needs, and the environment variables that give it.
@@ -87,7 +93,9 @@ def check_secret(
 
 def resolve_secret(store: Store, profile: str, kind: str) -> str:
     """The secret for ``profile``: environment, then secret file, then the stored copy; one
-    that cannot be sent is an error naming its source (exit 2; 3 for the stored copy)."""
+    that cannot be sent is an error naming its source (exit 2; 3 for the stored copy). A stored
+    copy others can read is refused (exit 3), and from here on the process writes no core dump."""
+    no_core_dumps()  # the secret is about to be in this process's memory
     direct, file_var = secret_env(kind)
     if os.environ.get(direct):
         return check_secret(os.environ[direct], kind, direct)
@@ -95,6 +103,7 @@ def resolve_secret(store: Store, profile: str, kind: str) -> str:
         path = Path(os.environ[file_var])
         return check_secret(read_secret_file(path, kind), kind, f"{file_var} ({path})")
     path = secrets_path(store, profile)
+    check_private_file(path, what=f"stored {kind} file")
     try:
         stored = json.loads(path.read_text())
     except FileNotFoundError:
