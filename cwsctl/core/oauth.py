@@ -127,6 +127,10 @@ TOKENS_DIR = "tokens"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
 GRANT_REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type name, not a secret
 GRANT_AUTHORIZATION_CODE = "authorization_code"
+#: The token file's entries: the access token of the usual grants, a refresh token, and the
+#: client-credentials token of a source that never uses a person's sign-in (bulk export).
+ACCESS, SYSTEM_ACCESS = "access", "system_access"
+GRANT_SLOTS = (ACCESS, "refresh_token", SYSTEM_ACCESS)
 #: What OpenEMR says (7.0.3 in error_description, 7.0.4+ in message) to a user token whose
 #: sign-in was logged out or revoked (BearerTokenAuthorizationStrategy).
 LOGGED_OUT_TEXT = "Refresh Token revoked or logged out"
@@ -626,22 +630,29 @@ class TokenStore:
             return {}
         return data
 
-    def access_token(self, client_id: str, token_url: str) -> Token | None:
-        """The cached access token for this client and token URL (usable or not), if any."""
-        return Token.from_json(self._grants(client_id, token_url).get("access"))
+    def access_token(self, client_id: str, token_url: str, slot: str = ACCESS) -> Token | None:
+        """The cached access token for this client and token URL (usable or not), if any.
+
+        ``slot`` :data:`SYSTEM_ACCESS` is the client-credentials token kept apart from a
+        signed-in person's (see :class:`TokenSource`'s ``grant``)."""
+        return Token.from_json(self._grants(client_id, token_url).get(slot))
 
     def refresh_token(self, client_id: str, token_url: str) -> str | None:
         """The stored refresh token for this client and token URL, if any."""
         value = self._grants(client_id, token_url).get("refresh_token")
         return value if isinstance(value, str) and value else None
 
-    def save_grant(self, client_id: str, token_url: str, result: GrantResult) -> None:
-        """Cache a granted access token; keep (or replace, when rotated) the refresh token."""
+    def save_grant(
+        self, client_id: str, token_url: str, result: GrantResult, slot: str = ACCESS
+    ) -> None:
+        """Cache a granted access token (in ``slot``); keep (or replace, when rotated) the
+        refresh token."""
         with self._updating() as data:
             if data.get("client_id") != client_id or data.get("token_url") != token_url:
-                data.pop("refresh_token", None)
+                for name in GRANT_SLOTS[1:] if slot == ACCESS else GRANT_SLOTS:
+                    data.pop(name, None)
             data.update({"client_id": client_id, "token_url": token_url})
-            data["access"] = result.token.to_json()
+            data[slot] = result.token.to_json()
             if result.refresh_token:
                 data["refresh_token"] = result.refresh_token
 
@@ -653,7 +664,7 @@ class TokenStore:
     def clear_grants(self) -> None:
         """Forget the access and refresh tokens (the registration secrets stay)."""
         with self._updating() as data:
-            for name in ("access", "refresh_token", "client_id", "token_url"):
+            for name in (*GRANT_SLOTS, "client_id", "token_url"):
                 data.pop(name, None)
 
     def registration(self) -> dict[str, Any]:
@@ -861,6 +872,11 @@ class TokenSource:
     request, receive its response and return the :class:`Token`, doing no I/O themselves, so
     that :class:`OAuthBearerAuth` can run them inside the API request's own client. Use
     :func:`run_flow` to run one with a client of your own.
+
+    ``grant=GRANT_CLIENT_CREDENTIALS`` makes a source that only ever uses the client-credentials
+    grant with the profile's ``system/*`` scopes, even when a person is signed in (a bulk export
+    runs as OpenEMR's system user); its token is cached apart (:data:`SYSTEM_ACCESS`), under
+    the same lock and in the same 0600 file.
     """
 
     def __init__(
@@ -870,8 +886,13 @@ class TokenSource:
         private_key: rsa.RSAPrivateKey,
         *,
         clock: Callable[[], float] = time.time,
+        grant: str | None = None,
     ) -> None:
         require_openemr(profile)
+        if grant not in (None, GRANT_CLIENT_CREDENTIALS):
+            raise ValueError(f"TokenSource cannot be limited to the {grant} grant")
+        self.grant = grant
+        self._slot = SYSTEM_ACCESS if grant == GRANT_CLIENT_CREDENTIALS else ACCESS
         self.profile = profile
         self.private_key = private_key
         self.endpoints = endpoints(profile)
@@ -892,7 +913,7 @@ class TokenSource:
 
     def cached_token(self) -> Token | None:
         """A cached access token that is still usable, if any."""
-        token = self.tokens.access_token(self.client_id, self.endpoints.token)
+        token = self.tokens.access_token(self.client_id, self.endpoints.token, self._slot)
         return token if token is not None and token.usable(self.clock()) else None
 
     def grant_request(
@@ -917,7 +938,7 @@ class TokenSource:
     ) -> TokenFlow:
         """A usable token: the cached one (unless it is ``reject``, the one a 401 refused),
         else from the refresh-token grant, else from the client-credentials grant with the
-        profile's ``system/*`` scopes.
+        profile's ``system/*`` scopes (only the last for a client-credentials source).
 
         Raises LoginRequiredError when the refresh token is refused (it is forgotten) or when
         there is none and the profile has no ``system/*`` scope.
@@ -929,12 +950,12 @@ class TokenSource:
             return last
         with self._lock, self.tokens.locked():
             # Read under the lock: another thread or process may have just renewed it.
-            cached = self.tokens.access_token(client_id, token_url)
+            cached = self.tokens.access_token(client_id, token_url, self._slot)
             if cached is not None and cached.usable(self.clock()) and cached.access_token != reject:
                 self._last = cached
                 return cached
             name = self.profile.name
-            refresh = self.tokens.refresh_token(client_id, token_url)
+            refresh = None if self.grant else self.tokens.refresh_token(client_id, token_url)
             if refresh:
                 form = {
                     "grant_type": GRANT_REFRESH_TOKEN,
@@ -968,7 +989,7 @@ class TokenSource:
             sent_at = self.clock()
             response = yield self.grant_request(form, template)
             result = parse_token_response(response, GRANT_CLIENT_CREDENTIALS, sent_at=sent_at)
-            self.tokens.save_grant(client_id, token_url, result)
+            self.tokens.save_grant(client_id, token_url, result, self._slot)
             self._last = result.token
             return result.token
 

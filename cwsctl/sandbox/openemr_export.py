@@ -54,7 +54,7 @@ from cwsctl.sandbox import openemr_patients as patients
 from cwsctl.sandbox.app import Answer
 from cwsctl.sandbox.openemr_api import FHIR_JSON, kernel_error, unauthorized
 from cwsctl.sandbox.openemr_oauth import PHP_DEFAULT_TYPE, OpenEmrState
-from cwsctl.sandbox.openemr_scopes import V703, allows, allows_operation
+from cwsctl.sandbox.openemr_scopes import FHIR_READ_RESOURCES, V703, allows, allows_operation
 from cwsctl.sandbox.openemr_store import Grant, Patient
 
 OPENEMR_MODE = "openemr"
@@ -68,36 +68,13 @@ OUTPUT_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
 ACCEPT = "application/fhir+json"
 PREFER = "respond-async"
 CHUNK = 64 * 1024
-#: Types with an export service (OpenEMR's FhirExportServiceLocator) and which export
-#: operations each supports: outside the patient compartment only the system-level one.
-EXPORTABLE = (
-    "AllergyIntolerance",
-    "CarePlan",
-    "CareTeam",
-    "Condition",
-    "Coverage",
-    "Device",
-    "DiagnosticReport",
-    "DocumentReference",
-    "Encounter",
-    "Goal",
-    "Group",
-    "Immunization",
-    "Location",
-    "Medication",
-    "MedicationRequest",
-    "Observation",
-    "Organization",
-    "Patient",
-    "Person",
-    "Practitioner",
-    "PractitionerRole",
-    "Procedure",
-    "Provenance",
-    "QuestionnaireResponse",
-    "RelatedPerson",
-    "ServiceRequest",
+#: FHIR resources OpenEMR reads but has no export service for (FhirExportServiceLocator); every
+#: other readable one is exportable. Outside the patient compartment (SYSTEM_ONLY) only the
+#: system-level export operation supports a type.
+NOT_EXPORTABLE = frozenset(
+    {"Appointment", "Binary", "OperationDefinition", "Questionnaire", "ValueSet"}
 )
+EXPORTABLE = tuple(r for r in FHIR_READ_RESOURCES if r not in NOT_EXPORTABLE)
 SYSTEM_ONLY = frozenset(
     {
         "Group",
@@ -110,7 +87,7 @@ SYSTEM_ONLY = frozenset(
     }
 )
 #: FHIR resource types a spec-mode ``_type`` may name (unknown ones are a 400).
-KNOWN_TYPES = frozenset(EXPORTABLE) | {"Binary", "Appointment", "Questionnaire", "ValueSet"}
+KNOWN_TYPES = frozenset(FHIR_READ_RESOURCES) - {"OperationDefinition"}
 #: Patient search parameters a spec-mode ``_typeFilter`` may use.
 TYPE_FILTER_PARAMS = ("_id", "gender", "birthdate", "family", "given", "name")
 NOT_FOUND_704 = "The job id you submitted was not found"
@@ -366,23 +343,24 @@ class ExportStore:
 
     def delete_job(self, job_uuid: str) -> None:
         """Remove a job, its documents and their files."""
-        with self._lock:
-            paths = self._db.execute(
-                "SELECT path FROM export_documents WHERE job = ?", (job_uuid,)
-            ).fetchall()
-            self._db.execute("DELETE FROM export_documents WHERE job = ?", (job_uuid,))
-            self._db.execute("DELETE FROM export_jobs WHERE uuid = ?", (job_uuid,))
-        for (path,) in paths:
-            Path(path).unlink(missing_ok=True)
+        self._delete_documents("job = ?", job_uuid, "DELETE FROM export_jobs WHERE uuid = ?")
 
     def purge_expired(self, now: float) -> None:
         """Delete the files (and rows) of documents past their expiry."""
+        self._delete_documents("expires_at <= ?", now)
+
+    def _delete_documents(self, where: str, value: object, *also: str) -> None:
+        """Delete the documents matching ``where`` (one ``?`` for ``value``) and their files;
+        the statements ``also`` (same parameter) run in the same locked step."""
+        # ``where`` is one of this class's constants, never a caller's text.
+        select = f"SELECT path FROM export_documents WHERE {where}"  # noqa: S608
+        delete = f"DELETE FROM export_documents WHERE {where}"  # noqa: S608
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, path FROM export_documents WHERE expires_at <= ?", (now,)
-            ).fetchall()
-            self._db.execute("DELETE FROM export_documents WHERE expires_at <= ?", (now,))
-        for _, path in rows:
+            rows = self._db.execute(select, (value,)).fetchall()
+            self._db.execute(delete, (value,))
+            for statement in also:
+                self._db.execute(statement, (value,))
+        for (path,) in rows:
             Path(path).unlink(missing_ok=True)
 
     def clear(self) -> None:

@@ -86,6 +86,8 @@ _FHIR_READ = [
     "ValueSet",
     "OperationDefinition",
 ]
+#: The FHIR resources OpenEMR's scopes can name for reading.
+FHIR_READ_RESOURCES = tuple(_FHIR_READ)
 #: FHIR resources OpenEMR reads but never writes (no ``user/X.write`` scope for them).
 _FHIR_READ_ONLY = frozenset(
     {
