@@ -166,7 +166,12 @@ def export_setup(tmp_path: Path, rsa2048: Any, cwsctl_home: Path) -> Iterator[Ca
     started: list[Any] = []
 
     def make(
-        mode: str = "openemr", *, patients: int = 40, proxy: bool = False, **options: Any
+        mode: str = "openemr",
+        *,
+        patients: int = 40,
+        proxy: bool = False,
+        front: bool = False,
+        **options: Any,
     ) -> Setup:
         data_dir = tmp_path / f"emr-{len(started)}"
         data_dir.mkdir(mode=0o700)
@@ -186,6 +191,10 @@ def export_setup(tmp_path: Path, rsa2048: Any, cwsctl_home: Path) -> Iterator[Ca
             relay = ThrottlingProxy(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
             started.append(relay)
             url = relay.url
+        if front:
+            relay = Front(server.url)
+            started.append(relay)
+            url = relay.url
         env = {**os.environ, "CWSCTL_HOME": str(cwsctl_home)}
 
         def cwsctl(*args: str) -> None:
@@ -200,12 +209,12 @@ def export_setup(tmp_path: Path, rsa2048: Any, cwsctl_home: Path) -> Iterator[Ca
         cwsctl("-p", "emr", "oauth", "register", "--client-name", "export tests", "--export-scopes")
         server.enable_client(store.get_profile("emr").client_id)  # the administrator's step
         setup = Setup(server, cwsctl_home, tmp_path / f"out-{len(started)}")
-        setup.proxy = relay if proxy else None  # type: ignore[attr-defined]
+        setup.proxy = relay if proxy or front else None  # type: ignore[attr-defined]
         return setup
 
     yield make
     for item in started:
-        if isinstance(item, ThrottlingProxy):
+        if isinstance(item, ThrottlingProxy | Front):
             item.close()
         else:
             item.stop()
@@ -486,3 +495,366 @@ def test_a_count_that_does_not_match_is_exit_5_naming_the_file(
     assert "Patient-1.ndjson" in result.stderr
     assert "the manifest says 11" in result.stderr
     assert not (setup.out / "Patient-1.ndjson").exists()
+
+
+# -- refusals: a bare 401 naming the scope, 501 with system scopes off -------------------------
+
+
+def _cwsctl(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cwsctl", "-p", setup.name, *args],
+        env=setup.env(),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+def _audit_lines(setup: Setup) -> list[dict[str, Any]]:
+    path = setup.home / "audit" / f"{setup.name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_bare_401_on_the_kickoff_names_the_scope(
+    export_setup: Callable[..., Setup], cwsctl_home: Path
+) -> None:
+    setup = export_setup("openemr", patients=1)
+    store = Store(cwsctl_home)
+    narrower = [s for s in store.get_profile("emr").scope.split() if s != "system/*.$export"]
+    registered = _cwsctl(
+        setup, "oauth", "register", "--client-name", "n", "--scope", *[" ".join(narrower)]
+    )
+    assert registered.returncode == 0, registered.stderr
+    setup.server.enable_client(Store(cwsctl_home).get_profile("emr").client_id)
+    config = store.load()  # the profile asks for the scope; OpenEMR drops what is not registered
+    profile = store.get_profile("emr", config)
+    profile.scope = " ".join([*narrower, "system/*.$export"])
+    store.save(config)
+    result = setup.run()
+    assert result.returncode == 4, result.stderr
+    assert "HTTP 401" in result.stderr and "system/*.$export" in result.stderr
+    assert "--export-scopes" in result.stderr and "Traceback" not in result.stderr
+    kickoffs = [e for e in _audit_lines(setup) if e["path"].endswith("/fhir/$export")]
+    assert [e["status"] for e in kickoffs] == [401, 401]  # renewed once, refused again
+
+
+def test_system_scopes_switched_off_is_501_naming_the_admin_step(
+    export_setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    setup = export_setup("openemr", patients=2)
+    assert setup.run_json()["resources"] == 2  # its token is cached in the profile's token file
+    port = int(setup.server.url.rsplit(":", 1)[1])
+    data_dir = setup.server.data_dir
+    setup.server.stop()
+    off = OpenEmrSandboxServer(data_dir, port=port, system_scopes=False, access_log=False).start()
+    try:
+        result = setup.run("--new")
+        assert result.returncode == 5, result.stderr
+        assert "HTTP 501" in result.stderr and "system scopes" in result.stderr
+        assert "Enable OpenEMR FHIR System Scopes" in result.stderr
+        tokens = setup.home / "tokens" / "emr.json"
+        tokens.unlink()  # no cached token: the grant itself is refused
+        refused = setup.run("--new")
+        assert refused.returncode == 4, refused.stderr
+        assert "system/" in refused.stderr and "Traceback" not in refused.stderr
+    finally:
+        off.stop()
+
+
+def test_the_audit_log_has_every_export_request_without_query_or_token(
+    export_setup: Callable[..., Setup],
+) -> None:
+    setup = export_setup("spec", patients=3, export_delay=1.0)
+    setup.run_json("--type-filter", "Patient?family=Secretname")  # matches nobody
+    assert setup.run_json("--new")["resources"] == 3
+    setup.run("--status")
+    lines = _audit_lines(setup)
+    paths = [(e["method"], e["path"].rsplit("/", 1)[-1], e["status"]) for e in lines]
+    assert ("GET", "$export", 202) in paths
+    assert ("GET", "$bulkdata-status", 202) in paths and ("GET", "$bulkdata-status", 200) in paths
+    downloads = [e for e in lines if "/Binary/" in e["path"] or "/files/" in e["path"]]
+    assert downloads and all(e["status"] == 200 and e["response_sha256"] for e in downloads)
+    text = (setup.home / "audit" / "emr.jsonl").read_text()
+    assert "Secretname" not in text and "?" not in text and "Bearer" not in text
+    token = json.loads((setup.home / "tokens" / "emr.json").read_text())["system_access"]
+    assert token["access_token"] not in text
+    setup.run("--cancel")
+    assert _audit_lines(setup)[-1]["method"] == "DELETE"
+
+
+# -- a hostile or odd server ------------------------------------------------------------------
+
+
+class Front:
+    """An HTTP server on 127.0.0.1 that forwards every request to ``target`` (the sandbox),
+    except that ``status`` (code, headers, body), when set, answers the status URL, and
+    ``/files/<name>`` serves ``files[name]`` (bytes, or a callable writing to the handler).
+    ``seen`` records (method, path, Authorization) of every request it gets."""
+
+    def __init__(self, target: str | None = None) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import httpx
+
+        front = self
+        self.target = target
+        self.status: tuple[int, dict[str, str], bytes] | None = None
+        self.files: dict[str, Any] = {}
+        self.seen: list[tuple[str, str, str | None]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, code: int, headers: dict[str, str], body: bytes) -> None:
+                self.send_response(code)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                front.seen.append((self.command, self.path, self.headers.get("Authorization")))
+                if self.path.startswith("/files/"):
+                    content = front.files.get(self.path[len("/files/") :])
+                    if callable(content):
+                        content(self)
+                    elif content is None:
+                        self._answer(404, {}, b"")
+                    else:
+                        self._answer(200, {"Content-Type": "application/fhir+ndjson"}, content)
+                    return
+                if "$bulkdata-status" in self.path and front.status is not None:
+                    self._answer(*front.status)
+                    return
+                if front.target is None:
+                    self._answer(404, {}, b"")
+                    return
+                skip = {"content-length", "transfer-encoding", "connection"}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                answer = httpx.request(
+                    self.command, front.target + self.path, headers=headers, content=body
+                )
+                kept = {
+                    k: v
+                    for k, v in answer.headers.items()
+                    if k.lower() not in skip | {"content-encoding"}
+                }
+                self._answer(answer.status_code, kept, answer.content)
+
+            do_GET = do_POST = do_DELETE = _any
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def fronted(export_setup: Callable[..., Setup]) -> Callable[..., tuple[Setup, Front]]:
+    """Factory: an openemr-mode setup whose profile URL is a :class:`Front` of the sandbox."""
+
+    def make(**options: Any) -> tuple[Setup, Front]:
+        setup = export_setup("openemr", front=True, **options)
+        return setup, setup.proxy  # type: ignore[attr-defined]
+
+    return make
+
+
+def _manifest(output: Any, **extra: Any) -> bytes:
+    document = {
+        "transactionTime": "2026-03-01T12:00:00Z",
+        "request": "x",
+        "requiresAccessToken": True,
+        "output": output,
+        "error": [],
+        **extra,
+    }
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"<html>not json</html>", "not a JSON object"),
+        (_manifest({"url": "x", "type": "Patient"}), "'output' is not a list"),
+        (b"[" * 100_000 + b"]" * 100_000, "not a JSON object"),
+        (_manifest([{"url": "/files/a", "type": "../../etc"}]), "no valid resource type"),
+        (_manifest([{"url": "/files/a", "type": "Patient"}] * 10_001), "more than 10000 files"),
+        (_manifest([], error=["text"]), "error[0] is not an object"),
+    ],
+)
+def test_an_odd_manifest_is_exit_5_in_one_line(
+    fronted: Callable[..., tuple[Setup, Front]], body: bytes, expected: str
+) -> None:
+    setup, front = fronted(patients=1)
+    front.status = (200, {"Content-Type": "application/json"}, body)
+    result = setup.run()
+    assert result.returncode == 5, result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in setup.out.iterdir()) == [STATE]  # nothing else written
+
+
+def test_odd_numbers_and_times_in_a_manifest_are_survived(
+    fronted: Callable[..., tuple[Setup, Front]],
+) -> None:
+    setup, front = fronted(patients=1)
+    line = b'{"resourceType":"Patient","id":"p1"}'
+    front.files["p"] = line
+    body = (
+        b'{"transactionTime":{"date":"0001-01-01 00:00:00.000000","timezone_type":1,'
+        b'"timezone":"+05:00"},"requiresAccessToken":true,"error":[],'
+        b'"output":[{"url":"/files/p","type":"Patient","count":1e999}]}'
+    )
+    front.status = (200, {"Content-Type": "application/json", "Retry-After": "9" * 5000}, body)
+    result = setup.run("--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["resources"] == 1 and summary["transaction_instant"] is None
+    assert (setup.out / "Patient-1.ndjson").read_bytes() == line
+
+
+@pytest.mark.parametrize("requires", [True, False])
+def test_credentials_never_go_to_another_host(
+    fronted: Callable[..., tuple[Setup, Front]], requires: bool
+) -> None:
+    setup, front = fronted(patients=1)
+    other = Front()  # another host the manifest names
+    try:
+        line = b'{"resourceType":"Patient","id":"p1"}'
+        front.files["p"] = other.files["p"] = line
+        output = [{"url": f"{other.url}/files/p", "type": "Patient"}]
+        body = _manifest(output, requiresAccessToken=requires)
+        front.status = (200, {"Content-Type": "application/json"}, body)
+        result = setup.run()
+        assert result.returncode == 0, result.stderr
+        home_files = [s for s in front.seen if s[1].startswith("/files/")]
+        if requires:  # fetched with its token from the profile's own host, never the other
+            assert other.seen == []
+            assert [auth.split()[0] for _, _, auth in home_files] == ["Bearer"]  # type: ignore[union-attr]
+        else:  # fetched where the manifest says, with no token at all
+            assert home_files == []
+            assert other.seen == [("GET", "/files/p", None)]
+    finally:
+        other.close()
+
+
+def test_ctrl_c_during_a_stalled_download_ends_at_once(
+    fronted: Callable[..., tuple[Setup, Front]],
+) -> None:
+    setup, front = fronted(patients=1)
+
+    def stall(handler: Any) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        handler.wfile.write(b'{"resourceType":"Patient"')
+        handler.wfile.flush()
+        time.sleep(40)
+
+    front.files["slow"] = stall
+    output = [{"url": "/files/slow", "type": "Patient"}]
+    front.status = (200, {"Content-Type": "application/json"}, _manifest(output))
+    process = setup.start()
+    part = setup.out / "Patient-1.ndjson.part"
+    wait_for(part.exists)  # opened once the answer's headers came; its bytes never finish
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    began = time.monotonic()
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert time.monotonic() - began < 10
+    assert not part.exists()
+
+
+def test_retry_after_zero_is_not_polled_in_a_tight_loop(
+    fronted: Callable[..., tuple[Setup, Front]],
+) -> None:
+    setup, front = fronted(patients=1)
+    front.status = (202, {"Retry-After": "0", "X-Progress": "busy"}, b"")
+    result = setup.run("--wait", "3")
+    assert result.returncode == 6, result.stderr
+    polls = [s for s in front.seen if "$bulkdata-status" in s[1]]
+    assert 1 <= len(polls) <= 5
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        [{"path": "../victim.ndjson", "kind": "output", "index": 0, "type": "Patient"}],
+        [{"path": "/tmp/x.ndjson", "kind": "output", "index": 0, "type": "Patient"}],
+        [1],
+        "all",
+    ],
+)
+def test_a_damaged_state_file_is_refused_and_nothing_outside_dir_is_touched(
+    export_setup: Callable[..., Setup], files: Any
+) -> None:
+    setup = export_setup("openemr", patients=1)
+    setup.out.mkdir()
+    victim = setup.out.parent / "victim.ndjson"
+    victim.write_text("keep me")
+    (victim.parent / "victim.ndjson.part").write_text("keep me too")
+    for entry in files if isinstance(files, list) else []:
+        if isinstance(entry, dict):
+            entry.update(url="http://x/", done=False)
+    state = {
+        "version": 1,
+        "state": "downloading",
+        "status_url": "http://127.0.0.1:1/s",
+        "request": {"level": "system", "types": [], "type_filter": []},
+        "files": files,
+    }
+    (setup.out / STATE).write_text(json.dumps(state))
+    for args in ((), ("--new",), ("--cancel",), ("--status",)):
+        result = setup.run(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "is damaged" in result.stderr and "Traceback" not in result.stderr
+    assert victim.read_text() == "keep me"
+    assert (victim.parent / "victim.ndjson.part").read_text() == "keep me too"
+
+
+def test_a_line_longer_than_the_cap_is_a_problem_and_not_held() -> None:
+    from cwsctl.core.export import NdjsonCheck
+
+    check = NdjsonCheck("Patient", max_line=100)
+    check.feed(b'{"resourceType":"Patient"}\n{"resourceType":"Patient","x":"')
+    for _ in range(1000):
+        check.feed(b"y" * 1000)
+    assert len(check._pending) == 0
+    check.feed(b'"}\n{"resourceType":"Patient"}')
+    check.finish()
+    assert check.lines == 3
+    assert check.problem == "line 2 is longer than 100 bytes"
+
+
+def test_export_tokens_are_client_credentials_cached_apart_in_the_token_file(
+    export_setup: Callable[..., Setup],
+) -> None:
+    setup = export_setup("openemr", patients=2)
+    assert setup.run_json()["resources"] == 2
+    path = setup.home / "tokens" / "emr.json"
+    cache = json.loads(path.read_text())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    first = cache["system_access"]
+    assert "system/*.$export" in first["scope"] and "access" not in cache
+    # A person's sign-in in the same file is neither used nor disturbed by an export.
+    cache["refresh_token"] = "a-person-s-refresh-token"
+    path.write_text(json.dumps(cache))
+    path.chmod(0o600)
+    again = setup.run("--new")
+    assert again.returncode == 0, again.stderr
+    cache = json.loads(path.read_text())
+    assert cache["refresh_token"] == "a-person-s-refresh-token"
+    assert cache["system_access"]["access_token"] == first["access_token"]  # reused, not renewed
+    assert first["access_token"] not in again.stderr + again.stdout

@@ -219,7 +219,10 @@ def export(
         new=new, parallel=parallel, max_file_size=max_file_size, wait=wait, timeout=timeout
     )
     line = _StatusLine(out)
-    with core.Exporter(profile, store, key, directory, options, line) as exporter:
+    from cwsctl.core.audit import AuditLog
+
+    audit = AuditLog(store.root, name)
+    with core.Exporter(profile, store, key, directory, options, line, audit) as exporter:
         try:
             if show_status:
                 _print_status(out, exporter.status())

@@ -21,9 +21,10 @@ killed at any moment and simply run again:
   token is sent only when ``requiresAccessToken`` is true, and only to the profile's own server
   (the URL's path on the profile URL's origin, as for OAuth endpoints).
 - **Tokens**: the client-credentials grant with the profile's ``system/*`` scopes (never a
-  person's refresh token: OpenEMR exports as its system user), kept in memory and renewed
-  before it expires (OpenEMR's last 300 s) and after any 401 (then the request is sent again;
-  a download restarts its file).
+  person's refresh token: OpenEMR exports as its system user) from a :class:`TokenSource`
+  limited to that grant — cached in the profile's token file (0600, locked) apart from a
+  person's token, renewed before it expires (OpenEMR's last 300 s) and after any 401 (then
+  the request is sent again; a download restarts its file).
 - **State**: ``DIR/.cwsctl-export.json`` (0600, replaced atomically after every change): the
   request, the status URL, the manifest, the transaction time as given and as an instant, and
   each finished file with its size, line count and SHA-256. Running the same command again
@@ -34,12 +35,12 @@ killed at any moment and simply run again:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import email.utils
 import hashlib
 import json
 import os
+import queue
 import re
 import threading
 import time
@@ -53,6 +54,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cwsctl.core.audit import AuditLog
 from cwsctl.core.client import network_error, server_text
 from cwsctl.core.errors import (
     ClientRequestError,
@@ -69,6 +71,7 @@ from cwsctl.core.exchange import (
     format_size,
 )
 from cwsctl.core.files import atomic_write
+from cwsctl.core.jsondoc import loads_json
 from cwsctl.core.oauth import (
     ENABLE_CLIENT_PLACE,
     GRANT_CLIENT_CREDENTIALS,
@@ -78,11 +81,13 @@ from cwsctl.core.oauth import (
     at_origin,
     endpoints,
     origin,
-    parse_token_response,
+    run_flow,
     system_scope,
 )
 from cwsctl.core.profile import Profile, Store
+from cwsctl.core.signing import body_sha256
 
+EMPTY_SHA256 = body_sha256(b"")  # every export request is a GET or DELETE without a body
 STATE_FILE = ".cwsctl-export.json"
 MANIFEST_FILE = "manifest.json"
 STATE_VERSION = 1
@@ -97,10 +102,18 @@ FILE_DEADLINE_S = 24 * 3600.0
 DEFAULT_PARALLEL = 4
 MAX_PARALLEL = 16
 DEFAULT_MAX_FILE_SIZE = 16 << 30
-#: A status or manifest answer larger than this is not a manifest.
-MAX_MANIFEST_SIZE = 64 << 20
-#: The longest ``Retry-After`` honoured as given (longer ones are cut to it).
+#: A status or manifest answer larger than this is not a manifest (10,000 entries take ~2 MiB).
+MAX_MANIFEST_SIZE = 8 << 20
+#: Most file entries (output, error, deleted) a manifest may list: each is a file in DIR and an
+#: entry in the state file, rewritten after every download.
+MAX_FILES = 10_000
+#: Longest NDJSON line (one resource) checked; a longer one is an error (the checker holds a
+#: line in memory, once per download thread).
+MAX_LINE_SIZE = 16 << 20
+#: The longest ``Retry-After`` honoured as given (longer ones are cut to it), and the shortest
+#: (a server answering 0 again and again is not polled in a tight loop).
 MAX_RETRY_AFTER_S = 300.0
+MIN_RETRY_AFTER_S = 1.0
 #: Polling interval without ``Retry-After``: from the first value, times 1.5, up to the second.
 POLL_START_S, POLL_MAX_S = 1.0, 30.0
 #: Consecutive 5xx answers (or lost answers) of the status URL retried before the job counts as
@@ -109,6 +122,8 @@ STATUS_RETRIES = 5
 #: Attempts per file (a cut download, a 5xx, a lost connection, a 401 after renewal).
 FILE_ATTEMPTS = 4
 CHUNK_SIZE = 1 << 16
+#: Seconds an interrupted run waits for its download threads to stop before it exits anyway.
+STOP_GRACE_S = 2.0
 FHIR_JSON = "application/fhir+json"
 NDJSON = "application/fhir+ndjson"
 
@@ -186,6 +201,15 @@ class ExportRequest:
         """The request kept in a state file (a damaged one raises InputError)."""
         if not isinstance(data, dict) or data.get("level") not in SCOPE_FOR_LEVEL:
             raise InputError("the export state names no valid request")
+        for name in ("group", "since"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise InputError(f"the export state's request {name} is not text")
+        for name in ("types", "type_filter"):
+            value = data.get(name)
+            if value is not None and not (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)
+            ):
+                raise InputError(f"the export state's request {name} is not a list of text")
         return cls(
             level=str(data["level"]),
             group=data.get("group"),
@@ -285,7 +309,7 @@ def normalise_transaction_time(value: Any) -> str | None:
             text = value["date"].strip()
             fmt = _PHP_DATE if "." in text else _PHP_DATE.removesuffix(".%f")
             return format_instant(datetime.strptime(text, fmt).replace(tzinfo=tz))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved to UTC
         return None
     return None
 
@@ -302,44 +326,61 @@ class FileCheckError(CwsError):
 class NdjsonCheck:
     """Checks NDJSON fed in chunks: every line a JSON object of ``resourceType`` ``expected``.
 
-    Only the line being read is held in memory. One newline after the last line is allowed;
+    Only the line being read is held in memory, at most ``max_line`` bytes of it: a longer line
+    is a problem, and the rest of it is skipped. One newline after the last line is allowed;
     any other empty line is an error. The first problem is kept in ``problem``.
     """
 
-    def __init__(self, expected: str) -> None:
+    def __init__(self, expected: str, max_line: int = MAX_LINE_SIZE) -> None:
         self.expected = expected
+        self.max_line = max_line
         self.lines = 0
         self.problem: str | None = None
         self._pending = bytearray()
+        self._too_long = False  # the line being read passed max_line: its bytes are dropped
 
     def feed(self, chunk: bytes) -> None:
         """Check every line completed by ``chunk``."""
-        self._pending += chunk
         start = 0
         while True:
-            end = self._pending.find(b"\n", start)
+            end = chunk.find(b"\n", start)
             if end < 0:
                 break
-            self._line(bytes(self._pending[start:end]))
+            self._take(chunk[start:end])
+            self._end_line()
             start = end + 1
-        del self._pending[:start]
+        self._take(chunk[start:])
 
     def finish(self) -> None:
         """Check the last line (the one without a newline after it)."""
-        if self._pending:
-            self._line(bytes(self._pending))
-            self._pending.clear()
+        if self._pending or self._too_long:
+            self._end_line()
 
-    def _line(self, raw: bytes) -> None:
+    def _take(self, piece: bytes) -> None:
+        if self._too_long or not piece:
+            return
+        if len(self._pending) + len(piece) > self.max_line:
+            self._too_long = True
+            self._pending.clear()
+            return
+        self._pending += piece
+
+    def _end_line(self) -> None:
+        raw, too_long = bytes(self._pending), self._too_long
+        self._pending.clear()
+        self._too_long = False
         self.lines += 1
         if self.problem is not None:
+            return
+        if too_long:
+            self.problem = f"line {self.lines} is longer than {format_size(self.max_line)}"
             return
         text = raw.removesuffix(b"\r")
         if not text.strip():
             self.problem = f"line {self.lines} is empty"
             return
         try:
-            resource = json.loads(text)
+            resource = loads_json(text)
         except ValueError:
             self.problem = f"line {self.lines} is not JSON"
             return
@@ -384,6 +425,12 @@ class ExportState:
                 f"{path} is not a cwsctl export state (damaged, or another version)",
                 hint="export into another directory, or remove the file to start over",
             )
+        problem = _state_problem(data)
+        if problem is not None:
+            raise InputError(
+                f"{path} is damaged: {problem}",
+                hint="export into another directory, or remove the file to start over",
+            )
         return cls(directory, data)
 
     @property
@@ -409,6 +456,62 @@ class ExportState:
         with self.lock:
             self.data.update(values)
             self.save()
+
+
+#: A file name the exporter gives: ``[error-|deleted-]<Type>-<n>.ndjson`` (nothing else is ever
+#: opened, written or removed in DIR on a state file's word).
+_FILE_NAME = re.compile(r"(?:error-|deleted-)?[A-Z][A-Za-z0-9]{0,63}-[1-9][0-9]{0,5}\.ndjson")
+_FILE_FIELDS: dict[str, tuple[type, ...]] = {
+    "kind": (str,),
+    "index": (int,),
+    "type": (str,),
+    "url": (str,),
+    "done": (bool,),
+}
+
+
+def _state_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a state file's contents (None when it is usable)."""
+    if not isinstance(data.get("state"), str):
+        return "no state"
+    for name in ("status_url", "kickoff_url", "kicked_off_at", "transaction_instant"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            return f"{name} is not text"
+    try:
+        ExportRequest.from_json(data.get("request"))
+    except InputError as exc:
+        return exc.message
+    for name in ("last_done", "manifest"):
+        if data.get(name) is not None and not isinstance(data[name], dict):
+            return f"{name} is not an object"
+    files = data.get("files", [])
+    if not isinstance(files, list) or len(files) > MAX_FILES:
+        return f"files is not a list of at most {MAX_FILES}"
+    seen: set[str] = set()
+    for number, entry in enumerate(files):
+        if not isinstance(entry, dict):
+            return f"files[{number}] is not an object"
+        path = entry.get("path")
+        if not isinstance(path, str) or not _FILE_NAME.fullmatch(path) or path in seen:
+            return f"files[{number}] names no file cwsctl writes"
+        seen.add(path)
+        for name, kinds in _FILE_FIELDS.items():
+            value = entry.get(name)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                return f"files[{number}].{name} is missing or of the wrong kind"
+        if entry["kind"] not in ("output", "error", "deleted") or entry["index"] < 0:
+            return f"files[{number}] is not an output, error or deleted entry"
+        if not _TYPE.fullmatch(entry["type"]):
+            return f"files[{number}] names no valid resource type"
+        for name in ("count", "bytes", "lines"):
+            value = entry.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                return f"files[{number}].{name} is not a number"
+        if entry["done"] and not (
+            isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)
+        ):
+            return f"files[{number}] is done without its size and digest"
+    return None
 
 
 # -- results -------------------------------------------------------------------------------
@@ -471,51 +574,6 @@ class Events:
         """The current status (polling, X-Progress, files done): a terminal's status line."""
 
 
-# -- tokens --------------------------------------------------------------------------------
-
-
-class ExportTokens:
-    """Client-credentials tokens with the profile's ``system/*`` scopes, kept in memory.
-
-    Always the client-credentials grant, even when the profile also holds a person's refresh
-    token (OpenEMR exports as its system user). Shared by the download threads.
-    """
-
-    def __init__(self, source: TokenSource, client: httpx.Client, timeout: float) -> None:
-        self.source = source
-        self.client = client
-        self.timeout = timeout
-        self.scope = system_scope(source.scope)
-        self.renewals = 0
-        self._token: Token | None = None
-        self._lock = threading.Lock()
-
-    def get(self, reject: str | None = None) -> Token:
-        """A usable token (a new one when the current one expires soon or is ``reject``)."""
-        with self._lock:
-            token = self._token
-            usable = token is not None and token.usable(self.source.clock())
-            if token is not None and usable and token.access_token != reject:
-                return token
-            request = self.source.grant_request(
-                {"grant_type": GRANT_CLIENT_CREDENTIALS, "scope": self.scope}
-            )
-            sent_at = self.source.clock()
-            try:
-                with exchange_deadline(self.timeout):
-                    response = self.client.send(request)
-            except httpx.HTTPError as exc:
-                raise network_error(exc, "POST", str(request.url), timeout=self.timeout) from None
-            try:
-                result = parse_token_response(response, GRANT_CLIENT_CREDENTIALS, sent_at=sent_at)
-            finally:
-                response.close()
-            if self._token is not None:
-                self.renewals += 1
-            self._token = result.token
-            return result.token
-
-
 # -- helpers -------------------------------------------------------------------------------
 
 
@@ -529,19 +587,19 @@ def retry_after(response: httpx.Response, now: float | None = None) -> float | N
     else:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+    return min(max(seconds, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
 
 
 def outcome_text(content: bytes) -> str:
     """What an error answer says, on one safe line: an OperationOutcome's diagnostics or
     details, OpenEMR's ``message``/``error``, else nothing."""
     try:
-        document = json.loads(content) if content.strip() else None
+        document = loads_json(content) if content.strip() else None
     except (ValueError, UnicodeDecodeError):
         return server_text(content[:200].decode("utf-8", "replace")) if content.strip() else ""
     texts: list[str] = []
@@ -647,18 +705,23 @@ class Exporter:
         directory: Path,
         options: ExportOptions | None = None,
         events: Events | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.profile = profile
+        self.audit = audit
         self.directory = directory
         self.options = options or ExportOptions()
         self.events = events or Events()
-        self.source = TokenSource(profile, store, private_key)
+        self.source = TokenSource(profile, store, private_key, grant=GRANT_CLIENT_CREDENTIALS)
         ends = endpoints(profile)
         self.fhir_base = at_origin(profile.url, ends.fhir_base).rstrip("/")
         self.home = origin(profile.url)
         self._api: httpx.Client | None = None
         self._files_client: httpx.Client | None = None
-        self._tokens: ExportTokens | None = None
+        self._token_lock = threading.Lock()
+        self._current_token: str | None = None
+        #: Tokens this run got after its first (expiry, or a 401).
+        self.token_renewals = 0
         self._stop = threading.Event()
 
     # -- plumbing --
@@ -674,6 +737,8 @@ class Exporter:
         for client in (self._api, self._files_client):
             if client is not None:
                 client.close()
+        if self.audit is not None:
+            self.audit.close()
 
     @property
     def api(self) -> httpx.Client:
@@ -695,12 +760,22 @@ class Exporter:
             )
         return self._files_client
 
-    @property
-    def tokens(self) -> ExportTokens:
-        """The run's token keeper (made on first use)."""
-        if self._tokens is None:
-            self._tokens = ExportTokens(self.source, self.api, self.options.timeout)
-        return self._tokens
+    def _token(self, reject: str | None = None) -> Token:
+        """A usable client-credentials token (cached in the profile's token file, renewed
+        before it expires or when it is ``reject``, the one a 401 refused); threads share it."""
+        with exchange_deadline(self.options.timeout):
+            token = run_flow(
+                self.source.token_flow(reject=reject),
+                self.api,
+                timeout=self.options.timeout,
+                max_response_size=MAX_MANIFEST_SIZE,
+            )
+        with self._token_lock:
+            if token.access_token != self._current_token:
+                if self._current_token is not None:
+                    self.token_renewals += 1
+                self._current_token = token.access_token
+        return token
 
     def _home_url(self, url: str) -> str:
         """Where a server-named URL is fetched with credentials: its path on the profile's
@@ -720,7 +795,7 @@ class Exporter:
         deadline: float | None = None,
     ) -> httpx.Response:
         """Send with a bearer token; a 401 gets a new token and one more try."""
-        token = self.tokens.get() if authorize else None
+        token = self._token() if authorize else None
         for attempt in (0, 1):
             sent = dict(headers)
             if token is not None:
@@ -728,6 +803,7 @@ class Exporter:
             request = client.build_request(
                 method, url, headers=sent, timeout=httpx.Timeout(timeout or self.options.timeout)
             )
+            started = time.perf_counter()
             try:
                 if deadline is not None:
                     with exchange_deadline(deadline):
@@ -735,12 +811,44 @@ class Exporter:
                 else:
                     response = client.send(request, stream=stream)
             except httpx.HTTPError as exc:
-                raise network_error(exc, method, url, timeout=deadline or timeout) from None
-            if response.status_code != 401 or token is None or attempt:
+                error = network_error(exc, method, url, timeout=deadline or timeout)
+                self._audit(method, url, None, started, error=type(error).__name__)
+                raise error from None
+            last = response.status_code != 401 or token is None or bool(attempt)
+            if not (stream and last):  # a streamed answer is recorded once it is read
+                digest = None if stream else body_sha256(response.content)
+                self._audit(method, url, response.status_code, started, digest)
+            if last or token is None:
                 return response
             response.close()
-            token = self.tokens.get(reject=token.access_token)
+            token = self._token(reject=token.access_token)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _audit(
+        self,
+        method: str,
+        url: str,
+        status: int | None,
+        started: float,
+        response_sha256: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """One audit line for an export request: method, path (never the query string: a
+        ``_typeFilter`` may name a patient), status, the answer's SHA-256, how long it took."""
+        if self.audit is None:
+            return
+        self.audit.record(
+            method=method,
+            url=url,
+            status=status,
+            request_sha256=EMPTY_SHA256,
+            response_sha256=response_sha256,
+            verified=False,
+            signer=None,
+            key_fingerprint=None,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            error=error,
+        )
 
     def _scope_hint(self, scope: str) -> str:
         name = self.profile.name
@@ -765,7 +873,7 @@ class Exporter:
         )
 
     def _check_scopes(self, request: ExportRequest) -> None:
-        held = set(self.tokens.scope.split())
+        held = set(system_scope(self.source.scope).split())
         if not held:
             raise ProfileError(
                 f"profile {self.profile.name!r} has no system/ scopes: a bulk export needs the "
@@ -1068,7 +1176,7 @@ class Exporter:
 
     def _take_manifest(self, state: ExportState, content: bytes) -> None:
         try:
-            manifest = json.loads(content)
+            manifest = loads_json(content)
         except (ValueError, UnicodeDecodeError):
             manifest = None
         if not isinstance(manifest, dict):
@@ -1081,6 +1189,11 @@ class Exporter:
             entries = manifest.get(kind) or []
             if not isinstance(entries, list):
                 raise ServerFailureError(f"the manifest's {kind!r} is not a list")
+            if len(files) + len(inline) + len(entries) > MAX_FILES:
+                raise ServerFailureError(
+                    f"the manifest lists more than {MAX_FILES} files: not exported",
+                    hint="export fewer types or patients at a time (--type, --group, --since)",
+                )
             for index, entry in enumerate(entries):
                 if isinstance(entry, dict) and entry.get("resourceType") == "OperationOutcome":
                     inline.append(outcome_text(json.dumps(entry).encode()) or "an error")
@@ -1148,32 +1261,60 @@ class Exporter:
         self.events.progress(f"downloading {len(pending)} of {total} files")
         bad: list[str] = []
         fatal: list[BaseException] = []
-        pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, self.options.parallel), thread_name_prefix="cwsctl-export"
-        )
-        futures = {pool.submit(self._fetch_file, state, entry): entry for entry in pending}
-        waiting = set(futures)
+        work: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        for entry in pending:
+            work.put(entry)
+        results: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+
+        def worker() -> None:
+            while not self._stop.is_set():
+                try:
+                    entry = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    self._fetch_file(state, entry)
+                except BaseException as exc:  # handed to the main thread
+                    results.put(exc)
+                else:
+                    results.put(None)
+
+        # Daemon threads, not an executor: on Ctrl-C a thread stuck in a stalled read must not
+        # keep the process (an executor's threads are joined at exit).
+        threads = [
+            threading.Thread(target=worker, name=f"cwsctl-export-{number}", daemon=True)
+            for number in range(min(max(1, self.options.parallel), len(pending)))
+        ]
+        for thread in threads:
+            thread.start()
+        outstanding = len(pending)
         try:
-            while waiting:
-                finished, waiting = concurrent.futures.wait(
-                    waiting, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                for future in finished:
-                    error = future.exception()
-                    if error is None:
-                        result.fetched += 1
-                        done_count[0] += 1
-                        self.events.progress(f"{done_count[0]} of {total} files downloaded")
-                    elif isinstance(error, FileCheckError):
-                        bad.append(error.message)
-                    elif not isinstance(error, _Stopped):
-                        fatal.append(error)
-                        self._stop.set()
+            while outstanding:
+                try:
+                    error = results.get(timeout=0.5)
+                except queue.Empty:
+                    if results.empty() and not any(t.is_alive() for t in threads):
+                        break  # stopped by a fatal error: the rest were never started
+                    continue
+                outstanding -= 1
+                if error is None:
+                    result.fetched += 1
+                    done_count[0] += 1
+                    self.events.progress(f"{done_count[0]} of {total} files downloaded")
+                elif isinstance(error, FileCheckError):
+                    bad.append(error.message)
+                elif not isinstance(error, _Stopped):
+                    fatal.append(error)
+                    self._stop.set()
         except BaseException:
             self._stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            give_up = time.monotonic() + STOP_GRACE_S
+            for thread in threads:
+                thread.join(max(0.0, give_up - time.monotonic()))
+            self._remove_parts(state)  # a thread still stuck in a read leaves its .part
             raise
-        pool.shutdown(wait=True)
+        for thread in threads:
+            thread.join()
         if fatal:
             first = fatal[0]
             if isinstance(first, FileGoneError):
@@ -1194,8 +1335,8 @@ class Exporter:
         for attempt in range(FILE_ATTEMPTS):
             if self._stop.is_set():
                 raise _Stopped
-            if attempt:
-                time.sleep(min(2.0 ** (attempt - 1), 8.0))
+            if attempt and self._stop.wait(min(2.0 ** (attempt - 1), 8.0)):
+                raise _Stopped
             try:
                 self._fetch_once(state, entry, url, requires)
                 return
@@ -1203,8 +1344,8 @@ class Exporter:
                 raise
             except _Retry as retry:
                 last_error = retry.error
-                if retry.delay:
-                    time.sleep(retry.delay)
+                if retry.delay and self._stop.wait(retry.delay):
+                    raise _Stopped from None
         assert last_error is not None
         raise type(last_error)(
             f"{name}: {last_error.message} (after {FILE_ATTEMPTS} attempts)",
@@ -1216,6 +1357,7 @@ class Exporter:
     ) -> None:
         name = entry["path"]
         part = self.directory / f"{name}.part"
+        started = time.perf_counter()
         try:
             response = self._send(
                 self.files_client, "GET", url, {"Accept": NDJSON}, authorize=requires, stream=True
@@ -1269,14 +1411,18 @@ class Exporter:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except BaseException:
+        except BaseException as exc:
             response.close()
             with contextlib.suppress(OSError):
                 part.unlink()
+            cause = exc.error if isinstance(exc, _Retry) else exc
+            failed = None if response.status_code != 200 else type(cause).__name__.lstrip("_")
+            self._audit("GET", url, response.status_code, started, error=failed)
             raise
         response.close()
+        self._audit("GET", url, 200, started, digest.hexdigest())
         length = response.headers.get("content-length", "")
-        if length.isdigit() and int(length) != size:
+        if re.fullmatch(r"[0-9]{1,20}", length) and int(length) != size:
             part.unlink()
             raise _Retry(NetworkError(f"{name}: got {size} of {length} bytes"))
         check.finish()
@@ -1301,8 +1447,13 @@ class Exporter:
                 continue
             entries = [dict(e) if isinstance(e, dict) else e for e in entries]
             for entry in state.files:
-                if entry["kind"] == kind and entry["index"] < len(entries):
-                    entries[entry["index"]].update(
+                index = entry["index"]
+                if (
+                    entry["kind"] == kind
+                    and index < len(entries)
+                    and isinstance(entries[index], dict)
+                ):
+                    entries[index].update(
                         path=entry["path"],
                         bytes=entry["bytes"],
                         lines=entry["lines"],
@@ -1340,7 +1491,7 @@ class Exporter:
         result.transaction_time = state.data.get("transaction_time")
         result.transaction_instant = state.data.get("transaction_instant")
         result.files = list(state.files)
-        result.token_renewals = self._tokens.renewals if self._tokens is not None else 0
+        result.token_renewals = self.token_renewals
         inline = state.data.get("inline_errors")
         result.inline_errors = [str(i) for i in inline] if isinstance(inline, list) else []
         return result
