@@ -584,21 +584,38 @@ def test_core_dumps_are_disabled_once_a_passphrase_is_read(cwsctl_home, tmp_path
 
 
 def test_a_stored_secret_others_can_read_is_refused_and_core_dumps_go_off(tmp_path):
-    """Issue 20 item 19: the stored openEHR password/token file is checked like a key."""
-    import resource
-
-    from cwsctl.core.errors import CwsError, ExitStatus
+    """Issue 20 item 19: the stored openEHR password/token file is checked like a key, and the
+    process that reads it writes no core dump (run in a child: the limit cannot be raised again)."""
     from cwsctl.core.profile import Store
-    from cwsctl.core.secrets import resolve_secret, secrets_path, store_secret
+    from cwsctl.core.secrets import secrets_path, store_secret
 
-    store = Store(tmp_path / "home")
-    store_secret(store, "cdr", "password", "s3cret-pw")
-    path = secrets_path(store, "cdr")
+    home = tmp_path / "home"
+    store_secret(Store(home), "cdr", "password", "s3cret-pw")
+    path = secrets_path(Store(home), "cdr")
+    code = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from cwsctl.core.errors import CwsError\n"
+        "from cwsctl.core.profile import Store\n"
+        "from cwsctl.core.secrets import resolve_secret\n"
+        "try:\n"
+        "    print('value', resolve_secret(Store(Path(sys.argv[1])), 'cdr', 'password'))\n"
+        "except CwsError as exc:\n"
+        "    print('refused', int(exc.exit_status), exc.hint, '|', exc.message)\n"
+        "print(resource.getrlimit(resource.RLIMIT_CORE))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CWSCTL_PASSWORD")}
+
+    def child() -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(home)], env=env, capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode().splitlines()
+
     path.chmod(0o644)
-    with pytest.raises(CwsError) as refused:
-        resolve_secret(store, "cdr", "password")
-    assert refused.value.exit_status == ExitStatus.LOCAL_KEY
-    assert "chmod 600" in (refused.value.hint or "") and "s3cret" not in refused.value.message
-    assert resource.getrlimit(resource.RLIMIT_CORE) == (0, 0)
+    refused = child()
+    assert refused[0].startswith("refused 3 chmod 600") and "s3cret" not in refused[0]
+    assert refused[-1] == "(0, 0)"
     path.chmod(0o600)
-    assert resolve_secret(store, "cdr", "password") == "s3cret-pw"
+    assert child()[0] == "value s3cret-pw"
