@@ -4,7 +4,6 @@ still verifies with httpx's default context (certifi, or SSL_CERT_FILE)."""
 
 from __future__ import annotations
 
-import datetime
 import http.server
 import ssl
 import threading
@@ -13,12 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from cwsctl.core.exchange import bounded_client
+from tests.tls_server import self_signed_cert, serve_https
 
 
 def _pool(client: httpx.Client):
@@ -28,38 +24,8 @@ def _pool(client: httpx.Client):
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """An https server on 127.0.0.1 with a self-signed certificate for 127.0.0.1 and localhost."""
-    work = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    import ipaddress
-
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file = work / "cert.pem"
-    key_file = work / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    cert_file, key_file = self_signed_cert(
+        tmp_path_factory.mktemp("tls"), "localhost", dns_names=("localhost",)
     )
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -72,17 +38,8 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}/", cert_file
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_https(Handler, cert_file, key_file) as url:
+        yield f"{url}/", cert_file
 
 
 def test_plain_http_makes_no_ssl_context(sandbox):

@@ -10,14 +10,11 @@ server with bearer auth would; cwsctl runs as a real subprocess.
 
 from __future__ import annotations
 
-import datetime
 import http.server
-import ipaddress
 import json
 import os
 import select
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -27,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests.tls_server import self_signed_cert, serve_https
 
 TOKEN = "bearer-s3cret-token-value"
 
@@ -141,34 +136,7 @@ class Origin:
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
     """An https server on 127.0.0.1 (self-signed for 127.0.0.1) answering every GET with JSON
     and recording each request's path and headers."""
-    work = tmp_path_factory.mktemp("origin")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = work / "cert.pem", work / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_file, key_file = self_signed_cert(tmp_path_factory.mktemp("origin"), "127.0.0.1")
     requests: list[dict[str, str]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -184,17 +152,8 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Origin(f"https://127.0.0.1:{server.server_address[1]}", cert_file, requests)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_https(Handler, cert_file, key_file) as url:
+        yield Origin(url, cert_file, requests)
 
 
 @pytest.fixture
