@@ -18,6 +18,7 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from cwsctl.core.errors import CwsError, InputError, LocalKeyError
@@ -64,6 +65,29 @@ def ensure_private_dir(path: Path) -> None:
             f"cannot use {path} as a directory: {exc.strerror}",
             hint="point it at a directory, or move what is in the way",
         ) from None
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, *, error: type[CwsError] = InputError) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``path``, made 0600 if missing, waiting
+    for it; the kernel drops it when the holder dies. A no-op where there is no ``flock``.
+
+    A lock file that cannot be opened raises ``error``: "cannot write in <its directory>".
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise error(f"cannot write in {path.parent}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def loose_dir_warning(path: Path) -> str | None:

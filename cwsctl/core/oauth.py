@@ -75,7 +75,13 @@ from cwsctl.core.errors import (
     ServerFailureError,
 )
 from cwsctl.core.exchange import DEFAULT_TIMEOUT, bounded_client, time_left
-from cwsctl.core.files import atomic_write, check_private_file, ensure_private_dir, no_core_dumps
+from cwsctl.core.files import (
+    atomic_write,
+    check_private_file,
+    ensure_private_dir,
+    exclusive_lock,
+    no_core_dumps,
+)
 from cwsctl.core.headers import value_problem
 from cwsctl.core.jsondoc import loads_json
 from cwsctl.core.jwks import JWS_ALGORITHM, key_id
@@ -573,26 +579,11 @@ class TokenStore:
         """Read, let the caller change, and write the file under an exclusive lock of its own
         (``<profile>.json.lock``, not the grant lock: a grant holder writes too), so concurrent
         writers (a registration and a token refresh) never lose each other's change."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            data = self.read()
-            yield data
-            self.write(data)
-            return
         ensure_private_dir(self.directory)
-        lock = self.directory / f"{self.path.name}.lock"
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError as exc:
-            raise LocalKeyError(f"cannot write in {self.directory}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(self.directory / f"{self.path.name}.lock", error=LocalKeyError):
             data = self.read()
             yield data
             self.write(data)
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

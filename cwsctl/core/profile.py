@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core import keys
 from cwsctl.core.errors import CwsError, InputError, ProfileError
-from cwsctl.core.files import atomic_write, ensure_private_dir
+from cwsctl.core.files import atomic_write, ensure_private_dir, exclusive_lock
 from cwsctl.core.signing import Algorithm
 
 DEFAULT_PROFILE = "default"
@@ -355,21 +355,8 @@ class Store:
     def _config_lock(self) -> Iterator[None]:
         """Hold the exclusive lock on ``$CWSCTL_HOME/.config.lock`` (blocking; a dead holder's
         lock is dropped by the kernel)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
+        with exclusive_lock(self.root / CONFIG_LOCK, error=ProfileError):
             yield
-            return
-        path = self.root / CONFIG_LOCK
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError as exc:
-            raise ProfileError(f"cannot write in {self.root}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
 
     def active_profile_name(self, requested: str | None, config: Config | None = None) -> str:
         """The profile in force: the one requested, else the configured default, else 'default'."""
