@@ -121,10 +121,10 @@ def show_response(
 
 def status_line(response: ApiResponse, client: ApiClient) -> str:
     """``201 Created · verified by coremr (SHA256:…) · 12 ms``."""
-    from cwsctl.core.client import server_text
+    from cwsctl.core.text import printable
 
     trust = client.trust_description(response)
-    line = f"{response.status} {server_text(response.reason)} · {trust}"
+    line = f"{response.status} {printable(response.reason)} · {trust}"
     if 300 <= response.status < 400:
         line += " · a redirect: redirects are not followed"
     return f"{line} · {response.elapsed_ms:.0f} ms"

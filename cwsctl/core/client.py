@@ -60,13 +60,6 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 VERIFICATION_EXTENSION = "cwsctl.verification"
 #: What -v, --dry-run and --curl show instead of a credential meant for another host.
 OTHER_HOST_CREDENTIAL = "<not shown: computed for another host (--allow-other-host)>"
-_MAX_SERVER_TEXT = 200
-
-
-def server_text(value: object) -> str:
-    """A server-supplied string made safe for a one-line message: :func:`~.text.printable`,
-    the one sanitiser (controls escaped, whitespace collapsed, bounded)."""
-    return printable(value, limit=_MAX_SERVER_TEXT)
 
 
 class CwsAuth(httpx.Auth):
@@ -158,16 +151,16 @@ class ApiResponse:
         try:
             document = loads_json(self.body)
         except ValueError:
-            return server_text(self.body[:200].decode("utf-8", "replace"))
+            return printable(self.body[:200].decode("utf-8", "replace"))
         hint = document.get("hint") if isinstance(document, dict) else None
-        extra = f"; hint: {server_text(hint)}" if isinstance(hint, str) and hint.strip() else ""
+        extra = f"; hint: {printable(hint)}" if isinstance(hint, str) and hint.strip() else ""
         if isinstance(document, dict) and isinstance(document.get("message"), str):
             # {"error": "Bad Request", "message": TEXT} (EHRbase, Spring, OpenEMR): the message
             # is the news; the error label is kept only when it says more than the reason phrase.
             label = document.get("error")
-            message = server_text(document["message"])
+            message = printable(document["message"])
             if isinstance(label, str) and label and label.lower() != self.reason.lower():
-                message = f"{server_text(label)}: {message}"
+                message = f"{printable(label)}: {message}"
             return (message + extra)[:300]
         return (printable(_error_text(document) or str(document), limit=None) + extra)[:300]
 
@@ -181,9 +174,9 @@ class ApiResponse:
             return
         if self.status < 400:
             location = self.headers.get("location")
-            where = f" to {server_text(location)}" if location else ""
+            where = f" to {printable(location)}" if location else ""
             raise ClientRequestError(
-                f"{self.status} {server_text(self.reason)}: the server answered with a "
+                f"{self.status} {printable(self.reason)}: the server answered with a "
                 f"redirect{where}; redirects are not followed and a redirect is not a success",
                 hint="use the URL the profile's server means (cwsctl profile init NAME --url …), "
                 "or give that path",

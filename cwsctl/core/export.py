@@ -55,7 +55,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core.audit import AuditLog
-from cwsctl.core.client import network_error, server_text
+from cwsctl.core.client import network_error
 from cwsctl.core.errors import (
     ClientRequestError,
     CwsError,
@@ -86,6 +86,7 @@ from cwsctl.core.oauth import (
 )
 from cwsctl.core.profile import Profile, Store
 from cwsctl.core.signing import body_sha256
+from cwsctl.core.text import printable
 
 EMPTY_SHA256 = body_sha256(b"")  # every export request is a GET or DELETE without a body
 STATE_FILE = ".cwsctl-export.json"
@@ -386,7 +387,7 @@ class NdjsonCheck:
             return
         kind = resource.get("resourceType") if isinstance(resource, dict) else None
         if kind != self.expected:
-            found = f"a {server_text(kind)}" if isinstance(kind, str) else "no resource"
+            found = f"a {printable(kind)}" if isinstance(kind, str) else "no resource"
             self.problem = f"line {self.lines} holds {found}, not a {self.expected}"
 
 
@@ -601,7 +602,7 @@ def outcome_text(content: bytes) -> str:
     try:
         document = loads_json(content) if content.strip() else None
     except (ValueError, UnicodeDecodeError):
-        return server_text(content[:200].decode("utf-8", "replace")) if content.strip() else ""
+        return printable(content[:200].decode("utf-8", "replace")) if content.strip() else ""
     texts: list[str] = []
     if isinstance(document, dict):
         issues = document.get("issue")
@@ -618,14 +619,14 @@ def outcome_text(content: bytes) -> str:
             value = document.get(name)
             if not texts and isinstance(value, str) and value:
                 texts.append(value)
-    return server_text("; ".join(texts))
+    return printable("; ".join(texts))
 
 
 def _status_error(
     what: str, response: httpx.Response, content: bytes, hint: str | None = None
 ) -> CwsError:
     text = outcome_text(content)
-    reason = server_text(response.reason_phrase)
+    reason = printable(response.reason_phrase)
     message = f"{what}: HTTP {response.status_code} {reason}".rstrip() + (
         f": {text}" if text else ""
     )
@@ -945,7 +946,7 @@ class Exporter:
             document["server_status"] = response.status_code
             if response.status_code == 202:
                 progress = response.headers.get("x-progress")
-                document["progress"] = server_text(progress) if progress else None
+                document["progress"] = printable(progress) if progress else None
             elif response.status_code == 429:
                 document["progress"] = "polled too soon (429)"
                 document["retry_after"] = retry_after(response)
@@ -1133,7 +1134,7 @@ class Exporter:
                 if status == 202:
                     failures = 0
                     progress = response.headers.get("x-progress")
-                    shown = server_text(progress) if progress else "running"
+                    shown = printable(progress) if progress else "running"
                     delay = asked if asked is not None else interval
                     interval = min(interval * 1.5, POLL_MAX_S)
                     self.events.progress(f"export {shown}; next poll in {delay:.0f} s")

@@ -65,7 +65,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cwsctl.core.client import authorized_copy, network_error, server_text
+from cwsctl.core.client import authorized_copy, network_error
 from cwsctl.core.errors import (
     ClientRequestError,
     LocalKeyError,
@@ -86,6 +86,7 @@ from cwsctl.core.headers import value_problem
 from cwsctl.core.jsondoc import loads_json
 from cwsctl.core.jwks import JWS_ALGORITHM, key_id
 from cwsctl.core.profile import DISCOVERED_FIELDS, Profile, Store, validate_profile_name
+from cwsctl.core.text import printable
 
 #: Scopes asked for when the profile names none: FHIR, a signed-in user's patient read and
 #: write, and a refresh token for cron (offline_access). A default OpenEMR install accepts each.
@@ -382,7 +383,7 @@ def client_id_problem(client_id: str) -> str | None:
         return f"it is {len(client_id)} characters long (at most {MAX_CLIENT_ID})"
     for ch in client_id:
         if not "!" <= ch <= "~":
-            shown = "a space" if ch == " " else server_text(repr(ch))
+            shown = "a space" if ch == " " else printable(repr(ch))
             return f"it holds {shown} (only printable ASCII without spaces)"
     return None
 
@@ -700,7 +701,7 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
 
 def _text_field(body: dict[str, Any] | None, name: str) -> str:
     value = body.get(name) if body else None
-    return server_text(value) if isinstance(value, str) else ""
+    return printable(value) if isinstance(value, str) else ""
 
 
 def refusal_detail(body: dict[str, Any] | None) -> tuple[str, str]:
@@ -782,7 +783,7 @@ def parse_token_response(response: httpx.Response, grant: str, *, sent_at: float
     body = _json_object(response)
     if 400 <= status < 500:
         error, detail = refusal_detail(body)
-        what = error or f"HTTP {status} {server_text(response.reason_phrase)}"
+        what = error or f"HTTP {status} {printable(response.reason_phrase)}"
         if error == "invalid_client" and status == 401:
             what += f" — {DISABLED_CLIENT}"
         message = f"the token endpoint refused the {label} grant: {what}"
@@ -797,7 +798,7 @@ def parse_token_response(response: httpx.Response, grant: str, *, sent_at: float
         )
     if status >= 500:
         raise ServerFailureError(
-            f"the token endpoint failed: HTTP {status} {server_text(response.reason_phrase)}",
+            f"the token endpoint failed: HTTP {status} {printable(response.reason_phrase)}",
             hint="try again later",
         )
     if status != 200 or body is None:
@@ -822,7 +823,7 @@ def parse_token_response(response: httpx.Response, grant: str, *, sent_at: float
         )
     if token_type.lower() != "bearer":
         raise ServerFailureError(
-            f"the token endpoint granted a {server_text(token_type) or 'typeless'} token; "
+            f"the token endpoint granted a {printable(token_type) or 'typeless'} token; "
             "cwsctl uses Bearer tokens"
         )
     lifetime = token_lifetime(body.get("expires_in"))
@@ -1253,7 +1254,7 @@ def registration_flow(
     problem = client_id_problem(client_id)
     if problem is not None:
         raise ServerFailureError(
-            f"the server answered an unusable client_id: {problem}: {server_text(client_id)}",
+            f"the server answered an unusable client_id: {problem}: {printable(client_id)}",
             hint="nothing was stored; ask the server's administrators, or register the client "
             "in OpenEMR's admin pages and record it with: cwsctl oauth register --client-id ID",
         )
@@ -1462,9 +1463,9 @@ class LoopbackReceiver:
                     "forgery); still waiting for the right one"
                 )
         if answer.error:
-            description = server_text(answer.error_description or "")
+            description = printable(answer.error_description or "")
             raise ClientRequestError(
-                f"authorization refused: {server_text(answer.error)}"
+                f"authorization refused: {printable(answer.error)}"
                 + (f" ({description})" if description else ""),
                 hint="sign in as a user allowed these scopes, or ask for fewer with --scope",
             )

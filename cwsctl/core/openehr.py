@@ -260,9 +260,9 @@ _CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,
 def challenge_reason(response: ApiResponse) -> str | None:
     """Why a 401 refused the credentials, from its ``WWW-Authenticate`` challenge (RFC 6750):
     ``invalid_token: Jwt expired at …`` from ``error`` and ``error_description``, made safe for
-    one line (:func:`~cwsctl.core.client.server_text`). None when the challenge gives no reason
+    one line (:func:`~cwsctl.core.text.printable`). None when the challenge gives no reason
     (a bare ``Basic realm="…"``)."""
-    from cwsctl.core.client import server_text
+    from cwsctl.core.text import printable
 
     header = response.headers.get("www-authenticate")
     if not header:
@@ -275,7 +275,7 @@ def challenge_reason(response: ApiResponse) -> str | None:
     if not error and not description:
         return None
     text = ": ".join(part for part in (error, description) if part)
-    return "the server says " + server_text(text.replace('\\"', '"'))
+    return "the server says " + printable(text.replace('\\"', '"'))
 
 
 def _unauthorized_hint(client: ApiClient) -> str:
