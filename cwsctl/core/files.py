@@ -124,7 +124,11 @@ def no_core_dumps() -> None:
     except ImportError:  # pragma: no cover - not POSIX
         return
     with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # The soft limit decides whether a crash writes a core file: 0 means none. The hard
+        # limit is left alone, so a test runner (or a parent) that calls this in-process does
+        # not lose the right to raise it again for its other children.
+        _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
 
 
 def _describe(exc: OSError) -> str:
