@@ -88,3 +88,27 @@ def test_json_prints_one_document(run_cwsctl, files, command):
     assert result.returncode == 0, result.stderr.decode()
     json.loads(result.stdout)
     assert result.stderr == b""
+
+
+@pytest.mark.parametrize("command", [["keys", "show"], ["keys", "jwks"]])
+def test_a_reader_that_goes_away_is_not_an_internal_error(sandbox_profile, cwsctl_home, command):
+    """`cwsctl keys show | true`: the pipe closes before cwsctl writes; that is no bug (exit 0)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before cwsctl starts writing
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "cwsctl", *command],
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "CWSCTL_HOME": str(cwsctl_home)},
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert b"internal error" not in done.stderr and b"Traceback" not in done.stderr

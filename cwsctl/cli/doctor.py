@@ -27,7 +27,7 @@ def doctor(
             metavar="PATH",
             parser=UrlPath(),
             help="Harmless endpoint to test with, a path on the profile's server "
-            "[default: /ws/ on cws, the FHIR metadata on openemr].",
+            "[default: /ws/ on cws, the FHIR metadata on openemr, the template list on openehr].",
             show_default=False,
         ),
     ] = None,

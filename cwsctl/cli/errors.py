@@ -27,6 +27,10 @@ def run_reporting_errors(out: Output, func: Callable[..., Any], *args: Any, **kw
     except KeyboardInterrupt:
         out.error("interrupted; work done so far is kept")
         return int(ExitStatus.INTERRUPTED)
+    except BrokenPipeError:
+        # The reader went away (`| head`, `| true`): stop quietly, as a pipe filter should.
+        silence_stdout()
+        return 0
     except Exception as exc:
         if out.settings.debug:
             raise
@@ -59,3 +63,17 @@ def _local_file_error(exc: Exception) -> tuple[str, ExitStatus] | None:
     except (OSError, ValueError, RuntimeError):
         mine = False
     return f"{path}: {reason}", ExitStatus.LOCAL_KEY if mine else ExitStatus.USAGE
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush to a closed pipe is quiet."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # no usable stdout at all: nothing left to silence
+    finally:
+        os.close(devnull)

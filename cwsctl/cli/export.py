@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cwsctl.cli.common import passphrase_source, require_kind, store_and_profile
-from cwsctl.cli.options import PassphraseFileOption, with_globals
+from cwsctl.cli.options import PassphraseFileOption, timeout_option, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import ByteSize, Number, WholeNumber
 from cwsctl.core.errors import InputError
@@ -171,12 +171,9 @@ def export(
     ] = 21600.0,
     timeout: Annotated[
         float,
-        typer.Option(
-            "--timeout",
-            metavar="SECONDS",
-            parser=Number("seconds", above=0, at_most=86400),
-            help="Seconds each network step may take: a token, a poll, connecting, the next "
-            "chunk of a file (the kick-off gets 180 s: OpenEMR exports inside it).",
+        timeout_option(
+            "Seconds each network step may take: a token, a poll, connecting, the next "
+            "chunk of a file (the kick-off gets 180 s: OpenEMR exports inside it)."
         ),
     ] = 60.0,
     passphrase_file: PassphraseFileOption = None,

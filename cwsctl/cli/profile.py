@@ -77,7 +77,8 @@ def init(
             "--url",
             metavar="URL",
             parser=HttpUrl(),
-            help="CWS base URL, e.g. https://coremr.example.org",
+            help="The server's base URL, e.g. https://coremr.example.org (cws), https://emr.example.org:9300 (openemr), https://cdr.example.org/ehrbase/rest/openehr/v1 "
+            "(openehr).",
         ),
     ],
     username: Annotated[
@@ -96,8 +97,8 @@ def init(
             "--kind",
             metavar="|".join(KINDS),
             parser=Choice(KINDS),
-            help="Which API the profile talks to: cws (CorEMR, signed bodies) or openemr "
-            "(OAuth2 with a JWT signed by the profile key).",
+            help="Which API the profile talks to: cws (CorEMR, signed bodies), openemr "
+            "(OAuth2 with a JWT signed by the profile key) or openehr (openEHR REST).",
         ),
     ] = DEFAULT_KIND,
     site: Annotated[

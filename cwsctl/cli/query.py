@@ -301,16 +301,10 @@ def query(
         writer.finish()
     except BrokenPipeError:
         # The reader stopped (`| head`): stop fetching pages, quietly, as a pipe filter should.
-        _silence_stdout()
+        from cwsctl.cli.errors import silence_stdout
+
+        silence_stdout()
         return
     out.info(f"{writer.count} row(s) in {pages} page(s)")
     if capped is not None:
         raise capped
-
-
-def _silence_stdout() -> None:
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
