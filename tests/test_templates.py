@@ -254,6 +254,14 @@ def test_list_json_and_lines(ehrbase, cli, opt_file):
     assert ehrbase.requests[-1].headers["accept"] == "application/json"
 
 
+def test_a_deeply_nested_template_list_is_one_line_not_a_crash(ehrbase, cli):
+    nested = b"[" * 200_000 + b"]" * 200_000
+    ehrbase.answer = lambda request: (200, {"Content-Type": "application/json"}, nested)
+    result = cli("template", "list")
+    assert result.exit_code == 4, result.stderr
+    assert "not a JSON list" in result.stderr and "internal error" not in result.stderr
+
+
 def test_get_as_opt_or_web_template_and_to_a_file(ehrbase, cli, opt_file, tmp_path):
     assert cli("template", "upload", str(opt_file)).exit_code == 0
     saved = tmp_path / "back.opt"

@@ -25,13 +25,13 @@ cwsctl needs of it.
 
 from __future__ import annotations
 
-import json
 import xml.parsers.expat as expat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlencode
 
 from cwsctl.core.errors import ClientRequestError, CwsError, InputError
+from cwsctl.core.jsondoc import loads_json
 
 if TYPE_CHECKING:
     from cwsctl.core.client import ApiClient, ApiResponse
@@ -304,7 +304,7 @@ def list_templates(client: ApiClient) -> list[TemplateInfo]:
     if not response.ok:
         raise _fail(client, response)
     try:
-        document = json.loads(response.body) if response.body.strip() else []
+        document = loads_json(response.body) if response.body.strip() else []
     except ValueError:
         document = None
     if isinstance(document, dict):  # some servers wrap the list
