@@ -81,6 +81,8 @@ def plain_http_via_proxy(url: str) -> str | None:
     included), or None: https goes through a tunnel, and a proxy on this machine is allowed."""
     from cwsctl.core.urls import is_loopback
 
+    if not url.lower().startswith("http:"):
+        return None  # https (or not a URL cwsctl sends): no proxy lookup on every request
     proxy = proxy_for(url)
     if proxy is None or httpx.URL(url).scheme != "http":
         return None
