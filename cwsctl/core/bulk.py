@@ -23,12 +23,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
 from cwsctl.core.client import ApiClient, ApiResponse, OutcomeUnknownError
 from cwsctl.core.errors import CwsError, ExitStatus, NetworkError, SignatureError
-from cwsctl.core.exchange import exchange_deadline
+from cwsctl.core.exchange import exchange_deadline, retry_after_seconds
 from cwsctl.core.journal import Journal
 from cwsctl.core.kinds import PatientMapping
 from cwsctl.core.patients import PatientValidationError, patient_key, prepare_patient
@@ -563,22 +562,6 @@ def lookup_patient(
     response = client.request("GET", mapping.lookup_path(external_id, facility))
     found = mapping.match(response, external_id, facility) if response.status == 200 else None
     return response, found
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` header as seconds from now (delay-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        return None
-    return max(0.0, moment.timestamp() - time.time())
 
 
 class _LookupFailed(Exception):

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timezone
 from typing import Any
 
 import httpx
@@ -74,6 +75,25 @@ def proxy_for(url: str) -> str | None:
         if pattern.matches(target):
             return proxy
     return None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header as seconds from now (delay-seconds or an HTTP date, which is
+    always GMT), or None when absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        moment = parsedate_to_datetime(text)
+        if moment.tzinfo is None:  # "-0000": UTC, says RFC 5322
+            moment = moment.replace(tzinfo=timezone.utc)
+        return max(0.0, moment.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def plain_http_via_proxy(url: str) -> str | None:

@@ -36,7 +36,6 @@ killed at any moment and simply run again:
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import hashlib
 import json
 import os
@@ -69,6 +68,7 @@ from cwsctl.core.exchange import (
     bounded_client,
     exchange_deadline,
     format_size,
+    retry_after_seconds,
 )
 from cwsctl.core.files import atomic_write
 from cwsctl.core.jsondoc import loads_json
@@ -578,21 +578,11 @@ class Events:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def retry_after(response: httpx.Response, now: float | None = None) -> float | None:
-    """Seconds the answer's ``Retry-After`` asks for (delta or HTTP date), capped; None if none."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds the answer's ``Retry-After`` asks for, within the poll bounds; None if none."""
+    seconds = retry_after_seconds(response.headers.get("retry-after"))
+    if seconds is None:
         return None
-    if value.isdigit():
-        seconds = float(value)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, OverflowError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = when.timestamp() - (time.time() if now is None else now)
     return min(max(seconds, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
 
 
