@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sandbox_process import (
+    Sandbox,
     SetupError,
     clean_env,
     cwsctl_argv,
@@ -134,7 +134,7 @@ def main() -> int:
         print("bench/export.py needs curl on PATH", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="cwsctl-bench-export-"))
-    server = None
+    server: Sandbox | None = None
     try:
         home, data = work / "home", work / "data"
         data.mkdir(mode=0o700)
@@ -156,41 +156,18 @@ def main() -> int:
             "seed",
         )
         seeded = time.perf_counter() - started
-        port = free_port()
-        log = (work / "sandbox.log").open("wb")
-        server = subprocess.Popen(
-            [
-                *cws,
-                "sandbox",
-                "serve",
-                "--kind",
-                "openemr",
-                "--system-scopes",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data),
-                "-q",
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        server = Sandbox(
+            env,
+            data,
+            free_port(),
+            work / "sandbox.log",
+            quiet=True,
+            cws=cws,
+            kind="openemr",
+            extra=("--system-scopes",),
         )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                import socket
-
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SetupError("the sandbox did not start (see sandbox.log)") from None
-                time.sleep(0.05)
+        server.wait_ready()
+        url = server.url
         run_setup([*cws, "profile", "init", "emr", "--kind", "openemr", "--url", url], env, "init")
         run_setup([*cws, "-p", "emr", "keygen", "--bits", "2048"], env, "keygen")
         run_setup(
@@ -265,12 +242,8 @@ def main() -> int:
         print(f"setup failed: {exc}", file=sys.stderr)
         return 2
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        if server is not None:
+            server.stop()
         remove_work_dir(work, keep=options.keep)
 
 

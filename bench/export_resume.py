@@ -44,7 +44,6 @@ import argparse
 import hashlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 
-from export import (  # noqa: E402  (bench/export.py: the same setup helpers)
+from sandbox_process import (  # noqa: E402
+    Sandbox,
     SetupError,
     clean_env,
     cwsctl_argv,
@@ -72,67 +72,30 @@ from test_export import STATE, ThrottlingProxy  # noqa: E402  (the tests' thrott
 KICKOFF_PATH = "/$export"
 
 
-class SandboxProcess:
-    """``cwsctl sandbox serve --kind openemr --system-scopes`` on a fixed port, access log on
-    (appended to ``log``, so that a restart keeps counting)."""
+def kickoffs(log: Path) -> int:
+    """``GET …/$export`` lines in the sandbox's access log ``log`` so far."""
+    count = 0
+    with log.open("rb") as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] == b"GET" and parts[2].endswith(b"/$export"):
+                count += 1
+    return count
 
-    def __init__(self, env: dict[str, str], data: Path, port: int, log: Path) -> None:
-        self.env, self.data, self.port, self.log = env, data, port, log
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str) -> None:
-        argv = [*cwsctl_argv(), "sandbox", "serve", "--kind", "openemr", "--system-scopes"]
-        argv += ["--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data)]
-        with self.log.open("ab") as sink:
-            self.proc = subprocess.Popen(
-                [*argv, *extra],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise SetupError("the sandbox did not start (see sandbox.log)") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def kickoffs(self) -> int:
-        """``GET …/$export`` lines in the access log so far."""
-        count = 0
-        with self.log.open("rb") as handle:
-            for line in handle:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] == b"GET" and parts[2].endswith(b"/$export"):
-                    count += 1
-        return count
-
-    def settled_kickoffs(self, quiet: float = 1.0, timeout: float = 60.0) -> int:
-        """The kick-off count once it has not changed for ``quiet`` seconds (a kick-off whose
-        client was killed is logged when the server has built its export)."""
-        deadline = time.monotonic() + timeout
-        last, since = self.kickoffs(), time.monotonic()
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            now = self.kickoffs()
-            if now != last:
-                last, since = now, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                break
-        return last
+def settled_kickoffs(log: Path, quiet: float = 1.0, timeout: float = 60.0) -> int:
+    """The kick-off count once it has not changed for ``quiet`` seconds (a kick-off whose
+    client was killed is logged when the server has built its export)."""
+    deadline = time.monotonic() + timeout
+    last, since = kickoffs(log), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = kickoffs(log)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
 
 
 @dataclass
@@ -207,7 +170,7 @@ class Bench:
         self.work = work
         self.env = clean_env(work / "home")
         self.cws = cwsctl_argv()
-        self.sandbox: SandboxProcess | None = None
+        self.sandbox: Sandbox | None = None
         self.relay: ThrottlingProxy | None = None
         self.reference: Counter[bytes] | None = None
         self.rows: list[Row] = []
@@ -221,8 +184,8 @@ class Bench:
         seed = ["sandbox", "openemr", "seed", "--patients", str(self.options.patients)]
         run_setup([*self.cws, *seed, "--data-dir", str(data)], self.env, "seed")
         seeded = time.perf_counter() - started
-        self.sandbox = SandboxProcess(self.env, data, free_port(), self.work / "sandbox.log")
-        self.sandbox.start()
+        self.start_sandbox(data, free_port())
+        assert self.sandbox is not None
         self.relay = ThrottlingProxy(("127.0.0.1", self.sandbox.port))
         cws, env = self.cws, self.env
         init = ["profile", "init", "emr", "--kind", "openemr", "--url", self.relay.url]
@@ -235,6 +198,22 @@ class Bench:
         enable = ["sandbox", "openemr", "enable-client", "--data-dir", str(data), "--", client_id]
         run_setup([*cws, *enable], env, "enable-client")
         return seeded
+
+    def start_sandbox(self, data: Path, port: int, *extra: str) -> None:
+        """``cwsctl sandbox serve --kind openemr --system-scopes`` on ``port`` as ``self.sandbox``
+        (set before the wait, so that a failed start is still stopped), access log on (appended
+        to sandbox.log, so that a restart keeps counting)."""
+        self.sandbox = Sandbox(
+            self.env,
+            data,
+            port,
+            self.work / "sandbox.log",
+            cws=self.cws,
+            kind="openemr",
+            extra=("--system-scopes", *extra),
+            append=True,
+        )
+        self.sandbox.wait_ready()
 
     # -- runs ---------------------------------------------------------------------------------
     def new_dir(self) -> Path:
@@ -293,13 +272,13 @@ class Bench:
         assert self.sandbox is not None
         row = Row("reference", mode, "-")
         out = self.new_dir()
-        before = self.sandbox.kickoffs()
+        before = kickoffs(self.sandbox.log_path)
         code, wall, _, err = self.finish(self.start(out), time.perf_counter())
         row.codes.append(code)
         row.walls.append(wall)
         if code != 0:
             row.problems.append(f"exit {code}: {err.strip()[-300:]}")
-        row.kickoffs = self.sandbox.settled_kickoffs() - before
+        row.kickoffs = settled_kickoffs(self.sandbox.log_path) - before
         if row.kickoffs != 1:
             row.problems.append(f"{row.kickoffs} kick-offs, expected 1")
         self.check_dir(row, out)
@@ -310,7 +289,7 @@ class Bench:
         assert self.sandbox is not None and self.relay is not None
         row = Row(phase, mode, sig.name, expected_kickoffs=2 if phase == "kick-off" else 1)
         out = self.new_dir()
-        before = self.sandbox.kickoffs()
+        before = kickoffs(self.sandbox.log_path)
         started = time.perf_counter()
         proc = self.start(out)
         try:
@@ -371,7 +350,7 @@ class Bench:
             row.same_status_url = bool(status_before) and status_before == status_after
             if not row.same_status_url:
                 row.problems.append(f"status URL {status_before!r} -> {status_after!r}")
-        row.kickoffs = self.sandbox.settled_kickoffs() - before
+        row.kickoffs = settled_kickoffs(self.sandbox.log_path) - before
         if row.kickoffs != row.expected_kickoffs:
             row.problems.append(f"{row.kickoffs} kick-offs, expected {row.expected_kickoffs}")
         self.check_dir(row, out)
@@ -409,7 +388,8 @@ class Bench:
             if phase_mode != mode:  # the same port and data dir: the profile stays as it is
                 self.sandbox.stop()
                 delay = str(self.options.export_delay)
-                self.sandbox.start("--export-mode", "spec", "--export-delay", delay)
+                spec = ("--export-mode", "spec", "--export-delay", delay)
+                self.start_sandbox(self.sandbox.data_dir, self.sandbox.port, *spec)
                 mode = phase_mode
             row = self.uninterrupted(mode) if sig is None else self.interrupted(phase, mode, sig)
             self.rows.append(row)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 DROP_ENV = ("PYTHONPROFILEIMPORTTIME", "PYTHONDEVMODE", "PYTHONTRACEMALLOC", "PYTHONMALLOC")
@@ -72,7 +73,9 @@ class Sandbox:
     """``cwsctl sandbox serve`` in its own process; stderr (the access log) goes to ``log``.
 
     ``kind`` and ``token_lifetime``, when given, become ``--kind`` and ``--token-lifetime``
-    (left out otherwise, so the CWS sandbox runs exactly as before)."""
+    (left out otherwise, so the CWS sandbox runs exactly as before); ``extra`` is appended to the
+    command line as it is. ``append`` appends to ``log`` instead of truncating it (a restart on
+    the same log keeps its earlier lines)."""
 
     def __init__(
         self,
@@ -87,6 +90,8 @@ class Sandbox:
         cws: list[str] | None = None,
         kind: str | None = None,
         token_lifetime: int | None = None,
+        extra: Sequence[str] = (),
+        append: bool = False,
     ) -> None:
         self.port = port
         self.data_dir = data_dir
@@ -110,8 +115,9 @@ class Sandbox:
             argv += ["--token-lifetime", str(token_lifetime)]
         if quiet:
             argv.append("-q")
+        argv += extra
         self.argv = argv
-        self._log = log.open("wb")
+        self._log = log.open("ab" if append else "wb")
         self.proc = subprocess.Popen(
             argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
         )
