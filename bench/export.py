@@ -39,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from openemr import register_and_enable
 from sandbox_process import (
     Sandbox,
     SetupError,
@@ -170,18 +171,7 @@ def main() -> int:
         url = server.url
         run_setup([*cws, "profile", "init", "emr", "--kind", "openemr", "--url", url], env, "init")
         run_setup([*cws, "-p", "emr", "keygen", "--bits", "2048"], env, "keygen")
-        run_setup(
-            [*cws, "-p", "emr", "oauth", "register", "--client-name", "bench", "--export-scopes"],
-            env,
-            "register",
-        )
-        shown = json.loads(run_setup([*cws, "--json", "profile", "show", "emr"], env, "show"))
-        client_id = shown.get("client_id") or shown.get("profile", {}).get("client_id")
-        run_setup(
-            [*cws, "sandbox", "openemr", "enable-client", "--data-dir", str(data), "--", client_id],
-            env,
-            "enable-client",
-        )
+        register_and_enable(cws, env, "emr", data, "--export-scopes")
         fhir = f"{url}/apis/default/fhir"
         walls: list[float] = []
         rss: list[float] = []

@@ -57,6 +57,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 
+from openemr import register_and_enable  # noqa: E402
 from sandbox_process import (  # noqa: E402
     Sandbox,
     SetupError,
@@ -191,12 +192,7 @@ class Bench:
         init = ["profile", "init", "emr", "--kind", "openemr", "--url", self.relay.url]
         run_setup([*cws, *init], env, "init")
         run_setup([*cws, "-p", "emr", "keygen", "--bits", "2048"], env, "keygen")
-        register = ["oauth", "register", "--client-name", "bench", "--export-scopes"]
-        run_setup([*cws, "-p", "emr", *register], env, "register")
-        shown = json.loads(run_setup([*cws, "--json", "profile", "show", "emr"], env, "show"))
-        client_id = shown.get("client_id") or shown.get("profile", {}).get("client_id")
-        enable = ["sandbox", "openemr", "enable-client", "--data-dir", str(data), "--", client_id]
-        run_setup([*cws, *enable], env, "enable-client")
+        register_and_enable(cws, env, "emr", data, "--export-scopes")
         return seeded
 
     def start_sandbox(self, data: Path, port: int, *extra: str) -> None:

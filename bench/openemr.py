@@ -216,14 +216,23 @@ def setup_openemr_profile(
 
 
 def register_and_sign_in(cws: list[str], env: dict[str, str], name: str, sandbox: Sandbox) -> None:
-    """``-p NAME oauth register``, the administrator's enable step (``sandbox openemr
-    enable-client``: OpenEMR keeps a new client with user/ scopes disabled) and :func:`sign_in`.
-    Also used by bench/percall.py."""
-    register = [*("-p", name), "oauth", "register", "--client-name", "bench"]
-    client_id = setup_cmd(cws, env, register, f"oauth register ({name})").strip()
-    enable = ["sandbox", "openemr", "enable-client", "--data-dir", str(sandbox.data_dir)]
-    setup_cmd(cws, env, [*enable, "--", client_id], f"enable-client ({name})")
+    """:func:`register_and_enable` and :func:`sign_in`. Also used by bench/percall.py."""
+    register_and_enable(cws, env, name, sandbox.data_dir)
     sign_in(cws, env, name)
+
+
+def register_and_enable(
+    cws: list[str], env: dict[str, str], name: str, data_dir: Path, *register_args: str
+) -> str:
+    """``-p NAME oauth register --client-name bench [REGISTER_ARGS]`` and the administrator's
+    enable step (``sandbox openemr enable-client``: OpenEMR keeps a new client with user/ scopes
+    disabled) on the sandbox's ``data_dir``; the client id. Also used by bench/export.py and
+    bench/export_resume.py (with ``--export-scopes``)."""
+    register = [*("-p", name), "oauth", "register", "--client-name", "bench", *register_args]
+    client_id = setup_cmd(cws, env, register, f"oauth register ({name})").strip()
+    enable = ["sandbox", "openemr", "enable-client", "--data-dir", str(data_dir)]
+    setup_cmd(cws, env, [*enable, "--", client_id], f"enable-client ({name})")
+    return client_id
 
 
 def forget_access_token(home: Path, name: str) -> None:
