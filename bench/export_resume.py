@@ -79,7 +79,7 @@ def kickoffs(log: Path) -> int:
     with log.open("rb") as handle:
         for line in handle:
             parts = line.split()
-            if len(parts) >= 3 and parts[1] == b"GET" and parts[2].endswith(b"/$export"):
+            if len(parts) >= 3 and parts[1] == b"GET" and parts[2].endswith(KICKOFF_PATH.encode()):
                 count += 1
     return count
 
