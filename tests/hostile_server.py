@@ -22,11 +22,10 @@ Behaviours (see ``BEHAVIOURS``):
 - ``reset_mid_body``: ``Content-Length: 65536``, 1,000 bytes, then an RST (SO_LINGER 0).
 - ``short_close``: ``Content-Length: 65536``, 1,000 bytes, then a clean close (FIN).
 - ``short_stall``: ``Content-Length: 65536``, 1,000 bytes, then silence.
-- ``status``: a correctly signed answer with ``status_line`` (e.g. ``HTTP/1.1 301 Moved
-  Permanently``), ``extra_headers`` and ``body``: redirects, error answers with hostile bodies.
 - ``scripted``: whatever ``script(request)`` returns, an :class:`Answer` (raw status line, extra
   headers, body, signed or not): servers that answer each path differently, with any reason
-  phrase, header value or body (the hostile-terminal catalogue's control sequences).
+  phrase, header value or body (the hostile-terminal catalogue's control sequences; redirects,
+  error answers with hostile bodies).
 - ``proxy``: forward the request to ``upstream`` (host, port) and relay the answer byte for
   byte, except answers to ``POST /ws/patients/`` whose row's ``external_id`` is a key of
   ``mangle``: those get the upstream's real head and then ``endless`` (the real body, then bytes
@@ -127,8 +126,6 @@ class HostileServer:
     upstream: tuple[str, int] | None = None
     mangle: dict[str, str] = field(default_factory=dict)
     script: Callable[[Request], Answer] | None = None  # the ``scripted`` behaviour's answers
-    status_line: str = "HTTP/1.1 200 OK"  # the ``status`` behaviour's
-    extra_headers: list[tuple[str, str]] = field(default_factory=list)
     connections: list[ConnectionRecord] = field(default_factory=list)
     # What the proxy forwarded: (method, target, external_id or None, mangling or None).
     proxy_log: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
@@ -362,13 +359,6 @@ def signed(server: HostileServer, conn, request, rec) -> None:
     server.send(conn, rec, _signed_head(server, server.body) + server.body)
 
 
-def status(server: HostileServer, conn, request, rec) -> None:
-    body = server.body
-    head = _signed_head(server, body, *server.extra_headers)
-    head = server.status_line.encode("latin-1") + head[head.index(b"\r\n") :]
-    server.send(conn, rec, head + body)
-
-
 def slow_complete(server: HostileServer, conn, request, rec) -> None:
     answer = _signed_head(server, server.body) + server.body
     pieces = 6
@@ -580,7 +570,6 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "short_stall": short_stall,
     "proxy": proxy,
     "scripted": scripted,
-    "status": status,
 }
 
 

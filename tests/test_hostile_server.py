@@ -29,7 +29,7 @@ from cwsctl.core import keys
 from cwsctl.core.patients import REQUIRED_FIELDS, WALKTHROUGH_EXAMPLE
 from cwsctl.core.profile import Config, Profile, Store, TrustedKey
 from cwsctl.core.signing import Algorithm
-from tests.hostile_server import SERVER_SIGNER, HostileServer
+from tests.hostile_server import SERVER_SIGNER, Answer, HostileServer
 
 TIMEOUT = 2.0  # --timeout for `cwsctl request` in the catalogue
 STARTUP_SLACK = 6.0  # starting Python and importing cwsctl, twice over, on a busy machine
@@ -441,9 +441,12 @@ def test_bulk_retry_looks_up_a_cut_off_row_in_the_same_run(
 # -- issue 20: redirects, hostile JSON, local header errors, secrets that cannot be sent ------
 def test_a_redirect_is_exit_4_and_says_it_was_not_followed(cwsctl_home, hostile_profile, tmp_path):
     """A 3xx is not a success (a POST answered 301 created nothing): exit 4, one error line."""
-    hostile_profile.behaviour = "status"
-    hostile_profile.status_line = "HTTP/1.1 301 Moved Permanently"
-    hostile_profile.extra_headers = [("Location", "https://elsewhere.example.org/ws/patients/")]
+    hostile_profile.behaviour = "scripted"
+    hostile_profile.script = lambda request: Answer(
+        status_line="HTTP/1.1 301 Moved Permanently",
+        headers=[("Location", "https://elsewhere.example.org/ws/patients/")],
+        body=hostile_profile.body,
+    )
     body = tmp_path / "b.json"
     body.write_bytes(b"{}")
     quiet = cwsctl(cwsctl_home, "-q", "request", "POST", "/ws/patients/", str(body))
@@ -465,9 +468,8 @@ DEEP_OBJECT = b'{"error": ' + b'{"a": ' * 600 + b"1" + b"}" * 600 + b"}"
 def test_deeply_nested_json_never_crashes(cwsctl_home, hostile_profile, body, status):
     """A server can send JSON nested past Python's recursion limit: it is shown as non-JSON
     (--json: a string body; an error: the start of the body), never an internal error."""
-    hostile_profile.behaviour = "status"
-    hostile_profile.status_line = f"HTTP/1.1 {status}"
-    hostile_profile.body = body
+    hostile_profile.behaviour = "scripted"
+    hostile_profile.script = lambda request: Answer(status_line=f"HTTP/1.1 {status}", body=body)
     for extra in ([], ["--json"], ["-v"]):
         run = cwsctl(cwsctl_home, "request", "GET", "/ws/", *extra)
         assert run.code == (0 if status.startswith("200") else 4), run.stderr
