@@ -30,9 +30,9 @@
 - ``start_oauth_login(env, *args, profile=None)`` / ``read_login_url(process)`` /
   ``complete_oauth_login(home, name)``:
   the ``cwsctl oauth login`` subprocess, its printed URL, and the whole browser side.
-- ``make_openehr_sandbox(basic_auth=None, default_fetch=None, *, if_match, max_fetch,
-  fetch_precedence, default_limit, bearer_tokens, template_overwrite, templates, **faults)``
-  (function): a fresh
+- ``make_openehr_sandbox(*, basic_auth, if_match, max_fetch, fetch_precedence, default_limit,
+  bearer_tokens, template_overwrite, templates, **faults)`` (function, keywords only, each
+  defaulting to ``OpenEhrSandboxServer``'s): a fresh
   openEHR-flavour server (``OpenEhrSandboxServer``) with its own data dir, started; stopped after
   the test. ``basic_auth=("user", "pass")`` requires those credentials. ``.url``, ``.base_url``
   (``.url`` + ``/ehrbase/rest/openehr/v1``, a profile's URL), ``.system_id``, ``.ehrs()``,
@@ -320,39 +320,29 @@ def _cwsctl(run: Callable[..., subprocess.CompletedProcess[bytes]], *args: str) 
 def make_openehr_sandbox(tmp_path: Path) -> Iterator[Callable[..., OpenEhrSandboxServer]]:
     """Factory: ``make_openehr_sandbox(basic_auth=("u", "p"), if_match="spec", max_fetch=500,
     fetch_precedence="min-fetch", default_limit=N, bearer_tokens={...}, templates=[opt],
-    drop_rate=1.0, ...)`` starts one. ``default_fetch=N`` (the old name) means default_limit."""
+    drop_rate=1.0, ...)`` starts one (keywords only; the server's defaults otherwise)."""
     _sandbox_modules()
     from cwsctl.sandbox.faults import Faults
     from cwsctl.sandbox.openehr import OpenEhrSandboxServer
 
-    def build(
-        data_dir: Path,
-        basic_auth: tuple[str, str] | None = None,
-        default_fetch: int | None = None,
-        *,
-        bearer_tokens: Any = None,
-        if_match: str = "ehrbase",
-        max_fetch: int | None = None,
-        fetch_precedence: str = "reject",
-        default_limit: int | None = None,
-        template_overwrite: bool = False,
-        templates: Any = (),
-        **faults: Any,
-    ) -> OpenEhrSandboxServer:
-        return OpenEhrSandboxServer(
-            data_dir,
-            basic_auth=basic_auth,
-            bearer_tokens=bearer_tokens,
-            if_match=if_match,
-            max_fetch=max_fetch,
-            fetch_precedence=fetch_precedence,
-            default_limit=default_limit if default_limit is not None else default_fetch,
-            template_overwrite=template_overwrite,
-            templates=templates,
-            faults=Faults(**faults),
-        )
+    def build(data_dir: Path, **options: Any) -> OpenEhrSandboxServer:
+        server_options = {k: options.pop(k) for k in OPENEHR_SERVER_OPTIONS if k in options}
+        return OpenEhrSandboxServer(data_dir, **server_options, faults=Faults(**options))
 
     yield from _server_factory(tmp_path, "openehr-sandbox", build)
+
+
+#: make_openehr_sandbox's keyword arguments that go to the server (the rest are fault switches).
+OPENEHR_SERVER_OPTIONS = (
+    "basic_auth",
+    "bearer_tokens",
+    "if_match",
+    "max_fetch",
+    "fetch_precedence",
+    "default_limit",
+    "template_overwrite",
+    "templates",
+)
 
 
 @pytest.fixture
