@@ -370,3 +370,17 @@ def test_sandbox_structured_create(cdr, cli, tmp_path):
     got = cli("composition", "get", cdr.ehr_id, created.stdout.strip(), "--format", "structured")
     assert got.exit_code == 0, got.stderr
     assert "ctx" in json.loads(got.stdout) or TEMPLATE.split(".")[0] in got.stdout
+
+
+def test_an_operation_outcome_with_odd_details_is_one_line_not_a_crash(server, cli):
+    """A server's OperationOutcome whose issue ``details`` is not an object (a hostile or
+    broken server) still gives the one-line error, not an internal error."""
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"details": "x", "code": "invalid"}]}
+    server.answer = lambda request: (
+        400,
+        {"Content-Type": "application/json"},
+        json.dumps(outcome).encode(),
+    )
+    result = cli("request", "GET", "/ehr")
+    assert result.exit_code == 4, result.stderr
+    assert "invalid" in result.stderr and "internal error" not in result.stderr

@@ -200,8 +200,8 @@ def _error_text(document: object) -> str | None:
     if document.get("resourceType") == "OperationOutcome":
         issues = document.get("issue") or []
         texts = [
-            str(i.get("diagnostics") or i.get("details", {}).get("text") or i.get("code", ""))
-            for i in issues
+            str(i.get("diagnostics") or _details_text(i.get("details")) or i.get("code", ""))
+            for i in (issues if isinstance(issues, list) else [])
             if isinstance(i, dict)
         ]
         return "; ".join(t for t in texts if t) or None
@@ -218,6 +218,11 @@ def _error_text(document: object) -> str | None:
         elif isinstance(value, list):
             problems += [_flatten(item) for item in value]
     return "; ".join(problems) or None
+
+
+def _details_text(details: object) -> object:
+    """An OperationOutcome issue's ``details.text``, when ``details`` is the object it should be."""
+    return details.get("text") if isinstance(details, dict) else None
 
 
 def _flatten(value: object) -> str:
