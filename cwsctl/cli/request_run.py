@@ -56,6 +56,8 @@ def request_command(
     extra_headers = parse_header_option(header or [])
     if if_match is not None:
         # Quoted, as the specification says; send_with_if_match retries bare where refused.
+        from cwsctl.core.openehr import quoted_etag
+
         extra_headers["If-Match"] = quoted_etag(if_match)
     if prefer is not None:
         extra_headers["Prefer"] = f"return={prefer}"
@@ -92,12 +94,6 @@ def request_command(
     if out.settings.verbose:
         show_exchange(out, response, body, show_body)
     show_response(out, response, client, output)
-
-
-def quoted_etag(version: str) -> str:
-    """An entity tag as HTTP wants it: the value in double quotes (added when missing)."""
-    value = version.strip()
-    return value if value.startswith(('"', 'W/"')) else f'"{value}"'
 
 
 def show_response(

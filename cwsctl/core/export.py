@@ -80,7 +80,6 @@ from cwsctl.core.oauth import (
     TokenSource,
     at_origin,
     endpoints,
-    origin,
     run_flow,
     system_scope,
 )
@@ -625,11 +624,6 @@ def _status_error(
     return ClientRequestError(message, hint)
 
 
-def _read_capped(response: httpx.Response) -> bytes:
-    """The body of a small answer (status, kick-off): the transport's size cap applies."""
-    return response.read()
-
-
 def _head_of(response: httpx.Response, limit: int = 1 << 16) -> bytes:
     """At most ``limit`` bytes of a streamed error answer (its text is all that is shown)."""
     head = bytearray()
@@ -706,7 +700,6 @@ class Exporter:
         self.source = TokenSource(profile, store, private_key, grant=GRANT_CLIENT_CREDENTIALS)
         ends = endpoints(profile)
         self.fhir_base = at_origin(profile.url, ends.fhir_base).rstrip("/")
-        self.home = origin(profile.url)
         self._api: httpx.Client | None = None
         self._files_client: httpx.Client | None = None
         self._token_lock = threading.Lock()
@@ -922,7 +915,7 @@ class Exporter:
     def status(self, *, poll: bool = True) -> dict[str, Any]:
         """The job's state from the directory; a running job's status URL is asked once."""
         state = self._require_state()
-        document = self._state_document(state)
+        document = status_document(state)
         if poll and state.state == "running" and state.data.get("status_url"):
             response = self._send(
                 self.api,
@@ -931,7 +924,7 @@ class Exporter:
                 {"Accept": "application/json"},
                 deadline=self.options.timeout,
             )
-            content = _read_capped(response)
+            content = response.read()
             response.close()
             document["server_status"] = response.status_code
             if response.status_code == 202:
@@ -942,7 +935,7 @@ class Exporter:
                 document["retry_after"] = retry_after(response)
             elif response.status_code == 200:
                 self._take_manifest(state, content)
-                document = self._state_document(state)
+                document = status_document(state)
                 document["server_status"] = 200
             else:
                 document["server_error"] = outcome_text(content) or None
@@ -965,7 +958,7 @@ class Exporter:
             {"Accept": FHIR_JSON},
             deadline=self.options.timeout,
         )
-        content = _read_capped(response)
+        content = response.read()
         response.close()
         status = response.status_code
         if status in (404, 410):
@@ -1000,9 +993,6 @@ class Exporter:
                 hint="start one: cwsctl -p PROFILE export --out DIR",
             )
         return state
-
-    def _state_document(self, state: ExportState) -> dict[str, Any]:
-        return status_document(state)
 
     def _since_value(self, request: ExportRequest, previous: ExportState | None) -> str | None:
         if request.since != "last":
@@ -1052,7 +1042,7 @@ class Exporter:
             {"Accept": FHIR_JSON, "Prefer": "respond-async"},
             timeout=KICKOFF_TIMEOUT_S,
         )
-        content = _read_capped(response)
+        content = response.read()
         response.close()
         status = response.status_code
         what = "the server refused the export"
@@ -1107,7 +1097,7 @@ class Exporter:
                     {"Accept": "application/json"},
                     deadline=self.options.timeout,
                 )
-                content = _read_capped(response)
+                content = response.read()
                 response.close()
             except NetworkError as exc:
                 if isinstance(exc.__cause__, ResponseTooLargeError) or failures >= STATUS_RETRIES:

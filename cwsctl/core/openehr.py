@@ -169,9 +169,11 @@ def check_timestamp(text: str) -> str:
     return moment.isoformat()
 
 
-def etag(version: VersionUid) -> str:
-    """The version uid as an HTTP entity tag, in double quotes (RFC 9110), for ``If-Match``."""
-    return f'"{version}"'
+def quoted_etag(version: str) -> str:
+    """An entity tag as HTTP wants it (RFC 9110): the value in double quotes, added when
+    missing (a weak ``W/"…"`` tag is kept as given)."""
+    value = version.strip()
+    return value if value.startswith(('"', 'W/"')) else f'"{value}"'
 
 
 #: Clients whose server refused a quoted If-Match ("UUID string too large", EHRbase 2.0–2.31):
@@ -206,7 +208,7 @@ def send_with_if_match(
     ``version`` may be given quoted or weak (``W/"…"``); it is sent quoted.
     """
     bare_value = version.strip().removeprefix("W/").strip('"')
-    quoted = version.strip() if version.strip().startswith(('"', 'W/"')) else f'"{bare_value}"'
+    quoted = quoted_etag(version)
     bare = client in _BARE_IF_MATCH
     response = client.request(
         method, path, body, {**headers, "If-Match": bare_value if bare else quoted}
