@@ -256,7 +256,7 @@ def rotate(
     store, profile = store_and_profile(out.settings)
     settings = store.load().profiles.get(profile)
     if settings is not None and settings.kind == "openemr":
-        _rotate_openemr(out, store, profile, reregister, passphrase_file, timeout)
+        _rotate_openemr(out, store, profile, reregister, passphrase_file)
         return
     next_path = store.next_key_path(profile)
     if not next_path.exists():
@@ -285,7 +285,6 @@ def _rotate_openemr(
     profile: str,
     reregister: bool,
     passphrase_file: Path | None,
-    timeout: float,
 ) -> None:
     """An openemr profile's key changes only together with a new client registration."""
     from cwsctl.core import oauth

@@ -268,43 +268,37 @@ def query(
     pages = 0
     capped: RowCapError | None = None
     client, traced = connect(out, timeout, max_response_size, allow_http)
-    try:
-        with client:
-            if all_pages:
-                if clauses:
-                    out.info(f"the AQL has its own {'/'.join(clauses)}: run once, not paged")
-                stream = query_pages(
-                    traced,  # type: ignore[arg-type]
-                    q,
-                    parameters,
-                    offset=offset,
-                    page_size=limit,
-                    max_rows=max_rows or DEFAULT_MAX_ROWS,
-                    notice=out.warn,
-                )
-                try:
-                    for page in stream:
-                        writer.page(page)
-                        pages += 1
-                except RowCapError as exc:
-                    capped = exc
-            else:
-                page = query_page(
-                    traced,  # type: ignore[arg-type]
-                    q,
-                    parameters,
-                    offset=offset or None,
-                    fetch=limit,
-                )
-                writer.page(page)
-                pages = 1
-        writer.finish()
-    except BrokenPipeError:
-        # The reader stopped (`| head`): stop fetching pages, quietly, as a pipe filter should.
-        from cwsctl.cli.errors import silence_stdout
-
-        silence_stdout()
-        return
+    # A reader that stops (`| head`) ends the run quietly: see run_reporting_errors.
+    with client:
+        if all_pages:
+            if clauses:
+                out.info(f"the AQL has its own {'/'.join(clauses)}: run once, not paged")
+            stream = query_pages(
+                traced,  # type: ignore[arg-type]
+                q,
+                parameters,
+                offset=offset,
+                page_size=limit,
+                max_rows=max_rows or DEFAULT_MAX_ROWS,
+                notice=out.warn,
+            )
+            try:
+                for page in stream:
+                    writer.page(page)
+                    pages += 1
+            except RowCapError as exc:
+                capped = exc
+        else:
+            page = query_page(
+                traced,  # type: ignore[arg-type]
+                q,
+                parameters,
+                offset=offset or None,
+                fetch=limit,
+            )
+            writer.page(page)
+            pages = 1
+    writer.finish()
     out.info(f"{writer.count} row(s) in {pages} page(s)")
     if capped is not None:
         raise capped
