@@ -995,6 +995,8 @@ def test_basic_auth(make_openehr_sandbox: Any) -> None:
     refused = httpx.post(f"{base}/ehr", json=ehr_status("P1"))
     assert refused.status_code == 401
     assert refused.headers["www-authenticate"].startswith('Basic realm="openEHR"')
+    # Spring Security's body: no `message` for a client to come to rely on.
+    assert set(refused.json()) == {"timestamp", "status", "error", "path"}
     assert httpx.post(f"{base}/ehr", auth=("alice", "wrong")).status_code == 401
     assert httpx.get(f"{base}{ADL}", headers={"Authorization": "Bearer x"}).status_code == 401
     assert server.count_ehrs() == 0

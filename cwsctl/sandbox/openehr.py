@@ -263,7 +263,6 @@ class OpenEhrApp(EnvelopeApp):
         if self.basic_auth is None:
             return "-", None
         values = [bytes(v) for k, v in scope["headers"] if k == b"authorization"]
-        reason = "Full authentication is required to access this resource"
         if len(values) == 1:
             scheme, _, credentials = values[0].partition(b" ")
             if scheme.lower() == b"basic":
@@ -279,9 +278,14 @@ class OpenEhrApp(EnvelopeApp):
                 if hmac.compare_digest(given_password, expected_password) and user_ok:
                     scope["cwsctl.user"] = user
                     return printable(user, 64), None
-                reason = "Bad credentials"
-        document = {"status": 401, "error": "Unauthorized", "message": reason,
-                    "path": printable(scope["path"], 200)}  # fmt: skip
+        # Spring Security's error body (EHRBASE.md "Auth": no `message`, so a client cannot
+        # come to rely on one the real server does not send).
+        document = {
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "status": 401,
+            "error": "Unauthorized",
+            "path": printable(scope["path"], 200),
+        }
         body_bytes = json.dumps(document, separators=(",", ":")).encode("utf-8")
         challenge = f'Basic realm="{REALM}"'.encode("ascii")
         return "-", Answer(401, body_bytes, [(b"www-authenticate", challenge)])
