@@ -88,10 +88,11 @@ class Answer:
 
 
 def _error(status: int, message: str, **extra: Any) -> Answer:
-    return Answer(status, _json_bytes({"error": message, **extra}))
+    return Answer(status, json_bytes({"error": message, **extra}))
 
 
-def _json_bytes(document: Any) -> bytes:
+def json_bytes(document: Any) -> bytes:
+    """Compact UTF-8 JSON, as the Java and CWS servers write it (non-ASCII kept as is)."""
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from cwsctl.sandbox import openehr_aql as aql
 from cwsctl.sandbox import openehr_templates as tpl
+from cwsctl.sandbox.app import json_bytes
 from cwsctl.sandbox.openehr_store import (
     CHANGE_TYPE_CODES,
     AlreadyDeletedError,
@@ -109,7 +110,7 @@ def json_answer(
     document: Any, status: int = 200, headers: dict[str, str] | None = None, media: str = JSON_TYPE
 ) -> Response:
     """Compact UTF-8 JSON."""
-    body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    body = json_bytes(document)
     return Response(body, status, headers=headers, media_type=media)
 
 
@@ -233,7 +234,7 @@ def status_content(document: Any) -> tuple[Content, Subject]:
             found = Subject(value, namespace)
     if problems:
         raise BadRequest(400, "\n".join(problems))
-    body = json.dumps(status, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    body = json_bytes(status)
     return Content(body, status["name"]["value"], None, status["archetype_node_id"]), found
 
 
@@ -717,7 +718,7 @@ class OpenEhrEndpoints:
                 document = tpl.flat_to_canonical(template, flat)
             except tpl.FormatError as exc:
                 raise BadRequest(exc.status, exc.message) from None
-            body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+            body = json_bytes(document)
         return self._check_canonical(document, body), document
 
     def _check_canonical(self, document: Any, body: bytes) -> Content:

@@ -47,7 +47,7 @@ from cwsctl.sandbox.app import (
     printable,
 )
 from cwsctl.sandbox.faults import FaultDice, Faults
-from cwsctl.sandbox.openemr_api import ApiEndpoints, outcome
+from cwsctl.sandbox.openemr_api import ApiEndpoints, kernel_body, outcome
 from cwsctl.sandbox.openemr_export import (
     DEFAULT_EXPORT_TTL_S,
     OPENEMR_MODE,
@@ -236,8 +236,7 @@ class OpenEmrApp(EnvelopeApp):
                 document["hint"] = hint
             document["message"] = text
             return Answer(status, _json(document))
-        document = {"error": "An error occurred", "message": text, "code": 0}
-        return Answer(status, _json(document), content_type=PHP_DEFAULT_TYPE.encode("ascii"))
+        return Answer(status, kernel_body(text), content_type=PHP_DEFAULT_TYPE.encode("ascii"))
 
 
 def _json(document: object) -> bytes:

@@ -64,22 +64,28 @@ def fhir(resource: dict[str, Any], status: int = 200) -> Response:
     return JSONResponse(resource, status, media_type=FHIR_JSON)
 
 
+def fhir_outcome(diagnostics: str, code: str = "invalid") -> dict[str, Any]:
+    """A FHIR OperationOutcome document with one error issue."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
+    }
+
+
 def outcome(status: int, diagnostics: str, code: str = "invalid") -> Response:
-    """A FHIR OperationOutcome with one error issue."""
-    return fhir(
-        {
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
-        },
-        status,
-    )
+    """A FHIR OperationOutcome answer with one error issue."""
+    return fhir(fhir_outcome(diagnostics, code), status)
+
+
+def kernel_body(message: str, code: int = 0) -> bytes:
+    """7.0.4+'s ExceptionHandlerListener body: ``{"error":"An error occurred",…}``."""
+    document = {"error": "An error occurred", "message": message, "code": code}
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
 def kernel_error(status: int, message: str, code: int = 0) -> Response:
-    """7.0.4+'s ExceptionHandlerListener body (a Symfony Response: no JSON content type)."""
-    document = {"error": "An error occurred", "message": message, "code": code}
-    body = json.dumps(document, separators=(",", ":"))
-    return Response(body, status, media_type=PHP_DEFAULT_TYPE)
+    """7.0.4+'s ExceptionHandlerListener answer (a Symfony Response: no JSON content type)."""
+    return Response(kernel_body(message, code), status, media_type=PHP_DEFAULT_TYPE)
 
 
 def unauthorized(version: str) -> Response:

@@ -52,7 +52,13 @@ from starlette.responses import JSONResponse, Response
 from cwsctl.core.files import ensure_private_dir
 from cwsctl.sandbox import openemr_patients as patients
 from cwsctl.sandbox.app import Answer
-from cwsctl.sandbox.openemr_api import FHIR_JSON, kernel_error, unauthorized
+from cwsctl.sandbox.openemr_api import (
+    FHIR_JSON,
+    fhir_outcome,
+    kernel_body,
+    kernel_error,
+    unauthorized,
+)
 from cwsctl.sandbox.openemr_oauth import PHP_DEFAULT_TYPE, OpenEmrState
 from cwsctl.sandbox.openemr_scopes import FHIR_READ_RESOURCES, V703, allows, allows_operation
 from cwsctl.sandbox.openemr_store import Grant, Patient
@@ -427,11 +433,7 @@ class ExportService:
         ``application/json``) or a FHIR one (``diagnostics``, ``application/fhir+json``)."""
         if self.mode == OPENEMR_MODE:
             return JSONResponse(_emr_outcome(text), status)
-        document = {
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": code, "diagnostics": text}],
-        }
-        return JSONResponse(document, status, media_type=FHIR_JSON)
+        return JSONResponse(fhir_outcome(text, code), status, media_type=FHIR_JSON)
 
     def _readable(self, grant: Grant, resource: str) -> bool:
         """``hasAccessToResource``: the token holds ``system/<R>.read``."""
@@ -622,7 +624,9 @@ class ExportService:
             name = f"OperationOutcome-{job.uuid}-{uuid.uuid4()}.ndjson"
             path = self.store.files / name
             texts = (
-                json.dumps(_fhir_outcome(f"{r} not exported: no system/{r}.read or no export"))
+                json.dumps(
+                    fhir_outcome(f"{r} not exported: no system/{r}.read or no export", "processing")
+                )
                 for r in plan.denied
             )
             written = _write_ndjson(path, texts, lambda: False)
@@ -768,7 +772,7 @@ class ExportService:
         if not allows(self.state.version, grant.role, grant.scope, "Binary", "r"):
             if self.state.version == V703:
                 return Answer(401, b"", content_type=PHP_DEFAULT_TYPE.encode("ascii"))
-            body = b'{"error":"An error occurred","message":"Unauthorized","code":0}'
+            body = kernel_body("Unauthorized")
             return Answer(401, body, content_type=PHP_DEFAULT_TYPE.encode("ascii"))
         document = self.store.document(int(document_id)) if document_id.isdigit() else None
         if document is None or document.expires_at <= time.time():
@@ -790,7 +794,7 @@ class ExportService:
     def _gone(self) -> Answer:
         if self.mode == OPENEMR_MODE:
             return Answer(404, b"", content_type=PHP_DEFAULT_TYPE.encode("ascii"))
-        document = _fhir_outcome("no such file, or it has expired", "not-found")
+        document = fhir_outcome("no such file, or it has expired", "not-found")
         return Answer(404, json.dumps(document).encode(), content_type=FHIR_JSON.encode("ascii"))
 
 
@@ -806,13 +810,6 @@ def _emr_outcome(text: str) -> dict[str, Any]:
         "resourceType": "OperationOutcome",
         "id": str(uuid.uuid4()),
         "issue": [{"severity": "error", "code": "processing", "details": {"text": text}}],
-    }
-
-
-def _fhir_outcome(text: str, code: str = "processing") -> dict[str, Any]:
-    return {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
     }
 
 
