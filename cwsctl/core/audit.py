@@ -14,7 +14,6 @@ directory) whatever the umask, and a failed write raises instead of being printe
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from cwsctl.core.files import ensure_private_dir
+from cwsctl.core.files import describe_os_error, ensure_private_dir
 
 if TYPE_CHECKING:
     import logging
@@ -90,11 +89,8 @@ class AuditLog:
         except OSError as exc:
             from cwsctl.core.errors import LocalKeyError
 
-            reason = exc.strerror or str(exc)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                reason = "no space left (disk full, quota or file size limit)"
             raise LocalKeyError(
-                f"cannot write the audit log {self.path}: {reason}",
+                f"cannot write the audit log {self.path}: {describe_os_error(exc)}",
                 hint=f"make {self.directory} a directory you can write in (the request itself "
                 "was sent; see its outcome on the server)",
             ) from None

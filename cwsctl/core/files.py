@@ -131,7 +131,8 @@ def no_core_dumps() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
 
 
-def _describe(exc: OSError) -> str:
+def describe_os_error(exc: OSError) -> str:
+    """Why a write failed, in words: a full disk, quota or size limit is said as one."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return "no space left (disk full, quota or file size limit)"
     return exc.strerror or str(exc)
@@ -152,7 +153,7 @@ def check_output_path(
     except FileNotFoundError:
         info = None
     except OSError as exc:
-        raise error(f"cannot write {what} {path}: {_describe(exc)}") from None
+        raise error(f"cannot write {what} {path}: {describe_os_error(exc)}") from None
     if info is not None:
         if stat.S_ISLNK(info.st_mode):
             raise error(
@@ -173,7 +174,7 @@ def check_output_path(
     except FileNotFoundError:
         raise error(f"cannot write {what} {path}: directory {parent} does not exist") from None
     except OSError as exc:
-        raise error(f"cannot write {what} {path}: {_describe(exc)}") from None
+        raise error(f"cannot write {what} {path}: {describe_os_error(exc)}") from None
     if not stat.S_ISDIR(parent_info.st_mode):
         raise error(f"cannot write {what} {path}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -222,7 +223,7 @@ class AtomicFile:
             return self.error(
                 f"cannot write {self.what} {self.path}: directory {self.path.parent} does not exist"
             )
-        return self.error(f"cannot write {self.what} {self.path}: {_describe(exc)}")
+        return self.error(f"cannot write {self.what} {self.path}: {describe_os_error(exc)}")
 
     def write(self, data: bytes) -> None:
         """Append ``data`` to the temporary file (all of it, or an error and nothing kept)."""

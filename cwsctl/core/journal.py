@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cwsctl.core.errors import InputError
+from cwsctl.core.files import describe_os_error
 
 JOURNAL_VERSION = 1
 #: Outcomes after which a row is never sent again.
@@ -205,11 +206,8 @@ class Journal:
             raise self._failure(exc) from None
 
     def _failure(self, exc: OSError) -> InputError:
-        reason = exc.strerror or str(exc)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            reason = "no space left (disk full, quota or file size limit)"
         return InputError(
-            f"cannot write journal {self.path}: {reason}",
+            f"cannot write journal {self.path}: {describe_os_error(exc)}",
             hint="rows in flight are re-checked on the next run",
         )
 
