@@ -132,13 +132,6 @@ def template_id_in(body: bytes, fmt: CompositionFormat) -> str | None:
     return _text(ctx.get("template_id")) if isinstance(ctx, dict) else None
 
 
-def _check_template_id(value: str) -> str:
-    text = value.strip()
-    if not text or any(ord(c) < 32 or c == "\x7f" for c in text):
-        raise InputError("--template-id must be non-empty text without control characters")
-    return text
-
-
 def write_request(
     body: bytes, fmt: CompositionFormat = "canonical", template_id: str | None = None
 ) -> FormatRequest:
@@ -151,7 +144,9 @@ def write_request(
     when the body is plainly in another format than ``fmt``.
     """
     fmt = check_format(fmt)
-    given = _check_template_id(template_id) if template_id is not None else None
+    from cwsctl.core.templates import check_template_id
+
+    given = check_template_id(template_id, "--template-id") if template_id is not None else None
     name = _NAMES[fmt]
     if _is_xml(body):
         if fmt != "canonical":
