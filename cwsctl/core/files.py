@@ -18,10 +18,11 @@ import errno
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from cwsctl.core.errors import CwsError, InputError, LocalKeyError
+from cwsctl.core.errors import CwsError, InputError, LocalKeyError, NetworkError
 
 #: Private files: owner read/write. The umask may narrow it; nothing ever widens it.
 PRIVATE_MODE = 0o600
@@ -68,11 +69,20 @@ def ensure_private_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, *, error: type[CwsError] = InputError) -> Iterator[None]:
-    """Hold an exclusive advisory lock (``flock``) on ``path``, made 0600 if missing, waiting
-    for it; the kernel drops it when the holder dies. A no-op where there is no ``flock``.
+def exclusive_lock(
+    path: Path,
+    *,
+    error: type[CwsError] = InputError,
+    wait: float | None = None,
+    what: str = "lock",
+) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``path``, made 0600 if missing; the kernel
+    drops it when the holder dies. A no-op where there is no ``flock``.
 
-    A lock file that cannot be opened raises ``error``: "cannot write in <its directory>".
+    Waits for the lock as long as it takes, or — with ``wait`` — at most ``wait`` seconds, then
+    NetworkError "timed out waiting for the <what> …" (polling, so a stopped holder cannot keep
+    a job past its deadline). A lock file that cannot be opened raises ``error``: "cannot write
+    in <its directory>".
     """
     try:
         import fcntl
@@ -84,10 +94,24 @@ def exclusive_lock(path: Path, *, error: type[CwsError] = InputError) -> Iterato
     except OSError as exc:
         raise error(f"cannot write in {path.parent}: {exc.strerror}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if wait is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            give_up = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= give_up:
+                        raise NetworkError(
+                            f"timed out waiting for the {what} {path}",
+                            hint="another cwsctl holds it: is one stopped or hung?",
+                        ) from None
+                    time.sleep(0.05)
         yield
     finally:
-        os.close(fd)
+        os.close(fd)  # closing releases the lock
 
 
 def loose_dir_warning(path: Path) -> str | None:

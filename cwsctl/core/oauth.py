@@ -50,7 +50,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import queue
 import secrets
 import threading
@@ -588,33 +587,13 @@ class TokenStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the profile's token lock (an advisory ``flock``; a no-op where there is none)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            yield
-            return
-
+        """Hold the profile's token lock (an advisory ``flock``; a no-op where there is none),
+        waiting at most until the exchange's deadline (or 60 s when there is none)."""
         ensure_private_dir(self.directory)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            # Poll rather than block, so a stuck holder (a stopped process) cannot keep this
-            # one past its exchange's deadline (or 60 s when there is none).
-            give_up = time.monotonic() + (time_left() or 60.0)
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= give_up:
-                        raise NetworkError(
-                            f"timed out waiting for the token lock {self.lock_path}",
-                            hint="another cwsctl holds it: is one stopped or hung?",
-                        ) from None
-                    time.sleep(0.05)
+        with exclusive_lock(
+            self.lock_path, error=LocalKeyError, wait=time_left() or 60.0, what="token lock"
+        ):
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def _grants(self, client_id: str, token_url: str) -> dict[str, Any]:
         data = self.read()
