@@ -317,12 +317,10 @@ def _rotate_openemr(
         f"kept as {retired}"
     )
     if registration.starts_disabled:
-        out.warn(
-            f"OpenEMR keeps client {registration.client_id!r} disabled until an administrator "
-            f"enables it ({oauth.ENABLE_CLIENT_PLACE}); until then every token request is "
-            "refused (401 invalid_client)"
-        )
-    if any(s.startswith("user/") for s in registration.scope.split()):
+        from cwsctl.cli.oauth import warn_disabled
+
+        warn_disabled(out, registration)
+    if oauth.has_user_scope(registration.scope):
         out.info(f"Then sign in again for the new client: cwsctl -p {profile} oauth login")
     out.info("Disable the old client in OpenEMR once nothing uses it")
 

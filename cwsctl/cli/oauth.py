@@ -321,23 +321,30 @@ def register(
     _say_next_steps(out, profile.name, registration)
 
 
+def warn_disabled(out: Output, registration: Registration) -> None:
+    """Say plainly that OpenEMR keeps a new client disabled until an administrator acts."""
+    from cwsctl.core import oauth
+
+    out.warn(
+        f"OpenEMR keeps client {registration.client_id!r} disabled until an administrator "
+        f"enables it ({oauth.ENABLE_CLIENT_PLACE}); until then every token request is "
+        "refused (401 invalid_client)"
+    )
+
+
 def _say_next_steps(out: Output, profile_name: str, registration: Registration) -> None:
     """The admin enable step (said plainly) and what to run next, after a registration."""
     from cwsctl.core import oauth
 
     if registration.starts_disabled:
-        out.warn(
-            f"OpenEMR keeps client {registration.client_id!r} disabled until an administrator "
-            f"enables it ({oauth.ENABLE_CLIENT_PLACE}); until then every token request is "
-            "refused (401 invalid_client)"
-        )
+        warn_disabled(out, registration)
     else:
         out.info(
             "If OpenEMR requires manual approval of new clients, an administrator must enable "
             f"it first ({oauth.ENABLE_CLIENT_PLACE})"
         )
     steps = []
-    if any(s.startswith("user/") for s in registration.scope.split()):
+    if oauth.has_user_scope(registration.scope):
         steps.append(f"cwsctl -p {profile_name} oauth login (signs a user in; writes need one)")
     if oauth.system_scope(registration.scope):
         steps.append(f"cwsctl -p {profile_name} oauth token (system/ scopes, no person)")

@@ -230,6 +230,11 @@ def system_scope(scope: str) -> str:
     return " ".join(s for s in scope.split() if s.startswith("system/"))
 
 
+def has_user_scope(scope: str) -> bool:
+    """Whether ``scope`` holds a ``user/…`` scope (such a client writes as a signed-in user)."""
+    return any(s.startswith("user/") for s in scope.split())
+
+
 def user_scope(scope: str) -> str:
     """``scope`` without its ``system/*`` scopes (what a person's sign-in asks for)."""
     return " ".join(s for s in scope.split() if not s.startswith("system/"))
