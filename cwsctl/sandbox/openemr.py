@@ -8,10 +8,13 @@ is the server's site):
 - ``GET /oauth2/{site}/.well-known/openid-configuration``,
   ``GET /apis/{site}/fhir/.well-known/smart-configuration``, ``GET /apis/{site}/fhir/metadata``
   (public) and ``POST /oauth2/{site}/registration``, ``GET /oauth2/{site}/authorize``,
-  ``POST /oauth2/{site}/token`` — :mod:`.openemr_oauth`;
+  ``POST /oauth2/{site}/token`` — :mod:`.openemr_oauth` (client assertions:
+  :mod:`.openemr_assertion`);
 - ``GET|POST /apis/{site}/api/patient``, ``GET /apis/{site}/api/patient/{uuid}``,
   ``GET|POST /apis/{site}/fhir/Patient``, ``GET /apis/{site}/fhir/Patient/{id}`` —
   :mod:`.openemr_api`.
+
+Every endpoint shares one :class:`~.openemr_state.OpenEmrState` (OpenEMR's globals, the store).
 
 The envelope is the CWS flavour's (:class:`~.app.EnvelopeApp`: body limit, request timeouts,
 access log, faults), with a bearer-token check instead of signatures on every other ``/apis/``
@@ -55,8 +58,9 @@ from cwsctl.sandbox.openemr_export import (
     ExportService,
     FileAnswer,
 )
-from cwsctl.sandbox.openemr_oauth import PHP_DEFAULT_TYPE, OAuthEndpoints, OpenEmrState
+from cwsctl.sandbox.openemr_oauth import OAuthEndpoints
 from cwsctl.sandbox.openemr_scopes import V703, V704, VERSIONS
+from cwsctl.sandbox.openemr_state import PHP_DEFAULT_TYPE, OpenEmrState
 from cwsctl.sandbox.openemr_store import ACCESS, REFRESH, Client, OpenEmrStore, Patient
 from cwsctl.sandbox.server import DEFAULT_HOST, REQUEST_TIMEOUT_S, BaseSandboxServer
 from cwsctl.sandbox.store import default_data_dir

@@ -28,8 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cwsctl.sandbox import openemr_patients as patients
-from cwsctl.sandbox.openemr_oauth import PHP_DEFAULT_TYPE, OpenEmrState
 from cwsctl.sandbox.openemr_scopes import V703, allows
+from cwsctl.sandbox.openemr_state import PHP_DEFAULT_TYPE, OpenEmrState
 from cwsctl.sandbox.openemr_store import SYSTEM, Grant
 
 FHIR_JSON = "application/fhir+json"

@@ -59,8 +59,8 @@ from cwsctl.sandbox.openemr_api import (
     kernel_error,
     unauthorized,
 )
-from cwsctl.sandbox.openemr_oauth import PHP_DEFAULT_TYPE, OpenEmrState
 from cwsctl.sandbox.openemr_scopes import FHIR_READ_RESOURCES, V703, allows, allows_operation
+from cwsctl.sandbox.openemr_state import PHP_DEFAULT_TYPE, OpenEmrState
 from cwsctl.sandbox.openemr_store import Grant, Patient
 
 OPENEMR_MODE = "openemr"

@@ -2,7 +2,8 @@
 
 Modelled on OpenEMR 7.0.3 and 7.0.4+ (``version``), as ``../shared/servers/OPENEMR.md`` and
 ``cwsctl/sandbox/README.md`` describe them; every refusal is league/oauth2-server's body
-``{"error", "error_description", "hint"?, "message"}``. In short:
+``{"error", "error_description", "hint"?, "message"}`` (:class:`~.openemr_state.OAuthError`,
+beside the server's configuration in :mod:`.openemr_state`). In short:
 
 - URLs are built from the *site address*: the Site Address Override when one is configured
   (``site_address``), else the scheme the request came in with plus its ``X-Forwarded-Host`` or
@@ -15,31 +16,38 @@ Modelled on OpenEMR 7.0.3 and 7.0.4+ (``version``), as ``../shared/servers/OPENE
 - ``GET /oauth2/{site}/authorize`` approves at once (no login or consent page) and opens a
   trusted-user session for the grant.
 - ``POST /oauth2/{site}/token``: client_credentials (an RS384 assertion verified with the first
-  RSA key of the client's JWKS, ``kid`` ignored; a token of the *system* user, 300 s, no refresh
-  token), authorization_code and refresh_token (tokens of the *user*, 3600 s, a refresh token
-  with ``offline_access``; a refresh revokes the old refresh and access tokens).
+  RSA key of the client's JWKS, ``kid`` ignored, by :mod:`.openemr_assertion`; a token of the
+  *system* user, 300 s, no refresh token), authorization_code and refresh_token (tokens of the
+  *user*, 3600 s, a refresh token with ``offline_access``; a refresh revokes the old refresh and
+  access tokens).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 import secrets
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import httpx
-import jwt
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from cwsctl.core.urls import is_loopback
-from cwsctl.sandbox.openemr_scopes import V703, VERSIONS, server_scopes, unsupported
+from cwsctl.sandbox.openemr_assertion import JWT_BEARER, assertion_client
+from cwsctl.sandbox.openemr_scopes import V703, server_scopes, unsupported
+from cwsctl.sandbox.openemr_state import (
+    CODE_LIFETIME_S,
+    INVALID_REQUEST,
+    NO_STORE,
+    PHP_DEFAULT_TYPE,
+    REFRESH_LIFETIME_S,
+    OAuthError,
+    OpenEmrState,
+    invalid_client,
+)
 from cwsctl.sandbox.openemr_store import (
     ACCESS,
     CODE,
@@ -47,34 +55,16 @@ from cwsctl.sandbox.openemr_store import (
     SYSTEM,
     USERS,
     Client,
-    OpenEmrStore,
     digest,
 )
 
-JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_ALGORITHM = "RS384"
-#: Clock skew allowed on an assertion's iat, nbf and exp (lcobucci LooseValidAt, 60 s).
-LEEWAY_S = 60
-#: 7.0.4+: an assertion's exp at most this far ahead, its iat at most this far behind.
-MAX_EXP_AHEAD_S = 24 * 3600
-MAX_IAT_BEHIND_S = 300
-#: OpenEMR's lifetimes: client-credentials access tokens, user access tokens, refresh, code.
-CLIENT_CREDENTIALS_LIFETIME_S = 300
-USER_ACCESS_LIFETIME_S = 3600
-REFRESH_LIFETIME_S = 90 * 24 * 3600
-CODE_LIFETIME_S = 60
 #: token_endpoint_auth_method values registration accepts, per version (never stored).
 AUTH_METHODS = {
     V703: ("client_secret_basic", "client_secret_post"),
     "7.0.4": ("client_secret_basic", "client_secret_post", "private_key_jwt"),
 }
 #: league/oauth2-server's messages.
-INVALID_CLIENT = "Client authentication failed"
 INVALID_SCOPE = "The requested scope is invalid, unknown, or malformed"
-INVALID_REQUEST = (
-    "The request is missing a required parameter, includes an invalid parameter value, "
-    "includes a parameter more than once, or is otherwise malformed."
-)
 INVALID_GRANT = (
     "The provided authorization grant (e.g., authorization code, resource owner credentials) "
     "or refresh token is invalid, expired, revoked, does not match the redirection URI used in "
@@ -105,87 +95,6 @@ _REGISTRATION_KEYS = (
     "grant_types",
     "scope",
 )
-_JWKS_DEADLINE_S = 5.0
-_MAX_JWKS_BYTES = 64 * 1024
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-#: What PHP sends when a script sets no Content-Type (7.0.3's registration, empty 401s).
-PHP_DEFAULT_TYPE = "text/html; charset=UTF-8"
-
-
-@dataclass
-class OpenEmrState:
-    """The server's configuration (OpenEMR's globals) and store, shared by every endpoint."""
-
-    store: OpenEmrStore
-    site: str = "default"
-    version: str = "7.0.4"
-    site_address: str | None = None
-    system_scopes: bool = False
-    manual_approval: bool = False
-    token_lifetime: int | None = None
-    log_refusals: bool = True
-
-    def __post_init__(self) -> None:
-        if self.version not in VERSIONS:
-            raise ValueError(f"version must be one of {', '.join(VERSIONS)}, not {self.version!r}")
-
-    def base(self, request: Request) -> str:
-        """OpenEMR's site address: the override, else scheme + X-Forwarded-Host or Host."""
-        if self.site_address:
-            return self.site_address.rstrip("/")
-        host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
-        return f"{request.url.scheme}://{host}"
-
-    def token_url(self, request: Request) -> str:
-        """The token URL assertions must name as ``aud``."""
-        return f"{self.base(request)}/oauth2/{self.site}/token"
-
-    def fhir_base(self, request: Request) -> str:
-        """``{site address}/apis/{site}/fhir``."""
-        return f"{self.base(request)}/apis/{self.site}/fhir"
-
-    def access_lifetime(self, role: str) -> int:
-        """Seconds an access token of ``role`` lives (an override applies to both)."""
-        if self.token_lifetime is not None:
-            return self.token_lifetime
-        return CLIENT_CREDENTIALS_LIFETIME_S if role == SYSTEM else USER_ACCESS_LIFETIME_S
-
-
-class OAuthError(Exception):
-    """A league/oauth2-server refusal; ``reason`` goes to the sandbox's log, not the body."""
-
-    def __init__(
-        self,
-        error: str,
-        message: str,
-        status: int = 400,
-        hint: str | None = None,
-        *,
-        reason: str = "",
-    ) -> None:
-        super().__init__(message)
-        self.error = error
-        self.message = message
-        self.status = status
-        self.hint = hint
-        self.reason = reason or hint or message
-
-    def body(self) -> dict[str, Any]:
-        """``{"error", "error_description", "hint"?, "message"}``."""
-        document: dict[str, Any] = {"error": self.error, "error_description": self.message}
-        if self.hint is not None:
-            document["hint"] = self.hint
-        document["message"] = self.message
-        return document
-
-    def response(self) -> Response:
-        """The JSON answer."""
-        return JSONResponse(self.body(), self.status, headers=_NO_STORE)
-
-
-def invalid_client(reason: str, status: int = 401) -> OAuthError:
-    """``invalid_client``: 401 (unknown, disabled, no usable key) or 400 (a failed assertion)."""
-    return OAuthError("invalid_client", INVALID_CLIENT, status, reason=reason)
 
 
 def invalid_request(parameter: str, hint: str | None = None) -> OAuthError:
@@ -281,7 +190,7 @@ class OAuthEndpoints:
         )
         if self.state.version == V703:  # PSR-7 withHeader results discarded: PHP's defaults
             return Response(json.dumps(answer), 200, media_type=PHP_DEFAULT_TYPE)
-        return JSONResponse(answer, 200, headers=_NO_STORE)
+        return JSONResponse(answer, 200, headers=NO_STORE)
 
     def _register(
         self, request: Request, body: bytes
@@ -448,7 +357,7 @@ class OAuthEndpoints:
     async def _client_credentials(self, form: dict[str, str], request: Request) -> Response:
         if form.get("client_assertion_type") != JWT_BEARER or not form.get("client_assertion"):
             raise invalid_client("client_credentials needs a jwt-bearer client_assertion")
-        client = await self._assertion_client(form, self.state.token_url(request))
+        client = await assertion_client(self.state, form, self.state.token_url(request))
         requested = form.get("scope")
         held = client.scope.split()
         if requested is None:
@@ -467,7 +376,7 @@ class OAuthEndpoints:
         if has_assertion and self.state.version != V703:
             if form.get("client_assertion_type") != JWT_BEARER:
                 raise invalid_request("client_assertion_type")
-            return await self._assertion_client(form, self.state.token_url(request))
+            return await assertion_client(self.state, form, self.state.token_url(request))
         # 7.0.3 ignores an assertion here; everyone: client_id, and the secret when sent.
         client_id, secret = form.get("client_id"), form.get("client_secret")
         basic = request.headers.get("authorization", "")
@@ -489,59 +398,6 @@ class OAuthEndpoints:
         if not client.enabled:
             raise invalid_client("the client is disabled: an administrator must enable it")
         return client
-
-    async def _assertion_client(self, form: dict[str, str], token_url: str) -> Client:
-        """The enabled client whose RS384 assertion passes OpenEMR's checks."""
-        assertion = form.get("client_assertion", "")
-        try:
-            header = jwt.get_unverified_header(assertion)
-            claims = jwt.decode(assertion, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            raise invalid_client("the client_assertion is not a JWT") from None
-        subject = claims.get("sub")
-        client = self.store.client(subject) if isinstance(subject, str) and subject else None
-        if client is None:
-            raise invalid_client("the assertion's sub is not a registered client_id")
-        if not client.enabled:
-            raise invalid_client("the client is disabled: an administrator must enable it")
-        now = time.time()
-        if self.state.version != V703:  # performAdditionalValidations: 400 invalid_request
-            form_id = form.get("client_id")
-            if claims.get("iss") != subject or (form_id and form_id != subject):
-                raise OAuthError(
-                    "invalid_request", INVALID_REQUEST, 400, reason="sub, iss and client_id differ"
-                )
-            exp = claims.get("exp")
-            if isinstance(exp, (int, float)) and exp > now + MAX_EXP_AHEAD_S:
-                raise OAuthError(
-                    "invalid_request", INVALID_REQUEST, 400, reason="exp is over 24 h ahead"
-                )
-            iat = claims.get("iat")
-            if isinstance(iat, (int, float)) and iat < now - MAX_IAT_BEHIND_S:
-                raise OAuthError(
-                    "invalid_request", INVALID_REQUEST, 400, reason="iat is over 5 min old"
-                )
-        key = _first_rsa_key(await self._jwks(client))
-        failed = _constraint_failure(assertion, header, claims, key, client.client_id, token_url)
-        if failed:
-            raise invalid_client(failed, 400)
-        jti = claims.get("jti")
-        if not isinstance(jti, str) or not jti:
-            raise invalid_client("the assertion has no jti", 400)
-        exp = claims.get("exp")
-        keep_until = (float(exp) if isinstance(exp, (int, float)) else now + 3600) + LEEWAY_S
-        if not self.store.remember_jti(client.client_id, jti, keep_until):
-            raise invalid_client("the assertion's jti was used before", 400)
-        return client
-
-    async def _jwks(self, client: Client) -> dict[str, Any]:
-        jwks = client.metadata.get("jwks")
-        if isinstance(jwks, dict):
-            return jwks
-        uri = client.metadata.get("jwks_uri")
-        if not isinstance(uri, str) or not uri:
-            raise invalid_client("the client registered no jwks or jwks_uri")
-        return await _fetch_jwks(uri)
 
     def _code_grant(self, form: dict[str, str], client: Client) -> Response:
         code = form.get("code")
@@ -630,110 +486,10 @@ class OAuthEndpoints:
             )
             answer["refresh_token"] = refresh_token
         answer["scope"] = scope
-        return JSONResponse(answer, 200, headers=_NO_STORE)
+        return JSONResponse(answer, 200, headers=NO_STORE)
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _constraint_failure(
-    assertion: str,
-    header: dict[str, Any],
-    claims: dict[str, Any],
-    key: Any,
-    client_id: str,
-    token_url: str,
-) -> str:
-    """Why the assertion fails JWTCAS's constraints (signed RS384, issuer, audience, time)."""
-    if header.get("alg") != ASSERTION_ALGORITHM:
-        return f"the assertion must be signed {ASSERTION_ALGORITHM}"
-    try:
-        jwt.decode(
-            assertion,
-            key=key,
-            algorithms=[ASSERTION_ALGORITHM],
-            options={
-                "verify_aud": False,
-                "verify_exp": False,
-                "verify_iat": False,
-                "verify_nbf": False,
-                "verify_iss": False,
-            },
-        )
-    except jwt.PyJWTError:
-        return "the signature does not verify with the first RSA key of the client's JWKS"
-    if claims.get("iss") != client_id:
-        return "iss is not the client_id"
-    aud = claims.get("aud")
-    audiences = aud if isinstance(aud, list) else [aud]
-    if token_url not in audiences:
-        return f"aud is not {token_url}"
-    now = time.time()
-    for name, late in (("iat", False), ("nbf", False), ("exp", True)):
-        value = claims.get(name)
-        if value is None:
-            if name == "iat":
-                return "the assertion has no iat"
-            continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return f"{name} is not a number"
-        if late and value < now - LEEWAY_S:
-            return "the assertion has expired (exp)"
-        if not late and value > now + LEEWAY_S:
-            return f"{name} is in the future"
-    return ""
-
-
-def _first_rsa_key(jwks: dict[str, Any]) -> Any:
-    """The first RSA key of ``jwks`` (``kid`` is never looked at), as a public key object."""
-    keys = jwks.get("keys")
-    raw = (
-        next(
-            (k for k in keys if isinstance(k, dict) and k.get("kty") == "RSA"),
-            None,
-        )
-        if isinstance(keys, list)
-        else None
-    )
-    if raw is None:
-        raise invalid_client("the client's JWKS has no RSA key")
-    try:
-        return jwt.PyJWK(raw, ASSERTION_ALGORITHM).key
-    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
-        raise invalid_client("the first RSA key of the client's JWKS is not usable") from None
-
-
-async def _fetch_jwks(uri: str) -> dict[str, Any]:
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not is_loopback(parts.hostname or ""):
-        raise invalid_client("jwks_uri is not on a loopback address: the sandbox fetches nothing")
-
-    async def fetch() -> bytes:
-        http = httpx.AsyncClient(timeout=5.0, follow_redirects=False, trust_env=False)
-        async with http, http.stream("GET", uri, headers={"Accept": "application/json"}) as answer:
-            if answer.status_code != 200:
-                raise invalid_client(f"jwks_uri answered {answer.status_code}")
-            body = b""
-            async for chunk in answer.aiter_bytes():
-                body += chunk
-                if len(body) > _MAX_JWKS_BYTES:
-                    raise invalid_client("jwks_uri answered more than 64 KiB")
-            return body
-
-    try:
-        # One deadline for the whole fetch: httpx's timeout is per read.
-        body = await asyncio.wait_for(fetch(), _JWKS_DEADLINE_S)
-    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-        raise invalid_client("jwks_uri took too long") from None
-    except httpx.HTTPError as exc:
-        raise invalid_client(f"jwks_uri could not be fetched: {type(exc).__name__}") from None
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise invalid_client("jwks_uri did not answer JSON") from None
-    if not isinstance(document, dict):
-        raise invalid_client("jwks_uri did not answer a JWK Set")
-    return document
-
-
 def _form(request: Request, body: bytes) -> dict[str, str]:
     """The form parameters (PHP's ``$_POST``: only a urlencoded body; a repeated name → last)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
