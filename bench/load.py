@@ -75,9 +75,9 @@ def client_loop(
     try:
         from cwsctl.core import keys
         from cwsctl.core.client import CwsClient
-        from cwsctl.core.identity import SigningIdentity
         from cwsctl.core.profile import TrustedKey
-        from cwsctl.core.signing import Algorithm
+        from cwsctl.protocols.cws_signature import Algorithm
+        from cwsctl.targets.cws.identity import SigningIdentity
 
         key_path = Path(config["key_path"])
         identity = SigningIdentity(

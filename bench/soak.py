@@ -136,7 +136,7 @@ def write_rows(path: Path, rows: int) -> None:
 
 def check_database(db: Path, rows: int) -> dict[str, object]:
     """Compare the sandbox DB with the input: lost, duplicated, extra and altered patients."""
-    from cwsctl.core.patients import prepare_patient
+    from cwsctl.core.bulk.rows import prepare_patient
 
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
         stored = conn.execute("SELECT external_id, facility_key, record FROM patients").fetchall()

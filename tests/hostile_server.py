@@ -56,8 +56,9 @@ from dataclasses import dataclass, field
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cwsctl.core import keys, signing
-from cwsctl.core.signing import Algorithm, AuthorizationHeader
+from cwsctl.core import keys
+from cwsctl.protocols import cws_signature as signing
+from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
 
 SERVER_SIGNER = "coremr"
 DEFAULT_BODY = b'{"service": "hostile", "ok": true, "note": "caf\xc3\xa9 \\u00e9"}'

@@ -58,14 +58,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cwsctl.core import keys, signing
+from cwsctl.core import keys
 from cwsctl.core.profile import Config, Profile, Store
-from cwsctl.core.signing import Algorithm, AuthorizationHeader
+from cwsctl.protocols import cws_signature as signing
+from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
 
 if TYPE_CHECKING:
-    from cwsctl.sandbox.openehr import OpenEhrSandboxServer
-    from cwsctl.sandbox.openemr import OpenEmrSandboxServer
     from cwsctl.sandbox.server import SandboxServer
+    from cwsctl.targets.openehr.sandbox.server import OpenEhrSandboxServer
+    from cwsctl.targets.openemr.sandbox.server import OpenEmrSandboxServer
 
 SANDBOX_USERNAME = "tester"
 
@@ -185,7 +186,7 @@ def make_openemr_sandbox(tmp_path: Path) -> Iterator[Callable[..., OpenEmrSandbo
     _sandbox_modules()
     pytest.importorskip("jwt")
     from cwsctl.sandbox.faults import Faults
-    from cwsctl.sandbox.openemr import OpenEmrSandboxServer
+    from cwsctl.targets.openemr.sandbox.server import OpenEmrSandboxServer
 
     def build(data_dir: Path, **options: Any) -> OpenEmrSandboxServer:
         server_options = {k: options.pop(k) for k in OPENEMR_SERVER_OPTIONS if k in options}
@@ -323,7 +324,7 @@ def make_openehr_sandbox(tmp_path: Path) -> Iterator[Callable[..., OpenEhrSandbo
     drop_rate=1.0, ...)`` starts one (keywords only; the server's defaults otherwise)."""
     _sandbox_modules()
     from cwsctl.sandbox.faults import Faults
-    from cwsctl.sandbox.openehr import OpenEhrSandboxServer
+    from cwsctl.targets.openehr.sandbox.server import OpenEhrSandboxServer
 
     def build(data_dir: Path, **options: Any) -> OpenEhrSandboxServer:
         server_options = {k: options.pop(k) for k in OPENEHR_SERVER_OPTIONS if k in options}

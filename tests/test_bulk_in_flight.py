@@ -11,11 +11,11 @@ from email.utils import formatdate
 
 import pytest
 
-from cwsctl.core.bulk import BulkLoad, InFlightLimit, retry_after_seconds
-from cwsctl.core.journal import Journal
-from cwsctl.core.kinds.cws import CwsPatients
-from cwsctl.core.readers import InputRow
+from cwsctl.core.bulk.journal import Journal
+from cwsctl.core.bulk.readers import InputRow
+from cwsctl.core.bulk.runner import BulkLoad, InFlightLimit, retry_after_seconds
 from cwsctl.sandbox.faults import Faults
+from cwsctl.targets.cws.kind import CwsPatients
 from tests.test_patients_bulk import all_patients, patient, write_csv
 
 

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from cwsctl.core.errors import InputError
-from cwsctl.core.openehr_formats import read_request, template_id_in, write_request
+from cwsctl.targets.openehr.formats import read_request, template_id_in, write_request
 from tests.capture_server import Captured, CaptureServer, capture_server  # noqa: F401
 
 EHR = "7d44b88c-4199-4bad-97dc-d78268e01398"
@@ -303,7 +303,7 @@ def cdr(make_openehr_sandbox, cli, tmp_path):
 
 
 def upload_template(cli, tmp_path):
-    from cwsctl.templates import vital_signs_opt
+    from cwsctl.targets.openehr.data import vital_signs_opt
 
     opt = tmp_path / "vital_signs.opt"
     opt.write_bytes(vital_signs_opt())

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from cwsctl.core import keys, signing
-from cwsctl.core.signing import Algorithm
+from cwsctl.core import keys
+from cwsctl.protocols import cws_signature as signing
+from cwsctl.protocols.cws_signature import Algorithm
 from tests.test_patients_bulk import patient, write_csv
 
 

@@ -132,7 +132,9 @@ def test_missing_profile_and_key(cli, cwsctl_home):
 def test_encrypted_key_is_unlocked_once_for_every_check(
     sandbox, sandbox_profile, sandbox_user, cwsctl_home
 ):
-    from cwsctl.core.doctor import run_checks, worst_exit_status
+    from cwsctl.core.checks import worst_exit_status
+    from cwsctl.core.doctor import run_checks
+    from cwsctl.core.kind import kind_of
 
     store = Store(cwsctl_home)
     keys.save_private_key(
@@ -144,7 +146,7 @@ def test_encrypted_key_is_unlocked_once_for_every_check(
         asked.append(1)
         return b"s3cret"
 
-    results = list(run_checks(store, None, passphrase))
+    results = list(run_checks(store, None, passphrase, kind_of=kind_of))
     assert worst_exit_status(results) == 0, [c for c in results if not c.ok]
     assert [c.name for c in results][-1] == "signed request"
     assert len(asked) == 1

@@ -14,12 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from cwsctl.core.bulk.rows import WALKTHROUGH_EXAMPLE, patient_body
 from cwsctl.core.client import CwsClient, OutcomeUnknownError
 from cwsctl.core.errors import NetworkError
-from cwsctl.core.exchange import bounded_client, exchange_deadline, format_size, time_left
-from cwsctl.core.identity import SigningIdentity
-from cwsctl.core.patients import WALKTHROUGH_EXAMPLE, patient_body
-from cwsctl.core.signing import Algorithm
+from cwsctl.core.transport.bounded import bounded_client, format_size
+from cwsctl.core.transport.deadline import exchange_deadline, time_left
+from cwsctl.protocols.cws_signature import Algorithm
+from cwsctl.targets.cws.identity import SigningIdentity
 
 
 @pytest.fixture
@@ -126,7 +127,7 @@ def test_a_compressed_answer_is_refused(gzip_server):
 def test_cookies_an_answer_sets_are_kept_and_answers_without_any_change_nothing():
     import httpx
 
-    from cwsctl.core.exchange import bounded_client
+    from cwsctl.core.transport.bounded import bounded_client
 
     with bounded_client() as client:
         request = httpx.Request("GET", "http://cookies.test/")

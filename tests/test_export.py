@@ -31,7 +31,7 @@ pytest.importorskip("jwt")
 pytest.importorskip("starlette")
 
 from cwsctl.sandbox.faults import Faults
-from cwsctl.sandbox.openemr import OpenEmrSandboxServer
+from cwsctl.targets.openemr.sandbox.server import OpenEmrSandboxServer
 
 STATE = ".cwsctl-export.json"
 
@@ -825,7 +825,7 @@ def test_a_damaged_state_file_is_refused_and_nothing_outside_dir_is_touched(
 
 
 def test_a_line_longer_than_the_cap_is_a_problem_and_not_held() -> None:
-    from cwsctl.core.export import NdjsonCheck
+    from cwsctl.targets.openemr.export import NdjsonCheck
 
     check = NdjsonCheck("Patient", max_line=100)
     check.feed(b'{"resourceType":"Patient"}\n{"resourceType":"Patient","x":"')

@@ -40,7 +40,7 @@ def test_every_target_takes_the_typer_commands_parameters():
         if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
             continue  # sign_command(out, **options): SignRequest's fields are checked below
         assert set(accepted) - {"out"} == params, path
-    from cwsctl.cli.sign_run import SignRequest
+    from cwsctl.targets.cws.cli.sign_run import SignRequest
 
     assert set(SignRequest._fields) == set(COMMANDS["sign"]["params"]) - set(ROOT["globals"])
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from cwsctl.core import keys
-from cwsctl.core.patients import REQUIRED_FIELDS, WALKTHROUGH_EXAMPLE
+from cwsctl.core.bulk.rows import REQUIRED_FIELDS, WALKTHROUGH_EXAMPLE
 from cwsctl.core.profile import Config, Profile, Store, TrustedKey
-from cwsctl.core.signing import Algorithm
+from cwsctl.protocols.cws_signature import Algorithm
 from tests.hostile_server import SERVER_SIGNER, Answer, HostileServer
 
 TIMEOUT = 2.0  # --timeout for `cwsctl request` in the catalogue

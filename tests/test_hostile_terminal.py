@@ -34,8 +34,8 @@ import pytest
 
 from cwsctl.core import keys
 from cwsctl.core.profile import Config, Profile, Store, TrustedKey
-from cwsctl.core.signing import Algorithm
 from cwsctl.core.text import printable, printable_block
+from cwsctl.protocols.cws_signature import Algorithm
 from tests.hostile_server import SERVER_SIGNER, Answer, HostileServer
 
 # -- what a hostile server says -----------------------------------------------------------------
@@ -607,7 +607,7 @@ def test_stored_clinical_data_reaches_the_terminal_escaped(name, cwsctl_home, op
     control sequences; every command that shows it escapes them."""
     import httpx
 
-    from cwsctl.core.kinds.openehr import ehr_create_request
+    from cwsctl.targets.openehr.kind import ehr_create_request
 
     made = ehr_create_request(SUBJECT, "ns")
     answer = httpx.post(

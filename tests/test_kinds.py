@@ -7,16 +7,16 @@ import json
 import pytest
 
 from cwsctl.core import keys
+from cwsctl.core.bulk.rows import WALKTHROUGH_EXAMPLE, PatientValidationError, prepare_patient
 from cwsctl.core.client import ApiResponse
-from cwsctl.core.kinds import kind_of
-from cwsctl.core.kinds.openemr import (
+from cwsctl.core.kind import kind_of
+from cwsctl.core.profile import Profile, Store
+from cwsctl.targets.openemr.kind import (
     EXTERNAL_ID_SYSTEM,
     IDENTIFIER_TYPES,
     OpenEmrPatients,
     fhir_patient,
 )
-from cwsctl.core.patients import WALKTHROUGH_EXAMPLE, PatientValidationError, prepare_patient
-from cwsctl.core.profile import Profile, Store
 
 # config.toml exactly as cwsctl wrote it before profiles had a kind (tomli_w's layout).
 CONFIG_BEFORE_KINDS = """\

@@ -78,9 +78,9 @@ def test_help_lists_every_command_and_imports_none(tmp_path):
 def test_commands_load_only_their_own_module(tmp_path):
     code, modules, _ = modules_after(["keys", "--help"], {"CWSCTL_HOME": str(tmp_path)})
     assert code == 0
-    assert "cwsctl.cli.keys" in modules
-    assert "cwsctl.cli.patients" not in modules
-    assert "cwsctl.cli.sandbox" not in modules
+    assert "cwsctl.cli.commands.keys" in modules
+    assert "cwsctl.cli.commands.patients" not in modules
+    assert "cwsctl.cli.commands.sandbox" not in modules
 
 
 @pytest.mark.parametrize("word", ["sign", "verify"])

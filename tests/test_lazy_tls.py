@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cwsctl.core.exchange import bounded_client
+from cwsctl.core.transport.bounded import bounded_client
 from tests.tls_server import self_signed_cert, serve_https
 
 
@@ -75,7 +75,7 @@ def test_building_a_request_imports_no_httpcore():
 
     code = (
         "import sys\n"
-        "from cwsctl.core.exchange import bounded_client\n"
+        "from cwsctl.core.transport.bounded import bounded_client\n"
         "with bounded_client() as client:\n"
         "    client.build_request('POST', 'https://cws.example.org/ws/', content=b'{}')\n"
         "assert 'httpcore' not in sys.modules and 'h11' not in sys.modules, 'imported'\n"

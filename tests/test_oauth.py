@@ -26,9 +26,10 @@ import pytest
 
 from cwsctl.core import keys
 from cwsctl.core.errors import ClientRequestError, LoginRequiredError, ProfileError
-from cwsctl.core.exchange import bounded_client
 from cwsctl.core.jwks import jwk, jwk_set, key_id
-from cwsctl.core.oauth import (
+from cwsctl.core.profile import Config, Profile, Store
+from cwsctl.core.transport.bounded import bounded_client
+from cwsctl.targets.openemr.oauth import (
     CLIENT_ASSERTION_TYPE,
     DEFAULT_SCOPE,
     MAX_ASSERTION_LIFETIME_S,
@@ -44,7 +45,6 @@ from cwsctl.core.oauth import (
     system_scope,
     user_scope,
 )
-from cwsctl.core.profile import Config, Profile, Store
 from tests.conftest import OPENSSL, needs_openssl, write_private
 from tests.sandbox_plugin import read_login_url, start_oauth_login
 
@@ -592,7 +592,7 @@ def test_401_renews_once_and_retries_once(
 ) -> None:
     """A revoked cached token: one new token, one retry, success."""
     revoked = Token("revoked-token", "Bearer", "", time.time(), time.time() + 600)
-    from cwsctl.core.oauth import GrantResult
+    from cwsctl.targets.openemr.oauth import GrantResult
 
     TokenStore(store, "default").save_grant(
         CLIENT_ID, endpoints(emr).token, GrantResult(revoked, None)
@@ -622,7 +622,7 @@ def test_post_retry_resends_the_same_body(
     emr: Profile, store: Store, rsa2048, token_server
 ) -> None:
     """The retried POST carries its body again (requires_request_body), with the new token."""
-    from cwsctl.core.oauth import GrantResult
+    from cwsctl.targets.openemr.oauth import GrantResult
 
     revoked = Token("revoked-token", "Bearer", "", time.time(), time.time() + 600)
     TokenStore(store, "default").save_grant(
@@ -648,7 +648,7 @@ def test_no_client_id_names_register(store: Store, rsa2048, token_server) -> Non
 
 
 def _seed_refresh(store: Store, profile: Profile, token_server: _Server, value: str) -> None:
-    from cwsctl.core.oauth import GrantResult
+    from cwsctl.targets.openemr.oauth import GrantResult
 
     expired = Token("old", "Bearer", "", time.time() - 100, time.time() - 40)
     TokenStore(store, "default").save_grant(
@@ -950,7 +950,7 @@ def test_register_on_703_retries_without_auth_method(
 
 def test_register_refusal_shows_openemr_hint(cli, store: Store, token_server, rsa2048) -> None:
     """A refusal other than the auth method is not retried, and OpenEMR's hint is shown."""
-    from cwsctl.core.oauth import registration_flow
+    from cwsctl.targets.openemr.oauth import registration_flow
 
     profile = make_profile(store, token_server.url, client_id="")
     flow = registration_flow(profile, {"scope": "system/Patient.read", "jwks": {"keys": []}})
@@ -997,7 +997,7 @@ def test_discovery_names_the_aud_while_requests_stay_on_the_typed_host(
 ) -> None:
     """OpenEMR's Site Address differs from the URL cwsctl was given (a proxy, an alias): the
     assertion names OpenEMR's token URL, the request still goes to the typed host."""
-    from cwsctl.core.oauth import authorize_url
+    from cwsctl.targets.openemr.oauth import authorize_url
 
     token_server.state.site_address = "https://emr.example.test"
     token_server.state.version = version
@@ -1378,7 +1378,7 @@ def test_sandbox_missing_scope_renews_once_per_run(
 ) -> None:
     """A client-credentials token may not create patients: OpenEMR answers 401 to every try.
     Five creates in one run: one renewal, then the 401s come back as they are."""
-    from cwsctl.core.kinds import kind_of
+    from cwsctl.core.kind import kind_of
 
     capfd.readouterr()
     emr_sandbox.token_lifetime = 60
@@ -1511,7 +1511,7 @@ def test_help_imports_neither_jwt_nor_httpx(args: list[str]) -> None:
         "import sys\n"
         "from cwsctl.cli.main import run\n"
         f"run({args!r})\n"
-        "print(sorted(m for m in ('jwt', 'httpx', 'cwsctl.core.oauth') if m in sys.modules))"
+        "print(sorted(m for m in ('jwt', 'httpx', 'cwsctl.targets.openemr.oauth') if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from cwsctl.core.errors import NetworkError, ServerFailureError
-from cwsctl.core.oauth import (
+from cwsctl.targets.openemr.oauth import (
     DEFAULT_TOKEN_LIFETIME_S,
     MAX_ACCESS_TOKEN_SIZE,
     MAX_TOKEN_LIFETIME_S,

@@ -24,14 +24,14 @@ import httpx
 import pytest
 
 from cwsctl.core.errors import InputError
-from cwsctl.core.openehr import (
+from cwsctl.targets.openehr.data import VITAL_SIGNS_TEMPLATE_ID, vital_signs_opt
+from cwsctl.targets.openehr.operations import (
     VersionUid,
     check_timestamp,
     column_names,
     paging_clauses,
     parse_query_parameter,
 )
-from cwsctl.templates import VITAL_SIGNS_TEMPLATE_ID, vital_signs_opt
 
 pytest.importorskip("starlette")
 
@@ -359,8 +359,8 @@ def test_update_without_if_match_reads_the_latest_first(cli, ehr_id, tmp_path, m
 
 def test_a_client_remembers_a_refused_quote_for_the_rest_of_the_run(cdr, ehr_id, mode):
     """Through one client (one run), only the first write pays for EHRbase's refusal."""
-    from cwsctl.core import openehr
-    from cwsctl.core.kinds.openehr import OpenEhrClient
+    from cwsctl.targets.openehr import operations as openehr
+    from cwsctl.targets.openehr.kind import OpenEhrClient
 
     class Recording:
         """The real client; each If-Match it sends is noted."""

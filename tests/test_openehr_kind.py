@@ -12,12 +12,12 @@ from collections import Counter
 
 import pytest
 
-from cwsctl.core.kinds.openehr import (
+from cwsctl.targets.openehr.data import vital_signs_opt
+from cwsctl.targets.openehr.kind import (
     OpenEhrPatients,
     namespace_problem,
     subject_namespace,
 )
-from cwsctl.templates import vital_signs_opt
 from tests.test_openehr_commands import MODES
 from tests.test_patients_bulk import _spawn, _wait_for_progress, patient, write_csv
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from cwsctl.core.kinds.openemr import pubpid
+from cwsctl.targets.openemr.kind import pubpid
 from tests.sandbox_plugin import complete_oauth_login
 from tests.test_patients_bulk import _spawn, _wait_for_progress, patient, write_csv
 

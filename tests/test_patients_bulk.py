@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from cwsctl.core.journal import Journal
-from cwsctl.core.patients import REQUIRED_FIELDS
+from cwsctl.core.bulk.journal import Journal
+from cwsctl.core.bulk.rows import REQUIRED_FIELDS
 from cwsctl.sandbox.faults import Faults
 
 COLUMNS = list(REQUIRED_FIELDS)

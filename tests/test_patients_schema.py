@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cwsctl.core.errors import ExitStatus, InputError
-from cwsctl.core.patients import (
+from cwsctl.core.bulk.rows import (
     FIELD_NAMES,
     REQUIRED_FIELDS,
     WALKTHROUGH_EXAMPLE,
@@ -20,6 +19,7 @@ from cwsctl.core.patients import (
     patient_key,
     validate_patient,
 )
+from cwsctl.core.errors import ExitStatus, InputError
 
 EXAMPLE = WALKTHROUGH_EXAMPLE
 

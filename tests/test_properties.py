@@ -10,9 +10,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cwsctl.core.journal import Journal
-from cwsctl.core.patients import REQUIRED_FIELDS, PatientValidationError, prepare_patient
-from cwsctl.core.readers import read_rows
+from cwsctl.core.bulk.journal import Journal
+from cwsctl.core.bulk.readers import read_rows
+from cwsctl.core.bulk.rows import REQUIRED_FIELDS, PatientValidationError, prepare_patient
 
 COLUMNS = list(REQUIRED_FIELDS)
 

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from cwsctl.core import keys
-from cwsctl.core.patients import WALKTHROUGH_EXAMPLE as EXAMPLE_PATIENT
+from cwsctl.core.bulk.rows import WALKTHROUGH_EXAMPLE as EXAMPLE_PATIENT
 from cwsctl.core.profile import Store, TrustedKey
 from cwsctl.sandbox.faults import Faults
 from tests.conftest import needs_openssl

@@ -12,18 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from cwsctl.core import keys, signing
+from cwsctl.core import keys
+from cwsctl.core.bulk.rows import WALKTHROUGH_EXAMPLE
 from cwsctl.core.errors import InputError, SignatureError
-from cwsctl.core.patients import WALKTHROUGH_EXAMPLE
 from cwsctl.core.profile import TrustedKey
-from cwsctl.core.signing import Algorithm, AuthorizationHeader
-from cwsctl.core.verification import verify_response
+from cwsctl.protocols import cws_signature as signing
+from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
 from cwsctl.sandbox.faults import FaultDice, Faults
 from cwsctl.sandbox.store import (
     SandboxStore,
     register_client_key,
     server_public_key_pem,
 )
+from cwsctl.targets.cws.verification import verify_response
 from tests.conftest import write_public
 from tests.sandbox_plugin import SandboxUser, serve_sandbox
 
@@ -533,7 +534,7 @@ def test_cli_serve_without_the_extra_says_what_to_install(tmp_path):
 def test_cli_import_does_not_load_the_server():
     code = (
         "import sys, cwsctl.cli.app\n"
-        "loaded = [m for m in ('starlette', 'uvicorn', 'cwsctl.sandbox.app', 'cwsctl.sandbox.routes', 'cwsctl.sandbox.server')"
+        "loaded = [m for m in ('starlette', 'uvicorn', 'cwsctl.sandbox.app', 'cwsctl.targets.cws.sandbox.routes', 'cwsctl.sandbox.server')"
         " if m in sys.modules]\n"
         "print(','.join(loaded))\n"
     )

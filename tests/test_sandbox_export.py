@@ -530,7 +530,7 @@ def test_token_expiry_mid_export(exporter: Callable[..., Exporter]) -> None:
 def test_seed_patients_and_the_seed_command(
     exporter: Callable[..., Exporter], run_cwsctl: Callable[..., Any]
 ) -> None:
-    from cwsctl.sandbox.openemr_patients import validate_record
+    from cwsctl.targets.openemr.sandbox.patients import validate_record
 
     emr = exporter()
     assert emr.server.seed_patients(2, facility="20000", prefix="S") == 2

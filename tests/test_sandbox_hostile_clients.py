@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from cwsctl.core.profile import TrustedKey
-from cwsctl.core.verification import verify_response
+from cwsctl.targets.cws.verification import verify_response
 from tests.sandbox_plugin import SandboxUser
 
 pytest.importorskip("starlette")

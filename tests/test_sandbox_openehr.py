@@ -26,7 +26,7 @@ from tests.sandbox_plugin import serve_sandbox
 
 pytest.importorskip("starlette")
 
-from cwsctl.templates import VITAL_SIGNS_TEMPLATE_ID, vital_signs_opt
+from cwsctl.targets.openehr.data import VITAL_SIGNS_TEMPLATE_ID, vital_signs_opt
 
 SYSTEM = "cwsctl-sandbox"
 NS = "urn:cwsctl:external-id:facility:10000"
@@ -79,7 +79,7 @@ def flat(systolic: float = 120.0, diastolic: float = 80.0) -> dict[str, Any]:
 
 def canonical(name: str = "Vital signs", **changes: Any) -> dict[str, Any]:
     """A canonical composition of the shipped template (as the sandbox's example builds it)."""
-    from cwsctl.sandbox import openehr_templates as tpl
+    from cwsctl.targets.openehr.sandbox import templates as tpl
 
     document = tpl.example(tpl.parse_opt(vital_signs_opt()))
     document["name"]["value"] = name
@@ -1083,7 +1083,7 @@ def test_access_log_has_no_credentials_bodies_or_queries(
 
 def test_state_and_templates_survive_a_restart(tmp_path: Any) -> None:
     from cwsctl.sandbox.faults import Faults
-    from cwsctl.sandbox.openehr import OpenEhrSandboxServer
+    from cwsctl.targets.openehr.sandbox.server import OpenEhrSandboxServer
 
     first = OpenEhrSandboxServer(
         tmp_path, faults=Faults(), access_log=False, templates=[vital_signs_opt()]
@@ -1101,7 +1101,7 @@ def test_state_and_templates_survive_a_restart(tmp_path: Any) -> None:
 
 
 def test_server_settings_are_checked(tmp_path: Any) -> None:
-    from cwsctl.sandbox.openehr import OpenEhrSandboxServer
+    from cwsctl.targets.openehr.sandbox.server import OpenEhrSandboxServer
 
     for bad in ({"if_match": "quoted"}, {"fetch_precedence": "MIN_FETCH"}, {"max_fetch": 0},
                 {"default_limit": True}, {"bearer_tokens": set()}):  # fmt: skip
@@ -1172,7 +1172,7 @@ def test_serve_kind_openehr_with_basic_auth_file(tmp_path: Any) -> None:
 )
 def test_bad_basic_auth_file(tmp_path: Any, content: str, message: str) -> None:
     from cwsctl.core.errors import InputError
-    from cwsctl.sandbox.openehr import read_basic_auth_file
+    from cwsctl.targets.openehr.sandbox.server import read_basic_auth_file
 
     path = tmp_path / "auth"
     path.write_text(content)
@@ -1183,7 +1183,7 @@ def test_bad_basic_auth_file(tmp_path: Any, content: str, message: str) -> None:
 
 def test_bad_bearer_token_file(tmp_path: Any) -> None:
     from cwsctl.core.errors import InputError
-    from cwsctl.sandbox.openehr import read_bearer_token_file
+    from cwsctl.targets.openehr.sandbox.server import read_bearer_token_file
 
     path = tmp_path / "tokens"
     path.write_text("\n\n")

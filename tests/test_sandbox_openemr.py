@@ -204,7 +204,7 @@ def version(request: pytest.FixtureRequest) -> str:
 def shared_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One running sandbox per version for the module (stopping one costs ~0.2 s)."""
     from cwsctl.sandbox.faults import Faults
-    from cwsctl.sandbox.openemr import OpenEmrSandboxServer
+    from cwsctl.targets.openemr.sandbox.server import OpenEmrSandboxServer
 
     servers: dict[str, Any] = {}
     for name in VERSIONS:
@@ -1095,7 +1095,7 @@ def test_access_log_names_the_client_never_a_token(
 
 def test_state_survives_a_restart(tmp_path: Any, rsa2048: Any) -> None:
     from cwsctl.sandbox.faults import Faults
-    from cwsctl.sandbox.openemr import OpenEmrSandboxServer
+    from cwsctl.targets.openemr.sandbox.server import OpenEmrSandboxServer
 
     data_dir = tmp_path / "emr"
     with OpenEmrSandboxServer(data_dir, faults=Faults(), access_log=False) as server:

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from cwsctl.core import keys, signing
-from cwsctl.core.signing import Algorithm
+from cwsctl.core import keys
+from cwsctl.protocols import cws_signature as signing
+from cwsctl.protocols.cws_signature import Algorithm
 from tests.conftest import write_private, write_public
 
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cwsctl.core import signing
 from cwsctl.core.errors import SignatureError
-from cwsctl.core.signing import Algorithm, AuthorizationHeader, detect_signature_input
+from cwsctl.protocols import cws_signature as signing
+from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader, detect_signature_input
 
 
 @settings(max_examples=25, deadline=None)

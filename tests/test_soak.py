@@ -23,9 +23,9 @@ from collections import Counter
 from types import SimpleNamespace
 
 from cwsctl.core import keys
-from cwsctl.core.patients import prepare_patient
+from cwsctl.core.bulk.rows import prepare_patient
 from cwsctl.core.profile import Config, Profile, Store, TrustedKey
-from cwsctl.core.signing import Algorithm
+from cwsctl.protocols.cws_signature import Algorithm
 from cwsctl.sandbox.store import SandboxStore, register_client_key
 from tests.conftest import write_private
 from tests.test_patients_bulk import all_patients, patient, write_csv

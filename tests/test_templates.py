@@ -14,14 +14,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from cwsctl.core.errors import ClientRequestError, InputError
-from cwsctl.core.templates import (
-    MAX_XML_BYTES,
-    MAX_XML_DEPTH,
-    parse_xml,
-    read_opt,
-    same_xml,
-)
-from cwsctl.templates import VITAL_SIGNS_TEMPLATE_ID, vital_signs_opt
+from cwsctl.core.xml import MAX_XML_BYTES, MAX_XML_DEPTH, parse_xml, same_xml
+from cwsctl.targets.openehr.data import VITAL_SIGNS_TEMPLATE_ID, vital_signs_opt
+from cwsctl.targets.openehr.templates import read_opt
 from tests.capture_server import Captured, CaptureServer, capture_server  # noqa: F401
 
 OPT_NS = "http://schemas.openehr.org/v1"

@@ -36,76 +36,88 @@ class Entry(NamedTuple):
 
 
 def _command(module: str, attr: str, summary: str) -> Entry:
-    return Entry(f"cwsctl.cli.{module}", attr, summary)
+    return Entry(module, attr, summary)
 
 
 def _group(module: str, summary: str) -> Entry:
-    return Entry(f"cwsctl.cli.{module}", "app", summary)
+    return Entry(module, "app", summary)
 
 
 # Order is the order of `cwsctl --help`: commands first, then groups (as Typer lists them).
 COMMANDS: dict[str, Entry] = {
     "keygen": _command(
-        "keys",
+        "cwsctl.cli.commands.keys",
         "keygen",
         "Generate the profile's RSA key pair and print the public key to register in CorEMR.",
     ),
-    "sign": _command("signature", "sign", "Sign a body and print its Authorization header value."),
+    "sign": _command(
+        "cwsctl.targets.cws.cli.signature",
+        "sign",
+        "Sign a body and print its Authorization header value.",
+    ),
     "verify": _command(
-        "signature",
+        "cwsctl.targets.cws.cli.signature",
         "verify",
         "Verify a signed body; by default the signature is read from FILE.sig.",
     ),
     "request": _command(
-        "request", "request", "Send a request as the profile's kind does, and check the answer."
+        "cwsctl.cli.commands.request",
+        "request",
+        "Send a request as the profile's kind does, and check the answer.",
     ),
     "query": _command(
-        "query",
+        "cwsctl.targets.openehr.cli.query",
         "query",
         "Run an AQL query on an openehr profile (POST /query/aql) and write its rows.",
     ),
     "export": _command(
-        "export",
+        "cwsctl.targets.openemr.cli.export",
         "export",
         "Bulk FHIR export ($export) from an openemr profile into DIR, resumable from cron.",
     ),
     "demo": _command(
-        "demo",
+        "cwsctl.cli.commands.demo",
         "demo",
         "Run a walkthrough end to end against a throw-away local sandbox; leaves nothing behind.",
     ),
     "audit": _command(
-        "audit", "audit", "Show the profile's audit log (one line per request; no patient data)."
+        "cwsctl.cli.commands.audit",
+        "audit",
+        "Show the profile's audit log (one line per request; no patient data).",
     ),
     "doctor": _command(
-        "doctor",
+        "cwsctl.cli.commands.doctor",
         "doctor",
         "Check config, profile, key (present, 0600, 0700 dir, readable), https, DNS, TLS, clock skew, and what the profile's kind needs: on cws, pinned server keys and a signed request whose response must verify; on openemr, the registered client, a token and an authenticated FHIR search (OpenEMR's answers carry no signature: only TLS protects them).",
     ),
-    "keys": _group("keys", "Manage the profile's private key and show its public key."),
-    "profile": _group("profile", "Create, list, select profiles and pin CorEMR's public key."),
+    "keys": _group(
+        "cwsctl.cli.commands.keys", "Manage the profile's private key and show its public key."
+    ),
+    "profile": _group(
+        "cwsctl.cli.commands.profile", "Create, list, select profiles and pin CorEMR's public key."
+    ),
     "oauth": _group(
-        "oauth",
+        "cwsctl.targets.openemr.cli.oauth",
         "OAuth2 with OpenEMR for an openemr profile: register the client, get tokens, sign in.",
     ),
     "ehr": _group(
-        "ehr",
+        "cwsctl.targets.openehr.cli.ehr",
         "openEHR EHRs: create one per subject, show it by id or subject, read and update its EHR_STATUS.",
     ),
     "composition": _group(
-        "composition",
+        "cwsctl.targets.openehr.cli.composition",
         "openEHR compositions: create, read (any version), update and delete without ever overwriting a change you did not see, and list their revision history.",
     ),
     "template": _group(
-        "template",
+        "cwsctl.targets.openehr.cli.template",
         "openEHR operational templates (ADL 1.4 OPTs): list, upload (once, before the first composition that uses one), read as OPT or web template, and example compositions.",
     ),
     "patients": _group(
-        "patients",
+        "cwsctl.cli.commands.patients",
         "Create patients in the profile's EMR (CorEMR, OpenEMR or openEHR), one or thousands.",
     ),
     "sandbox": _group(
-        "sandbox",
+        "cwsctl.cli.commands.sandbox",
         "Run a local sandbox server (CorEMR, OpenEMR or EHRbase stand-in) for demos and tests.",
     ),
 }

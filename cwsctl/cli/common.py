@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 from cwsctl.cli.output import Settings
 from cwsctl.core.errors import InputError, LocalKeyError, ProfileError
 from cwsctl.core.files import read_bytes
-from cwsctl.core.identity import read_passphrase_file
 from cwsctl.core.keys import PassphraseSource
+from cwsctl.targets.cws.identity import read_passphrase_file
 
 if TYPE_CHECKING:
     from cwsctl.core.client import ApiClient
-    from cwsctl.core.kinds import PatientMapping
+    from cwsctl.core.kind import PatientMapping
     from cwsctl.core.profile import Store
 
 
@@ -74,7 +74,7 @@ def open_client(
     """A client for the profile in force, authenticating as its kind does (``max_response_size``
     None: 64 MiB). ``verify_responses`` matters only to kinds whose servers sign answers."""
     from cwsctl.core.audit import AuditLog
-    from cwsctl.core.kinds import kind_of
+    from cwsctl.core.kind import kind_of
 
     store, name = store_and_profile(settings)
     profile = store.get_profile(name)
@@ -95,7 +95,7 @@ def open_client(
 def patient_mapping(settings: Settings, *, dry_run: bool = False) -> PatientMapping:
     """How the profile in force creates and finds patients. A dry run needs no profile: without
     one, rows are checked (and shown) as CWS bodies."""
-    from cwsctl.core.kinds import kind_of
+    from cwsctl.core.kind import kind_of
     from cwsctl.core.profile import Profile
 
     store, name = store_and_profile(settings)

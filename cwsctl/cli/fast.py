@@ -27,10 +27,10 @@ from typing import Any
 #: command path -> "module:function" taking (out, **params), free of typer; params are named as
 #: in the Typer command (tests/test_fast_path.py checks the signatures match).
 TARGETS = {
-    "sign": "cwsctl.cli.sign_run:sign_command",
-    "verify": "cwsctl.cli.sign_run:verify_command",
-    "keys show": "cwsctl.cli.keys_run:show_command",
-    "request": "cwsctl.cli.request_run:request_command",
+    "sign": "cwsctl.targets.cws.cli.sign_run:sign_command",
+    "verify": "cwsctl.targets.cws.cli.sign_run:verify_command",
+    "keys show": "cwsctl.cli.commands.keys_run:show_command",
+    "request": "cwsctl.cli.commands.request_run:request_command",
 }
 #: root options that only Typer handles (their presence sends the call to Typer).
 TYPER_ONLY = ("--version", "--install-completion", "--show-completion", "--help")

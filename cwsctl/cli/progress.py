@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from cwsctl.cli.output import Output
 
 if TYPE_CHECKING:
-    from cwsctl.core.bulk import RowResult
+    from cwsctl.core.bulk.runner import RowResult
 
 
 class BulkProgress:

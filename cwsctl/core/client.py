@@ -28,24 +28,20 @@ from cwsctl.core.errors import (
     ProfileError,
     ServerFailureError,
 )
-from cwsctl.core.exchange import (
+from cwsctl.core.headers import check_method, check_name, check_value
+from cwsctl.core.jsondoc import loads_json
+from cwsctl.core.profile import TrustedKey
+from cwsctl.core.text import printable
+from cwsctl.core.transport.bounded import (
     DEFAULT_TIMEOUT,
     ResponseTooLargeError,
     UnexpectedEncodingError,
     bounded_client,
-    describe_proxy,
-    exchange_deadline,
     format_size,
-    plain_http_via_proxy,
     size_cap,
-    time_left,
 )
-from cwsctl.core.headers import check_method, check_name, check_value
-from cwsctl.core.identity import SigningIdentity
-from cwsctl.core.jsondoc import loads_json
-from cwsctl.core.profile import TrustedKey
-from cwsctl.core.signing import body_sha256
-from cwsctl.core.text import printable
+from cwsctl.core.transport.deadline import exchange_deadline, time_left
+from cwsctl.core.transport.proxies import describe_proxy, plain_http_via_proxy
 from cwsctl.core.urls import (
     check_same_server,
     check_transport_security,
@@ -53,7 +49,9 @@ from cwsctl.core.urls import (
     resolve_url,
     without_userinfo,
 )
-from cwsctl.core.verification import VerificationResult, verify_response
+from cwsctl.protocols.cws_signature import body_sha256
+from cwsctl.targets.cws.identity import SigningIdentity
+from cwsctl.targets.cws.verification import VerificationResult, verify_response
 
 #: Methods that may be re-sent after the request went out without changing anything twice.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -9,56 +9,22 @@ from __future__ import annotations
 import socket
 import stat
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from cwsctl.core import keys
+from cwsctl.core.checks import Check, failed, passed
 from cwsctl.core.errors import CwsError, ExitStatus
 from cwsctl.core.profile import Profile, Store
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from cwsctl.core.client import ApiClient
+    from cwsctl.core.kind import Kind
 
 MAX_CLOCK_SKEW_S = 300
-
-
-class Check(NamedTuple):
-    """One line of the doctor's report."""
-
-    name: str
-    ok: bool
-    detail: str
-    fix: str | None = None
-    exit_status: ExitStatus = ExitStatus.OK
-
-    def to_json(self) -> dict[str, object]:
-        """The stable ``--json`` shape of a check."""
-        return {
-            "name": self.name,
-            "ok": self.ok,
-            "detail": self.detail,
-            "fix": self.fix,
-            "exit_status": int(self.exit_status),
-        }
-
-
-def passed(name: str, detail: str) -> Check:
-    """A check that passed."""
-    return Check(name, True, detail)
-
-
-def failed(name: str, detail: str, fix: str, status: ExitStatus) -> Check:
-    """A check that failed, with its fix and exit class."""
-    return Check(name, False, detail, fix, status)
-
-
-def worst_exit_status(checks: list[Check]) -> ExitStatus:
-    """The highest exit class among failed checks (0 when all passed)."""
-    return max((c.exit_status for c in checks if not c.ok), default=ExitStatus.OK)
 
 
 def run_checks(
@@ -66,6 +32,7 @@ def run_checks(
     requested_profile: str | None,
     passphrase: keys.PassphraseSource | None,
     *,
+    kind_of: Callable[[Profile], Kind],
     path: str | None = None,
     timeout: float = 10.0,
 ) -> Iterator[Check]:
@@ -74,8 +41,6 @@ def run_checks(
     The profile's kind adds its own checks (CWS: pinned key, signed request; OpenEMR: client
     registration, FHIR server, token) and picks the default ``path`` to reach.
     """
-    from cwsctl.core.kinds import kind_of
-
     try:
         config = store.load()
     except CwsError as exc:
@@ -200,7 +165,8 @@ def _url_check(profile: Profile) -> Check:
 def _reach_checks(url: str, path: str, timeout: float) -> Iterator[Check]:
     import httpx
 
-    from cwsctl.core.exchange import bounded_client, describe_proxy, proxy_for
+    from cwsctl.core.transport.bounded import bounded_client
+    from cwsctl.core.transport.proxies import describe_proxy, proxy_for
 
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -256,36 +222,3 @@ def _clock_check(date_header: str | None) -> Check:
             ExitStatus.NETWORK,
         )
     return passed("clock", detail)
-
-
-def request_check(name: str, client: ApiClient, path: str, fix_401: str) -> Check:
-    """GET ``path`` as the profile (closing ``client``); pass on a 2xx the kind can trust."""
-    from cwsctl.core.errors import SignatureError
-
-    try:
-        with client:
-            response = client.request("GET", path)
-    except SignatureError as exc:
-        return failed(
-            name,
-            exc.message,
-            "pin the server's current key (cwsctl profile trust KEY.pem); if it did not change, "
-            "the answer was tampered with",
-            exc.exit_status,
-        )
-    except CwsError as exc:
-        return failed(name, exc.message, exc.hint or "", exc.exit_status)
-    detail = (
-        f"GET {path}: {response.status} {response.reason}, {client.trust_description(response)}"
-    )
-    if response.status == 401:
-        return failed(name, f"{detail} ({response.error_message()})", fix_401, ExitStatus.HTTP_4XX)
-    if not response.ok:
-        status = ExitStatus.HTTP_5XX if response.status >= 500 else ExitStatus.HTTP_4XX
-        return failed(
-            name,
-            detail,
-            f"try another harmless path with --path (the server said: {response.error_message()})",
-            status,
-        )
-    return passed(name, detail)

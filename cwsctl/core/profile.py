@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cwsctl.core import keys
 from cwsctl.core.errors import CwsError, InputError, ProfileError
 from cwsctl.core.files import atomic_write, ensure_private_dir, exclusive_lock
-from cwsctl.core.signing import Algorithm
+from cwsctl.protocols.cws_signature import Algorithm
 
 DEFAULT_PROFILE = "default"
 DEFAULT_SERVER_USERNAME = "coremr"
@@ -110,7 +110,7 @@ class TrustedKey:
         return keys.fingerprint(self.public_key)
 
 
-#: Profile kinds: which EMR API a profile talks to (see cwsctl.core.kinds).
+#: Profile kinds: which EMR API a profile talks to (see cwsctl.core.kind).
 KINDS = ("cws", "openemr", "openehr")
 #: How an openehr profile authenticates (the secret, if any, never lives in config.toml).
 OPENEHR_AUTH = ("none", "basic", "bearer")

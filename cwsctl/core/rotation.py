@@ -23,7 +23,7 @@ from cwsctl.core.profile import Store
 
 if TYPE_CHECKING:
     from cwsctl.core.keys import PassphraseSource
-    from cwsctl.core.oauth import Registration
+    from cwsctl.targets.openemr.oauth import Registration
 
 
 class KeyFile(NamedTuple):
@@ -94,8 +94,9 @@ def rotate_with_new_client(
 
     Nothing changes when the registration fails: the old key and client keep working.
     """
-    from cwsctl.core import keys, oauth
+    from cwsctl.core import keys
     from cwsctl.core.jwks import jwk_set
+    from cwsctl.targets.openemr import oauth
 
     settings = store.get_profile(profile)
     oauth.require_openemr(settings)

@@ -9,11 +9,11 @@ as EHRbase serves it (:mod:`.openehr`).
 - :mod:`cwsctl.sandbox.faults` — fault switches (``CWSCTL_SANDBOX_*``); needs no extra.
 - :mod:`cwsctl.sandbox.app` — the ASGI envelope every flavour shares (body limit, faults, access
   log) and the CWS flavour's signatures.
-- :mod:`cwsctl.sandbox.routes` — the CWS endpoints inside it (starlette).
+- :mod:`cwsctl.targets.cws.sandbox.routes` — the CWS endpoints inside it (starlette).
 - :mod:`cwsctl.sandbox.server` — ``BaseSandboxServer`` (socket, uvicorn, limits, ``serve_forever``)
   and the CWS ``SandboxServer``. The flavours build on it; it imports none of them (the CLI,
   ``cwsctl sandbox serve``, picks the flavour).
-- :mod:`cwsctl.sandbox.openemr` (``openemr_*``) and :mod:`cwsctl.sandbox.openehr`
+- :mod:`cwsctl.targets.openemr.sandbox.server` (``openemr_*``) and :mod:`cwsctl.targets.openehr.sandbox.server`
   (``openehr_*``) — the other two flavours.
 
 Everything but ``store`` and ``faults`` needs the optional extra ``cwsctl[sandbox]``; call

@@ -40,12 +40,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cwsctl.core import keys, signing
+from cwsctl.core import keys
 from cwsctl.core.errors import SignatureError
-from cwsctl.core.signing import Algorithm, AuthorizationHeader
+from cwsctl.protocols import cws_signature as signing
+from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
 from cwsctl.sandbox.faults import FaultDice, Faults
-from cwsctl.sandbox.routes import cws_routes
 from cwsctl.sandbox.store import SERVER_USERNAME, SandboxStore
+from cwsctl.targets.cws.sandbox.routes import cws_routes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -26,9 +26,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core import keys
+from cwsctl.core.bulk.rows import patient_key
 from cwsctl.core.errors import CwsError, InputError
 from cwsctl.core.files import ensure_private_dir
-from cwsctl.core.patients import patient_key
 from cwsctl.core.profile import DEFAULT_SERVER_USERNAME, cwsctl_home
 
 DATA_DIR_ENV = "CWSCTL_SANDBOX_DIR"

@@ -239,7 +239,7 @@ def _scratch_dir() -> Path:
 @functools.cache
 def journal_seeds() -> tuple[bytes, ...]:
     """Journals written by the real Journal class, plus a torn last line and foreign files."""
-    from cwsctl.core.journal import Journal
+    from cwsctl.core.bulk.journal import Journal
 
     path = _scratch_dir() / "seed.journal"
     try:

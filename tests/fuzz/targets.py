@@ -33,16 +33,20 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core import keys
-from cwsctl.core.errors import InputError, LocalKeyError, SignatureError
-from cwsctl.core.journal import Journal
-from cwsctl.core.patients import (
+from cwsctl.core.bulk.journal import Journal
+from cwsctl.core.bulk.readers import FORMATS, InputRow, read_rows
+from cwsctl.core.bulk.rows import (
     PatientValidationError,
     parse_patient_body,
     patient_body,
     prepare_patient,
 )
-from cwsctl.core.readers import FORMATS, InputRow, read_rows
-from cwsctl.core.signing import AuthorizationHeader, SignatureInput, detect_signature_input
+from cwsctl.core.errors import InputError, LocalKeyError, SignatureError
+from cwsctl.protocols.cws_signature import (
+    AuthorizationHeader,
+    SignatureInput,
+    detect_signature_input,
+)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cwsctl.core.patients import FIELD_NAMES
-from cwsctl.core.readers import FORMATS
+from cwsctl.core.bulk.readers import FORMATS
+from cwsctl.core.bulk.rows import FIELD_NAMES
 from tests.fuzz import seeds, targets
 from tests.fuzz.known import known
 

@@ -1,0 +1,394 @@
+"""`cwsctl keygen` and `cwsctl keys …`: the client's own key pair (walkthrough "Security Setup")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cwsctl.cli.commands.keys_run import key_document, show_command, show_public
+from cwsctl.cli.common import passphrase_file_from, passphrase_source, store_and_profile
+from cwsctl.cli.options import KEY_BITS, PassphraseFileOption, RotateTimeoutOption, with_globals
+from cwsctl.cli.output import Output
+from cwsctl.cli.params import OutputFile
+from cwsctl.core import keys
+from cwsctl.core.errors import LocalKeyError
+from cwsctl.core.files import atomic_write, read_bytes
+from cwsctl.targets.cws.identity import existing_key_path, read_passphrase_file
+
+if TYPE_CHECKING:
+    from cwsctl.core.profile import Store
+
+app = typer.Typer(
+    help="Manage the profile's private key and show its public key.", no_args_is_help=True
+)
+
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace the profile's existing key.")]
+
+
+@with_globals
+def keygen(
+    out: Output,
+    bits: Annotated[
+        int,
+        typer.Option(
+            "--bits", metavar="BITS", parser=KEY_BITS, help="RSA key size: 2048, 3072 or 4096."
+        ),
+    ] = keys.DEFAULT_BITS,
+    passphrase_file: PassphraseFileOption = None,
+    force: ForceOption = False,
+    public_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-out",
+            metavar="FILE",
+            parser=OutputFile("public key file"),
+            help="Also write the public key PEM to FILE.",
+        ),
+    ] = None,
+    next_key: Annotated[
+        bool,
+        typer.Option("--next", help="Make a second key beside the active one, for `keys rotate`."),
+    ] = False,
+) -> None:
+    """Generate the profile's RSA key pair and print the public key to register in CorEMR.
+
+    The private key is stored as PKCS#8 PEM, mode 0600, encrypted when a passphrase file is given.
+    The public key PEM goes to stdout (same bytes as `openssl rsa -pubout`).
+    """
+    store, profile = store_and_profile(out.settings)
+    path = store.next_key_path(profile) if next_key else store.private_key_path(profile)
+    if path.exists() and not force:
+        which = "next key" if next_key else "key"
+        raise LocalKeyError(
+            f"profile {profile!r} already has a {which} at {path}",
+            hint="pass --force to replace it (the old key is lost); to change keys safely use "
+            "keygen --next then keys rotate",
+        )
+    pass_path = passphrase_file_from(passphrase_file)
+    passphrase = read_passphrase_file(pass_path) if pass_path else None
+    out.info(f"Generating a {bits}-bit RSA key for profile {profile!r}…")
+    key = keys.generate_private_key(bits)
+    keys.save_private_key(path, key, passphrase, overwrite=force)
+    document = key_document(profile, path, key)
+    if public_out is not None:
+        atomic_write(public_out, keys.public_key_pem(key.public_key()), mode=0o644)
+    show_public(out, document, {"encrypted": passphrase is not None})
+    config = store.load()
+    known = config.profiles.get(profile)
+    out.success(f"Private key saved to {path} (mode 0600{', encrypted' if passphrase else ''})")
+    out.info(f"Fingerprint: {document['fingerprint']}")
+    if known is not None and known.kind == "openemr":
+        # OpenEMR keeps a client's JWKS for life: a new key means a new client.
+        out.info(
+            "Next: switch to it with cwsctl keys rotate --reregister (a new client)"
+            if next_key
+            else "Next: register it with OpenEMR: cwsctl oauth register (it sends cwsctl keys jwks)"
+        )
+        return
+    username = known.username if known is not None else "USERNAME"
+    out.info(
+        "Next: in CorEMR open Administration → Public Keys, press +, paste the public key above "
+        f"into Contents and use the username {username!r}."
+    )
+    if known is None:
+        out.info(f"Then: cwsctl profile init {profile} --url https://… --username USER")
+    if next_key:
+        out.info("Once CorEMR has it, switch to it with: cwsctl keys rotate")
+
+
+@app.command("import")
+@with_globals
+def import_key(
+    out: Output,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE", help="Existing private key, e.g. the walkthrough's rsa.private."
+        ),
+    ],
+    passphrase_file: PassphraseFileOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Import an existing RSA private key (PKCS#1 or PKCS#8, encrypted or not) into the profile.
+
+    The key is stored re-encoded as PKCS#8 PEM with mode 0600; if it was encrypted, it stays
+    encrypted with the same passphrase.
+    """
+    store, profile = store_and_profile(out.settings)
+    path = store.private_key_path(profile)
+    if path.exists() and not force:
+        raise LocalKeyError(
+            f"profile {profile!r} already has a key at {path}",
+            hint="pass --force to replace it, or import into another --profile",
+        )
+    data = read_bytes(file, what="key file", error=LocalKeyError)
+    asked: list[bytes] = []
+    source = passphrase_source(passphrase_file)
+
+    def remember() -> bytes:
+        asked.append(source())
+        return asked[-1]
+
+    key = keys.parse_private_key(data, remember, source=str(file), validate=True)
+    keys.save_private_key(path, key, asked[-1] if asked else None, overwrite=force)
+    document = key_document(profile, path, key)
+    show_public(out, document)
+    out.success(f"Imported {key.key_size}-bit key into profile {profile!r}: {path}")
+    out.info(f"Fingerprint: {document['fingerprint']} (compare with CorEMR's Public Keys page)")
+
+
+@app.command("show")
+@with_globals
+def show(out: Output, passphrase_file: PassphraseFileOption = None) -> None:
+    """Print the profile's public key PEM on stdout and its fingerprint on stderr."""
+    show_command(out, passphrase_file)
+
+
+@app.command("export-public")
+@with_globals
+def export_public(
+    out: Output,
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="FILE",
+            parser=OutputFile("public key file"),
+            help="Write the PEM here instead of stdout.",
+        ),
+    ] = None,
+    passphrase_file: PassphraseFileOption = None,
+) -> None:
+    """Export the profile's public key (SubjectPublicKeyInfo PEM) to FILE or stdout."""
+    store, profile = store_and_profile(out.settings)
+    path = existing_key_path(store, profile)
+    key = keys.load_private_key(path, passphrase_source(passphrase_file))
+    document = key_document(profile, path, key)
+    if file is None:
+        show_public(out, document)
+        return
+    atomic_write(file, str(document["public_key"]).encode("ascii"), mode=0o644)
+    if out.settings.json:
+        out.json({**document, "path": str(file)})
+    out.success(f"Public key written to {file} ({document['fingerprint']})")
+
+
+@app.command("jwks")
+@with_globals
+def jwks(out: Output, passphrase_file: PassphraseFileOption = None) -> None:
+    """Print the profile's public key(s) as a JWK Set, for OpenEMR client registration.
+
+    Each key is an RSA JWK with use "sig", alg "RS384" and kid = the SHA-256 digest of its
+    fingerprint in unpadded base64url (`keys show` prints the same digest in base64); the
+    client assertions cwsctl signs carry the same kid. The active (signing) key comes first:
+    OpenEMR ignores kid and verifies with the first RSA key of the set. While a rotation is
+    pending (keygen --next) the next key follows it. The set goes to stdout (--json prints the
+    same document).
+    """
+    from cwsctl.core.jwks import jwk_set, profile_public_keys
+
+    store, profile = store_and_profile(out.settings)
+    key_set = jwk_set(profile_public_keys(store, profile, passphrase_source(passphrase_file)))
+    out.json(key_set)
+    for entry in key_set["keys"]:
+        out.info(f"kid {entry['kid']}")
+    if len(key_set["keys"]) > 1:
+        out.info(
+            "The set holds the active (signing) key first, then the next one (rotation pending)"
+        )
+
+
+@app.command("list")
+@with_globals
+def list_keys(out: Output) -> None:
+    """List the profile's keys: active, next (from keygen --next) and retired ones."""
+    from cwsctl.core.rotation import profile_keys
+
+    store, profile = store_and_profile(out.settings)
+    documents = [
+        {
+            "role": k.role,
+            "label": k.label,
+            "path": str(k.path),
+            "fingerprint": keys.fingerprint_if_readable(k.path),
+        }
+        for k in profile_keys(store, profile)
+    ]
+    if out.settings.json:
+        out.json({"profile": profile, "keys": documents})
+        return
+    if not documents:
+        out.info(f"profile {profile!r} has no keys: cwsctl keygen")
+    for doc in documents:
+        out.line(f"{doc['label']:<18} {doc['fingerprint'] or '(encrypted)'}  {doc['path']}")
+
+
+@app.command("rotate")
+@with_globals
+def rotate(
+    out: Output,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rotate even if the server rejects the next key.")
+    ] = False,
+    reregister: Annotated[
+        bool,
+        typer.Option(
+            "--reregister",
+            help="openemr: register the next key as a new OAuth client first (OpenEMR cannot "
+            "change a client's key), then rotate and use the new client.",
+        ),
+    ] = False,
+    passphrase_file: PassphraseFileOption = None,
+    timeout: RotateTimeoutOption = 15.0,
+) -> None:
+    """Make the next key (keygen --next) active once the server knows it; the old key is kept.
+
+    cws: when the profile's server is reachable, a signed GET /ws/ with the next key must
+    succeed first (a 401 means it is not registered yet: exit 4). openemr: OpenEMR cannot
+    learn a new key for a registered client, so the rotation is refused (exit 3) unless
+    --reregister, which registers the next key as a new client, then rotates; the new client
+    stays disabled until an administrator enables it, and a user must sign in again. The old
+    key is kept as a retired key until `cwsctl keys remove LABEL`.
+    """
+    from cwsctl.core.rotation import promote_next_key
+
+    store, profile = store_and_profile(out.settings)
+    settings = store.load().profiles.get(profile)
+    if settings is not None and settings.kind == "openemr":
+        _rotate_openemr(out, store, profile, reregister, passphrase_file)
+        return
+    next_path = store.next_key_path(profile)
+    if not next_path.exists():
+        raise LocalKeyError(
+            f"profile {profile!r} has no next key", hint="run: cwsctl keygen --next"
+        )
+    _check_next_key(out, store, profile, next_path, passphrase_file, timeout, force)
+    retired = promote_next_key(store, profile)
+    if out.settings.json:
+        out.json(
+            {
+                "profile": profile,
+                "active": str(store.private_key_path(profile)),
+                "retired": str(retired),
+            }
+        )
+    out.success(f"The next key is now active; the old one is kept as {retired}")
+    out.info(
+        "When CorEMR no longer needs the old key, remove it there and here: cwsctl keys remove LABEL"
+    )
+
+
+def _rotate_openemr(
+    out: Output,
+    store: Store,
+    profile: str,
+    reregister: bool,
+    passphrase_file: Path | None,
+) -> None:
+    """An openemr profile's key changes only together with a new client registration."""
+    from cwsctl.core.errors import ProfileError
+    from cwsctl.core.rotation import rotate_with_new_client
+    from cwsctl.targets.openemr import oauth
+
+    if not reregister:
+        raise ProfileError(
+            f"refusing to rotate the key of openemr profile {profile!r}: OpenEMR keeps the key "
+            "a client registered with, so tokens would fail; register the new key with "
+            "cwsctl oauth register (or: cwsctl keys rotate --reregister)",
+        )
+    out.info("Registering the next key as a new OpenEMR client …")
+    registration, retired = rotate_with_new_client(
+        store, profile, passphrase_source(passphrase_file)
+    )
+    if out.settings.json:
+        out.json(
+            {
+                "profile": profile,
+                "client_id": registration.client_id,
+                "active": str(store.private_key_path(profile)),
+                "retired": str(retired),
+            }
+        )
+    else:
+        out.line(registration.client_id)
+    out.success(
+        f"The next key is now active with new client {registration.client_id!r}; the old key is "
+        f"kept as {retired}"
+    )
+    if registration.starts_disabled:
+        from cwsctl.targets.openemr.cli.oauth import warn_disabled
+
+        warn_disabled(out, registration)
+    if oauth.has_user_scope(registration.scope):
+        out.info(f"Then sign in again for the new client: cwsctl -p {profile} oauth login")
+    out.info("Disable the old client in OpenEMR once nothing uses it")
+
+
+def _check_next_key(
+    out: Output,
+    store: Store,
+    profile: str,
+    next_path: Path,
+    passphrase_file: Path | None,
+    timeout: float,
+    force: bool,
+) -> None:
+    from cwsctl.core.client import CwsClient
+    from cwsctl.core.errors import ClientRequestError, NetworkError
+    from cwsctl.targets.cws.identity import load_identity
+
+    config = store.load()
+    settings = config.profiles.get(profile)
+    if settings is None or not settings.url or not settings.trusted:
+        out.warn(
+            "no server and pinned key in this profile: cannot check that CorEMR knows the next key"
+        )
+        return
+    identity = load_identity(
+        profile,
+        store=store,
+        key_path=next_path,
+        username=settings.username,
+        algorithm=settings.algorithm,
+        passphrase=passphrase_source(passphrase_file),
+    )
+    try:
+        with CwsClient(
+            identity, settings.trusted, base_url=settings.url, timeout=timeout, allow_http=True
+        ) as client:
+            response = client.request("GET", "/ws/")
+    except NetworkError as exc:
+        out.warn(
+            f"could not reach the server to check the next key ({exc.message}); rotating anyway"
+        )
+        return
+    if response.ok:
+        out.info(f"the server accepts the next key ({identity.fingerprint})")
+        return
+    message = f"the server answered {response.status} {response.reason} to the next key ({identity.fingerprint})"
+    if force:
+        out.warn(message + "; rotating anyway (--force)")
+        return
+    raise ClientRequestError(
+        message,
+        hint=f"register it in CorEMR under {settings.username!r} first (cwsctl keys list shows it), or pass --force",
+    )
+
+
+@app.command("remove")
+@with_globals
+def remove(
+    out: Output,
+    label: Annotated[
+        str, typer.Argument(metavar="LABEL", help="Label of a retired key (see: cwsctl keys list).")
+    ],
+) -> None:
+    """Delete a retired key for good (the active and next keys cannot be removed here)."""
+    from cwsctl.core.rotation import remove_retired_key
+
+    store, profile = store_and_profile(out.settings)
+    path = remove_retired_key(store, profile, label)
+    if out.settings.json:
+        out.json({"profile": profile, "removed": str(path)})
+    out.success(f"Removed {path}")

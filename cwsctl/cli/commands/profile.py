@@ -1,0 +1,374 @@
+"""`cwsctl profile …`: servers, usernames and pinned CorEMR keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cwsctl.cli.common import store_and_profile
+from cwsctl.cli.options import with_globals
+from cwsctl.cli.output import Output
+from cwsctl.cli.params import Choice, HttpUrl
+from cwsctl.core import keys
+from cwsctl.core.errors import InputError, ProfileError
+from cwsctl.core.files import read_bytes
+from cwsctl.core.profile import (
+    DEFAULT_KIND,
+    DEFAULT_SERVER_USERNAME,
+    KINDS,
+    OPENEHR_AUTH,
+    Profile,
+    Store,
+    TrustedKey,
+    validate_profile_name,
+)
+from cwsctl.core.text import printable
+from cwsctl.protocols.cws_signature import Algorithm
+from cwsctl.targets.openemr.cli.oauth import DiscoveryTimeoutOption
+
+app = typer.Typer(
+    help="Create, list, select profiles and pin CorEMR's public key.", no_args_is_help=True
+)
+
+AlgorithmChoice = Annotated[
+    str,
+    typer.Option(
+        "--algorithm",
+        metavar="sha256|sha1",
+        help="Signature algorithm: sha256 (recommended) or sha1.",
+    ),
+]
+
+
+def _describe(store: Store, profile: Profile, default: str | None) -> dict[str, object]:
+    from cwsctl.core.kind import kind_of
+
+    key_path = store.private_key_path(profile.name)
+    # An encrypted key is not decrypted here: no fingerprint then, and no prompt.
+    fingerprint = keys.fingerprint_if_readable(key_path) if key_path.exists() else None
+    settings = profile.to_toml()  # the kind's own settings, as config.toml holds them
+    trusted = settings.pop("trusted", None)
+    document: dict[str, object] = {
+        "name": profile.name,
+        "default": profile.name == (default or "default"),
+        "kind": profile.kind,
+        **settings,
+    }
+    if kind_of(profile).uses_key():
+        document["key_path"] = str(key_path) if key_path.exists() else None
+        document["key_fingerprint"] = fingerprint
+    if trusted is not None:
+        document["trusted"] = [
+            {"username": t.username, "fingerprint": t.fingerprint} for t in profile.trusted
+        ]
+    return document
+
+
+@app.command("init")
+@with_globals
+def init(
+    out: Output,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Profile name, e.g. prod or test.")],
+    url: Annotated[
+        str,
+        typer.Option(
+            "--url",
+            metavar="URL",
+            parser=HttpUrl(),
+            help="The server's base URL, e.g. https://coremr.example.org (cws), https://emr.example.org:9300 (openemr), https://cdr.example.org/ehrbase/rest/openehr/v1 "
+            "(openehr).",
+        ),
+    ],
+    username: Annotated[
+        str | None,
+        typer.Option(
+            "--username",
+            metavar="USER",
+            help="cws: the username your public key is registered under in CorEMR.",
+            show_default=False,
+        ),
+    ] = None,
+    algorithm: AlgorithmChoice = "sha256",
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            metavar="|".join(KINDS),
+            parser=Choice(KINDS),
+            help="Which API the profile talks to: cws (CorEMR, signed bodies), openemr "
+            "(OAuth2 with a JWT signed by the profile key) or openehr (openEHR REST).",
+        ),
+    ] = DEFAULT_KIND,
+    site: Annotated[
+        str | None,
+        typer.Option(
+            "--site",
+            metavar="SITE",
+            help="openemr: the OpenEMR site (multisite), default 'default'.",
+            show_default=False,
+        ),
+    ] = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            "--client-id",
+            metavar="ID",
+            help="openemr: a client registered in OpenEMR's admin pages (else: cwsctl oauth register).",
+            show_default=False,
+        ),
+    ] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            "--scope",
+            metavar="SCOPES",
+            help="openemr: space-separated OAuth2 scopes to ask for.",
+            show_default=False,
+        ),
+    ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            metavar="|".join(OPENEHR_AUTH),
+            parser=Choice(OPENEHR_AUTH),
+            help="openehr: none, basic (as --username) or bearer [default: none].",
+            show_default=False,
+        ),
+    ] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--password-file",
+            metavar="FILE",
+            help="openehr basic auth: file whose first line is the password (kept only with "
+            "--store-secret; else set CWSCTL_PASSWORD or CWSCTL_PASSWORD_FILE when running).",
+            show_default=False,
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            metavar="FILE",
+            help="openehr bearer auth: file whose first line is the token (kept only with "
+            "--store-secret; else set CWSCTL_TOKEN or CWSCTL_TOKEN_FILE when running).",
+            show_default=False,
+        ),
+    ] = None,
+    store_secret: Annotated[
+        bool,
+        typer.Option(
+            "--store-secret",
+            help="openehr: keep the password/token in $CWSCTL_HOME/secrets/NAME.json (mode 0600).",
+        ),
+    ] = False,
+    default: Annotated[
+        bool, typer.Option("--default", help="Make this the default profile.")
+    ] = False,
+    timeout: DiscoveryTimeoutOption = 10.0,
+) -> None:
+    """Create or update a profile.
+
+    An openemr profile reads OpenEMR's discovery documents (URL/oauth2/SITE/.well-known/
+    openid-configuration and URL/apis/SITE/fhir/.well-known/smart-configuration) and keeps the
+    endpoints they name; requests still go to URL's host, and client assertions name the
+    discovered token endpoint. When they cannot be read it says so and uses the documented
+    paths (redo later: cwsctl oauth discover).
+
+    Examples: cwsctl profile init prod --url https://coremr.example.org --username my-site;
+    cwsctl profile init emr --kind openemr --url https://emr.example.org:9300 --scope
+    'openid api:fhir user/Patient.read user/Patient.write'; cwsctl profile init cdr --kind
+    openehr --url https://cdr.example.org/ehrbase/rest/openehr/v1 --auth basic --username
+    loader --password-file pw.txt --store-secret. Secrets are never taken on the command line.
+    """
+    from cwsctl.core.kind import kind_of
+
+    validate_profile_name(name)
+    if client_id is not None:
+        from cwsctl.targets.openemr.oauth import client_id_problem
+
+        problem = client_id_problem(client_id)
+        if problem is not None:
+            raise InputError(f"--client-id is not a usable OAuth client id: {problem}")
+    store = Store()
+    config = store.load()
+    existing = config.profiles.get(name) or Profile(name)
+    profile = Profile(
+        name=name,
+        url=url.rstrip("/"),
+        username=username if username is not None else existing.username,
+        algorithm=Algorithm.from_name(algorithm),
+        trusted=existing.trusted,
+        kind=kind,
+        site=site or existing.site,
+        client_id=client_id if client_id is not None else existing.client_id,
+        scope=scope if scope is not None else existing.scope,
+        auth=auth or existing.auth,
+    )
+    missing = kind_of(profile).incomplete(profile)
+    if missing is not None:
+        raise InputError(f"a {kind} profile needs more settings", hint=missing)
+    discovery: dict[str, object] | None = None
+    if profile.kind == "openemr":
+        from cwsctl.targets.openemr.cli.oauth import discover_into
+
+        discovery = discover_into(out, profile, timeout)
+    if store_secret:
+        _keep_secret(store, profile, password_file, token_file)
+    config.profiles[name] = profile
+    if default or config.default_profile is None:
+        config.default_profile = name
+    store.save(config)
+    if out.settings.json:
+        document = _describe(store, profile, config.default_profile)
+        if discovery is not None:
+            document["discovery"] = discovery
+        out.json(document)
+    out.success(f"Profile {name!r} saved in {store.config_path}")
+    if kind_of(profile).uses_key() and not store.private_key_path(name).exists():
+        out.info(f"Next: cwsctl -p {name} keygen  (or: cwsctl -p {name} keys import rsa.private)")
+
+
+def _keep_secret(
+    store: Store, profile: Profile, password_file: Path | None, token_file: Path | None
+) -> None:
+    """Store the password or token the profile's auth needs, read from its file or variable."""
+    from cwsctl.core.secrets import SECRET_FOR_AUTH, read_secret_file, resolve_secret
+    from cwsctl.core.secrets import store_secret as keep
+
+    what = SECRET_FOR_AUTH.get(profile.auth)
+    if profile.kind != "openehr" or what is None:
+        raise InputError("--store-secret is for openehr profiles with --auth basic or bearer")
+    given = password_file if what == "password" else token_file
+    value = (
+        read_secret_file(given, what)
+        if given is not None
+        else resolve_secret(store, profile.name, what)
+    )
+    keep(store, profile.name, what, value)
+
+
+@app.command("list")
+@with_globals
+def list_profiles(out: Output) -> None:
+    """List profiles; the default one is marked with '*'."""
+    store = Store()
+    config = store.load()
+    documents = [_describe(store, p, config.default_profile) for p in config.profiles.values()]
+    if out.settings.json:
+        out.json({"default": config.default_profile, "profiles": documents})
+        return
+    if not documents:
+        out.info("No profiles yet: cwsctl profile init NAME --url URL --username USER")
+    for doc in documents:
+        mark = "*" if doc["default"] else " "
+        who = doc.get("username") or doc.get("client_id") or ""
+        shown = (printable(v, limit=None) for v in (doc["name"], doc["kind"], doc["url"], who))
+        out.line(mark + " " + "\t".join(shown))
+
+
+@app.command("show")
+@with_globals
+def show(
+    out: Output,
+    name: Annotated[
+        str | None,
+        typer.Argument(metavar="NAME", help="Profile to show (default: the active one)."),
+    ] = None,
+) -> None:
+    """Show one profile: URL, username, algorithm, key and pinned server keys."""
+    store = Store()
+    config = store.load()
+    profile = store.get_profile(
+        name or store.active_profile_name(out.settings.profile, config), config
+    )
+    doc = _describe(store, profile, config.default_profile)
+    if out.settings.json:
+        out.json(doc)
+        return
+    out.line(f"name:        {doc['name']}{' (default)' if doc['default'] else ''}")
+    for key, value in doc.items():
+        if key not in ("name", "default", "key_path", "key_fingerprint", "trusted"):
+            label, value = key + ":", printable(value, limit=None)
+            out.line(f"{label:<13}{value}" if len(label) < 13 else f"{label} {value}")
+    if "key_path" in doc:
+        out.line(f"private key: {doc['key_path'] or '(none: run cwsctl keygen)'}")
+    if doc.get("key_fingerprint"):
+        out.line(f"fingerprint: {doc['key_fingerprint']}")
+    if "trusted" not in doc:
+        return
+    if not profile.trusted:
+        out.line("trusted:     (none: run cwsctl profile trust COREMR_PUBLIC_KEY.pem)")
+    for t in profile.trusted:
+        out.line(f"trusted:     {printable(t.username, limit=None)} {t.fingerprint}")
+
+
+@app.command("use")
+@with_globals
+def use(
+    out: Output,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Profile to make the default.")],
+) -> None:
+    """Make NAME the default profile."""
+    store = Store()
+    config = store.load()
+    store.get_profile(name, config)
+    config.default_profile = name
+    store.save(config)
+    if out.settings.json:
+        out.json({"default": name})
+    out.success(f"Default profile is now {name!r}")
+
+
+@app.command("trust")
+@with_globals
+def trust(
+    out: Output,
+    public_key_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PUBLIC_KEY_FILE", help="CorEMR's public key PEM (from its Public Keys page)."
+        ),
+    ],
+    username: Annotated[
+        str, typer.Option("--username", metavar="USER", help="Name CorEMR signs responses as.")
+    ] = DEFAULT_SERVER_USERNAME,
+    remove: Annotated[bool, typer.Option("--remove", help="Unpin this key instead.")] = False,
+) -> None:
+    """Pin CorEMR's public key so responses signed with it are trusted (several allowed, for rotation)."""
+    store, name = store_and_profile(out.settings)
+    config = store.load()
+    profile = store.get_profile(name, config)
+    key = keys.parse_public_key(
+        read_bytes(public_key_file, what="public key file", error=InputError),
+        source=str(public_key_file),
+    )
+    pem = keys.public_key_pem(key).decode("ascii")
+    fingerprint = keys.fingerprint(key)
+    same = [t for t in profile.trusted if t.username == username and t.fingerprint == fingerprint]
+    if remove:
+        if not same:
+            raise ProfileError(
+                f"key {fingerprint} is not pinned for {username!r} in profile {name!r}"
+            )
+        profile.trusted = [t for t in profile.trusted if t not in same]
+        message = f"Unpinned {username} {fingerprint} from profile {name!r}"
+    elif same:
+        message = f"Already pinned: {username} {fingerprint}"
+    else:
+        profile.trusted.append(TrustedKey(username, pem))
+        message = f"Pinned {username} {fingerprint} for profile {name!r}"
+    store.save(config)
+    if out.settings.json:
+        out.json(
+            {
+                "profile": name,
+                "trusted": [
+                    {"username": t.username, "fingerprint": t.fingerprint} for t in profile.trusted
+                ],
+            }
+        )
+    out.success(message)
