@@ -74,9 +74,9 @@ def client_loop(
     samples: list[str] = []
     try:
         from cwsctl.core import keys
-        from cwsctl.core.client import CwsClient
         from cwsctl.core.profile import TrustedKey
         from cwsctl.protocols.cws_signature import Algorithm
+        from cwsctl.targets.cws.client import CwsClient
         from cwsctl.targets.cws.identity import SigningIdentity
 
         key_path = Path(config["key_path"])

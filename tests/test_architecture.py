@@ -64,3 +64,22 @@ def test_the_cycle_finder_finds_a_cycle():
     graph.add_import(importer="a.c", imported="a.b")
     graph.add_import(importer="a.d", imported="a.b")
     assert strongly_connected(graph) == [["a.b", "a.c"]]
+
+
+def test_the_old_python_names_still_work_for_one_release_with_a_warning():
+    import warnings
+
+    import pytest
+
+    from cwsctl.core import client, identity
+    from cwsctl.targets.cws.client import CwsClient
+    from cwsctl.targets.cws.identity import load_identity
+
+    with pytest.warns(DeprecationWarning, match="moved to cwsctl.targets.cws.client.CwsClient"):
+        assert client.CwsClient is CwsClient
+    with pytest.warns(DeprecationWarning, match="moved to cwsctl.targets.cws.identity"):
+        assert identity.load_identity is load_identity
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(AttributeError):
+            _ = identity.nothing_here

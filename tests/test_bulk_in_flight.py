@@ -15,7 +15,7 @@ from cwsctl.core.bulk.journal import Journal
 from cwsctl.core.bulk.readers import InputRow
 from cwsctl.core.bulk.runner import BulkLoad, InFlightLimit, retry_after_seconds
 from cwsctl.sandbox.faults import Faults
-from cwsctl.targets.cws.kind import CwsPatients
+from cwsctl.targets.cws.patients import CwsPatients
 from tests.test_patients_bulk import all_patients, patient, write_csv
 
 

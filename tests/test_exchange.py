@@ -14,13 +14,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from cwsctl.core.bulk.rows import WALKTHROUGH_EXAMPLE, patient_body
-from cwsctl.core.client import CwsClient, OutcomeUnknownError
+from cwsctl.core.bulk.rows import WALKTHROUGH_EXAMPLE
 from cwsctl.core.errors import NetworkError
 from cwsctl.core.transport.bounded import bounded_client, format_size
 from cwsctl.core.transport.deadline import exchange_deadline, time_left
+from cwsctl.core.transport.errors import OutcomeUnknownError
 from cwsctl.protocols.cws_signature import Algorithm
+from cwsctl.targets.cws.client import CwsClient
 from cwsctl.targets.cws.identity import SigningIdentity
+from cwsctl.targets.cws.patients import patient_body
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from cwsctl.core import keys
+from cwsctl.core.audit import body_sha256
 from cwsctl.protocols import cws_signature as signing
 from cwsctl.protocols.cws_signature import Algorithm
 from tests.conftest import write_private, write_public
@@ -48,7 +49,7 @@ def test_global_json_before_or_after_the_command(cli, tmp_path, profile_with_key
         "key_fingerprint",
     }
     assert document["algorithm"] == "CWS-SHA256" and document["username"] == "alice"
-    assert document["body_sha256"] == signing.body_sha256(b"{}")
+    assert document["body_sha256"] == body_sha256(b"{}")
     assert document["key_fingerprint"] == keys.fingerprint(profile_with_key.public_key())
 
 

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 from cwsctl.cli.output import Settings
 from cwsctl.core.errors import InputError, LocalKeyError, ProfileError
 from cwsctl.core.files import read_bytes
-from cwsctl.core.keys import PassphraseSource
-from cwsctl.targets.cws.identity import read_passphrase_file
+from cwsctl.core.keys import PassphraseSource, read_passphrase_file
 
 if TYPE_CHECKING:
     from cwsctl.core.client import ApiClient

@@ -187,3 +187,10 @@ def parse_duration(text: str) -> float:
 def cutoff(duration: str | None) -> float | None:
     """The epoch time ``duration`` ago, or None."""
     return time.time() - parse_duration(duration) if duration else None
+
+
+def body_sha256(body: bytes) -> str:
+    """Hex SHA-256 of a body, the form used in reports, journals and audit lines."""
+    import hashlib
+
+    return hashlib.sha256(body).hexdigest()

@@ -1,17 +1,15 @@
-"""Clients for the profile kinds: one bounded, audited request loop, and the CWS signer/verifier.
+"""The client every kind shares: one bounded, audited request loop.
 
-``ApiClient`` sends requests through the bounded transport (see :mod:`.exchange`) with a kind's
-``httpx.Auth``, retries what is safe to retry, and records every exchange in the audit log.
-``CwsAuth`` follows httpx's auth-flow shape: sign the request body, ``yield`` the request, check
-the response's signature over its raw bytes. It needs both bodies, so httpx reads them first and
-the flow itself does no I/O. Verification fails closed: a response without a valid signature from
-a pinned key raises ``SignatureError`` and its body never reaches the caller.
+``ApiClient`` sends requests through the bounded transport (see :mod:`cwsctl.core.transport`) with
+a kind's ``httpx.Auth``, retries what is safe to retry, and records every exchange in the audit
+log. A kind whose answers are signed puts its verdict in the response's
+:data:`VERIFICATION_EXTENSION`; the client keeps it on :class:`ApiResponse` and in the log.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -19,28 +17,23 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from cwsctl.core.audit import AuditLog
+from cwsctl.core.audit import AuditLog, body_sha256
 from cwsctl.core.errors import (
     ClientRequestError,
     CwsError,
     InputError,
-    NetworkError,
-    ProfileError,
     ServerFailureError,
 )
 from cwsctl.core.headers import check_method, check_name, check_value
 from cwsctl.core.jsondoc import loads_json
-from cwsctl.core.profile import TrustedKey
 from cwsctl.core.text import printable
 from cwsctl.core.transport.bounded import (
     DEFAULT_TIMEOUT,
-    ResponseTooLargeError,
-    UnexpectedEncodingError,
     bounded_client,
-    format_size,
     size_cap,
 )
 from cwsctl.core.transport.deadline import exchange_deadline, time_left
+from cwsctl.core.transport.errors import IDEMPOTENT_METHODS, RetryableNetworkError, network_error
 from cwsctl.core.transport.proxies import describe_proxy, plain_http_via_proxy
 from cwsctl.core.urls import (
     check_same_server,
@@ -49,56 +42,11 @@ from cwsctl.core.urls import (
     resolve_url,
     without_userinfo,
 )
-from cwsctl.protocols.cws_signature import body_sha256
-from cwsctl.targets.cws.identity import SigningIdentity
-from cwsctl.targets.cws.verification import VerificationResult, verify_response
+from cwsctl.core.verdict import VerificationResult
 
-#: Methods that may be re-sent after the request went out without changing anything twice.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 VERIFICATION_EXTENSION = "cwsctl.verification"
 #: What -v, --dry-run and --curl show instead of a credential meant for another host.
 OTHER_HOST_CREDENTIAL = "<not shown: computed for another host (--allow-other-host)>"
-
-
-class CwsAuth(httpx.Auth):
-    """Sign each request body with ``identity``; verify each response against ``trusted`` keys."""
-
-    requires_request_body = True
-    requires_response_body = True
-
-    def __init__(
-        self, identity: SigningIdentity, trusted: list[TrustedKey], *, verify_responses: bool = True
-    ) -> None:
-        self.identity = identity
-        self.trusted = trusted
-        self.verify_responses = verify_responses
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Add the Authorization header, send, then verify the answer (raises SignatureError)."""
-        request.headers["Authorization"] = self.identity.authorize(request.content).format()
-        response = yield request
-        if self.verify_responses:
-            result = verify_response(
-                response.content, response.headers.get("Authorization"), self.trusted
-            )
-            response.extensions[VERIFICATION_EXTENSION] = result
-
-
-def authorized_copy(request: httpx.Request, authorization: str) -> httpx.Request:
-    """A copy of ``request`` carrying ``Authorization: authorization``.
-
-    Auths holding a secret (a bearer token, a password) send the copy, so the caller's request
-    object — what ``request -v`` shows and the audit log sees — never holds the secret.
-    """
-    headers = request.headers.copy()
-    headers["Authorization"] = authorization
-    return httpx.Request(
-        request.method,
-        request.url,
-        headers=headers,
-        content=request.content,
-        extensions=request.extensions,
-    )
 
 
 @dataclass
@@ -467,124 +415,18 @@ class ApiClient:
         )
 
 
-class CwsClient(ApiClient):
-    """Signed requests to one CWS server, every answer's signature verified against pinned keys."""
-
-    signs_responses = True
-
-    def __init__(
-        self,
-        identity: SigningIdentity,
-        trusted: list[TrustedKey],
-        *,
-        verify_responses: bool = True,
-        **options: Any,
-    ) -> None:
-        if verify_responses and not trusted:
-            raise ProfileError(
-                "no pinned CorEMR key: responses cannot be verified",
-                hint="pin the server's public key: cwsctl profile trust COREMR_PUBLIC_KEY.pem",
-            )
-        check_value(
-            identity.username,
-            "the profile's username",
-            ProfileError,
-            hint="fix it: cwsctl profile init NAME --username USER",
-        )
-        super().__init__(CwsAuth(identity, trusted, verify_responses=verify_responses), **options)
-        self.identity = identity
-
-    def build_request(
-        self,
-        method: str,
-        path_or_url: str,
-        body: bytes = b"",
-        headers: Mapping[str, str] | None = None,
-    ) -> httpx.Request:
-        """The exact signed request that would be sent (``request()`` leaves signing to
-        ``CwsAuth``, so each body sent is signed exactly once)."""
-        request = super().build_request(method, path_or_url, body, headers)
-        if self.at_home(str(request.url)):
-            request.headers["Authorization"] = self.identity.authorize(body).format()
-        else:  # --allow-other-host: signed when sent, shown nowhere (it is a replayable credential)
-            request.headers["Authorization"] = OTHER_HOST_CREDENTIAL
-        return request
-
-    def unauthorized_hint(self) -> str:
-        """A CWS 401: CorEMR could not check the body's signature."""
-        return (
-            f"likely causes: username {self.identity.username!r} is not registered in CorEMR's "
-            f"Public Keys; a different key is registered there (ours is "
-            f"{self.identity.fingerprint}); or the body was altered on the way (a proxy "
-            "reformatting JSON)"
-        )
-
-    def trust_description(self, response: ApiResponse) -> str:
-        """``verified by coremr (SHA256:…)`` or ``NOT VERIFIED``."""
-        check = response.verification
-        if check is not None and check.verified:
-            return f"verified by {check.signer} ({check.key_fingerprint})"
-        return "NOT VERIFIED"
+# Deprecated names, kept for one release (see cwsctl.core.identity for the pattern).
+_MOVED_TO_CWS = {"CwsAuth", "CwsClient"}
 
 
-class OutcomeUnknownError(NetworkError):
-    """The request went out but no complete answer came back: it may or may not have taken effect."""
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED_TO_CWS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    import warnings
 
-
-class RetryableNetworkError(NetworkError):
-    """An idempotent request lost its answer; sending it again is safe."""
-
-
-def network_error(
-    exc: httpx.HTTPError,
-    method: str,
-    url: str,
-    *,
-    timeout: float | None = None,
-    max_response_size: int | None = None,
-) -> CwsError:
-    """Turn an httpx failure into NetworkError, saying whether the request may have taken effect."""
-    host = urlsplit(url).netloc
-    if isinstance(exc, httpx.ConnectTimeout):
-        return NetworkError(
-            f"timed out connecting to {host}", hint="check the URL, VPN or firewall"
-        )
-    if isinstance(exc, httpx.ConnectError):
-        text = str(exc)
-        if "SSL" in text or "CERTIFICATE" in text.upper():
-            return NetworkError(
-                f"TLS handshake with {host} failed: {text}", hint="check the server certificate"
-            )
-        if (
-            "Name or service not known" in text
-            or "nodename nor servname" in text
-            or "getaddrinfo" in text
-        ):
-            return NetworkError(f"cannot resolve host {host}", hint="check the URL in the profile")
-        return NetworkError(f"cannot connect to {host}: {text or 'connection refused'}")
-    # The request went out; what follows depends on whether sending it again is harmless, and
-    # on whether asking again could get a different answer (only when the answer was lost).
-    hint = None
-    if isinstance(exc, ResponseTooLargeError):
-        cap = format_size(max_response_size if max_response_size is not None else exc.limit)
-        what, again = f"the answer is larger than {cap}; stopped reading", False
-        hint = "raise --max-response-size if the answer is legitimately this large"
-    elif isinstance(exc, UnexpectedEncodingError):
-        what, again = str(exc), False
-    elif isinstance(exc, httpx.TimeoutException):
-        within = f" within {timeout:g} s (--timeout)" if timeout is not None else ""
-        what, again = f"no complete answer{within}", True
-    elif isinstance(exc, httpx.ProtocolError):
-        what, again = f"the answer was cut off or is not valid HTTP ({exc})", True
-    elif isinstance(exc, httpx.TransportError):
-        what, again = "lost the connection before the answer was complete", True
-    else:
-        return NetworkError(f"{method} {url}: {exc}")
-    if method in IDEMPOTENT_METHODS:
-        error = RetryableNetworkError if again else NetworkError
-        return error(f"{method} {url}: {what}", hint=hint)
-    check = "it may have been applied: check on the server before sending it again"
-    return OutcomeUnknownError(
-        f"{method} {url}: {what}; its outcome is unknown",
-        hint=f"{check}; {hint}" if hint else check,
+    new_home = "cwsctl.targets.cws.client"
+    warnings.warn(
+        f"cwsctl.core.client.{name} moved to {new_home}.{name}", DeprecationWarning, stacklevel=2
     )
+    return getattr(importlib.import_module(new_home), name)

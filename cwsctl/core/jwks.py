@@ -61,7 +61,7 @@ def profile_public_keys(
     The active key must exist (LocalKeyError with a hint otherwise); the next key is included
     when ``keygen --next`` made one.
     """
-    from cwsctl.targets.cws.identity import load_profile_key
+    from cwsctl.core.profile import load_profile_key
 
     found = [load_profile_key(store, profile, passphrase).public_key()]
     next_path = store.next_key_path(profile)

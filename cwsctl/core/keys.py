@@ -215,3 +215,13 @@ def _kind(key: object) -> str:
         ((dsa.DSAPrivateKey, dsa.DSAPublicKey), "DSA"),
     ]
     return next((name for types, name in kinds if isinstance(key, types)), "non-RSA")
+
+
+def read_passphrase_file(path: Path) -> bytes:
+    """Read a passphrase file: its first line, without the line ending (like ``-passin file:``)."""
+    data = read_bytes(path, what="passphrase file", error=LocalKeyError)
+    no_core_dumps()  # the passphrase is in memory from now on
+    passphrase = data.splitlines()[0] if data.strip(b"\r\n") else b""
+    if not passphrase:
+        raise LocalKeyError(f"passphrase file {path} is empty")
+    return passphrase

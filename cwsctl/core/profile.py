@@ -19,7 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core import keys
-from cwsctl.core.errors import CwsError, InputError, ProfileError
+from cwsctl.core.errors import CwsError, InputError, LocalKeyError, ProfileError
 from cwsctl.core.files import atomic_write, ensure_private_dir, exclusive_lock
 from cwsctl.protocols.cws_signature import Algorithm
 
@@ -381,3 +381,21 @@ class Store:
                 f"no profile named {name!r}",
                 hint=f"create it: cwsctl profile init {name} --url URL --username USER",
             ) from None
+
+
+def existing_key_path(store: Store, profile_name: str) -> Path:
+    """The profile's private key path, or LocalKeyError telling how to create one."""
+    path = store.private_key_path(profile_name)
+    if not path.exists():
+        raise LocalKeyError(
+            f"profile {profile_name!r} has no private key",
+            hint="create one with 'cwsctl keygen' or bring yours with 'cwsctl keys import rsa.private'",
+        )
+    return path
+
+
+def load_profile_key(
+    store: Store, profile_name: str, passphrase: keys.PassphraseSource | None = None
+) -> rsa.RSAPrivateKey:
+    """The profile's active private key (LocalKeyError telling how to make one if it has none)."""
+    return keys.load_private_key(existing_key_path(store, profile_name), passphrase)

@@ -69,13 +69,6 @@ def verify(
     return True
 
 
-def body_sha256(body: bytes) -> str:
-    """Hex SHA-256 of a body, the form used in reports, journals and audit lines."""
-    import hashlib
-
-    return hashlib.sha256(body).hexdigest()
-
-
 _HEADER_RE = re.compile(
     r"""^\s*(?:authorization\s*:\s*)?      # tolerate a pasted "Authorization:" prefix
         (?P<scheme>[A-Za-z0-9-]+)\s+

@@ -35,18 +35,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cwsctl.core import keys
 from cwsctl.core.bulk.journal import Journal
 from cwsctl.core.bulk.readers import FORMATS, InputRow, read_rows
-from cwsctl.core.bulk.rows import (
-    PatientValidationError,
-    parse_patient_body,
-    patient_body,
-    prepare_patient,
-)
+from cwsctl.core.bulk.rows import PatientValidationError, parse_patient_body, prepare_patient
 from cwsctl.core.errors import InputError, LocalKeyError, SignatureError
 from cwsctl.protocols.cws_signature import (
     AuthorizationHeader,
     SignatureInput,
     detect_signature_input,
 )
+from cwsctl.targets.cws.patients import patient_body
 
 
 def _require(condition: bool, message: str) -> None:

@@ -16,13 +16,9 @@ import pytest
 from cwsctl.core import keys
 from cwsctl.core.bulk.journal import Journal
 from cwsctl.core.bulk.readers import InputRow, read_rows
-from cwsctl.core.bulk.rows import (
-    PatientValidationError,
-    parse_patient_body,
-    patient_body,
-    prepare_patient,
-)
+from cwsctl.core.bulk.rows import PatientValidationError, parse_patient_body, prepare_patient
 from cwsctl.core.errors import InputError, LocalKeyError
+from cwsctl.targets.cws.patients import patient_body
 from tests.fuzz.seeds import PATIENT
 
 HEADER = b'{"journal":1,"salt":"00112233445566778899aabbccddeeff"}\n'

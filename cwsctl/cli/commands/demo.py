@@ -91,11 +91,11 @@ def demo(
 
 def _run_demo(step: Callable[..., None], root: Path, bits: int) -> None:
     from cwsctl.core import keys
-    from cwsctl.core.client import CwsClient
     from cwsctl.core.profile import Config, Profile, Store
     from cwsctl.protocols.cws_signature import AuthorizationHeader
     from cwsctl.sandbox.faults import Faults
     from cwsctl.sandbox.server import SandboxServer
+    from cwsctl.targets.cws.client import CwsClient
     from cwsctl.targets.cws.identity import load_identity
     from cwsctl.targets.cws.verification import Candidate, verify_with_candidates
 

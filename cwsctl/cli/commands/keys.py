@@ -15,7 +15,8 @@ from cwsctl.cli.params import OutputFile
 from cwsctl.core import keys
 from cwsctl.core.errors import LocalKeyError
 from cwsctl.core.files import atomic_write, read_bytes
-from cwsctl.targets.cws.identity import existing_key_path, read_passphrase_file
+from cwsctl.core.keys import read_passphrase_file
+from cwsctl.core.profile import existing_key_path
 
 if TYPE_CHECKING:
     from cwsctl.core.profile import Store
@@ -334,8 +335,8 @@ def _check_next_key(
     timeout: float,
     force: bool,
 ) -> None:
-    from cwsctl.core.client import CwsClient
     from cwsctl.core.errors import ClientRequestError, NetworkError
+    from cwsctl.targets.cws.client import CwsClient
     from cwsctl.targets.cws.identity import load_identity
 
     config = store.load()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from cwsctl.cli.common import passphrase_source, store_and_profile
 from cwsctl.cli.output import Output
 from cwsctl.core import keys
-from cwsctl.targets.cws.identity import existing_key_path
+from cwsctl.core.profile import existing_key_path
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey

@@ -56,7 +56,7 @@ def request_command(
     extra_headers = parse_header_option(header or [])
     if if_match is not None:
         # Quoted, as the specification says; send_with_if_match retries bare where refused.
-        from cwsctl.targets.openehr.operations import quoted_etag
+        from cwsctl.core.transport.http_auth import quoted_etag
 
         extra_headers["If-Match"] = quoted_etag(if_match)
     if prefer is not None:
@@ -106,7 +106,7 @@ def show_response(
         response.raise_for_status()
     except ClientRequestError as exc:
         if response.status == 401:
-            from cwsctl.targets.openehr.operations import challenge_reason
+            from cwsctl.core.transport.http_auth import challenge_reason
 
             reason = challenge_reason(response)
             if reason:

@@ -408,8 +408,3 @@ def prepare_patient(fields: Mapping[str, Any]) -> dict[str, Any]:
                 value = normalize_cws_datetime(value, name)
         record[name] = value
     return validate_patient(record)
-
-
-def patient_body(record: Mapping[str, Any]) -> bytes:
-    """The exact bytes sent for a record: compact UTF-8 JSON, fields in schema order."""
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

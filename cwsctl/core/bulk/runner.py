@@ -28,11 +28,12 @@ from typing import Any, NamedTuple
 from cwsctl.core.bulk.journal import Journal
 from cwsctl.core.bulk.readers import InputRow
 from cwsctl.core.bulk.rows import PatientValidationError, patient_key, prepare_patient
-from cwsctl.core.client import ApiClient, ApiResponse, OutcomeUnknownError
+from cwsctl.core.client import ApiClient, ApiResponse
 from cwsctl.core.errors import CwsError, ExitStatus, NetworkError, SignatureError
 from cwsctl.core.kind import PatientMapping
 from cwsctl.core.transport.bounded import retry_after_seconds
 from cwsctl.core.transport.deadline import exchange_deadline
+from cwsctl.core.transport.errors import OutcomeUnknownError
 
 #: Every outcome a row can have, in the order summaries list them.
 OUTCOMES = ("created", "exists", "skipped", "valid", "invalid", "rejected", "failed", "unknown")

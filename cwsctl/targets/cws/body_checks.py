@@ -6,7 +6,8 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
-from cwsctl.protocols.cws_signature import Algorithm, body_sha256
+from cwsctl.core.audit import body_sha256
+from cwsctl.protocols.cws_signature import Algorithm
 
 
 @dataclass

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core import keys
-from cwsctl.core.errors import LocalKeyError, ProfileError
-from cwsctl.core.files import no_core_dumps, read_bytes
+from cwsctl.core.errors import ProfileError
+from cwsctl.core.profile import existing_key_path
 from cwsctl.protocols import cws_signature as signing
 from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
 
@@ -78,31 +78,3 @@ def load_identity(
         algorithm=algorithm or (profile.algorithm if profile else Algorithm.SHA256),
         key_path=path,
     )
-
-
-def existing_key_path(store: Store, profile_name: str) -> Path:
-    """The profile's private key path, or LocalKeyError telling how to create one."""
-    path = store.private_key_path(profile_name)
-    if not path.exists():
-        raise LocalKeyError(
-            f"profile {profile_name!r} has no private key",
-            hint="create one with 'cwsctl keygen' or bring yours with 'cwsctl keys import rsa.private'",
-        )
-    return path
-
-
-def load_profile_key(
-    store: Store, profile_name: str, passphrase: keys.PassphraseSource | None = None
-) -> rsa.RSAPrivateKey:
-    """The profile's active private key (LocalKeyError telling how to make one if it has none)."""
-    return keys.load_private_key(existing_key_path(store, profile_name), passphrase)
-
-
-def read_passphrase_file(path: Path) -> bytes:
-    """Read a passphrase file: its first line, without the line ending (like ``-passin file:``)."""
-    data = read_bytes(path, what="passphrase file", error=LocalKeyError)
-    no_core_dumps()  # the passphrase is in memory from now on
-    passphrase = data.splitlines()[0] if data.strip(b"\r\n") else b""
-    if not passphrase:
-        raise LocalKeyError(f"passphrase file {path} is empty")
-    return passphrase

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
-from cwsctl.core.kind import Kind, PatientMapping, PatientRequest, Verdict, json_field
+from cwsctl.core.kind import Kind, PatientMapping
+from cwsctl.targets.cws.patients import CwsPatients
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -14,40 +14,9 @@ if TYPE_CHECKING:
 
     from cwsctl.core.audit import AuditLog
     from cwsctl.core.checks import Check
-    from cwsctl.core.client import ApiClient, ApiResponse
+    from cwsctl.core.client import ApiClient
     from cwsctl.core.keys import PassphraseSource
     from cwsctl.core.profile import Profile, Store
-
-PATIENTS_PATH = "/ws/patients/"
-
-
-class CwsPatients(PatientMapping):
-    """A patient is the walkthrough's JSON body; 201 created, 409 already there."""
-
-    def create_request(self, record: dict[str, Any]) -> PatientRequest:
-        """``POST /ws/patients/`` with the record as CWS JSON."""
-        # Imported here: `cwsctl request` on a cws profile needs no patient schema (~3 ms).
-        from cwsctl.core.bulk.rows import patient_body
-
-        return PatientRequest("POST", PATIENTS_PATH, patient_body(record), {})
-
-    def verdict(self, response: ApiResponse) -> Verdict:
-        """201 created, 409 exists (both with the id CorEMR gives), else rejected or failed."""
-        if response.status == 201:
-            return Verdict("created", json_field(response.body, "id"))
-        if response.status == 409:
-            return Verdict("exists", json_field(response.body, "id"), response.error_message())
-        outcome = "failed" if response.status >= 500 or response.status < 200 else "rejected"
-        return Verdict(outcome, None, response.error_message())
-
-    def lookup_path(self, external_id: str, facility: str) -> str:
-        """``GET /ws/patients/?external_id=…&facility=…``."""
-        return f"{PATIENTS_PATH}?{urlencode({'external_id': external_id, 'facility': facility})}"
-
-    def found_id(self, response: ApiResponse) -> Any:
-        """The first match's id (True when CorEMR gives none), or None."""
-        patients = json_field(response.body, "patients") or []
-        return patients[0].get("id", True) if patients else None
 
 
 class CwsKind(Kind):
@@ -66,7 +35,7 @@ class CwsKind(Kind):
         **options: Any,
     ) -> ApiClient:
         """A signing, verifying ``CwsClient`` as the profile's username."""
-        from cwsctl.core.client import CwsClient
+        from cwsctl.targets.cws.client import CwsClient
         from cwsctl.targets.cws.identity import load_identity
 
         identity = load_identity(profile.name, store=store, passphrase=passphrase)
@@ -133,7 +102,7 @@ class CwsKind(Kind):
     ) -> Iterator[Check]:
         """A signed GET whose answer must verify."""
         from cwsctl.core.checks import request_check
-        from cwsctl.core.client import CwsClient
+        from cwsctl.targets.cws.client import CwsClient
         from cwsctl.targets.cws.identity import SigningIdentity
 
         assert private_key is not None  # the doctor loads it: this kind uses a key

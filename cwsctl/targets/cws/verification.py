@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cwsctl.core import keys
 from cwsctl.core.errors import SignatureError
 from cwsctl.core.profile import TrustedKey
+from cwsctl.core.verdict import VerificationResult
 from cwsctl.protocols import cws_signature as signing
 from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
 
@@ -29,25 +30,6 @@ class Candidate:
     def pinned(cls, trusted: TrustedKey) -> Candidate:
         """A pinned key, with its parsed key and fingerprint cached on the TrustedKey."""
         return cls(trusted.public_key, trusted.username, trusted.fingerprint)
-
-
-@dataclass(frozen=True)
-class VerificationResult:
-    """Outcome of a verification; ``reason`` says why in one line."""
-
-    verified: bool
-    reason: str
-    signer: str | None = None
-    key_fingerprint: str | None = None
-
-    def to_json(self) -> dict[str, object]:
-        """The stable ``--json`` shape."""
-        return {
-            "verified": self.verified,
-            "reason": self.reason,
-            "signer": self.signer,
-            "key_fingerprint": self.key_fingerprint,
-        }
 
 
 def verify_with_candidates(

@@ -17,8 +17,9 @@ from urllib.parse import urlencode
 
 import httpx
 
-from cwsctl.core.client import ApiClient, authorized_copy
+from cwsctl.core.client import ApiClient
 from cwsctl.core.kind import Kind, PatientMapping, PatientRequest, Verdict, json_field
+from cwsctl.core.transport.http_auth import authorized_copy
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlencode
 
 from cwsctl.core.errors import ClientRequestError, CwsError, InputError, ServerFailureError
+from cwsctl.core.transport.http_auth import challenge_reason, quoted_etag
 
 if TYPE_CHECKING:
     from cwsctl.core.client import ApiClient, ApiResponse
@@ -169,13 +170,6 @@ def check_timestamp(text: str) -> str:
     return moment.isoformat()
 
 
-def quoted_etag(version: str) -> str:
-    """An entity tag as HTTP wants it (RFC 9110): the value in double quotes, added when
-    missing (a weak ``W/"…"`` tag is kept as given)."""
-    value = version.strip()
-    return value if value.startswith(('"', 'W/"')) else f'"{value}"'
-
-
 #: Clients whose server refused a quoted If-Match ("UUID string too large", EHRbase 2.0–2.31):
 #: their later writes send the bare version uid at once. Per client object, so per run.
 _BARE_IF_MATCH: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -254,30 +248,6 @@ def version_uid_of(response: ApiResponse) -> VersionUid | None:
             except InputError:
                 return None
     return None
-
-
-_CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
-
-
-def challenge_reason(response: ApiResponse) -> str | None:
-    """Why a 401 refused the credentials, from its ``WWW-Authenticate`` challenge (RFC 6750):
-    ``invalid_token: Jwt expired at …`` from ``error`` and ``error_description``, made safe for
-    one line (:func:`~cwsctl.core.text.printable`). None when the challenge gives no reason
-    (a bare ``Basic realm="…"``)."""
-    from cwsctl.core.text import printable
-
-    header = response.headers.get("www-authenticate")
-    if not header:
-        return None
-    params = {
-        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-        for m in _CHALLENGE_PARAM.finditer(header)
-    }
-    error, description = params.get("error"), params.get("error_description")
-    if not error and not description:
-        return None
-    text = ": ".join(part for part in (error, description) if part)
-    return "the server says " + printable(text.replace('\\"', '"'))
 
 
 def _unauthorized_hint(client: ApiClient) -> str:

@@ -53,8 +53,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cwsctl.core.audit import AuditLog
-from cwsctl.core.client import network_error
+from cwsctl.core.audit import AuditLog, body_sha256
 from cwsctl.core.errors import (
     ClientRequestError,
     CwsError,
@@ -74,7 +73,7 @@ from cwsctl.core.transport.bounded import (
     retry_after_seconds,
 )
 from cwsctl.core.transport.deadline import exchange_deadline
-from cwsctl.protocols.cws_signature import body_sha256
+from cwsctl.core.transport.errors import network_error
 from cwsctl.targets.openemr.oauth import (
     ENABLE_CLIENT_PLACE,
     GRANT_CLIENT_CREDENTIALS,

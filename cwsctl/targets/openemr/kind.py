@@ -230,7 +230,7 @@ class OpenEmrKind(Kind):
         **options: Any,
     ) -> ApiClient:
         """A client whose ``OAuthBearerAuth`` gets, caches and renews the profile's tokens."""
-        from cwsctl.targets.cws.identity import load_profile_key
+        from cwsctl.core.profile import load_profile_key
         from cwsctl.targets.openemr.oauth import bearer_auth
 
         auth = bearer_auth(profile, store, load_profile_key(store, profile.name, passphrase))

@@ -64,7 +64,6 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cwsctl.core.client import authorized_copy, network_error
 from cwsctl.core.errors import (
     ClientRequestError,
     LocalKeyError,
@@ -87,6 +86,8 @@ from cwsctl.core.profile import DISCOVERED_FIELDS, Profile, Store, validate_prof
 from cwsctl.core.text import printable
 from cwsctl.core.transport.bounded import DEFAULT_TIMEOUT, bounded_client
 from cwsctl.core.transport.deadline import time_left
+from cwsctl.core.transport.errors import network_error
+from cwsctl.core.transport.http_auth import authorized_copy
 
 #: Scopes asked for when the profile names none: FHIR, a signed-in user's patient read and
 #: write, and a refresh token for cron (offline_access). A default OpenEMR install accepts each.

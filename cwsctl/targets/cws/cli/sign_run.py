@@ -9,17 +9,18 @@ from typing import Any, NamedTuple
 from cwsctl.cli.common import passphrase_source, read_body, store_and_profile
 from cwsctl.cli.output import Output
 from cwsctl.core import keys
+from cwsctl.core.audit import body_sha256
 from cwsctl.core.errors import InputError, LocalKeyError, SignatureError
 from cwsctl.core.files import atomic_write, read_bytes
+from cwsctl.core.verdict import VerificationResult
 from cwsctl.protocols.cws_signature import (
     Algorithm,
     SignatureInput,
-    body_sha256,
     decode_base64_signature,
     detect_signature_input,
 )
 from cwsctl.targets.cws.identity import load_identity
-from cwsctl.targets.cws.verification import Candidate, VerificationResult, verify_with_candidates
+from cwsctl.targets.cws.verification import Candidate, verify_with_candidates
 
 
 class SignRequest(NamedTuple):

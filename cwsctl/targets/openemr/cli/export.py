@@ -206,7 +206,7 @@ def export(
     require_kind(out.settings, "openemr", "exports")
     store, name = store_and_profile(out.settings)
     profile = store.get_profile(name)
-    from cwsctl.targets.cws.identity import load_profile_key
+    from cwsctl.core.profile import load_profile_key
 
     if show_status and not _needs_server(directory):
         _print_status(out, _local_status(directory))

@@ -64,7 +64,7 @@ def _check_transport(profile: Profile, allow_http: bool) -> None:
 
 
 def _private_key(store: Store, profile: Profile, passphrase_file: Path | None) -> rsa.RSAPrivateKey:
-    from cwsctl.targets.cws.identity import load_profile_key
+    from cwsctl.core.profile import load_profile_key
 
     return load_profile_key(store, profile.name, passphrase_source(passphrase_file))
 
