@@ -1,8 +1,20 @@
-"""The import graph of cwsctl has no cycle, function-level imports included."""
+"""The layout's rule holds: import-linter's contracts (pyproject.toml), the per-target rules it
+cannot say, and no import cycle anywhere in cwsctl, function-level imports included."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grimp
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = ("cws", "openemr", "openehr")
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph("cwsctl", include_external_packages=False)
 
 
 def strongly_connected(graph: grimp.ImportGraph) -> list[list[str]]:
@@ -50,8 +62,69 @@ def strongly_connected(graph: grimp.ImportGraph) -> list[list[str]]:
     return groups
 
 
-def test_no_import_cycle_anywhere_in_cwsctl():
-    graph = grimp.build_graph("cwsctl", include_external_packages=False)
+def test_import_linter_contracts_hold(monkeypatch):
+    from importlinter import cli
+
+    monkeypatch.chdir(REPO)
+    assert cli.lint_imports(no_cache=True, no_logo=True) == 0
+
+
+def _imports(graph: grimp.ImportGraph, package: str) -> list[tuple[str, str]]:
+    """(importer, imported) for every direct import made by a module of ``package``."""
+    members = {package, *graph.find_descendants(package)} if package in graph.modules else set()
+    return sorted(
+        (importer, imported)
+        for importer in members
+        for imported in graph.find_modules_directly_imported_by(importer)
+    )
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_sandbox_flavour_never_imports_its_own_targets_client_code(graph, target):
+    """The stand-in must not share the client's reading of the server (GUIDE "Targets")."""
+    package = f"cwsctl.targets.{target}"
+    wrong = [
+        (importer, imported)
+        for importer, imported in _imports(graph, f"{package}.sandbox")
+        if _within(imported, package) and not _within(imported, f"{package}.sandbox")
+    ]
+    assert wrong == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_targets_library_imports_neither_its_cli_nor_its_sandbox(graph, target):
+    package = f"cwsctl.targets.{target}"
+    library = [
+        (importer, imported)
+        for importer, imported in _imports(graph, package)
+        if not _within(importer, f"{package}.cli") and not _within(importer, f"{package}.sandbox")
+    ]
+    wrong = [
+        pair
+        for pair in library
+        if _within(pair[1], f"{package}.cli")
+        or _within(pair[1], f"{package}.sandbox")
+        or _within(pair[1], "cwsctl.cli")
+        or _within(pair[1], "cwsctl.sandbox")
+    ]
+    assert wrong == []
+
+
+def test_the_shared_cli_reaches_targets_only_through_their_cli_packages(graph):
+    wrong = [
+        (importer, imported)
+        for importer, imported in _imports(graph, "cwsctl.cli")
+        if _within(imported, "cwsctl.targets")
+        and not any(_within(imported, f"cwsctl.targets.{t}.cli") for t in TARGETS)
+    ]
+    assert wrong == []
+
+
+def test_no_import_cycle_anywhere_in_cwsctl(graph):
     assert len(graph.modules) > 50
     assert strongly_connected(graph) == []
 
