@@ -309,7 +309,10 @@ def composition_history(client: ApiClient, ehr_id: str, uid: str) -> list[Revisi
     """``GET /ehr/{ehr_id}/versioned_composition/{uid}/revision_history``, oldest first."""
     ehr_id = check_ehr_id(ehr_id)
     object_id, _ = object_id_of(uid)
-    path = f"/ehr/{path_segment(ehr_id)}/versioned_composition/{path_segment(object_id)}/revision_history"
+    path = (
+        f"/ehr/{path_segment(ehr_id)}/versioned_composition/"
+        f"{path_segment(object_id)}/revision_history"
+    )
     response = client.request("GET", path)
     if not response.ok:
         raise fail(client, response, not_found=f"no composition {object_id} in EHR {ehr_id}")

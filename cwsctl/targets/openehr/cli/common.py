@@ -1,5 +1,5 @@
-"""What the openEHR commands share: connect() and its Traced client (-v shows each exchange), the
-version-uid and timestamp parsers, the options several commands take, and the written-version report.
+"""What the openEHR commands share: connect() and its Traced client (-v shows each exchange),
+the version-uid and timestamp parsers, the options several commands take, the written version.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ OutputOption = Annotated[
 
 
 def show_written(out: Output, result: CompositionVersion, what: str) -> None:
-    """What a write made: its version uid on stdout (--json: the whole result), and a success line."""
+    """What a write made: its version uid on stdout (--json: the result), and a success line."""
     uid = str(result.version_uid) if result.version_uid else None
     if out.settings.json:
         out.json(
