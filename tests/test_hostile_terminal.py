@@ -607,7 +607,7 @@ def test_stored_clinical_data_reaches_the_terminal_escaped(name, cwsctl_home, op
     control sequences; every command that shows it escapes them."""
     import httpx
 
-    from cwsctl.targets.openehr.kind import ehr_create_request
+    from cwsctl.targets.openehr.subject import ehr_create_request
 
     made = ehr_create_request(SUBJECT, "ns")
     answer = httpx.post(

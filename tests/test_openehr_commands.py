@@ -24,14 +24,9 @@ import httpx
 import pytest
 
 from cwsctl.core.errors import InputError
+from cwsctl.targets.openehr.aql import column_names, paging_clauses, parse_query_parameter
 from cwsctl.targets.openehr.data import VITAL_SIGNS_TEMPLATE_ID, vital_signs_opt
-from cwsctl.targets.openehr.operations import (
-    VersionUid,
-    check_timestamp,
-    column_names,
-    paging_clauses,
-    parse_query_parameter,
-)
+from cwsctl.targets.openehr.ids import VersionUid, check_timestamp
 
 pytest.importorskip("starlette")
 
@@ -359,7 +354,7 @@ def test_update_without_if_match_reads_the_latest_first(cli, ehr_id, tmp_path, m
 
 def test_a_client_remembers_a_refused_quote_for_the_rest_of_the_run(cdr, ehr_id, mode):
     """Through one client (one run), only the first write pays for EHRbase's refusal."""
-    from cwsctl.targets.openehr import operations as openehr
+    from cwsctl.targets.openehr import compositions, ehr
     from cwsctl.targets.openehr.kind import OpenEhrClient
 
     class Recording:
@@ -376,18 +371,20 @@ def test_a_client_remembers_a_refused_quote_for_the_rest_of_the_run(cdr, ehr_id,
 
     with OpenEhrClient(None, base_url=cdr.base_url, allow_http=True) as real:
         client = Recording(real)
-        created = openehr.create_composition(client, ehr_id, composition(120))  # type: ignore[arg-type]
+        created = compositions.create_composition(client, ehr_id, composition(120))  # type: ignore[arg-type]
         uid = created.version_uid
         assert uid is not None
         for value in (121, 122, 123):
-            written = openehr.update_composition(client, ehr_id, uid.object_id, composition(value))  # type: ignore[arg-type]
+            written = compositions.update_composition(
+                client, ehr_id, uid.object_id, composition(value)
+            )  # type: ignore[arg-type]
             assert written.version_uid is not None and written.version_uid.version == str(
                 value - 119
             )
-        status = openehr.update_ehr_status(
+        status = ehr.update_ehr_status(
             client,  # type: ignore[arg-type]
             ehr_id,
-            json.dumps(openehr.get_ehr_status(client, ehr_id).document).encode(),  # type: ignore[arg-type]
+            json.dumps(ehr.get_ehr_status(client, ehr_id).document).encode(),  # type: ignore[arg-type]
         )
         assert status.version_uid is not None and status.version_uid.version == "2"
     bare = [value for value in client.sent if not value.startswith('"')]

@@ -13,11 +13,8 @@ from collections import Counter
 import pytest
 
 from cwsctl.targets.openehr.data import vital_signs_opt
-from cwsctl.targets.openehr.kind import (
-    OpenEhrPatients,
-    namespace_problem,
-    subject_namespace,
-)
+from cwsctl.targets.openehr.kind import OpenEhrPatients
+from cwsctl.targets.openehr.subject import namespace_problem, subject_namespace
 from tests.test_openehr_commands import MODES
 from tests.test_patients_bulk import _spawn, _wait_for_progress, patient, write_csv
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
 from cwsctl.core.errors import ClientRequestError, InputError
+from cwsctl.targets.openehr.ids import check_template_id
 
 if TYPE_CHECKING:
     from cwsctl.core.client import ApiResponse
@@ -144,8 +145,6 @@ def write_request(
     when the body is plainly in another format than ``fmt``.
     """
     fmt = check_format(fmt)
-    from cwsctl.targets.openehr.templates import check_template_id
-
     given = check_template_id(template_id, "--template-id") if template_id is not None else None
     name = _NAMES[fmt]
     if _is_xml(body):

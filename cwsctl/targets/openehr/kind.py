@@ -9,20 +9,22 @@ elsewhere, so names, dates of birth and booking data are not sent.
 
 from __future__ import annotations
 
-import base64
-import json
-import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
-
-import httpx
 
 from cwsctl.core.client import ApiClient
-from cwsctl.core.kind import Kind, PatientMapping, PatientRequest, Verdict, json_field
-from cwsctl.core.transport.http_auth import authorized_copy
+from cwsctl.core.kind import Kind, PatientMapping, PatientRequest, Verdict
+from cwsctl.targets.openehr.auth import credentials
+from cwsctl.targets.openehr.subject import (
+    NAMESPACE_RULE,
+    ehr_create_request,
+    ehr_id_of,
+    ehr_lookup_path,
+    namespace_problem,
+    subject_namespace,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator
+    from collections.abc import Iterator
 
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -32,95 +34,8 @@ if TYPE_CHECKING:
     from cwsctl.core.keys import PassphraseSource
     from cwsctl.core.profile import Profile, Store
 
-#: The subject namespace holding CorEMR's external ids of one facility (as on OpenEMR).
-SUBJECT_NAMESPACE = "urn:cwsctl:external-id:facility:{facility}"
-#: The namespace of a facility code that holds characters EHRbase refuses, escaped.
-ENCODED_SUBJECT_NAMESPACE = "urn:cwsctl:external-id:facility-enc:{facility}"
-#: What EHRbase accepts as a subject namespace (``ValidationServiceImp``; else 400).
-NAMESPACE_RULE = "[a-zA-Z][a-zA-Z0-9-_:/&+?]*"
-_NAMESPACE = re.compile(r"[a-zA-Z][a-zA-Z0-9\-_:/&+?]*")
-#: Characters kept as they are in an encoded facility code (the rule's, less the escape ``+``).
-_KEPT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_:/&?")
 #: A harmless, authenticated GET that says which server answers (the release's template list).
 IDENTITY_PATH = "/definition/template/adl1.4"
-
-
-def subject_namespace(facility: str) -> str:
-    """The EHR subject namespace for external ids of ``facility``.
-
-    ``urn:cwsctl:external-id:facility:FACILITY`` when that is a namespace EHRbase accepts (every
-    integer facility, and codes of letters, digits and ``- _ : / & + ?``). A code holding any
-    other character (``.``, a space, ``#``, non-ASCII…) would make every row a 400, so it is
-    escaped instead: ``urn:cwsctl:external-id:facility-enc:`` followed by the code with each
-    such byte of its UTF-8, and ``+`` itself, written ``+XX`` (upper-case hex) — ``MAIN.NORTH``
-    becomes ``…:facility-enc:MAIN+2ENORTH``. The two prefixes differ, so no two facilities share
-    a namespace, and codes that were valid keep the namespace they always had.
-    """
-    plain = SUBJECT_NAMESPACE.format(facility=facility)
-    if _NAMESPACE.fullmatch(plain):
-        return plain
-    escaped = "".join(
-        chr(byte) if chr(byte) in _KEPT else f"+{byte:02X}" for byte in facility.encode("utf-8")
-    )
-    return ENCODED_SUBJECT_NAMESPACE.format(facility=escaped)
-
-
-def namespace_problem(namespace: str) -> str | None:
-    """Why EHRbase would refuse ``namespace`` as a subject namespace (400), or None."""
-    if _NAMESPACE.fullmatch(namespace):
-        return None
-    if not namespace:
-        return "it is empty"
-    if not namespace[0].isascii() or not namespace[0].isalpha():
-        return f"it must start with a letter, not {namespace[0]!r}"
-    position, char = next(
-        (i, c) for i, c in enumerate(namespace) if not _NAMESPACE.fullmatch("a" + c)
-    )
-    return f"{char!r} (at position {position + 1}) is not allowed"
-
-
-def ehr_status(subject_id: str, namespace: str) -> dict[str, Any]:
-    """An EHR_STATUS for a new EHR: a PARTY_SELF subject, queryable and modifiable."""
-    return {
-        "_type": "EHR_STATUS",
-        "archetype_node_id": "openEHR-EHR-EHR_STATUS.generic.v1",
-        "name": {"value": "EHR Status"},
-        "subject": {
-            "_type": "PARTY_SELF",
-            "external_ref": {
-                "_type": "PARTY_REF",
-                "id": {"_type": "GENERIC_ID", "value": subject_id, "scheme": "id_scheme"},
-                "namespace": namespace,
-                "type": "PERSON",
-            },
-        },
-        "is_queryable": True,
-        "is_modifiable": True,
-    }
-
-
-def ehr_create_request(subject_id: str, namespace: str) -> PatientRequest:
-    """``POST /ehr`` with the subject's EHR_STATUS, asking for the EHR back."""
-    body = json.dumps(ehr_status(subject_id, namespace), separators=(",", ":")).encode()
-    headers = {"Content-Type": "application/json", "Prefer": "return=representation"}
-    return PatientRequest("POST", "/ehr", body, headers)
-
-
-def ehr_lookup_path(subject_id: str, namespace: str) -> str:
-    """``/ehr?subject_id=…&subject_namespace=…``: the EHR of a subject."""
-    return f"/ehr?{urlencode({'subject_id': subject_id, 'subject_namespace': namespace})}"
-
-
-def ehr_id_of(response: ApiResponse) -> str | None:
-    """The ehr_id in an EHR answer's body, else its ETag or Location."""
-    value = json_field(response.body, "ehr_id", "value")
-    if isinstance(value, str) and value:
-        return value
-    etag = response.headers.get("etag", "").strip().removeprefix("W/").strip('"')
-    if etag:
-        return etag
-    location = response.headers.get("location", "").rstrip("/")
-    return location.rsplit("/", 1)[-1] or None if "/ehr/" in location else None
 
 
 class OpenEhrPatients(PatientMapping):
@@ -179,40 +94,6 @@ class OpenEhrPatients(PatientMapping):
         return ehr_id_of(response)
 
 
-class SecretAuth(httpx.Auth):
-    """Basic or bearer credentials, sent on a copy of each request (never on the caller's)."""
-
-    def __init__(self, authorization: str) -> None:
-        self._authorization = authorization
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Send the request with the credentials."""
-        yield authorized_copy(request, self._authorization)
-
-    def __repr__(self) -> str:
-        return "SecretAuth(<redacted>)"
-
-
-def basic_authorization(username: str, password: str) -> str:
-    """The ``Authorization`` value of HTTP basic auth (RFC 7617)."""
-    userpass = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-    return f"Basic {userpass}"
-
-
-def credentials(profile: Profile, store: Store) -> httpx.Auth | None:
-    """The profile's ``auth``: nothing, basic as ``username``, or a bearer token."""
-    from cwsctl.core.errors import ProfileError
-    from cwsctl.core.secrets import SECRET_FOR_AUTH, check_secret, resolve_secret
-
-    if profile.auth == "none":
-        return None
-    secret = resolve_secret(store, profile.name, SECRET_FOR_AUTH[profile.auth])
-    if profile.auth == "basic":
-        check_secret(profile.username, "username", f"profile {profile.name!r}", ProfileError)
-        return SecretAuth(basic_authorization(profile.username, secret))
-    return SecretAuth(f"Bearer {secret}")
-
-
 class OpenEhrClient(ApiClient):
     """Requests to an openEHR REST server; answers are not signed."""
 
@@ -229,6 +110,31 @@ class OpenEhrClient(ApiClient):
             "the openEHR server refused the credentials: check the user and CWSCTL_PASSWORD / "
             "CWSCTL_TOKEN (or their _FILE variants, or the secret kept with --store-secret)"
         )
+
+
+def templates_check(client: ApiClient, shown: int = 10) -> Check:
+    """The doctor's line for an openehr profile: the templates the server holds (closing
+    ``client``). None uploaded passes, with the upload as advice; an unreadable list fails."""
+    from cwsctl.core.checks import failed, passed
+    from cwsctl.core.errors import CwsError
+    from cwsctl.targets.openehr.templates import list_templates
+
+    try:
+        with client:
+            found = list_templates(client)
+    except CwsError as exc:
+        return failed("templates", exc.message, exc.hint or "", exc.exit_status)
+    if not found:
+        return passed(
+            "templates",
+            "none uploaded: compositions need their template first "
+            "(cwsctl template upload FILE.opt)",
+        )
+    names = [t.template_id for t in found]
+    listed = ", ".join(names[:shown]) + (
+        f" and {len(names) - shown} more" if len(names) > shown else ""
+    )
+    return passed("templates", f"{len(names)} uploaded: {listed}")
 
 
 class OpenEhrKind(Kind):
@@ -309,7 +215,6 @@ class OpenEhrKind(Kind):
     ) -> Iterator[Check]:
         """An authenticated GET of the template list; then the templates the server holds."""
         from cwsctl.core.checks import request_check
-        from cwsctl.targets.openehr.templates import templates_check
 
         def client() -> OpenEhrClient:
             return OpenEhrClient(

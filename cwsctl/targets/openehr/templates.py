@@ -22,18 +22,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from cwsctl.core.errors import ClientRequestError, CwsError, InputError
 from cwsctl.core.jsondoc import loads_json
 from cwsctl.core.xml import XmlNode, parse_xml
+from cwsctl.targets.openehr.answers import fail
+from cwsctl.targets.openehr.ids import TEMPLATES_PATH, template_path
 
 if TYPE_CHECKING:
-    from cwsctl.core.checks import Check
     from cwsctl.core.client import ApiClient, ApiResponse
 
-#: Where ADL 1.4 operational templates live, under the openEHR REST base URL.
-TEMPLATES_PATH = "/definition/template/adl1.4"
 #: The namespace of OPT elements (``<template xmlns="http://schemas.openehr.org/v1">``).
 OPENEHR_NS = "http://schemas.openehr.org/v1"
 XML = "application/xml"
@@ -79,19 +78,6 @@ def read_opt(
     return OperationalTemplate(template_id, concept.text if concept else None, data, root)
 
 
-def check_template_id(text: str, what: str = "template id") -> str:
-    """A template id as given, if it is usable: non-empty, no control characters."""
-    value = text.strip()
-    if not value or any(ord(c) < 32 or c == "\x7f" for c in value):
-        raise InputError(f"{what} {text!r} must be non-empty text without control characters")
-    return value
-
-
-def template_path(template_id: str, *rest: str) -> str:
-    """``/definition/template/adl1.4/{template_id}[/…]``, the id quoted as one path segment."""
-    return "/".join([TEMPLATES_PATH, quote(check_template_id(template_id), safe=""), *rest])
-
-
 # -- calls ---------------------------------------------------------------------------------------
 
 
@@ -114,12 +100,6 @@ class TemplateInfo:
         }
 
 
-def _fail(client: ApiClient, response: ApiResponse, **kwargs: Any) -> CwsError:
-    from cwsctl.targets.openehr.operations import fail
-
-    return fail(client, response, **kwargs)
-
-
 def _string(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("value")
@@ -130,7 +110,7 @@ def list_templates(client: ApiClient) -> list[TemplateInfo]:
     """``GET /definition/template/adl1.4``: the uploaded templates, as the server lists them."""
     response = client.request("GET", TEMPLATES_PATH, headers={"Accept": JSON})
     if not response.ok:
-        raise _fail(client, response)
+        raise fail(client, response)
     try:
         document = loads_json(response.body) if response.body.strip() else []
     except ValueError:
@@ -201,7 +181,7 @@ def upload_template(client: ApiClient, data: bytes, what: str = "the OPT") -> Up
             hint = "the server refused the Accept header (it must allow application/xml)"
         elif response.status == 415:
             hint = "the server does not take OPTs as application/xml"
-        raise _fail(client, response, hint=hint)
+        raise fail(client, response, hint=hint)
     try:
         stored = get_template(client, template.template_id, "opt")
     except CwsError as exc:
@@ -241,32 +221,9 @@ def _template_answer(client: ApiClient, response: ApiResponse, template_id: str)
     """``response`` when it has a body; else the error, a 404 saying the template is missing."""
     if response.ok and response.status != 204:
         return response
-    raise _fail(
+    raise fail(
         client,
         response,
         not_found=f"no template {template_id!r} on the server",
         hint="list them with: cwsctl template list; upload one with: cwsctl template upload FILE.opt",
     )
-
-
-def templates_check(client: ApiClient, shown: int = 10) -> Check:
-    """The doctor's line for an openehr profile: the templates the server holds (closing
-    ``client``). None uploaded passes, with the upload as advice; an unreadable list fails."""
-    from cwsctl.core.checks import failed, passed
-
-    try:
-        with client:
-            found = list_templates(client)
-    except CwsError as exc:
-        return failed("templates", exc.message, exc.hint or "", exc.exit_status)
-    if not found:
-        return passed(
-            "templates",
-            "none uploaded: compositions need their template first "
-            "(cwsctl template upload FILE.opt)",
-        )
-    names = [t.template_id for t in found]
-    listed = ", ".join(names[:shown]) + (
-        f" and {len(names) - shown} more" if len(names) > shown else ""
-    )
-    return passed("templates", f"{len(names)} uploaded: {listed}")

@@ -53,20 +53,25 @@ def run_openehr_demo(step: Step, root: Path, bits: int) -> None:
     from cwsctl.core.profile import Config, Profile, Store
     from cwsctl.core.secrets import store_secret
     from cwsctl.sandbox.faults import Faults
-    from cwsctl.targets.openehr import operations as openehr
-    from cwsctl.targets.openehr import templates
+    from cwsctl.targets.openehr.answers import StaleVersionError
+    from cwsctl.targets.openehr.aql import query_page
+    from cwsctl.targets.openehr.auth import SecretAuth, basic_authorization
+    from cwsctl.targets.openehr.compositions import (
+        composition_history,
+        create_composition,
+        update_composition,
+    )
     from cwsctl.targets.openehr.data import (
         VITAL_SIGNS_FILE,
         VITAL_SIGNS_TEMPLATE_ID,
         vital_signs_opt,
     )
-    from cwsctl.targets.openehr.kind import (
-        OpenEhrClient,
-        SecretAuth,
-        basic_authorization,
-        subject_namespace,
-    )
+    from cwsctl.targets.openehr.ehr import create_ehr
+    from cwsctl.targets.openehr.if_match import sends_bare_if_match
+    from cwsctl.targets.openehr.kind import OpenEhrClient
     from cwsctl.targets.openehr.sandbox.server import OpenEhrSandboxServer
+    from cwsctl.targets.openehr.subject import subject_namespace
+    from cwsctl.targets.openehr.templates import upload_template
 
     template_id = VITAL_SIGNS_TEMPLATE_ID
     password = secrets.token_urlsafe(16)
@@ -95,20 +100,20 @@ def run_openehr_demo(step: Step, root: Path, bits: int) -> None:
         # The demo's own credentials, whatever CWSCTL_PASSWORD says in the caller's environment.
         auth = SecretAuth(basic_authorization(DEMO_USER, password))
         with OpenEhrClient(auth, base_url=server.base_url) as client:
-            uploaded = templates.upload_template(client, vital_signs_opt(), VITAL_SIGNS_FILE)
+            uploaded = upload_template(client, vital_signs_opt(), VITAL_SIGNS_FILE)
             step(
                 "Upload the operational template (EHRbase refuses compositions without it: 422)",
                 f"cwsctl template upload {VITAL_SIGNS_FILE}",
                 template_id=uploaded.template_id,
                 outcome=uploaded.outcome,
             )
-            ehr = openehr.create_ehr(client, subject, namespace)
+            ehr = create_ehr(client, subject, namespace)
             step(
                 "Provision the patient's EHR (subject: external id in the facility's namespace)",
                 f"cwsctl ehr create --subject-id {subject} --namespace {namespace}",
                 ehr_id=ehr.ehr_id,
             )
-            created = openehr.create_composition(
+            created = create_composition(
                 client, ehr.ehr_id, flat_vitals(120), template_id=template_id, fmt="flat"
             )
             first = created.version_uid
@@ -121,8 +126,8 @@ def run_openehr_demo(step: Step, root: Path, bits: int) -> None:
             )
             latest = first
             for systolic in (125, 130):
-                bare_before = openehr.sends_bare_if_match(client)
-                update = openehr.update_composition(
+                bare_before = sends_bare_if_match(client)
+                update = update_composition(
                     client,
                     ehr.ehr_id,
                     first.object_id,
@@ -138,10 +143,10 @@ def run_openehr_demo(step: Step, root: Path, bits: int) -> None:
                     f"--format flat --template-id {template_id}",
                     preceding=str(update.preceding),
                     version=str(latest),
-                    if_match=_if_match_story(bare_before, openehr.sends_bare_if_match(client)),
+                    if_match=_if_match_story(bare_before, sends_bare_if_match(client)),
                 )
             try:
-                openehr.update_composition(
+                update_composition(
                     client,
                     ehr.ehr_id,
                     first.object_id,
@@ -150,7 +155,7 @@ def run_openehr_demo(step: Step, root: Path, bits: int) -> None:
                     template_id=template_id,
                     fmt="flat",
                 )
-            except openehr.StaleVersionError as refused:
+            except StaleVersionError as refused:
                 outcome = f"refused (exit 4): {refused.message}"
             else:
                 raise AssertionError("a stale update was accepted: this must never happen")
@@ -165,14 +170,14 @@ def run_openehr_demo(step: Step, root: Path, bits: int) -> None:
                 "SELECT c/uid/value AS uid, c/name/value AS name FROM EHR e "
                 "CONTAINS COMPOSITION c WHERE e/ehr_id/value = $ehr_id"
             )
-            page = openehr.query_page(client, query, {"ehr_id": ehr.ehr_id})
+            page = query_page(client, query, {"ehr_id": ehr.ehr_id})
             step(
                 "Query it with AQL",
                 f"cwsctl query '{query}' --param ehr_id={ehr.ehr_id}",
                 columns=", ".join(page.column_names),
                 rows=json.dumps(page.rows),
             )
-            history = openehr.composition_history(client, ehr.ehr_id, first.object_id)
+            history = composition_history(client, ehr.ehr_id, first.object_id)
             step(
                 "Its history: every version kept",
                 f"cwsctl composition history {ehr.ehr_id} {first.object_id}",

@@ -16,7 +16,13 @@ from cwsctl.cli.options import (
     with_globals,
 )
 from cwsctl.cli.output import Output
-from cwsctl.targets.openehr.cli.composition import AtOption, IfMatchOption, VersionOption, connect
+from cwsctl.targets.openehr.cli.common import (
+    AtOption,
+    IfMatchOption,
+    VersionOption,
+    connect,
+    show_written,
+)
 
 app = typer.Typer(
     help="openEHR EHRs: create one per subject, show it by id or subject, read and update its "
@@ -86,7 +92,7 @@ def create(
     create --subject-id 4711 --namespace urn:cwsctl:external-id:facility:10000
     """
     from cwsctl.core.errors import InputError
-    from cwsctl.targets.openehr.operations import create_ehr
+    from cwsctl.targets.openehr.ehr import create_ehr
 
     subject = _subject(subject_id, namespace)
     if subject is None:
@@ -124,7 +130,7 @@ def show(
     such EHR: exit 4, "no EHR …".
     """
     from cwsctl.core.errors import InputError
-    from cwsctl.targets.openehr.operations import find_ehr, get_ehr
+    from cwsctl.targets.openehr.ehr import find_ehr, get_ehr
 
     subject = _subject(subject_id, namespace)
     if (ehr_id is None) == (subject is None):
@@ -160,7 +166,7 @@ def status(
     {"ehr_id", "version_uid", "ehr_status"}.
     """
     from cwsctl.core.errors import InputError
-    from cwsctl.targets.openehr.operations import get_ehr_status
+    from cwsctl.targets.openehr.ehr import get_ehr_status
 
     if version is not None and at is not None:
         raise InputError("give --version or --at, not both")
@@ -203,11 +209,10 @@ def status_update(
     .ehr_status > s.json; edit; cwsctl ehr status-update EHR_ID s.json
     """
     from cwsctl.cli.common import read_body
-    from cwsctl.targets.openehr.cli.composition import _written
-    from cwsctl.targets.openehr.operations import update_ehr_status
+    from cwsctl.targets.openehr.ehr import update_ehr_status
 
     body = read_body(file)
     client, traced = connect(out, timeout, max_response_size, allow_http)
     with client:
         result = update_ehr_status(traced, ehr_id, body, if_match=if_match)  # type: ignore[arg-type]
-    _written(out, result, f"updated the EHR_STATUS of EHR {result.ehr_id}")
+    show_written(out, result, f"updated the EHR_STATUS of EHR {result.ehr_id}")

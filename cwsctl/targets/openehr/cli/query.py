@@ -22,10 +22,10 @@ from cwsctl.cli.options import (
 )
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import Choice, WholeNumber
-from cwsctl.targets.openehr.cli.composition import connect
+from cwsctl.targets.openehr.cli.common import connect
 
 if TYPE_CHECKING:
-    from cwsctl.targets.openehr.operations import ResultPage
+    from cwsctl.targets.openehr.aql import ResultPage
 
 FORMATS = ("table", "json", "csv", "ndjson")
 MAX_ROWS = 2**31 - 1
@@ -247,7 +247,7 @@ def query(
     e/ehr_id/value AS ehr_id FROM EHR e" --all --format csv > ehrs.csv
     """
     from cwsctl.core.errors import InputError
-    from cwsctl.targets.openehr.operations import (
+    from cwsctl.targets.openehr.aql import (
         DEFAULT_MAX_ROWS,
         RowCapError,
         check_paging,

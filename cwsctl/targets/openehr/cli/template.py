@@ -19,7 +19,7 @@ from cwsctl.cli.options import (
 )
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import Choice
-from cwsctl.targets.openehr.cli.composition import OutputOption, ReadFormatOption, connect
+from cwsctl.targets.openehr.cli.common import OutputOption, ReadFormatOption, connect
 
 app = typer.Typer(
     help="openEHR operational templates (ADL 1.4 OPTs): list, upload (once, before the first "
