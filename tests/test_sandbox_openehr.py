@@ -79,9 +79,10 @@ def flat(systolic: float = 120.0, diastolic: float = 80.0) -> dict[str, Any]:
 
 def canonical(name: str = "Vital signs", **changes: Any) -> dict[str, Any]:
     """A canonical composition of the shipped template (as the sandbox's example builds it)."""
-    from cwsctl.targets.openehr.sandbox import templates as tpl
+    from cwsctl.targets.openehr.sandbox.opt import parse_opt
+    from cwsctl.targets.openehr.sandbox.web_formats import example
 
-    document = tpl.example(tpl.parse_opt(vital_signs_opt()))
+    document = example(parse_opt(vital_signs_opt()))
     document["name"]["value"] = name
     document.update(changes)
     return document
@@ -1172,7 +1173,7 @@ def test_serve_kind_openehr_with_basic_auth_file(tmp_path: Any) -> None:
 )
 def test_bad_basic_auth_file(tmp_path: Any, content: str, message: str) -> None:
     from cwsctl.core.errors import InputError
-    from cwsctl.targets.openehr.sandbox.server import read_basic_auth_file
+    from cwsctl.targets.openehr.sandbox.app import read_basic_auth_file
 
     path = tmp_path / "auth"
     path.write_text(content)
@@ -1183,7 +1184,7 @@ def test_bad_basic_auth_file(tmp_path: Any, content: str, message: str) -> None:
 
 def test_bad_bearer_token_file(tmp_path: Any) -> None:
     from cwsctl.core.errors import InputError
-    from cwsctl.targets.openehr.sandbox.server import read_bearer_token_file
+    from cwsctl.targets.openehr.sandbox.app import read_bearer_token_file
 
     path = tmp_path / "tokens"
     path.write_text("\n\n")

@@ -439,11 +439,11 @@ def serve(
         raise InputError("--basic-auth-file and --bearer-token-file exclude each other")
     bearer_tokens = None
     if basic_auth_file is not None:
-        from cwsctl.targets.openehr.sandbox.server import read_basic_auth_file
+        from cwsctl.targets.openehr.sandbox.app import read_basic_auth_file
 
         basic_auth = read_basic_auth_file(basic_auth_file.expanduser())
     if bearer_token_file is not None:
-        from cwsctl.targets.openehr.sandbox.server import read_bearer_token_file
+        from cwsctl.targets.openehr.sandbox.app import read_bearer_token_file
 
         bearer_tokens = read_bearer_token_file(bearer_token_file.expanduser())
     openehr_settings = {
