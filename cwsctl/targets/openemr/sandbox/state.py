@@ -2,8 +2,8 @@
 
 :class:`OpenEmrState` holds OpenEMR's globals (version, site, Site Address Override, system
 scopes, manual approval) and the store; beside it PHP's default Content-Type and
-league/oauth2-server's refusal (:class:`OAuthError`), used by :mod:`.openemr_oauth`,
-:mod:`.openemr_assertion`, :mod:`.openemr_api`, :mod:`.openemr_export` and :mod:`.openemr`.
+league/oauth2-server's refusal (:class:`OAuthError`), used by :mod:`.oauth`,
+:mod:`.assertion`, :mod:`.api`, the ``export_*`` modules, :mod:`.app` and :mod:`.server`.
 """
 
 from __future__ import annotations
