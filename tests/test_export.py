@@ -825,7 +825,7 @@ def test_a_damaged_state_file_is_refused_and_nothing_outside_dir_is_touched(
 
 
 def test_a_line_longer_than_the_cap_is_a_problem_and_not_held() -> None:
-    from cwsctl.targets.openemr.export import NdjsonCheck
+    from cwsctl.protocols.fhir.ndjson import NdjsonCheck
 
     check = NdjsonCheck("Patient", max_line=100)
     check.feed(b'{"resourceType":"Patient"}\n{"resourceType":"Patient","x":"')

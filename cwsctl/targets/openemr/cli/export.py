@@ -1,4 +1,5 @@
-"""`cwsctl export`: a bulk FHIR export into a directory, resumable (the logic: targets/openemr/export.py)."""
+"""`cwsctl export`: a bulk FHIR export into a directory, resumable (the logic:
+protocols/fhir/exporter.py, built for the profile by targets/openemr/export.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cwsctl.cli.params import ByteSize, Number, WholeNumber
 from cwsctl.core.errors import InputError
 
 if TYPE_CHECKING:
-    from cwsctl.targets.openemr.export import ExportResult
+    from cwsctl.protocols.fhir.export_result import ExportResult
 
 #: --parallel's range and --wait's maximum (a week: longer is a forgotten job).
 PARALLEL_RANGE = (1, 16)
@@ -188,17 +189,19 @@ def export(
     kick-off, finished files kept, partial ones fetched again. A finished DIR is reported as
     done (exit 0) unless --new is given.
     """
-    from cwsctl.targets.openemr import export as core
+    from cwsctl.protocols.fhir.export_request import ExportRequest, check_since, parse_types
+    from cwsctl.protocols.fhir.export_result import ExportOptions
+    from cwsctl.targets.openemr.export import exporter_for
 
     if patient and group is not None:
         raise InputError("--patient and --group are exclusive")
     if show_status and cancel:
         raise InputError("--status and --cancel are exclusive")
-    request = core.ExportRequest(
+    request = ExportRequest(
         level="group" if group is not None else "patient" if patient else "system",
         group=group,
-        types=core.parse_types(types),
-        since=core.check_since(since) if since is not None else None,
+        types=parse_types(types),
+        since=check_since(since) if since is not None else None,
         type_filter=tuple(type_filter or ()),
     )
     if group is not None and not group.strip():
@@ -212,14 +215,14 @@ def export(
         _print_status(out, _local_status(directory))
         return
     key = load_profile_key(store, name, passphrase_source(passphrase_file))
-    options = core.ExportOptions(
+    options = ExportOptions(
         new=new, parallel=parallel, max_file_size=max_file_size, wait=wait, timeout=timeout
     )
     line = _StatusLine(out)
     from cwsctl.core.audit import AuditLog
 
     audit = AuditLog(store.root, name)
-    with core.Exporter(profile, store, key, directory, options, line, audit) as exporter:
+    with exporter_for(profile, store, key, directory, options, line, audit) as exporter:
         try:
             if show_status:
                 _print_status(out, exporter.status())
@@ -239,14 +242,14 @@ def export(
 
 def _needs_server(directory: Path) -> bool:
     """--status asks the server only while the job runs there (no manifest yet)."""
-    from cwsctl.targets.openemr.export import ExportState
+    from cwsctl.protocols.fhir.export_state import ExportState
 
     state = ExportState.load(directory)
     return state is not None and state.state == "running"
 
 
 def _local_status(directory: Path) -> dict[str, Any]:
-    from cwsctl.targets.openemr.export import ExportState, status_document
+    from cwsctl.protocols.fhir.export_state import ExportState, status_document
 
     state = ExportState.load(directory)
     if state is None:
