@@ -74,17 +74,11 @@ from cwsctl.core.transport.bounded import (
 )
 from cwsctl.core.transport.deadline import exchange_deadline
 from cwsctl.core.transport.errors import network_error
-from cwsctl.targets.openemr.oauth import (
-    ENABLE_CLIENT_PLACE,
-    GRANT_CLIENT_CREDENTIALS,
-    SYSTEM_SCOPES_PLACE,
-    Token,
-    TokenSource,
-    at_origin,
-    endpoints,
-    run_flow,
-    system_scope,
-)
+from cwsctl.protocols.oauth2.grants import run_flow
+from cwsctl.protocols.oauth2.tokens import GRANT_CLIENT_CREDENTIALS, Token
+from cwsctl.targets.openemr.endpoints import at_origin, endpoints
+from cwsctl.targets.openemr.scopes import ENABLE_CLIENT_PLACE, SYSTEM_SCOPES_PLACE, system_scope
+from cwsctl.targets.openemr.tokens import TokenSource
 
 EMPTY_SHA256 = body_sha256(b"")  # every export request is a GET or DELETE without a body
 STATE_FILE = ".cwsctl-export.json"
