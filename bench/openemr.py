@@ -70,7 +70,7 @@ POST_LINE = "POST /apis/default/fhir/Patient "
 #: bench/bulk.py's rows are all in this facility (pubpid = FACILITY:EXTERNAL_ID).
 FACILITY = "10000"
 #: cwsctl reuses a token until min(10 s, 10 % of its lifetime) before it expires
-#: (cwsctl/targets/openemr/oauth.py, REUSE_MARGIN_S and reuse_margin); only used to explain the figures.
+#: (cwsctl/protocols/oauth2/tokens.py, REUSE_MARGIN_S and reuse_margin); only used to explain the figures.
 REUSE_MARGIN_S = 10.0
 LOOP_TIMEOUT_PER_CALL_S = 30.0
 BULK_TIMEOUT_S = 900.0
@@ -239,7 +239,7 @@ def forget_access_token(home: Path, name: str) -> None:
     """Drop the sign-in's cached access token (the refresh token stays), so the token loop starts
     with an empty cache as cron would after an hour: its first call makes a refresh grant.
 
-    The file is cwsctl's token cache (``TokenFile`` in cwsctl/targets/openemr/oauth.py, key ``access``);
+    The file is cwsctl's token cache (``TokenStore`` in cwsctl/protocols/oauth2/tokens.py, key ``access``);
     rewritten in place, so it keeps its 0600 mode."""
     path = home / "tokens" / f"{name}.json"
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -255,7 +255,7 @@ def test_token_file_registration_write_waits_for_the_lock(cwsctl_home):
     lock = os.open(tokens / "emr.json.lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(lock, fcntl.LOCK_EX)
     code = (
-        "from cwsctl.targets.openemr.oauth import TokenStore; from cwsctl.core.profile import Store;"
+        "from cwsctl.protocols.oauth2.tokens import TokenStore; from cwsctl.core.profile import Store;"
         "TokenStore(Store(), 'emr').save_registration({'client_id': 'c1'})"
     )
     env = {**os.environ, "CWSCTL_HOME": str(cwsctl_home)}
@@ -373,7 +373,7 @@ def test_tokens_in_the_way_is_exit_3(cwsctl_home):
     (cwsctl_home / "tokens").write_text("a file where a directory belongs")
     from cwsctl.core.errors import LocalKeyError
     from cwsctl.core.profile import Store
-    from cwsctl.targets.openemr.oauth import TokenStore
+    from cwsctl.protocols.oauth2.tokens import TokenStore
 
     with pytest.raises(LocalKeyError, match="tokens"):
         TokenStore(Store(cwsctl_home), "emr").save_registration({"client_id": "c"})
@@ -518,7 +518,7 @@ def test_basic_auth_username_with_a_colon_is_refused(cwsctl_home, tmp_path):
 def test_token_file_readable_by_others_is_refused_with_the_fix(cwsctl_home):
     from cwsctl.core.errors import LocalKeyError
     from cwsctl.core.profile import Store
-    from cwsctl.targets.openemr.oauth import TokenStore
+    from cwsctl.protocols.oauth2.tokens import TokenStore
 
     tokens = TokenStore(Store(cwsctl_home), "emr")
     tokens.save_registration({"client_id": "c"})

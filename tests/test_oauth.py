@@ -29,22 +29,16 @@ from cwsctl.core.errors import ClientRequestError, LoginRequiredError, ProfileEr
 from cwsctl.core.jwks import jwk, jwk_set, key_id
 from cwsctl.core.profile import Config, Profile, Store
 from cwsctl.core.transport.bounded import bounded_client
-from cwsctl.targets.openemr.oauth import (
+from cwsctl.protocols.oauth2.assertion import (
     CLIENT_ASSERTION_TYPE,
-    DEFAULT_SCOPE,
     MAX_ASSERTION_LIFETIME_S,
-    Token,
-    TokenSource,
-    TokenStore,
-    bearer_auth,
     client_assertion,
-    endpoints,
-    parse_token_response,
-    reuse_margin,
-    run_flow,
-    system_scope,
-    user_scope,
 )
+from cwsctl.protocols.oauth2.grants import run_flow
+from cwsctl.protocols.oauth2.tokens import Token, TokenStore, reuse_margin
+from cwsctl.targets.openemr.endpoints import endpoints
+from cwsctl.targets.openemr.scopes import DEFAULT_SCOPE, system_scope, user_scope
+from cwsctl.targets.openemr.tokens import TokenSource, bearer_auth, parse_token_response
 from tests.conftest import OPENSSL, needs_openssl, write_private
 from tests.sandbox_plugin import read_login_url, start_oauth_login
 
@@ -592,7 +586,7 @@ def test_401_renews_once_and_retries_once(
 ) -> None:
     """A revoked cached token: one new token, one retry, success."""
     revoked = Token("revoked-token", "Bearer", "", time.time(), time.time() + 600)
-    from cwsctl.targets.openemr.oauth import GrantResult
+    from cwsctl.protocols.oauth2.tokens import GrantResult
 
     TokenStore(store, "default").save_grant(
         CLIENT_ID, endpoints(emr).token, GrantResult(revoked, None)
@@ -622,7 +616,7 @@ def test_post_retry_resends_the_same_body(
     emr: Profile, store: Store, rsa2048, token_server
 ) -> None:
     """The retried POST carries its body again (requires_request_body), with the new token."""
-    from cwsctl.targets.openemr.oauth import GrantResult
+    from cwsctl.protocols.oauth2.tokens import GrantResult
 
     revoked = Token("revoked-token", "Bearer", "", time.time(), time.time() + 600)
     TokenStore(store, "default").save_grant(
@@ -648,7 +642,7 @@ def test_no_client_id_names_register(store: Store, rsa2048, token_server) -> Non
 
 
 def _seed_refresh(store: Store, profile: Profile, token_server: _Server, value: str) -> None:
-    from cwsctl.targets.openemr.oauth import GrantResult
+    from cwsctl.protocols.oauth2.tokens import GrantResult
 
     expired = Token("old", "Bearer", "", time.time() - 100, time.time() - 40)
     TokenStore(store, "default").save_grant(
@@ -950,7 +944,7 @@ def test_register_on_703_retries_without_auth_method(
 
 def test_register_refusal_shows_openemr_hint(cli, store: Store, token_server, rsa2048) -> None:
     """A refusal other than the auth method is not retried, and OpenEMR's hint is shown."""
-    from cwsctl.targets.openemr.oauth import registration_flow
+    from cwsctl.targets.openemr.registration import registration_flow
 
     profile = make_profile(store, token_server.url, client_id="")
     flow = registration_flow(profile, {"scope": "system/Patient.read", "jwks": {"keys": []}})
@@ -997,7 +991,7 @@ def test_discovery_names_the_aud_while_requests_stay_on_the_typed_host(
 ) -> None:
     """OpenEMR's Site Address differs from the URL cwsctl was given (a proxy, an alias): the
     assertion names OpenEMR's token URL, the request still goes to the typed host."""
-    from cwsctl.targets.openemr.oauth import authorize_url
+    from cwsctl.targets.openemr.tokens import authorize_url
 
     token_server.state.site_address = "https://emr.example.test"
     token_server.state.version = version
@@ -1511,7 +1505,7 @@ def test_help_imports_neither_jwt_nor_httpx(args: list[str]) -> None:
         "import sys\n"
         "from cwsctl.cli.main import run\n"
         f"run({args!r})\n"
-        "print(sorted(m for m in ('jwt', 'httpx', 'cwsctl.targets.openemr.oauth') if m in sys.modules))"
+        "print(sorted(m for m in ('jwt', 'httpx', 'cwsctl.protocols.oauth2.grants') if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -13,14 +13,14 @@ import httpx
 import pytest
 
 from cwsctl.core.errors import NetworkError, ServerFailureError
-from cwsctl.targets.openemr.oauth import (
+from cwsctl.protocols.oauth2.login import LoopbackReceiver
+from cwsctl.protocols.oauth2.token_response import (
     DEFAULT_TOKEN_LIFETIME_S,
     MAX_ACCESS_TOKEN_SIZE,
     MAX_TOKEN_LIFETIME_S,
-    LoopbackReceiver,
-    Token,
-    parse_token_response,
 )
+from cwsctl.protocols.oauth2.tokens import Token
+from cwsctl.targets.openemr.tokens import parse_token_response
 
 
 def _answer(document: object) -> httpx.Response:

@@ -2,13 +2,8 @@
 
 Files under ``$CWSCTL_HOME/keys/`` for profile P: ``P.pem`` (active), ``P.next.pem`` (made by
 ``keygen --next``, to register in CorEMR), ``P.retired-YYYYmmddTHHMMSSZ.pem`` (earlier active
-keys, kept until ``keys remove``, so a rotation can be undone by hand).
-
-OpenEMR cannot learn a next key: a registered client's inline JWKS is fixed for its life, and
-OpenEMR verifies assertions with the first RSA key of it whatever their ``kid``. An openemr
-profile therefore rotates only together with a new registration
-(:func:`rotate_with_new_client`): the next key is registered as a new client first, and only
-when OpenEMR accepted that is it made active and the new client id recorded.
+keys, kept until ``keys remove``, so a rotation can be undone by hand). An openemr profile
+rotates together with a new registration: :mod:`cwsctl.targets.openemr.rotation`.
 """
 
 from __future__ import annotations
@@ -16,14 +11,10 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from cwsctl.core.errors import InputError, LocalKeyError
 from cwsctl.core.profile import Store
-
-if TYPE_CHECKING:
-    from cwsctl.core.keys import PassphraseSource
-    from cwsctl.targets.openemr.oauth import Registration
 
 
 class KeyFile(NamedTuple):
@@ -78,46 +69,3 @@ def remove_retired_key(store: Store, profile: str, label: str) -> Path:
         )
     path.unlink()
     return path
-
-
-def rotate_with_new_client(
-    store: Store,
-    profile: str,
-    passphrase: PassphraseSource | None,
-    *,
-    client_name: str = "cwsctl",
-    timeout: float = 30.0,
-    max_response_size: int | None = None,
-) -> tuple[Registration, Path]:
-    """Register the next key as a new OpenEMR client, then make it active and record the
-    client (old tokens are forgotten); return the registration and the retired key's path.
-
-    Nothing changes when the registration fails: the old key and client keep working.
-    """
-    from cwsctl.core import keys
-    from cwsctl.core.jwks import jwk_set
-    from cwsctl.targets.openemr import oauth
-
-    settings = store.get_profile(profile)
-    oauth.require_openemr(settings)
-    next_path = store.next_key_path(profile)
-    if not next_path.exists():
-        raise LocalKeyError(
-            f"profile {profile!r} has no next key to rotate to",
-            hint="make one with: cwsctl keygen --next, then: cwsctl keys rotate --reregister",
-        )
-    next_key = keys.load_private_key(next_path, passphrase)
-    document = oauth.registration_document(
-        client_name=client_name,
-        scope=oauth.effective_scope(settings),
-        redirect_uris=[oauth.LOOPBACK_REDIRECT_URI],
-        jwks=jwk_set([next_key.public_key()]),
-    )
-    registration = oauth.run_flow(
-        oauth.registration_flow(settings, document),
-        timeout=timeout,
-        max_response_size=max_response_size,
-    )
-    retired = promote_next_key(store, profile)
-    oauth.record_registration(store, profile, registration)
-    return registration, retired

@@ -289,8 +289,8 @@ def _rotate_openemr(
 ) -> None:
     """An openemr profile's key changes only together with a new client registration."""
     from cwsctl.core.errors import ProfileError
-    from cwsctl.core.rotation import rotate_with_new_client
-    from cwsctl.targets.openemr import oauth
+    from cwsctl.targets.openemr.rotation import rotate_with_new_client
+    from cwsctl.targets.openemr.scopes import has_user_scope
 
     if not reregister:
         raise ProfileError(
@@ -321,7 +321,7 @@ def _rotate_openemr(
         from cwsctl.targets.openemr.cli.oauth import warn_disabled
 
         warn_disabled(out, registration)
-    if oauth.has_user_scope(registration.scope):
+    if has_user_scope(registration.scope):
         out.info(f"Then sign in again for the new client: cwsctl -p {profile} oauth login")
     out.info("Disable the old client in OpenEMR once nothing uses it")
 

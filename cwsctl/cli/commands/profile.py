@@ -188,7 +188,7 @@ def init(
 
     validate_profile_name(name)
     if client_id is not None:
-        from cwsctl.targets.openemr.oauth import client_id_problem
+        from cwsctl.targets.openemr.client_id import client_id_problem
 
         problem = client_id_problem(client_id)
         if problem is not None:

@@ -32,17 +32,11 @@ from cwsctl.protocols.fhir.export_result import Events, ExportOptions
 from cwsctl.protocols.fhir.export_session import ExportServer
 from cwsctl.protocols.fhir.exporter import Exporter
 from cwsctl.protocols.fhir.instant import format_instant, normalise_instant
-from cwsctl.targets.openemr.oauth import (
-    ENABLE_CLIENT_PLACE,
-    GRANT_CLIENT_CREDENTIALS,
-    SYSTEM_SCOPES_PLACE,
-    Token,
-    TokenSource,
-    at_origin,
-    endpoints,
-    run_flow,
-    system_scope,
-)
+from cwsctl.protocols.oauth2.grants import run_flow
+from cwsctl.protocols.oauth2.tokens import GRANT_CLIENT_CREDENTIALS, Token
+from cwsctl.targets.openemr.endpoints import at_origin, endpoints
+from cwsctl.targets.openemr.scopes import ENABLE_CLIENT_PLACE, SYSTEM_SCOPES_PLACE, system_scope
+from cwsctl.targets.openemr.tokens import TokenSource
 
 #: OpenEMR exports inside the kick-off request (its own cap: two minutes), so it may take this long.
 KICKOFF_TIMEOUT_S = 180.0

@@ -231,7 +231,7 @@ class OpenEmrKind(Kind):
     ) -> ApiClient:
         """A client whose ``OAuthBearerAuth`` gets, caches and renews the profile's tokens."""
         from cwsctl.core.profile import load_profile_key
-        from cwsctl.targets.openemr.oauth import bearer_auth
+        from cwsctl.targets.openemr.tokens import bearer_auth
 
         auth = bearer_auth(profile, store, load_profile_key(store, profile.name, passphrase))
         return OpenEmrClient(auth, base_url=profile.url, audit=audit, **options)
@@ -242,7 +242,7 @@ class OpenEmrKind(Kind):
 
     def summary(self, profile: Profile) -> str:
         """``https://… site 'default' as client 'abc…'``."""
-        from cwsctl.targets.openemr.oauth import effective_scope
+        from cwsctl.targets.openemr.scopes import effective_scope
 
         client = f"client {profile.client_id!r}" if profile.client_id else "no client registered"
         from cwsctl.core.urls import without_userinfo
@@ -294,7 +294,7 @@ class OpenEmrKind(Kind):
     ) -> Iterator[Check]:
         """A token, then an authenticated search that matches nobody (so no PHI comes back)."""
         from cwsctl.core.checks import request_check
-        from cwsctl.targets.openemr.oauth import bearer_auth
+        from cwsctl.targets.openemr.tokens import bearer_auth
 
         assert private_key is not None  # the doctor loads it: this kind uses a key
         client = OpenEmrClient(
@@ -319,7 +319,7 @@ def _endpoint_checks(profile: Profile) -> Iterator[Check]:
     """Which endpoints are in force (discovered or documented) and whether OpenEMR's site
     address differs from the URL cwsctl was given."""
     from cwsctl.core.checks import passed
-    from cwsctl.targets.openemr.oauth import endpoints, origin, site_address
+    from cwsctl.targets.openemr.endpoints import endpoints, origin, site_address
 
     ends = endpoints(profile)
     how = "discovered" if ends.discovered else "documented paths (cwsctl oauth discover)"
@@ -342,7 +342,8 @@ def _discovery_drift(profile: Profile, timeout: float) -> Iterator[Check]:
     """Read the discovery documents again; fail when they name another token endpoint."""
     from cwsctl.core.checks import failed, passed
     from cwsctl.core.errors import ExitStatus
-    from cwsctl.targets.openemr.oauth import discover, endpoints
+    from cwsctl.targets.openemr.discovery import discover
+    from cwsctl.targets.openemr.endpoints import endpoints
 
     found = discover(profile.url, profile.site, timeout=timeout)
     in_force = endpoints(profile).audience

@@ -30,9 +30,18 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> None:
     from cwsctl.core.kind import kind_of
     from cwsctl.core.profile import Config, Profile, Store
     from cwsctl.core.transport.bounded import bounded_client
+    from cwsctl.protocols.oauth2.grants import run_flow
+    from cwsctl.protocols.oauth2.login import LOOPBACK_REDIRECT_URI
     from cwsctl.sandbox.faults import Faults
-    from cwsctl.targets.openemr import oauth
+    from cwsctl.targets.openemr.discovery import apply_discovery, discover
+    from cwsctl.targets.openemr.registration import (
+        record_registration,
+        registration_document,
+        registration_flow,
+    )
     from cwsctl.targets.openemr.sandbox.server import OpenEmrSandboxServer
+    from cwsctl.targets.openemr.scopes import effective_scope
+    from cwsctl.targets.openemr.tokens import TokenSource
 
     store = Store(root / "home")
     private_key = keys.generate_private_key(bits)
@@ -47,14 +56,14 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> None:
     data_dir = root / "sandbox"
     with OpenEmrSandboxServer(data_dir, faults=Faults(), access_log=False) as server:
         profile = Profile(PROFILE, url=server.url, kind="openemr")
-        found = oauth.discover(server.url, profile.site)
-        oauth.apply_discovery(profile, found)
+        found = discover(server.url, profile.site)
+        apply_discovery(profile, found)
         store.save(Config(default_profile=PROFILE, profiles={PROFILE: profile}))
         step(
             "Point a profile at OpenEMR; cwsctl reads its discovery documents",
             f"cwsctl profile init {PROFILE} --kind openemr --url {server.url}",
             token_endpoint=f"{profile.token_endpoint} (the aud of every client assertion)",
-            scope=oauth.effective_scope(profile),
+            scope=effective_scope(profile),
         )
         jwks = jwk_set([public_key])
         step(
@@ -63,15 +72,15 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> None:
             kid=f"{key_id(public_key)} (OpenEMR ignores it and uses the set's first key)",
         )
 
-        document = oauth.registration_document(
+        document = registration_document(
             client_name="cwsctl demo",
-            scope=oauth.effective_scope(profile),
-            redirect_uris=[oauth.LOOPBACK_REDIRECT_URI],
+            scope=effective_scope(profile),
+            redirect_uris=[LOOPBACK_REDIRECT_URI],
             jwks=jwks,
         )
         with bounded_client() as http:
-            registration = oauth.run_flow(oauth.registration_flow(profile, document), http)
-        profile = oauth.record_registration(store, PROFILE, registration)
+            registration = run_flow(registration_flow(profile, document), http)
+        profile = record_registration(store, PROFILE, registration)
         step(
             "Register the client (confidential, JWKS inline)",
             f"cwsctl -p {PROFILE} oauth register --client-name 'cwsctl demo'",
@@ -85,8 +94,8 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> None:
             f"{registration.client_id}  (the sandbox's stand-in for that page)",
         )
 
-        source = oauth.TokenSource(profile, store, private_key)
-        granted = _sign_in(oauth, profile, source)
+        source = TokenSource(profile, store, private_key)
+        granted = _sign_in(profile, source)
         step(
             "Sign in once as an OpenEMR user (authorization code + PKCE, loopback redirect)",
             f"cwsctl -p {PROFILE} oauth login",
@@ -147,23 +156,28 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> None:
     )
 
 
-def _sign_in(oauth: Any, profile: Any, source: Any) -> Any:
+def _sign_in(profile: Any, source: Any) -> Any:
     """``oauth login`` with the demo itself as the browser (the sandbox approves at once)."""
     import httpx
 
-    pkce = oauth.pkce_pair()
-    state = oauth.new_state()
-    with oauth.LoopbackReceiver() as receiver:
-        url = oauth.authorize_url(
+    from cwsctl.protocols.oauth2.grants import run_flow
+    from cwsctl.protocols.oauth2.login import LoopbackReceiver, new_state, pkce_pair
+    from cwsctl.targets.openemr.scopes import user_scope
+    from cwsctl.targets.openemr.tokens import authorize_url
+
+    pkce = pkce_pair()
+    state = new_state()
+    with LoopbackReceiver() as receiver:
+        url = authorize_url(
             profile,
             redirect_uri=receiver.redirect_uri,
             state=state,
             code_challenge=pkce.challenge,
-            scope=oauth.user_scope(source.scope),
+            scope=user_scope(source.scope),
         )
         httpx.get(url, follow_redirects=True, timeout=10.0)  # what the person's browser does
         code = receiver.wait(state, 10.0)
-    return oauth.run_flow(source.code_flow(code, receiver.redirect_uri, pkce.verifier))
+    return run_flow(source.code_flow(code, receiver.redirect_uri, pkce.verifier))
 
 
 def _require(ok: bool, response: Any) -> None:
@@ -174,7 +188,7 @@ def _require(ok: bool, response: Any) -> None:
 
 
 def _token_requests(auth: object) -> int:
-    from cwsctl.targets.openemr.oauth import OAuthBearerAuth
+    from cwsctl.protocols.oauth2.bearer import OAuthBearerAuth
 
     return auth.source.token_requests if isinstance(auth, OAuthBearerAuth) else 0
 
