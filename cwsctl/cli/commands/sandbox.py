@@ -67,7 +67,7 @@ KeyBitsOption = Annotated[
 
 
 def _data_dir(option: Path | None) -> Path:
-    from cwsctl.sandbox.store import default_data_dir
+    from cwsctl.sandbox.db import default_data_dir
 
     return option.expanduser() if option is not None else default_data_dir()
 
@@ -406,8 +406,8 @@ def serve(
     require_server_deps()
     from cwsctl.core.urls import is_loopback
     from cwsctl.sandbox.faults import Faults
-    from cwsctl.sandbox.server import SandboxServer
-    from cwsctl.sandbox.store import SERVER_KEY_FILE
+    from cwsctl.targets.cws.sandbox.server import SandboxServer
+    from cwsctl.targets.cws.sandbox.store import SERVER_KEY_FILE
 
     basic_auth = None
     openemr_only = {
@@ -566,7 +566,7 @@ def _build_server(
             **(openehr_settings or {}),
             **common,  # type: ignore[arg-type]
         )
-    from cwsctl.sandbox.server import SandboxServer
+    from cwsctl.targets.cws.sandbox.server import SandboxServer
 
     return SandboxServer(data_dir, key_bits=key_bits, **common)  # type: ignore[arg-type]
 
@@ -706,7 +706,7 @@ def add_key(
     Works while the server runs; it sees the key on the next request.
     """
     from cwsctl.core import keys
-    from cwsctl.sandbox.store import register_client_key
+    from cwsctl.targets.cws.sandbox.store import register_client_key
 
     key = keys.load_public_key(public_key_file)
     directory = _data_dir(data_dir)
@@ -720,7 +720,7 @@ def add_key(
 @with_globals
 def list_keys(out: Output, data_dir: DataDirOption = None) -> None:
     """List registered client usernames and key fingerprints."""
-    from cwsctl.sandbox.store import list_client_keys
+    from cwsctl.targets.cws.sandbox.store import list_client_keys
 
     directory = _data_dir(data_dir)
     entries = list_client_keys(directory)
@@ -747,7 +747,11 @@ def server_key(
     `cwsctl sandbox server-key > sandbox.pem && cwsctl profile trust sandbox.pem`.
     """
     from cwsctl.core import keys
-    from cwsctl.sandbox.store import SERVER_KEY_FILE, SERVER_USERNAME, load_or_create_server_key
+    from cwsctl.targets.cws.sandbox.store import (
+        SERVER_KEY_FILE,
+        SERVER_USERNAME,
+        load_or_create_server_key,
+    )
 
     directory = _data_dir(data_dir)
     if not (directory / SERVER_KEY_FILE).exists():

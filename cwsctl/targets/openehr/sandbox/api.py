@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cwsctl.sandbox.app import json_bytes
+from cwsctl.sandbox.envelope import json_bytes
 from cwsctl.targets.openehr.sandbox import aql
 from cwsctl.targets.openehr.sandbox import templates as tpl
 from cwsctl.targets.openehr.sandbox.store import (

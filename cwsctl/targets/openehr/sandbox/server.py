@@ -87,10 +87,10 @@ from starlette.routing import Route
 
 from cwsctl.core.errors import InputError
 from cwsctl.core.files import read_bytes
-from cwsctl.sandbox.app import MAX_BODY_BYTES, Answer, EnvelopeApp, Scope, printable
+from cwsctl.sandbox.db import default_data_dir
+from cwsctl.sandbox.envelope import MAX_BODY_BYTES, Answer, EnvelopeApp, Scope, printable
 from cwsctl.sandbox.faults import Faults
 from cwsctl.sandbox.server import DEFAULT_HOST, REQUEST_TIMEOUT_S, BaseSandboxServer
-from cwsctl.sandbox.store import default_data_dir
 from cwsctl.targets.openehr.sandbox.api import (
     BASE_PATH,
     FETCH_PRECEDENCES,

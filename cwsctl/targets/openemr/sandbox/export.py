@@ -50,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cwsctl.core.files import ensure_private_dir
-from cwsctl.sandbox.app import Answer
+from cwsctl.sandbox.envelope import Answer
 from cwsctl.targets.openemr.sandbox import patients
 from cwsctl.targets.openemr.sandbox.api import (
     FHIR_JSON,
@@ -252,7 +252,7 @@ class ExportStore:
     """Jobs and documents in ``openemr.db`` (their own connection and lock), files on disk."""
 
     def __init__(self, db_path: Path, files: Path) -> None:
-        from cwsctl.sandbox.store import open_private_db
+        from cwsctl.sandbox.db import open_private_db
 
         self.db_path = db_path
         self.files = files

@@ -40,7 +40,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cwsctl.sandbox.app import (
+from cwsctl.sandbox.db import default_data_dir
+from cwsctl.sandbox.envelope import (
     MAX_BODY_BYTES,
     Answer,
     EnvelopeApp,
@@ -51,7 +52,6 @@ from cwsctl.sandbox.app import (
 )
 from cwsctl.sandbox.faults import FaultDice, Faults
 from cwsctl.sandbox.server import DEFAULT_HOST, REQUEST_TIMEOUT_S, BaseSandboxServer
-from cwsctl.sandbox.store import default_data_dir
 from cwsctl.targets.openemr.sandbox.api import ApiEndpoints, kernel_body, outcome
 from cwsctl.targets.openemr.sandbox.export import (
     DEFAULT_EXPORT_TTL_S,
