@@ -292,6 +292,7 @@ def serve(
     its last answer. There is no cap on connections or concurrent requests (only the open-file
     limit, ulimit -n): idle ones are reclaimed by these timeouts rather than refused.
     """
+    # Every option by parameter name, for the flavours (taken before any other local exists).
     options = {name: value for name, value in locals().items() if name != "out"}
     from cwsctl.sandbox import require_server_deps
 
