@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def setup(work: Path, bits: int) -> tuple[Path, Path, str, str]:
     """Client key file, data dir (client key registered, server key made), server PEM + name."""
     from cwsctl.core import keys
-    from cwsctl.sandbox.store import (
+    from cwsctl.targets.cws.sandbox.store import (
         SERVER_USERNAME,
         load_or_create_server_key,
         register_client_key,

@@ -64,7 +64,7 @@ from cwsctl.protocols import cws_signature as signing
 from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
 
 if TYPE_CHECKING:
-    from cwsctl.sandbox.server import SandboxServer
+    from cwsctl.targets.cws.sandbox.server import SandboxServer
     from cwsctl.targets.openehr.sandbox.server import OpenEhrSandboxServer
     from cwsctl.targets.openemr.sandbox.server import OpenEmrSandboxServer
 
@@ -96,7 +96,8 @@ class SandboxUser:
 def _sandbox_modules() -> Any:
     pytest.importorskip("starlette")
     pytest.importorskip("uvicorn")
-    from cwsctl.sandbox import faults, server
+    from cwsctl.sandbox import faults
+    from cwsctl.targets.cws.sandbox import server
 
     return server, faults
 

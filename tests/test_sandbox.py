@@ -19,7 +19,7 @@ from cwsctl.core.profile import TrustedKey
 from cwsctl.protocols import cws_signature as signing
 from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
 from cwsctl.sandbox.faults import FaultDice, Faults
-from cwsctl.sandbox.store import (
+from cwsctl.targets.cws.sandbox.store import (
     SandboxStore,
     register_client_key,
     server_public_key_pem,
@@ -32,7 +32,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from cwsctl.core.urls import is_loopback
-from cwsctl.sandbox.server import SandboxServer
+from cwsctl.targets.cws.sandbox.server import SandboxServer
 
 PATIENT = WALKTHROUGH_EXAMPLE
 
@@ -534,7 +534,7 @@ def test_cli_serve_without_the_extra_says_what_to_install(tmp_path):
 def test_cli_import_does_not_load_the_server():
     code = (
         "import sys, cwsctl.cli.app\n"
-        "loaded = [m for m in ('starlette', 'uvicorn', 'cwsctl.sandbox.app', 'cwsctl.targets.cws.sandbox.routes', 'cwsctl.sandbox.server')"
+        "loaded = [m for m in ('starlette', 'uvicorn', 'cwsctl.sandbox.envelope', 'cwsctl.targets.cws.sandbox.app', 'cwsctl.targets.cws.sandbox.routes', 'cwsctl.sandbox.server', 'cwsctl.targets.cws.sandbox.server')"
         " if m in sys.modules]\n"
         "print(','.join(loaded))\n"
     )
@@ -599,7 +599,7 @@ def test_signing_is_over_exact_response_bytes(sandbox, sandbox_user):
 
 def test_signing_on_worker_threads_verifies(monkeypatch, make_sandbox, rsa2048):
     """Big server keys sign on worker threads; force that path with the session's 2048-bit key."""
-    from cwsctl.sandbox import app as sandbox_app
+    from cwsctl.targets.cws.sandbox import app as sandbox_app
 
     monkeypatch.setattr(sandbox_app, "SIGN_IN_THREADS_FROM_BITS", 2048)
     server = make_sandbox()

@@ -33,15 +33,11 @@ from tests.sandbox_plugin import SandboxUser
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from cwsctl.sandbox.app import DRAIN_LIMIT_BYTES, MAX_BODY_BYTES
+from cwsctl.sandbox.envelope import DRAIN_LIMIT_BYTES, MAX_BODY_BYTES
 from cwsctl.sandbox.faults import Faults
-from cwsctl.sandbox.server import (
-    KEEP_ALIVE_S,
-    MAX_HEAD_BYTES,
-    REQUEST_TIMEOUT_S,
-    SandboxServer,
-)
-from cwsctl.sandbox.store import register_client_key
+from cwsctl.sandbox.server import KEEP_ALIVE_S, MAX_HEAD_BYTES, REQUEST_TIMEOUT_S
+from cwsctl.targets.cws.sandbox.server import SandboxServer
+from cwsctl.targets.cws.sandbox.store import register_client_key
 
 MiB = 1024 * 1024
 REQUEST_TIMEOUT = 0.5

@@ -1,22 +1,23 @@
-"""Local stand-ins for the three servers cwsctl speaks to, for demos and tests.
+"""The server framework every sandbox flavour builds on: local stand-ins for demos and tests.
 
-One flavour per target, each a Starlette app on uvicorn with its state in SQLite:
-CorEMR's CWS API (signed bodies), OpenEMR's OAuth2 + Standard API + FHIR R4 (:mod:`.openemr`,
-modelled on OpenEMR 7.0.3 / 7.0.4+; see README.md in this package) and an openEHR REST server
-as EHRbase serves it (:mod:`.openehr`).
+One flavour per target, each a Starlette app on uvicorn with its state in SQLite, in its target's
+package: CorEMR's CWS API (signed bodies, :mod:`cwsctl.targets.cws.sandbox`), OpenEMR's OAuth2 +
+Standard API + FHIR R4 (:mod:`cwsctl.targets.openemr.sandbox`, modelled on OpenEMR 7.0.3 /
+7.0.4+) and an openEHR REST server as EHRbase serves it (:mod:`cwsctl.targets.openehr.sandbox`);
+README.md in this package is the index of their fidelity tables. This package imports only
+:mod:`cwsctl.core`: no flavour, no target.
 
-- :mod:`cwsctl.sandbox.store` — data dir, server key, client keys, patients (SQLite); needs no extra.
+- :mod:`cwsctl.sandbox.db` — where the data dir is, and how every flavour opens its SQLite
+  database; needs no extra.
 - :mod:`cwsctl.sandbox.faults` — fault switches (``CWSCTL_SANDBOX_*``); needs no extra.
-- :mod:`cwsctl.sandbox.app` — the ASGI envelope every flavour shares (body limit, faults, access
-  log) and the CWS flavour's signatures.
-- :mod:`cwsctl.targets.cws.sandbox.routes` — the CWS endpoints inside it (starlette).
-- :mod:`cwsctl.sandbox.server` — ``BaseSandboxServer`` (socket, uvicorn, limits, ``serve_forever``)
-  and the CWS ``SandboxServer``. The flavours build on it; it imports none of them (the CLI,
+- :mod:`cwsctl.sandbox.envelope` — the ASGI envelope every flavour shares (body limit, faults,
+  access log, the answer captured whole).
+- :mod:`cwsctl.sandbox.protocol` — the h11 protocol with request deadlines.
+- :mod:`cwsctl.sandbox.server` — ``BaseSandboxServer`` (socket, uvicorn, limits,
+  ``serve_forever``). The flavours build on it; it imports none of them (the CLI,
   ``cwsctl sandbox serve``, picks the flavour).
-- :mod:`cwsctl.targets.openemr.sandbox.server` (``openemr_*``) and :mod:`cwsctl.targets.openehr.sandbox.server`
-  (``openehr_*``) — the other two flavours.
 
-Everything but ``store`` and ``faults`` needs the optional extra ``cwsctl[sandbox]``; call
+Everything but ``db`` and ``faults`` needs the optional extra ``cwsctl[sandbox]``; call
 :func:`require_server_deps` first to get a clear error instead of an ImportError. Importing this
 package imports none of them.
 """
@@ -24,14 +25,10 @@ package imports none of them.
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, Any
 
 from cwsctl.core.errors import InputError
 
-if TYPE_CHECKING:
-    from cwsctl.sandbox.server import SandboxServer
-
-__all__ = ["SandboxServer", "SandboxUnavailableError", "require_server_deps"]
+__all__ = ["SandboxUnavailableError", "require_server_deps"]
 
 
 class SandboxUnavailableError(InputError):
@@ -46,12 +43,3 @@ def require_server_deps() -> None:
             f"the sandbox server needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed",
             hint="pip install 'cwsctl[sandbox]'",
         )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "SandboxServer":
-        require_server_deps()
-        from cwsctl.sandbox import server
-
-        return getattr(server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
-"""Running the sandbox: in a background thread (tests, demos) or in the foreground (the CLI).
+"""Running a sandbox flavour: in a background thread (tests, demos) or in the foreground (the CLI).
 
-``SandboxServer`` binds its socket itself (port 0 picks a free one), so ``url`` is known before
+``BaseSandboxServer`` binds its socket itself (port 0 picks a free one), so ``url`` is known before
 uvicorn starts. uvicorn's access log is off (it would print query strings, which can carry PHI)
 and its logging config is left alone (``log_config=None``), so embedding the server does not
 reconfigure the host program's logging.
@@ -8,7 +8,7 @@ reconfigure the host program's logging.
 Limits against a hostile or broken client (all documented in ``cwsctl sandbox serve --help``):
 
 - request body: ``MAX_BODY_BYTES`` (1 MiB), counted as it arrives → 413 and close (see
-  :mod:`.app`); nothing past the limit is kept, so an endless body costs no memory;
+  :mod:`.envelope`); nothing past the limit is kept, so an endless body costs no memory;
 - request head (request line and headers): ``MAX_HEAD_BYTES``, h11's own limit → 400 and close;
 - time to send a request: ``REQUEST_TIMEOUT_S`` for the head (from the connection opening or the
   previous answer), then as long again for the body → closed without an answer
@@ -36,21 +36,11 @@ from types import TracebackType
 from typing import Protocol, TypeVar
 
 import uvicorn
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cwsctl.core import keys
 from cwsctl.core.errors import InputError, NetworkError
-from cwsctl.core.profile import TrustedKey
-from cwsctl.sandbox.app import MAX_BODY_BYTES, EnvelopeApp, SandboxApp
+from cwsctl.sandbox.envelope import EnvelopeApp
 from cwsctl.sandbox.faults import Faults
 from cwsctl.sandbox.protocol import DeadlineH11Protocol
-from cwsctl.sandbox.store import (
-    SERVER_USERNAME,
-    ClientKey,
-    SandboxStore,
-    default_data_dir,
-    load_or_create_server_key,
-)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -113,7 +103,7 @@ class _Closable(Protocol):
 class BaseSandboxServer:
     """What every sandbox flavour shares: the socket, uvicorn and its limits, start and stop.
 
-    A flavour builds its ``app`` (an :class:`~.app.EnvelopeApp`) and its ``store``, then calls
+    A flavour builds its ``app`` (an :class:`~.envelope.EnvelopeApp`) and its ``store``, then calls
     ``_init_running``; both are closed when the server stops.
     """
 
@@ -181,7 +171,7 @@ class BaseSandboxServer:
             backlog=_BACKLOG,
             loop="asyncio",
             server_header=False,
-            date_header=False,  # the app sends its own (see SandboxApp, clock skew)
+            date_header=False,  # the app sends its own (see EnvelopeApp, clock skew)
             timeout_graceful_shutdown=5,
         )
         server = _UvicornServer(config)
@@ -239,77 +229,6 @@ class BaseSandboxServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-class SandboxServer(BaseSandboxServer):
-    """A CWS-compatible server on ``host:port`` with state in ``data_dir``.
-
-    ``start()``/``stop()`` (or ``with SandboxServer(...) as server:``) run it in a background
-    thread; ``serve_forever()`` runs it in the calling thread until SIGINT/SIGTERM. ``faults``
-    defaults to the ``CWSCTL_SANDBOX_*`` environment; pass ``Faults()`` to ignore it.
-    ``request_timeout``: seconds a client has to send a request head, then its body (module doc).
-    """
-
-    def __init__(
-        self,
-        data_dir: Path | str | None = None,
-        *,
-        host: str = DEFAULT_HOST,
-        port: int = 0,
-        key_bits: int = keys.DEFAULT_BITS,
-        faults: Faults | None = None,
-        access_log: bool = True,
-        max_body: int = MAX_BODY_BYTES,
-        request_timeout: float = REQUEST_TIMEOUT_S,
-    ) -> None:
-        self._init_running(
-            host=host, port=port, access_log=access_log, request_timeout=request_timeout
-        )
-        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-        self.server_key: rsa.RSAPrivateKey = load_or_create_server_key(self.data_dir, key_bits)
-        self.public_key_pem: str = keys.public_key_pem(self.server_key.public_key()).decode("ascii")
-        self.store = SandboxStore(self.data_dir)
-        self.app = SandboxApp(
-            self.store,
-            self.server_key,
-            faults=faults if faults is not None else Faults.from_env(),
-            access_log=access_log,
-            max_body=max_body,
-        )
-
-    # -- identity and state ----------------------------------------------------------------
-    @property
-    def public_key(self) -> rsa.RSAPublicKey:
-        """The key responses are signed with."""
-        return self.server_key.public_key()
-
-    @property
-    def fingerprint(self) -> str:
-        """Fingerprint of the server key."""
-        return keys.fingerprint(self.public_key)
-
-    @property
-    def trusted_key(self) -> TrustedKey:
-        """What a client pins to trust this server: signer ``coremr`` and its public key."""
-        return TrustedKey(SERVER_USERNAME, self.public_key_pem)
-
-    def register_key(
-        self,
-        username: str,
-        public_key: rsa.RSAPublicKey | bytes | str,
-        *,
-        replace: bool = False,
-    ) -> ClientKey:
-        """Register a client public key (object or PEM) under ``username``."""
-        if isinstance(public_key, (bytes, str)):
-            data = public_key.encode("ascii") if isinstance(public_key, str) else public_key
-            public_key = keys.parse_public_key(data)
-        return self.store.add_client_key(username, public_key, replace=replace)
-
-    def reset(self, *, client_keys: bool = True) -> None:
-        """Forget all patients (and client keys), and switch faults off."""
-        self.store.clear(patients=True, client_keys=client_keys)
-        self.faults = Faults()
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -94,9 +94,9 @@ def _run_demo(step: Callable[..., None], root: Path, bits: int) -> None:
     from cwsctl.core.profile import Config, Profile, Store
     from cwsctl.protocols.cws_signature import AuthorizationHeader
     from cwsctl.sandbox.faults import Faults
-    from cwsctl.sandbox.server import SandboxServer
     from cwsctl.targets.cws.client import CwsClient
     from cwsctl.targets.cws.identity import load_identity
+    from cwsctl.targets.cws.sandbox.server import SandboxServer
     from cwsctl.targets.cws.verification import Candidate, verify_with_candidates
 
     store = Store(root / "home")

@@ -1,32 +1,52 @@
 """`cwsctl sandbox …`: run a local CorEMR (CWS), OpenEMR or openEHR stand-in and manage its state.
 
+`serve` declares every flavour's options (Typer builds options from the signature), refuses an
+option of another flavour and hands the rest to that flavour's CLI module,
+``cwsctl.targets.<kind>.cli.sandbox`` (loaded by :func:`flavour` only), which holds:
+
+- ``OPTIONS``: the serve options only that flavour takes ("--x applies only to --kind y");
+- ``server_options(options)``: serve's options (by parameter name) checked together, turned into
+  the keyword arguments of the flavour's server;
+- ``build(out, data_dir, own, common)``: the server (``common``: host, port, faults, access_log);
+- ``ready(out, server)``: the banner once the server listens;
+- ``extend(group)``: adds the flavour's own commands to this group (`add-key`, `openemr …`).
+
 Nothing from cwsctl.sandbox (nor starlette/uvicorn) is imported until a command runs, so
 `cwsctl --help` stays fast and works without the `cwsctl[sandbox]` extra.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import signal
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from types import ModuleType
+from typing import Annotated, Any
 
 import typer
 
-from cwsctl.cli.options import (
-    KEY_BITS,
-    MAX_CLOCK_SKEW_S,
-    MAX_LATENCY_MS,
-    PORT_RANGE,
-    with_globals,
-)
+from cwsctl.cli.options import with_globals
 from cwsctl.cli.output import Output
-from cwsctl.cli.params import Choice, Fraction, HttpUrl, ListenHost, Number, WholeNumber
+from cwsctl.cli.params import Choice, HttpUrl, Number, WholeNumber
+from cwsctl.cli.sandbox_options import (
+    ClockSkewOption,
+    CorruptRateOption,
+    DataDirOption,
+    DropRateOption,
+    ErrorRateOption,
+    HostOption,
+    KeyBitsOption,
+    LatencyMsOption,
+    PortOption,
+    SeedOption,
+    UnsignedRateOption,
+    resolve_data_dir,
+)
 from cwsctl.core.errors import InputError
 from cwsctl.core.keys import DEFAULT_BITS
-
-if TYPE_CHECKING:
-    from cwsctl.sandbox.faults import Faults
-    from cwsctl.sandbox.server import BaseSandboxServer
 
 SANDBOX_KINDS = ("cws", "openemr", "openehr")
 OPENEMR_VERSIONS = ("7.0.3", "7.0.4")
@@ -37,152 +57,23 @@ app = typer.Typer(
     help="Run a local sandbox server (CorEMR, OpenEMR or EHRbase stand-in) for demos and tests.",
     no_args_is_help=True,
 )
-openemr_app = typer.Typer(
-    help="Administer the OpenEMR sandbox's state (what OpenEMR's admin pages do).",
-    no_args_is_help=True,
-)
-app.add_typer(openemr_app, name="openemr")
-
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        metavar="DIR",
-        envvar="CWSCTL_SANDBOX_DIR",
-        help="Sandbox state: server key, client keys, patients "
-        "[env: CWSCTL_SANDBOX_DIR; default: $CWSCTL_HOME/sandbox].",
-        show_default=False,
-        show_envvar=False,
-    ),
-]
-KeyBitsOption = Annotated[
-    int,
-    typer.Option(
-        "--key-bits",
-        metavar="BITS",
-        parser=KEY_BITS,
-        help="Size of the server key, if one has to be made: 2048, 3072 or 4096.",
-    ),
-]
-
-
-def _data_dir(option: Path | None) -> Path:
-    from cwsctl.sandbox.store import default_data_dir
-
-    return option.expanduser() if option is not None else default_data_dir()
 
 
 @app.command("serve")
 @with_globals
 def serve(
     out: Output,
-    host: Annotated[
-        str,
-        typer.Option(
-            "--host",
-            metavar="HOST",
-            parser=ListenHost(),
-            help="Address to listen on: a host name or IP address (keep it loopback).",
-        ),
-    ] = "127.0.0.1",
-    port: Annotated[
-        int,
-        typer.Option(
-            "--port",
-            metavar="PORT",
-            parser=WholeNumber(*PORT_RANGE),
-            help="TCP port, 0 to 65535; 0 picks a free one.",
-        ),
-    ] = 8080,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8080,
     data_dir: DataDirOption = None,
     key_bits: KeyBitsOption = DEFAULT_BITS,
-    drop_rate: Annotated[
-        float | None,
-        typer.Option(
-            "--drop-rate",
-            metavar="RATE",
-            envvar="CWSCTL_SANDBOX_DROP_RATE",
-            show_envvar=False,
-            parser=Fraction(),
-            help="Fraction of patient requests processed, then cut off mid-response "
-            "[env: CWSCTL_SANDBOX_DROP_RATE].",
-            show_default=False,
-        ),
-    ] = None,
-    error_rate: Annotated[
-        float | None,
-        typer.Option(
-            "--error-rate",
-            metavar="RATE",
-            envvar="CWSCTL_SANDBOX_ERROR_RATE",
-            show_envvar=False,
-            parser=Fraction(),
-            help="Fraction of patient requests answered 500 without processing "
-            "[env: CWSCTL_SANDBOX_ERROR_RATE].",
-            show_default=False,
-        ),
-    ] = None,
-    latency_ms: Annotated[
-        int | None,
-        typer.Option(
-            "--latency-ms",
-            metavar="MS",
-            envvar="CWSCTL_SANDBOX_LATENCY_MS",
-            show_envvar=False,
-            parser=WholeNumber(0, MAX_LATENCY_MS, "milliseconds"),
-            help="Random extra delay up to N ms (0 to 600000) per patient request "
-            "[env: CWSCTL_SANDBOX_LATENCY_MS].",
-            show_default=False,
-        ),
-    ] = None,
-    corrupt_rate: Annotated[
-        float | None,
-        typer.Option(
-            "--corrupt-rate",
-            metavar="RATE",
-            envvar="CWSCTL_SANDBOX_CORRUPT_RATE",
-            show_envvar=False,
-            parser=Fraction(),
-            help="Fraction of patient responses with a corrupted signature "
-            "[env: CWSCTL_SANDBOX_CORRUPT_RATE].",
-            show_default=False,
-        ),
-    ] = None,
-    unsigned_rate: Annotated[
-        float | None,
-        typer.Option(
-            "--unsigned-rate",
-            metavar="RATE",
-            envvar="CWSCTL_SANDBOX_UNSIGNED_RATE",
-            show_envvar=False,
-            parser=Fraction(),
-            help="Fraction of patient responses without a signature "
-            "[env: CWSCTL_SANDBOX_UNSIGNED_RATE].",
-            show_default=False,
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            "--seed",
-            metavar="N",
-            help="Seed the fault dice [env: CWSCTL_SANDBOX_SEED].",
-            show_default=False,
-        ),
-    ] = None,
-    clock_skew_s: Annotated[
-        int | None,
-        typer.Option(
-            "--clock-skew-s",
-            metavar="SECONDS",
-            envvar="CWSCTL_SANDBOX_CLOCK_SKEW_S",
-            show_envvar=False,
-            parser=WholeNumber(-MAX_CLOCK_SKEW_S, MAX_CLOCK_SKEW_S, "seconds, a year either way"),
-            help="Shift the Date header of every response by N seconds, at most a year either "
-            "way [env: CWSCTL_SANDBOX_CLOCK_SKEW_S].",
-            show_default=False,
-        ),
-    ] = None,
+    drop_rate: DropRateOption = None,
+    error_rate: ErrorRateOption = None,
+    latency_ms: LatencyMsOption = None,
+    corrupt_rate: CorruptRateOption = None,
+    unsigned_rate: UnsignedRateOption = None,
+    seed: SeedOption = None,
+    clock_skew_s: ClockSkewOption = None,
     kind: Annotated[
         str,
         typer.Option(
@@ -401,58 +292,17 @@ def serve(
     its last answer. There is no cap on connections or concurrent requests (only the open-file
     limit, ulimit -n): idle ones are reclaimed by these timeouts rather than refused.
     """
+    # Every option by parameter name, for the flavours (taken before any other local exists).
+    options = {name: value for name, value in locals().items() if name != "out"}
     from cwsctl.sandbox import require_server_deps
 
     require_server_deps()
     from cwsctl.core.urls import is_loopback
     from cwsctl.sandbox.faults import Faults
-    from cwsctl.sandbox.server import SandboxServer
-    from cwsctl.sandbox.store import SERVER_KEY_FILE
 
-    basic_auth = None
-    openemr_only = {
-        "--token-lifetime": token_lifetime is not None,
-        "--site-address": site_address is not None,
-        "--system-scopes": system_scopes,
-        "--manual-approval": manual_approval,
-        "--openemr-version": openemr_version != "7.0.4",
-        "--export-mode": export_mode != "openemr",
-        "--export-delay": export_delay != 0.0,
-    }
-    misplaced = [name for name, given in openemr_only.items() if given]
-    if misplaced and kind != "openemr":
-        raise InputError(f"{misplaced[0]} applies only to --kind openemr")
-    openehr_only = {
-        "--basic-auth-file": basic_auth_file is not None,
-        "--bearer-token-file": bearer_token_file is not None,
-        "--if-match": if_match != "ehrbase",
-        "--max-fetch": max_fetch is not None,
-        "--fetch-precedence": fetch_precedence != "reject",
-        "--default-limit": default_limit is not None,
-    }
-    misplaced = [name for name, given in openehr_only.items() if given]
-    if misplaced and kind != "openehr":
-        raise InputError(f"{misplaced[0]} applies only to --kind openehr")
-    if export_delay and export_mode != "spec":
-        raise InputError("--export-delay applies only to --export-mode spec")
-    if basic_auth_file is not None and bearer_token_file is not None:
-        raise InputError("--basic-auth-file and --bearer-token-file exclude each other")
-    bearer_tokens = None
-    if basic_auth_file is not None:
-        from cwsctl.targets.openehr.sandbox.app import read_basic_auth_file
-
-        basic_auth = read_basic_auth_file(basic_auth_file.expanduser())
-    if bearer_token_file is not None:
-        from cwsctl.targets.openehr.sandbox.app import read_bearer_token_file
-
-        bearer_tokens = read_bearer_token_file(bearer_token_file.expanduser())
-    openehr_settings = {
-        "bearer_tokens": bearer_tokens,
-        "if_match": if_match,
-        "max_fetch": max_fetch,
-        "fetch_precedence": fetch_precedence,
-        "default_limit": default_limit,
-    }
+    _refuse_other_flavours_options(kind, options)
+    chosen = flavour(kind)
+    own = chosen.server_options(options)
     faults = Faults.from_env(
         drop_rate=drop_rate,
         error_rate=error_rate,
@@ -462,405 +312,48 @@ def serve(
         seed=seed,
         clock_skew_s=clock_skew_s,
     )
-    directory = _data_dir(data_dir)
+    directory = resolve_data_dir(data_dir)
     if not is_loopback(host):
         out.warn(
             f"listening on {host}, NOT a loopback address: other machines can reach this sandbox. "
             "It is a test server: plain HTTP, no rate limits, fake-patient storage. "
             "Never put real patient data in it; prefer --host 127.0.0.1."
         )
-    if kind == "cws" and not (directory / SERVER_KEY_FILE).exists():
-        out.info(f"Generating the sandbox's {key_bits}-bit server key in {directory}…")
-
-    def ready(server: BaseSandboxServer) -> None:
-        if kind == "openemr":
-            _openemr_ready(out, server)
-            return
-        if kind == "openehr":
-            _openehr_ready(out, server)
-            return
-        assert isinstance(server, SandboxServer)
-        if out.settings.json:
-            out.json(
-                {
-                    "url": server.url,
-                    "data_dir": str(server.data_dir),
-                    "server_username": server.trusted_key.username,
-                    "server_key_fingerprint": server.fingerprint,
-                    "faults": server.faults.to_json(),
-                }
-            )
-        out.success(f"CWS sandbox listening on {server.url} (data: {server.data_dir})")
-        out.info(f"Responses are signed as 'coremr' with {server.fingerprint}")
-        if server.faults.active:
-            out.warn(f"fault injection on /ws/patients: {server.faults.describe()}")
-        registered = server.store.client_keys()
-        if not registered:
-            out.warn(
-                "no client keys registered yet; every request will get 401. "
-                "Register one: cwsctl sandbox add-key USERNAME PUBLIC_KEY.pem"
-            )
-        out.info("Press Ctrl-C to stop.")
-
-    server = _build_server(
-        kind,
-        host=host,
-        port=port,
-        data_dir=directory,
-        key_bits=key_bits,
-        faults=faults,
-        access_log=not out.settings.quiet,
-        token_lifetime=token_lifetime,
-        basic_auth=basic_auth,
-        openemr_version=openemr_version,
-        site_address=site_address,
-        system_scopes=system_scopes,
-        manual_approval=manual_approval,
-        openehr_settings=openehr_settings,
-        export_settings={"export_mode": export_mode, "export_delay": export_delay},
-    )
-    stop_signal = server.serve_forever(ready)
+    common = {"host": host, "port": port, "faults": faults, "access_log": not out.settings.quiet}
+    server = chosen.build(out, directory, own, common)
+    stop_signal = server.serve_forever(functools.partial(chosen.ready, out))
     how = f" ({signal.Signals(stop_signal).name})" if stop_signal else ""
     out.info(f"Sandbox stopped{how}.")
 
 
-def _build_server(
-    kind: str,
-    *,
-    host: str,
-    port: int,
-    data_dir: Path,
-    key_bits: int,
-    faults: Faults,
-    access_log: bool,
-    token_lifetime: int | None,
-    basic_auth: tuple[str, str] | None,
-    openemr_version: str,
-    site_address: str | None,
-    system_scopes: bool,
-    manual_approval: bool,
-    openehr_settings: dict[str, Any] | None = None,
-    export_settings: dict[str, Any] | None = None,
-) -> BaseSandboxServer:
-    """The flavour ``kind`` asks for (the dispatch lives here, so no flavour imports another)."""
-    common = {"host": host, "port": port, "faults": faults, "access_log": access_log}
-    if kind == "openemr":
-        from cwsctl.targets.openemr.sandbox.server import OpenEmrSandboxServer
+def flavour(kind: str) -> ModuleType:
+    """The CLI side of sandbox flavour ``kind``: ``cwsctl.targets.<kind>.cli.sandbox``.
 
-        return OpenEmrSandboxServer(
-            data_dir,
-            version=openemr_version,
-            site_address=site_address,
-            system_scopes=system_scopes,
-            manual_approval=manual_approval,
-            token_lifetime=token_lifetime,
-            **(export_settings or {}),
-            **common,  # type: ignore[arg-type]
-        )
-    if kind == "openehr":
-        from cwsctl.targets.openehr.sandbox.server import OpenEhrSandboxServer
-
-        return OpenEhrSandboxServer(
-            data_dir,
-            basic_auth=basic_auth,
-            **(openehr_settings or {}),
-            **common,  # type: ignore[arg-type]
-        )
-    from cwsctl.sandbox.server import SandboxServer
-
-    return SandboxServer(data_dir, key_bits=key_bits, **common)  # type: ignore[arg-type]
-
-
-def _openemr_ready(out: Output, server: BaseSandboxServer) -> None:
-    from cwsctl.targets.openemr.sandbox.server import OpenEmrSandboxServer
-
-    assert isinstance(server, OpenEmrSandboxServer)
-    lifetimes = (
-        f"{server.token_lifetime}-second access tokens"
-        if server.token_lifetime is not None
-        else "access tokens: 300 s client credentials, 3600 s user"
-    )
-    if out.settings.json:
-        out.json(
-            {
-                "kind": "openemr",
-                "url": server.url,
-                "site": server.site,
-                "openemr_version": server.version,
-                "site_address": server.site_address,
-                "system_scopes": server.system_scopes,
-                "manual_approval": server.manual_approval,
-                "data_dir": str(server.data_dir),
-                "token_url": server.token_url,
-                "fhir_url": server.fhir_url,
-                "api_url": server.api_url,
-                "token_lifetime": server.token_lifetime,
-                "export_mode": server.export_mode,
-                "export_delay": server.export_delay,
-                "faults": server.faults.to_json(),
-            }
-        )
-    out.success(
-        f"OpenEMR {server.version} sandbox listening on {server.url} (data: {server.data_dir})"
-    )
-    out.info(f"Discovery: {server.fhir_url}/.well-known/smart-configuration")
-    out.info(f"Register: POST {server.oauth_url}/registration")
-    out.info(f"Token URL (the assertion's aud): {server.token_url} ({lifetimes})")
-    out.info(f"APIs: {server.api_url}/api/patient and {server.api_url}/fhir/Patient")
-    scopes = "on" if server.system_scopes else "off (--system-scopes turns them on)"
-    out.info(f"System scopes: {scopes}")
-    delay = f", {server.export_delay:g} s of 202s" if server.export_mode == "spec" else ""
-    out.info(
-        f"Bulk export ({server.export_mode} mode{delay}): GET {server.api_url}/fhir/$export, "
-        f"/Patient/$export, /Group/{server.group_id}/$export"
-    )
-    out.info(
-        "New confidential clients with user/ or system/ scopes start disabled"
-        f"{' (with --manual-approval: every new client)' if server.manual_approval else ''}: "
-        f"cwsctl sandbox openemr enable-client --data-dir {server.data_dir} -- CLIENT_ID"
-    )
-    if server.faults.active:
-        out.warn(f"fault injection on the patient routes: {server.faults.describe()}")
-    out.info("Press Ctrl-C to stop.")
-
-
-def _openehr_ready(out: Output, server: BaseSandboxServer) -> None:
-    from cwsctl.targets.openehr.sandbox.server import OpenEhrSandboxServer
-
-    assert isinstance(server, OpenEhrSandboxServer)
-    auth = server.basic_auth
-    bearer = server.bearer_tokens is not None
-    if out.settings.json:
-        out.json(
-            {
-                "kind": "openehr",
-                "url": server.url,
-                "base_url": server.base_url,
-                "status_url": server.status_url,
-                "system_id": server.system_id,
-                "data_dir": str(server.data_dir),
-                "auth": "basic" if auth else "bearer" if bearer else "none",
-                "username": auth[0] if auth else None,
-                "if_match": server.if_match,
-                "ehrbase_version": server.ehrbase_version,
-                "max_fetch": server.max_fetch,
-                "fetch_precedence": server.fetch_precedence,
-                "default_limit": server.default_limit,
-                "templates": server.template_ids(),
-                "faults": server.faults.to_json(),
-            }
-        )
-    out.success(f"openEHR sandbox listening on {server.url} (data: {server.data_dir})")
-    out.info(f"Base URL (profile --url): {server.base_url}")
-    quoting = (
-        'a quoted If-Match is refused (400 "UUID string too large")'
-        if server.if_match == "ehrbase"
-        else "If-Match quoted as the specification says (bare accepted too)"
-    )
-    out.info(f"Behaves like EHRbase {server.ehrbase_version}: {quoting}")
-    limits = [f"fetch precedence {server.fetch_precedence}"]
-    if server.max_fetch is not None:
-        limits.append(f"max fetch {server.max_fetch}")
-    if server.default_limit is not None:
-        limits.append(f"default limit {server.default_limit}")
-    out.info("AQL: " + ", ".join(limits))
-    templates = server.template_ids()
-    out.info(
-        f"Templates uploaded: {', '.join(templates)}"
-        if templates
-        else "No templates uploaded yet: compositions need one (POST "
-        f"{server.base_url}/definition/template/adl1.4, Content-Type and Accept application/xml)"
-    )
-    if auth:
-        out.info(f"Basic auth required, user {auth[0]!r} (password from the --basic-auth-file)")
-    elif bearer:
-        out.info("Bearer token required (one of those in the --bearer-token-file)")
-    else:
-        out.info("No authentication required (use --basic-auth-file or --bearer-token-file)")
-    if server.faults.active:
-        out.warn(f"fault injection on {server.base_url}/ehr…: {server.faults.describe()}")
-    out.info("Press Ctrl-C to stop.")
-
-
-@app.command("add-key")
-@with_globals
-def add_key(
-    out: Output,
-    username: Annotated[
-        str, typer.Argument(metavar="USERNAME", help="Username the client signs as (Access=…).")
-    ],
-    public_key_file: Annotated[
-        Path,
-        typer.Argument(
-            metavar="PUBLIC_KEY_FILE",
-            help="The client's public key PEM (a private key file works too).",
-        ),
-    ],
-    data_dir: DataDirOption = None,
-    replace: Annotated[
-        bool, typer.Option("--replace", help="Replace a different key already registered.")
-    ] = False,
-) -> None:
-    """Register a client's public key, like CorEMR's Administration → Public Keys → +.
-
-    Works while the server runs; it sees the key on the next request.
+    The one place the `sandbox` commands reach a target (so no flavour imports another).
     """
-    from cwsctl.core import keys
-    from cwsctl.sandbox.store import register_client_key
-
-    key = keys.load_public_key(public_key_file)
-    directory = _data_dir(data_dir)
-    entry = register_client_key(directory, username, key, replace=replace)
-    if out.settings.json:
-        out.json({"data_dir": str(directory), **entry.to_json()})
-    out.success(f"Registered {entry.username} {entry.fingerprint} in {directory}")
+    return importlib.import_module(f"cwsctl.targets.{kind}.cli.sandbox")
 
 
-@app.command("keys")
-@with_globals
-def list_keys(out: Output, data_dir: DataDirOption = None) -> None:
-    """List registered client usernames and key fingerprints."""
-    from cwsctl.sandbox.store import list_client_keys
-
-    directory = _data_dir(data_dir)
-    entries = list_client_keys(directory)
-    if out.settings.json:
-        out.json({"data_dir": str(directory), "keys": [e.to_json() for e in entries]})
-        return
-    if not entries:
-        out.info(f"No client keys registered in {directory}.")
-        out.info("Register one: cwsctl sandbox add-key USERNAME PUBLIC_KEY.pem")
-        return
-    width = max(len(e.username) for e in entries)
-    for entry in entries:
-        out.line(f"{entry.username:<{width}}  {entry.fingerprint}")
+def _refuse_other_flavours_options(kind: str, options: Mapping[str, Any]) -> None:
+    """Refuse an option only another flavour takes: "--site-address applies only to --kind
+    openemr". An option counts as given when its value is not serve's default; the first given
+    one is named, in the order of the kinds and of each flavour's ``OPTIONS``."""
+    defaults = inspect.signature(serve).parameters
+    for other in SANDBOX_KINDS:
+        given = [
+            name
+            for name in flavour(other).OPTIONS
+            if options[_parameter(name)] != defaults[_parameter(name)].default
+        ]
+        if given and kind != other:
+            raise InputError(f"{given[0]} applies only to --kind {other}")
 
 
-@app.command("server-key")
-@with_globals
-def server_key(
-    out: Output, data_dir: DataDirOption = None, key_bits: KeyBitsOption = DEFAULT_BITS
-) -> None:
-    """Print the sandbox's public key PEM (made if the data dir is new), to pin with profile trust.
-
-    The sandbox signs responses as `coremr`:
-    `cwsctl sandbox server-key > sandbox.pem && cwsctl profile trust sandbox.pem`.
-    """
-    from cwsctl.core import keys
-    from cwsctl.sandbox.store import SERVER_KEY_FILE, SERVER_USERNAME, load_or_create_server_key
-
-    directory = _data_dir(data_dir)
-    if not (directory / SERVER_KEY_FILE).exists():
-        out.info(f"Generating the sandbox's {key_bits}-bit server key in {directory}…")
-    public = load_or_create_server_key(directory, key_bits).public_key()
-    pem = keys.public_key_pem(public).decode("ascii")
-    fingerprint = keys.fingerprint(public)
-    if out.settings.json:
-        out.json(
-            {
-                "data_dir": str(directory),
-                "username": SERVER_USERNAME,
-                "bits": public.key_size,
-                "fingerprint": fingerprint,
-                "public_key": pem,
-            }
-        )
-        return
-    out.data(pem)
-    out.info(f"Fingerprint: {fingerprint} (signs as {SERVER_USERNAME!r})")
-    out.info(
-        f"Pin it: cwsctl sandbox server-key > sandbox.pem && cwsctl profile trust sandbox.pem "
-        f"--username {SERVER_USERNAME}"
-    )
+def _parameter(option: str) -> str:
+    """serve's parameter for ``option``: ``--site-address`` → ``site_address``."""
+    return option.removeprefix("--").replace("-", "_")
 
 
-@openemr_app.command("enable-client")
-@with_globals
-def enable_client(
-    out: Output,
-    client_id: Annotated[
-        str, typer.Argument(metavar="CLIENT_ID", help="The client_id registration answered.")
-    ],
-    data_dir: DataDirOption = None,
-) -> None:
-    """Enable a registered client, like OpenEMR's Admin → System → API Clients → Enable.
-
-    Works while the server runs (same SQLite file); the client's next grant succeeds. Client
-    ids are base64url and may begin with "-": put "--" before one
-    (`cwsctl sandbox openemr enable-client --data-dir DIR -- CLIENT_ID`).
-    """
-    from cwsctl.targets.openemr.sandbox.store import enable_client as enable
-
-    directory = _data_dir(data_dir)
-    client = enable(directory, client_id)
-    if client is None:
-        raise InputError(
-            f"no client {client_id!r} is registered in {directory}",
-            hint=f"list them: cwsctl sandbox openemr clients --data-dir {directory}",
-        )
-    if out.settings.json:
-        out.json({"data_dir": str(directory), **client.to_json()})
-    out.success(f"Enabled client {client.client_id} in {directory}")
-
-
-@openemr_app.command("clients")
-@with_globals
-def list_clients(out: Output, data_dir: DataDirOption = None) -> None:
-    """List the registered OAuth clients: id, enabled or not, scopes."""
-    from cwsctl.targets.openemr.sandbox.store import list_clients as registered
-
-    directory = _data_dir(data_dir)
-    clients = registered(directory)
-    if out.settings.json:
-        out.json({"data_dir": str(directory), "clients": [c.to_json() for c in clients]})
-        return
-    if not clients:
-        out.info(f"No OAuth clients registered in {directory}.")
-        return
-    for client in clients:
-        state = "enabled " if client.enabled else "disabled"
-        out.line(f"{client.client_id}  {state}  {client.scope}")
-
-
-@openemr_app.command("seed")
-@with_globals
-def seed_patients(
-    out: Output,
-    patients: Annotated[
-        int,
-        typer.Option(
-            "--patients",
-            metavar="N",
-            parser=WholeNumber(1, 10_000_000),
-            help="How many generated (fake) patients to add.",
-        ),
-    ],
-    data_dir: DataDirOption = None,
-    facility: Annotated[
-        str,
-        typer.Option("--facility", metavar="ID", help="Facility part of each public id."),
-    ] = "10000",
-    prefix: Annotated[
-        str,
-        typer.Option("--prefix", metavar="TEXT", help="Prefix of each public id's number."),
-    ] = "P",
-) -> None:
-    """Add N generated patients to an OpenEMR sandbox's data dir at once (for exports and
-    benchmarks): public ids FACILITY:PREFIXk, k counting on from the patients already there,
-    in one transaction (100,000 take a few seconds). Works while the server runs.
-    """
-    import time
-
-    from cwsctl.targets.openemr.sandbox.store import OpenEmrStore
-
-    directory = _data_dir(data_dir)
-    started = time.perf_counter()
-    with OpenEmrStore(directory) as store:
-        added = store.seed_patients(patients, facility=facility, prefix=prefix)
-        total = store.count_patients()
-    elapsed = time.perf_counter() - started
-    if out.settings.json:
-        out.json(
-            {"data_dir": str(directory), "added": added, "patients": total, "seconds": elapsed}
-        )
-    out.success(f"Added {added} patients in {elapsed:.1f} s ({total} in {directory})")
+# Each flavour's own commands (`add-key`, `keys`, `server-key`, `openemr …`) follow serve.
+for _kind in SANDBOX_KINDS:
+    flavour(_kind).extend(app)

@@ -1,8 +1,9 @@
 """The CWS endpoints the sandbox serves, as a Starlette app over the store.
 
 What CorEMR's API answers — service info, patient create/lookup/get, 404/405 in CWS's JSON error
-shape — and nothing else: body limits, signatures and faults are the envelope in :mod:`.app`,
-which calls this router with the body already read and checked, and signs whatever it answers.
+shape — and nothing else: body limits, signatures and faults are the envelope
+(:mod:`cwsctl.sandbox.envelope`, signatures in :mod:`.app`), which calls this router with the
+body already read and checked, and signs whatever it answers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cwsctl.core.bulk.rows import PatientValidationError, parse_patient_body
-from cwsctl.sandbox.store import DuplicatePatientError, SandboxStore
+from cwsctl.targets.cws.sandbox.store import DuplicatePatientError, SandboxStore
 
 SERVICE_INFO = {"service": "CWS sandbox", "version": 2}
 _MAX_SQLITE_INT = 2**63 - 1

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from cwsctl.core.errors import InputError
 from cwsctl.core.files import read_bytes
-from cwsctl.sandbox.app import MAX_BODY_BYTES, Answer, EnvelopeApp, Scope, printable
+from cwsctl.sandbox.envelope import MAX_BODY_BYTES, Answer, EnvelopeApp, Scope, printable
 from cwsctl.sandbox.faults import Faults
 from cwsctl.targets.openehr.sandbox.composition_routes import CompositionRoutes
 from cwsctl.targets.openehr.sandbox.context import OpenEhrContext

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cwsctl.sandbox.app import json_bytes
+from cwsctl.sandbox.envelope import json_bytes
 from cwsctl.targets.openehr.sandbox.context import OpenEhrContext
 from cwsctl.targets.openehr.sandbox.http import (
     _UUID,

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cwsctl.sandbox.app import json_bytes
+from cwsctl.sandbox.envelope import json_bytes
 from cwsctl.targets.openehr.sandbox.store import Version
 
 #: Where the API lives on the sandbox, as on EHRbase: a profile URL is ``http://HOST:PORT`` + this.

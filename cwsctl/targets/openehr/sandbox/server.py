@@ -65,7 +65,7 @@ Endpoints (``{b}`` = ``BASE_PATH``):
   ``GET …/adl1.4/{id}`` → the OPT re-serialised (XML) or, for ``application/json`` /
   ``application/openehr.wt+json``, the sandbox's minimal web template; ``…/{id}/example``.
 
-The envelope is :class:`~cwsctl.sandbox.app.EnvelopeApp` (body limit, request timeouts, access
+The envelope is :class:`~cwsctl.sandbox.envelope.EnvelopeApp` (body limit, request timeouts, access
 log of method, path without query, status and user — never a body or credential); the fault
 switches (drop, error, latency) hit ``{b}/ehr`` and everything under it only.
 """
@@ -75,10 +75,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from cwsctl.sandbox.app import MAX_BODY_BYTES
+from cwsctl.sandbox.db import default_data_dir
+from cwsctl.sandbox.envelope import MAX_BODY_BYTES
 from cwsctl.sandbox.faults import Faults
 from cwsctl.sandbox.server import DEFAULT_HOST, REQUEST_TIMEOUT_S, BaseSandboxServer
-from cwsctl.sandbox.store import default_data_dir
 from cwsctl.targets.openehr.sandbox.app import OpenEhrApp, OpenEhrEndpoints
 from cwsctl.targets.openehr.sandbox.context import OpenEhrContext
 from cwsctl.targets.openehr.sandbox.http import (

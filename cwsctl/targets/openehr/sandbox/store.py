@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from cwsctl.sandbox.store import open_private_db
+from cwsctl.sandbox.db import open_private_db
 
 DB_FILE = "openehr.db"
 

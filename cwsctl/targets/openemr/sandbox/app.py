@@ -14,7 +14,7 @@ Endpoints (``{site}`` is the server's site):
 
 Every endpoint shares one :class:`~.state.OpenEmrState` (OpenEMR's globals, the store).
 
-The envelope is the CWS flavour's (:class:`~cwsctl.sandbox.app.EnvelopeApp`: body limit,
+The envelope is the CWS flavour's (:class:`~cwsctl.sandbox.envelope.EnvelopeApp`: body limit,
 request timeouts, access log, faults), with a bearer-token check instead of signatures on every
 other ``/apis/`` request: an unknown, expired or revoked token is 401 (7.0.3: league's
 ``access_denied`` JSON; 7.0.4+: ``{"error":"An error occurred","message":…,"code":0}``); a user
@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cwsctl.sandbox.app import (
+from cwsctl.sandbox.envelope import (
     MAX_BODY_BYTES,
     Answer,
     EnvelopeApp,

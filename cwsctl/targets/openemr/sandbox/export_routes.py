@@ -47,7 +47,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cwsctl.sandbox.app import Answer
+from cwsctl.sandbox.envelope import Answer
 from cwsctl.targets.openemr.sandbox.api import (
     FHIR_JSON,
     fhir_outcome,

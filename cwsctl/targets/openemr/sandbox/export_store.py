@@ -88,7 +88,7 @@ class ExportStore:
     """Jobs and documents in ``openemr.db`` (their own connection and lock), files on disk."""
 
     def __init__(self, db_path: Path, files: Path) -> None:
-        from cwsctl.sandbox.store import open_private_db
+        from cwsctl.sandbox.db import open_private_db
 
         self.db_path = db_path
         self.files = files

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
 
-from cwsctl.sandbox.app import Answer
+from cwsctl.sandbox.envelope import Answer
 from cwsctl.targets.openemr.sandbox.scopes import FHIR_READ_RESOURCES
 
 OPENEMR_MODE = "openemr"

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cwsctl.sandbox.app import MAX_BODY_BYTES
+from cwsctl.sandbox.db import default_data_dir
+from cwsctl.sandbox.envelope import MAX_BODY_BYTES
 from cwsctl.sandbox.faults import Faults
 from cwsctl.sandbox.server import DEFAULT_HOST, REQUEST_TIMEOUT_S, BaseSandboxServer
-from cwsctl.sandbox.store import default_data_dir
 from cwsctl.targets.openemr.sandbox.app import OpenEmrApp
 from cwsctl.targets.openemr.sandbox.export_routes import ExportService
 from cwsctl.targets.openemr.sandbox.export_support import (

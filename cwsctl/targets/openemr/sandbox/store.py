@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cwsctl.sandbox.store import open_private_db
+from cwsctl.sandbox.db import open_private_db
 
 DB_FILE = "openemr.db"
 

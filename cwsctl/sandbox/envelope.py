@@ -1,8 +1,9 @@
-"""The sandbox as an ASGI app: an envelope shared by every flavour around its endpoints.
+"""The envelope every sandbox flavour's ASGI app shares, around the flavour's endpoints.
 
 ``EnvelopeApp`` is the part every flavour shares (body limit, faults, access log, the answer
-captured whole); ``SandboxApp`` is the CWS flavour (signature checks and signed answers); the
-OpenEMR flavour (:mod:`.openemr`) checks bearer tokens instead and signs nothing.
+captured whole); a flavour subclasses it: the CWS flavour (:mod:`cwsctl.targets.cws.sandbox.app`)
+checks signatures and signs answers; the OpenEMR flavour (:mod:`cwsctl.targets.openemr.sandbox.app`)
+checks bearer tokens instead and signs nothing.
 
 Every request, in order (steps 2, 3 and 5 as the CWS flavour does them):
 
@@ -16,7 +17,8 @@ Every request, in order (steps 2, 3 and 5 as the CWS flavour does them):
 2. fault dice for ``/ws/patients`` requests: latency, injected 500 (see :mod:`.faults`);
 3. ``Authorization: CWS-SHA256|CWS-SHA1 Access=USER, Signature=B64`` checked over the raw body
    (an empty body is signed too) against the key registered for USER → 401 with the reason;
-4. routing and the endpoint (:mod:`.routes`, Starlette), whose answer is captured whole;
+4. routing and the endpoint (:mod:`cwsctl.targets.cws.sandbox.routes`, Starlette), whose answer
+   is captured whole;
 5. the answer is signed over its exact bytes as ``coremr`` (CWS-SHA256), whatever its status —
    404, 405, 413, 401 and 500 included — then maybe unsigned / corrupted / dropped (faults).
 
@@ -30,23 +32,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from cwsctl.core import keys
-from cwsctl.core.errors import SignatureError
-from cwsctl.protocols import cws_signature as signing
-from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
 from cwsctl.sandbox.faults import FaultDice, Faults
-from cwsctl.sandbox.store import SERVER_USERNAME, SandboxStore
-from cwsctl.targets.cws.sandbox.routes import cws_routes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,8 +49,6 @@ MAX_BODY_BYTES = 1024 * 1024
 #: After a 413, at most this much more of the body is read and thrown away before closing, so a
 #: client still sending a finite body reads the answer instead of a connection reset.
 DRAIN_LIMIT_BYTES = 16 * MAX_BODY_BYTES
-RESPONSE_ALGORITHM = Algorithm.SHA256
-SIGN_IN_THREADS_FROM_BITS = 3072
 _DROP_LOG_MESSAGE = "ASGI callable returned without completing response."
 
 
@@ -88,7 +78,8 @@ class Answer:
         self.body_complete = True  # False: the request body was not all read (see _respond)
 
 
-def _error(status: int, message: str, **extra: Any) -> Answer:
+def error_answer(status: int, message: str, **extra: Any) -> Answer:
+    """An answer with the JSON error body ``{"error": message, ...}``."""
     return Answer(status, json_bytes({"error": message, **extra}))
 
 
@@ -187,11 +178,11 @@ class EnvelopeApp:
         if too_large is not None:
             answer = too_large
         elif busy:
-            answer = _error(429, "too many requests in progress (injected fault)")
+            answer = error_answer(429, "too many requests in progress (injected fault)")
             answer.headers.append((b"retry-after", b"1"))
             note = " fault=busy"
         elif faulty and dice.hit(dice.faults.error_rate):
-            answer = _error(500, "internal server error (injected fault)")
+            answer = error_answer(500, "internal server error (injected fault)")
             note = " fault=error"
         else:
             username, refusal = self._authenticate(scope, body)
@@ -232,7 +223,7 @@ class EnvelopeApp:
 
     def _too_large(self, *, body_complete: bool) -> Answer:
         """413, closing the connection after it (the body may not end, or not soon)."""
-        answer = _error(413, f"request body is larger than {self.max_body} bytes")
+        answer = error_answer(413, f"request body is larger than {self.max_body} bytes")
         answer.close = True
         answer.body_complete = body_complete
         return answer
@@ -270,7 +261,7 @@ class EnvelopeApp:
             await self._router(scope, replay, capture)
         except Exception as exc:  # a bug in the sandbox: answer like CorEMR would, still signed
             sys.stderr.write(f"cwsctl-sandbox: internal error: {type(exc).__name__}\n")
-            return _error(500, "internal server error")
+            return error_answer(500, "internal server error")
         return Answer(status, b"".join(chunks), headers, content_type=content_type)
 
     async def _respond(
@@ -321,93 +312,6 @@ class EnvelopeApp:
         await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
 
-class SandboxApp(EnvelopeApp):
-    """The CWS flavour: requests signed by a registered client key, answers signed as coremr."""
-
-    def __init__(
-        self,
-        store: SandboxStore,
-        server_key: rsa.RSAPrivateKey,
-        *,
-        faults: Faults | None = None,
-        access_log: bool = True,
-        max_body: int = MAX_BODY_BYTES,
-    ) -> None:
-        super().__init__(cws_routes(store), faults=faults, access_log=access_log, max_body=max_body)
-        self.store = store
-        self._server_key = server_key
-        self._public_keys: dict[str, rsa.RSAPublicKey] = {}  # parsed client keys, by PEM text
-        # RSA signing releases the GIL. A 4096-bit signature costs ~2 ms, long enough that
-        # signing on worker threads pays for the hop and lets concurrent requests use every
-        # core; a 2048-bit one (~0.4 ms) is cheaper to do inline.
-        self._signer: ThreadPoolExecutor | None = (
-            ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="cws-sign")
-            if server_key.key_size >= SIGN_IN_THREADS_FROM_BITS
-            else None
-        )
-
-    def close(self) -> None:
-        """Release the signing threads (the store is closed by its owner)."""
-        if self._signer is not None:
-            self._signer.shutdown(wait=False)
-
-    def _faulty(self, path: str) -> bool:
-        return path == "/ws/patients" or path.startswith("/ws/patients/")
-
-    async def _signature_headers(
-        self, body: bytes, dice: FaultDice | None
-    ) -> tuple[list[tuple[bytes, bytes]], str]:
-        if dice is not None and dice.hit(dice.faults.unsigned_rate):
-            return [], " fault=unsigned"
-        note = ""
-        signature = await self._sign(body)
-        if dice is not None and dice.hit(dice.faults.corrupt_rate):
-            signature = _flip(signature)
-            note = " fault=corrupt"
-        value = AuthorizationHeader(RESPONSE_ALGORITHM, SERVER_USERNAME, signature).format()
-        return [(b"authorization", value.encode("ascii"))], note
-
-    def _authenticate(self, scope: Scope, body: bytes) -> tuple[str, Answer | None]:
-        values = [v for k, v in scope["headers"] if k == b"authorization"]
-        if not values:
-            return "-", _error(
-                401, "missing Authorization header; every request must be signed, even with no body"
-            )
-        if len(values) > 1:
-            return "-", _error(401, "more than one Authorization header")
-        try:
-            header = AuthorizationHeader.parse(values[0].decode("latin-1"))
-        except SignatureError as exc:
-            return "-", _error(401, exc.message)
-        username = printable(header.username, 64)
-        pem = self.store.client_key_pem(header.username)
-        if pem is None:
-            return username, _error(401, f"unknown username {username!r}: no public key registered")
-        key = self._public_key(pem)
-        if not signing.verify(key, body, header.signature, header.algorithm):
-            return username, _error(
-                401,
-                f"{header.algorithm.scheme} signature does not verify over the request body "
-                f"with the key registered for {username!r}",
-            )
-        return username, None
-
-    async def _sign(self, body: bytes) -> bytes:
-        if self._signer is None:
-            return signing.sign(self._server_key, body, RESPONSE_ALGORITHM)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._signer, signing.sign, self._server_key, body, RESPONSE_ALGORITHM
-        )
-
-    def _public_key(self, pem: str) -> rsa.RSAPublicKey:
-        key = self._public_keys.get(pem)
-        if key is None:
-            key = keys.parse_public_key(pem.encode("ascii"), source="registered key")
-            self._public_keys[pem] = key
-        return key
-
-
 async def _discard(receive: Receive, limit: int) -> None:
     """Read and drop request body bytes until the body ends, the client leaves, or ``limit``."""
     seen = 0
@@ -423,11 +327,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return bytes(value).decode("latin-1")
     return None
-
-
-def _flip(signature: bytes) -> bytes:
-    """Corrupt a signature but keep its length, so it still parses and only fails to verify."""
-    return bytes(b ^ 0xFF for b in signature[:8]) + signature[8:]
 
 
 def printable(text: str, limit: int = 200) -> str:

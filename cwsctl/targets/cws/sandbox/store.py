@@ -1,4 +1,4 @@
-"""The sandbox's state in its data dir: its own RSA key, registered client keys, patients (SQLite).
+"""The CWS sandbox's data dir: its own RSA key, registered client keys, patients (SQLite).
 
 Layout of a data dir (mode 0700)::
 
@@ -14,7 +14,6 @@ of the server process (not necessarily a power cut), which is what a sandbox nee
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import threading
@@ -28,10 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cwsctl.core import keys
 from cwsctl.core.bulk.rows import patient_key
 from cwsctl.core.errors import CwsError, InputError
-from cwsctl.core.files import ensure_private_dir
-from cwsctl.core.profile import DEFAULT_SERVER_USERNAME, cwsctl_home
+from cwsctl.core.profile import DEFAULT_SERVER_USERNAME
+from cwsctl.sandbox.db import open_private_db
 
-DATA_DIR_ENV = "CWSCTL_SANDBOX_DIR"
 SERVER_KEY_FILE = "server.pem"
 DB_FILE = "sandbox.db"
 #: The name the sandbox signs its responses as, like CorEMR's own key.
@@ -55,14 +53,6 @@ CREATE TABLE IF NOT EXISTS patients (
     UNIQUE (external_id, facility_key)
 );
 """
-
-
-def default_data_dir() -> Path:
-    """``$CWSCTL_SANDBOX_DIR``, else ``$CWSCTL_HOME/sandbox``."""
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    return cwsctl_home() / "sandbox"
 
 
 def validate_username(username: str) -> str:
@@ -124,34 +114,6 @@ class DuplicatePatientError(Exception):
     def __init__(self, existing_id: int) -> None:
         super().__init__(f"duplicate patient (existing id {existing_id})")
         self.existing_id = existing_id
-
-
-def open_private_db(path: Path, schema: str) -> sqlite3.Connection:
-    """A connection to the SQLite file ``path`` as every sandbox flavour keeps its data.
-
-    The file is owner-only from its creation (fake or not, it is patient data; WAL files
-    inherit the mode); autocommit mode, so every statement is its own transaction, committed
-    when it returns; WAL with NORMAL syncing; shareable between threads (callers hold a lock);
-    ``schema`` applied.
-    """
-    ensure_private_dir(path.parent)
-    if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    db: sqlite3.Connection | None = None
-    try:
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA busy_timeout = 5000")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.executescript(schema)
-    except sqlite3.DatabaseError as exc:  # not SQLite, or damaged: the user's file, not a bug
-        if db is not None:
-            db.close()
-        raise InputError(
-            f"{path} is not a usable sandbox database ({exc})",
-            hint="point --data-dir at a sandbox's data directory, or move that file away",
-        ) from None
-    return db
 
 
 class SandboxStore:
