@@ -44,7 +44,7 @@ def doctor(
     """
     from cwsctl.core.checks import worst_exit_status
     from cwsctl.core.doctor import run_checks
-    from cwsctl.core.kind import kind_of
+    from cwsctl.registry import kind_of
     from cwsctl.core.profile import Store
     from cwsctl.core.text import printable
 

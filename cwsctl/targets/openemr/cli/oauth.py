@@ -20,12 +20,12 @@ from cwsctl.cli.options import (
     MaxResponseSizeOption,
     PassphraseFileOption,
     TimeoutOption,
-    timeout_option,
     with_globals,
 )
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import HttpUrl, WholeNumber
 from cwsctl.core.errors import InputError
+from cwsctl.targets.openemr.cli.options import DiscoveryTimeoutOption
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -39,13 +39,6 @@ app = typer.Typer(
 )
 
 DEFAULT_WAIT_S = 300.0
-DiscoveryTimeoutOption = Annotated[
-    float,
-    timeout_option(
-        "openemr: seconds for each discovery document: connecting, sending and reading the "
-        "answer to its last byte; past it, OpenEMR's documented paths are used, with a warning."
-    ),
-]
 
 
 def _openemr_profile(out: Output) -> tuple[Store, Profile]:
