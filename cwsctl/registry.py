@@ -155,6 +155,10 @@ ROOT_ORDER = (
     "sandbox",
 )
 
+#: "module:function" `request --if-match` sends with, whatever the profile's kind: openEHR's
+#: optimistic lock, quoted, and once more bare where EHRbase 2.0–2.31 refuse the quotes.
+REQUEST_IF_MATCH = "cwsctl.targets.openehr.operations:send_with_if_match"
+
 
 class _HasKind(Protocol):
     kind: str

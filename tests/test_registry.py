@@ -36,6 +36,10 @@ def test_every_target_names_what_exists():
         assert target.sandbox == f"cwsctl.targets.{target.name}.cli.sandbox"
 
 
+def test_the_if_match_sender_exists():
+    assert callable(registry.resolve(registry.REQUEST_IF_MATCH))
+
+
 def test_rotate_hooks_take_the_same_arguments():
     hooks = {registry.resolve(t.keys_rotate) for t in registry.TARGETS}
     signatures = {str(inspect.signature(hook)) for hook in hooks}
