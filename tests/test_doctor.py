@@ -134,7 +134,7 @@ def test_encrypted_key_is_unlocked_once_for_every_check(
 ):
     from cwsctl.core.checks import worst_exit_status
     from cwsctl.core.doctor import run_checks
-    from cwsctl.core.kind import kind_of
+    from cwsctl.registry import kind_of
 
     store = Store(cwsctl_home)
     keys.save_private_key(

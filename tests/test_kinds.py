@@ -9,8 +9,8 @@ import pytest
 from cwsctl.core import keys
 from cwsctl.core.bulk.rows import WALKTHROUGH_EXAMPLE, PatientValidationError, prepare_patient
 from cwsctl.core.client import ApiResponse
-from cwsctl.core.kind import kind_of
 from cwsctl.core.profile import Profile, Store
+from cwsctl.registry import kind_of
 from cwsctl.targets.openemr.kind import (
     EXTERNAL_ID_SYSTEM,
     IDENTIFIER_TYPES,

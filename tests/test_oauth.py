@@ -1372,7 +1372,7 @@ def test_sandbox_missing_scope_renews_once_per_run(
 ) -> None:
     """A client-credentials token may not create patients: OpenEMR answers 401 to every try.
     Five creates in one run: one renewal, then the 401s come back as they are."""
-    from cwsctl.core.kind import kind_of
+    from cwsctl.registry import kind_of
 
     capfd.readouterr()
     emr_sandbox.token_lifetime = 60

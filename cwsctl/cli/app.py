@@ -2,16 +2,16 @@
 
 Building the whole command tree imports every command module (about 50 ms, and pydantic through
 Typer's coercion of each parameter). The root group is a :class:`LazyGroup`: it knows each
-command's name, module and one-line summary from :data:`COMMANDS`, and imports a module only when
-its command runs (or when help, completion or the docs generator asks for the command itself).
-``cwsctl --help`` lists the summaries without importing anything. tests/test_lazy_app.py checks
-:data:`COMMANDS` against the real commands (names, order, summaries), so the two cannot drift.
+command's name, module and one-line summary from :data:`COMMANDS` (the shared commands here and
+every target's from :mod:`cwsctl.registry`), and imports a module only when its command runs
+(or when help, completion or the docs generator asks for the command itself). ``cwsctl --help``
+lists the summaries without importing anything. tests/test_lazy_app.py checks :data:`COMMANDS`
+against the real commands (names, order, summaries), so the two cannot drift.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -25,102 +25,58 @@ from cwsctl.cli.options import (
     VerboseOption,
     merge_globals,
 )
+from cwsctl.registry import ROOT_ORDER, TARGETS, Entry, extensions, resolve
 
-
-class Entry(NamedTuple):
-    """One root command: ``module.attr`` is a command function, or a group's ``typer.Typer``."""
-
-    module: str
-    attr: str
-    summary: str  # the first paragraph of the command's help, whitespace collapsed
-
-
-def _command(module: str, attr: str, summary: str) -> Entry:
-    return Entry(module, attr, summary)
-
-
-def _group(module: str, summary: str) -> Entry:
-    return Entry(module, "app", summary)
-
-
-# Order is the order of `cwsctl --help`: commands first, then groups (as Typer lists them).
-COMMANDS: dict[str, Entry] = {
-    "keygen": _command(
-        "cwsctl.cli.commands.keys",
-        "keygen",
+# The target-neutral root commands; each target's own are its `commands` in cwsctl.registry.
+SHARED: dict[str, Entry] = {
+    "keygen": Entry(
+        "cwsctl.cli.commands.keys:keygen",
         "Generate the profile's RSA key pair and print the public key to register in CorEMR.",
     ),
-    "sign": _command(
-        "cwsctl.targets.cws.cli.signature",
-        "sign",
-        "Sign a body and print its Authorization header value.",
-    ),
-    "verify": _command(
-        "cwsctl.targets.cws.cli.signature",
-        "verify",
-        "Verify a signed body; by default the signature is read from FILE.sig.",
-    ),
-    "request": _command(
-        "cwsctl.cli.commands.request",
-        "request",
+    "request": Entry(
+        "cwsctl.cli.commands.request:request",
         "Send a request as the profile's kind does, and check the answer.",
     ),
-    "query": _command(
-        "cwsctl.targets.openehr.cli.query",
-        "query",
-        "Run an AQL query on an openehr profile (POST /query/aql) and write its rows.",
-    ),
-    "export": _command(
-        "cwsctl.targets.openemr.cli.export",
-        "export",
-        "Bulk FHIR export ($export) from an openemr profile into DIR, resumable from cron.",
-    ),
-    "demo": _command(
-        "cwsctl.cli.commands.demo",
-        "demo",
+    "demo": Entry(
+        "cwsctl.cli.commands.demo:demo",
         "Run a walkthrough end to end against a throw-away local sandbox; leaves nothing behind.",
     ),
-    "audit": _command(
-        "cwsctl.cli.commands.audit",
-        "audit",
+    "audit": Entry(
+        "cwsctl.cli.commands.audit:audit",
         "Show the profile's audit log (one line per request; no patient data).",
     ),
-    "doctor": _command(
-        "cwsctl.cli.commands.doctor",
-        "doctor",
+    "doctor": Entry(
+        "cwsctl.cli.commands.doctor:doctor",
         "Check config, profile, key (present, 0600, 0700 dir, readable), https, DNS, TLS, clock skew, and what the profile's kind needs: on cws, pinned server keys and a signed request whose response must verify; on openemr, the registered client, a token and an authenticated FHIR search (OpenEMR's answers carry no signature: only TLS protects them).",
     ),
-    "keys": _group(
-        "cwsctl.cli.commands.keys", "Manage the profile's private key and show its public key."
+    "keys": Entry(
+        "cwsctl.cli.commands.keys:app", "Manage the profile's private key and show its public key."
     ),
-    "profile": _group(
-        "cwsctl.cli.commands.profile", "Create, list, select profiles and pin CorEMR's public key."
+    "profile": Entry(
+        "cwsctl.cli.commands.profile:app",
+        "Create, list, select profiles and pin CorEMR's public key.",
     ),
-    "oauth": _group(
-        "cwsctl.targets.openemr.cli.oauth",
-        "OAuth2 with OpenEMR for an openemr profile: register the client, get tokens, sign in.",
-    ),
-    "ehr": _group(
-        "cwsctl.targets.openehr.cli.ehr",
-        "openEHR EHRs: create one per subject, show it by id or subject, read and update its EHR_STATUS.",
-    ),
-    "composition": _group(
-        "cwsctl.targets.openehr.cli.composition",
-        "openEHR compositions: create, read (any version), update and delete without ever overwriting a change you did not see, and list their revision history.",
-    ),
-    "template": _group(
-        "cwsctl.targets.openehr.cli.template",
-        "openEHR operational templates (ADL 1.4 OPTs): list, upload (once, before the first composition that uses one), read as OPT or web template, and example compositions.",
-    ),
-    "patients": _group(
-        "cwsctl.cli.commands.patients",
+    "patients": Entry(
+        "cwsctl.cli.commands.patients:app",
         "Create patients in the profile's EMR (CorEMR, OpenEMR or openEHR), one or thousands.",
     ),
-    "sandbox": _group(
-        "cwsctl.cli.commands.sandbox",
+    "sandbox": Entry(
+        "cwsctl.cli.commands.sandbox:app",
         "Run a local sandbox server (CorEMR, OpenEMR or EHRbase stand-in) for demos and tests.",
     ),
 }
+
+
+def _root_commands() -> dict[str, Entry]:
+    every = dict(SHARED)
+    for target in TARGETS:
+        every.update(target.commands)
+    return {name: every[name] for name in ROOT_ORDER}
+
+
+#: Every root command (``module:attr`` is a command function, or a group's ``typer.Typer``), in
+#: the order of `cwsctl --help` (registry.ROOT_ORDER).
+COMMANDS: dict[str, Entry] = _root_commands()
 
 
 class LazyGroup(TyperGroup):
@@ -154,14 +110,20 @@ class LazyGroup(TyperGroup):
 
 def load_command(name: str, rich_markup_mode: Any = None) -> Any:
     """Import the module of root command ``name`` and build its Click command as Typer would."""
-    entry = COMMANDS[name]
-    target = getattr(importlib.import_module(entry.module), entry.attr)
+    target = resolve(COMMANDS[name].where)
     holder = typer.Typer(rich_markup_mode=rich_markup_mode, pretty_exceptions_enable=False)
     if isinstance(target, typer.Typer):
         holder.add_typer(target, name=name)
     else:
         holder.command(name)(target)
     return typer.main.get_group(holder).commands[name]
+
+
+def add_extensions(group: typer.Typer, name: str) -> None:
+    """Add to the shared group ``name`` the commands the targets give it (registry ``extends``),
+    here in its listing: a group module calls this where they belong in its order."""
+    for command, entry in extensions(name).items():
+        group.command(command)(resolve(entry.where))
 
 
 app = typer.Typer(

@@ -12,6 +12,7 @@ from cwsctl.cli.output import Settings
 from cwsctl.core.errors import InputError, LocalKeyError, ProfileError
 from cwsctl.core.files import read_bytes
 from cwsctl.core.keys import PassphraseSource, read_passphrase_file
+from cwsctl.registry import kind_of, target
 
 if TYPE_CHECKING:
     from cwsctl.core.client import ApiClient
@@ -73,7 +74,6 @@ def open_client(
     """A client for the profile in force, authenticating as its kind does (``max_response_size``
     None: 64 MiB). ``verify_responses`` matters only to kinds whose servers sign answers."""
     from cwsctl.core.audit import AuditLog
-    from cwsctl.core.kind import kind_of
 
     store, name = store_and_profile(settings)
     profile = store.get_profile(name)
@@ -94,7 +94,6 @@ def open_client(
 def patient_mapping(settings: Settings, *, dry_run: bool = False) -> PatientMapping:
     """How the profile in force creates and finds patients. A dry run needs no profile: without
     one, rows are checked (and shown) as CWS bodies."""
-    from cwsctl.core.kind import kind_of
     from cwsctl.core.profile import Profile
 
     store, name = store_and_profile(settings)
@@ -107,7 +106,9 @@ def patient_mapping(settings: Settings, *, dry_run: bool = False) -> PatientMapp
 
 def require_kind(settings: Settings, kind: str, commands: str) -> None:
     """ProfileError (exit 3) unless the profile in force is of ``kind``: ``commands`` exist only
-    for that kind's API, and must not send their bodies (and credentials) to another one."""
+    for that kind's API, and must not send their bodies (and credentials) to another one.
+    ``kind`` is a target's name in the registry (KeyError otherwise: a bug in the caller)."""
+    kind = target(kind).name
     store, name = store_and_profile(settings)
     profile = store.get_profile(name)
     if profile.kind != kind:

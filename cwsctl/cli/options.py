@@ -12,7 +12,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 import typer
 
@@ -139,6 +139,31 @@ MaxResponseSizeOption = Annotated[
 AllowHttpOption = Annotated[
     bool, typer.Option("--allow-http", help="Allow plain http to a non-loopback host.")
 ]
+
+
+class Owner(NamedTuple):
+    """Tags an option alias with the target it belongs to, for the commands that take every
+    target's options: ``Annotated[str | None, typer.Option("--site", …), Owner("openemr")]``.
+    Typer ignores it; :func:`option_owners` reads it."""
+
+    target: str
+
+
+def option_owners(command: Callable[..., Any]) -> dict[str, tuple[str, str]]:
+    """Each option of ``command`` tagged with an :class:`Owner`, in signature order: parameter
+    name → (the option's first flag, its target)."""
+    owners: dict[str, tuple[str, str]] = {}
+    for name, param in inspect.signature(command, eval_str=True).parameters.items():
+        metadata = getattr(param.annotation, "__metadata__", ())
+        owner = next((m.target for m in metadata if isinstance(m, Owner)), None)
+        option = next((m for m in metadata if isinstance(m, typer.models.OptionInfo)), None)
+        if owner is None or option is None:
+            continue
+        # In Annotated, typer.Option's first positional argument is its first flag.
+        flags = [option.default] if isinstance(option.default, str) else []
+        owners[name] = ([*flags, *(option.param_decls or ())][0], owner)
+    return owners
+
 
 _GLOBALS: dict[str, Any] = {
     "profile": ProfileOption,

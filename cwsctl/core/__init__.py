@@ -1,24 +1,24 @@
-"""The cwsctl library: signed and bearer-token requests to CorEMR (CWS), OpenEMR and openEHR
-servers, bulk patient loads and their journals — with no CLI concerns (no typer, rich, print or
-exit).
+"""The foundation every target shares: profiles and keys, the bounded client, bulk loads and
+their journals, exit codes — with no CLI concerns (no typer, rich, print or exit). A target
+reaches core as a ``Kind``; core imports only core, the standard library, third parties and the
+data-only ``cwsctl.registry``.
 
 Modules, one concern each:
 
 - ``errors``: the exception tree and the exit-status table
-- ``keys``: generate, load, save and fingerprint RSA keys
-- ``signing``: sign/verify bytes; the ``Authorization: CWS-…`` header
-- ``verification``: which keys to try and why a signature failed
-- ``identity``: the key, username and algorithm to sign as
-- ``profile``: ``config.toml``, profiles (kind cws, openemr or openehr) and pinned CorEMR keys
-- ``kinds``: one module per target server (``cws``, ``openemr``, ``openehr``): its ``httpx.Auth``,
-  patient mapping and doctor checks
-- ``oauth``, ``jwks``: OpenEMR's OAuth2 (registration, client assertions, tokens, login)
-- ``openehr``: openEHR REST (EHRs, compositions, AQL)
-- ``exchange``: the bounded transport every request goes through (deadline, size cap)
-- ``client``: ``ApiClient``, ``CwsAuth`` (an ``httpx.Auth`` that signs and verifies), ``CwsClient``
-- ``patients``: the patient record schema, validation and normalisation
-- ``readers``, ``journal``, ``bulk``, ``report``: resumable bulk loads
-- ``audit``, ``doctor``, ``rotation``, ``body_checks``, ``redact``, ``files``
+- ``text``, ``jsondoc``, ``xml``: terminal-safe text; depth-bounded JSON; a safe, bounded XML parser
+- ``files``, ``headers``, ``urls``, ``redact``: atomic files and locks; header and URL rules; PHI
+  masking
+- ``keys``, ``jwks``, ``secrets``: RSA keys and passphrases; JWK Sets; passwords and tokens
+- ``profile``: ``config.toml``, profiles (one kind per target, from the registry), pinned keys
+- ``rotation``: next and retired key files (``keys rotate``, ``keys remove``)
+- ``kind``: the ``Kind`` and ``PatientMapping`` each target implements (``registry.kind_of``)
+- ``client``, ``verdict``: ``ApiClient``, the bounded, retried, audited request loop, and what a
+  signature check of an answer concluded
+- ``transport/``: deadlines, proxies, the size-capped transport and pool, network errors
+- ``bulk/``: the patient row schema, readers, journal, runner and reports of bulk loads
+- ``audit``, ``checks``, ``doctor``: the audit log; a doctor check's vocabulary; ``run_checks``
+- ``identity`` (and ``client.CwsClient``): deprecated names, kept for one release
 
 Nothing is imported here: ``cwsctl sign`` loads only the modules it needs.
 """

@@ -1,15 +1,15 @@
-"""Profile kinds: what differs between the EMR APIs cwsctl talks to, one module each.
+"""Profile kinds: what differs between the EMR APIs cwsctl talks to, one module per target.
 
 A kind says how a client authenticates (its ``httpx.Auth``, inside an :class:`ApiClient`
 subclass) and how a patient row becomes a request, how the answer reads, and how an in-doubt row
 is looked up (its :class:`PatientMapping`). Everything else — profiles and keys, the bounded
-client, the bulk runner and journal, exit codes — is shared. Adding a kind means adding a module
-here, an entry in ``_MODULES``, and a sandbox flavour; no command changes.
+client, the bulk runner and journal, exit codes — is shared. Each target implements a kind in
+``cwsctl/targets/<t>/kind.py``, named by its entry in ``cwsctl.registry`` (whose ``kind_of``
+finds a profile's); no command changes.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -23,12 +23,6 @@ if TYPE_CHECKING:
     from cwsctl.core.client import ApiClient, ApiResponse
     from cwsctl.core.keys import PassphraseSource
     from cwsctl.core.profile import Profile, Store
-
-_MODULES = {
-    "cws": "cwsctl.targets.cws.kind",
-    "openemr": "cwsctl.targets.openemr.kind",
-    "openehr": "cwsctl.targets.openehr.kind",
-}
 
 
 class PatientRequest(NamedTuple):
@@ -145,13 +139,6 @@ class Kind(ABC):
         timeout: float,
     ) -> Iterator[Check]:
         """Checks that talk to the server as the profile (authentication, server identity)."""
-
-
-def kind_of(profile: Profile) -> Kind:
-    """The kind of ``profile`` (its module is imported only now)."""
-    module = importlib.import_module(_MODULES[profile.kind])
-    kind: Kind = module.KIND
-    return kind
 
 
 def json_field(body: bytes, *path: str | int) -> Any:

@@ -22,6 +22,7 @@ from cwsctl.core import keys
 from cwsctl.core.errors import CwsError, InputError, LocalKeyError, ProfileError
 from cwsctl.core.files import atomic_write, ensure_private_dir, exclusive_lock
 from cwsctl.protocols.cws_signature import Algorithm
+from cwsctl.registry import TARGETS
 
 DEFAULT_PROFILE = "default"
 DEFAULT_SERVER_USERNAME = "coremr"
@@ -110,8 +111,8 @@ class TrustedKey:
         return keys.fingerprint(self.public_key)
 
 
-#: Profile kinds: which EMR API a profile talks to (see cwsctl.core.kind).
-KINDS = ("cws", "openemr", "openehr")
+#: Profile kinds: which EMR API a profile talks to (see cwsctl.core.kind), one per target.
+KINDS = tuple(target.name for target in TARGETS)
 #: How an openehr profile authenticates (the secret, if any, never lives in config.toml).
 OPENEHR_AUTH = ("none", "basic", "bearer")
 DEFAULT_KIND = "cws"

@@ -44,9 +44,9 @@ def doctor(
     """
     from cwsctl.core.checks import worst_exit_status
     from cwsctl.core.doctor import run_checks
-    from cwsctl.core.kind import kind_of
     from cwsctl.core.profile import Store
     from cwsctl.core.text import printable
+    from cwsctl.registry import kind_of
 
     checks = []
     for check in run_checks(

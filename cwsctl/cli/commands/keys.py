@@ -1,12 +1,16 @@
-"""`cwsctl keygen` and `cwsctl keys …`: the client's own key pair (walkthrough "Security Setup")."""
+"""`cwsctl keygen` and `cwsctl keys …`: the client's own key pair (walkthrough "Security Setup").
+
+The targets add their own sub-commands (registry ``extends``) and do `keys rotate` their way
+(registry ``keys_rotate``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from cwsctl.cli.app import add_extensions
 from cwsctl.cli.commands.keys_run import key_document, show_command, show_public
 from cwsctl.cli.common import passphrase_file_from, passphrase_source, store_and_profile
 from cwsctl.cli.options import KEY_BITS, PassphraseFileOption, RotateTimeoutOption, with_globals
@@ -16,10 +20,8 @@ from cwsctl.core import keys
 from cwsctl.core.errors import LocalKeyError
 from cwsctl.core.files import atomic_write, read_bytes
 from cwsctl.core.keys import read_passphrase_file
-from cwsctl.core.profile import existing_key_path
-
-if TYPE_CHECKING:
-    from cwsctl.core.profile import Store
+from cwsctl.core.profile import DEFAULT_KIND, existing_key_path
+from cwsctl.registry import resolve, target
 
 app = typer.Typer(
     help="Manage the profile's private key and show its public key.", no_args_is_help=True
@@ -175,29 +177,8 @@ def export_public(
     out.success(f"Public key written to {file} ({document['fingerprint']})")
 
 
-@app.command("jwks")
-@with_globals
-def jwks(out: Output, passphrase_file: PassphraseFileOption = None) -> None:
-    """Print the profile's public key(s) as a JWK Set, for OpenEMR client registration.
-
-    Each key is an RSA JWK with use "sig", alg "RS384" and kid = the SHA-256 digest of its
-    fingerprint in unpadded base64url (`keys show` prints the same digest in base64); the
-    client assertions cwsctl signs carry the same kid. The active (signing) key comes first:
-    OpenEMR ignores kid and verifies with the first RSA key of the set. While a rotation is
-    pending (keygen --next) the next key follows it. The set goes to stdout (--json prints the
-    same document).
-    """
-    from cwsctl.core.jwks import jwk_set, profile_public_keys
-
-    store, profile = store_and_profile(out.settings)
-    key_set = jwk_set(profile_public_keys(store, profile, passphrase_source(passphrase_file)))
-    out.json(key_set)
-    for entry in key_set["keys"]:
-        out.info(f"kid {entry['kid']}")
-    if len(key_set["keys"]) > 1:
-        out.info(
-            "The set holds the active (signing) key first, then the next one (rotation pending)"
-        )
+# Commands the targets add here (`keys jwks`), in their place in the listing.
+add_extensions(app, "keys")
 
 
 @app.command("list")
@@ -252,128 +233,18 @@ def rotate(
     stays disabled until an administrator enables it, and a user must sign in again. The old
     key is kept as a retired key until `cwsctl keys remove LABEL`.
     """
-    from cwsctl.core.rotation import promote_next_key
-
     store, profile = store_and_profile(out.settings)
     settings = store.load().profiles.get(profile)
-    if settings is not None and settings.kind == "openemr":
-        _rotate_openemr(out, store, profile, reregister, passphrase_file)
-        return
-    next_path = store.next_key_path(profile)
-    if not next_path.exists():
-        raise LocalKeyError(
-            f"profile {profile!r} has no next key", hint="run: cwsctl keygen --next"
-        )
-    _check_next_key(out, store, profile, next_path, passphrase_file, timeout, force)
-    retired = promote_next_key(store, profile)
-    if out.settings.json:
-        out.json(
-            {
-                "profile": profile,
-                "active": str(store.private_key_path(profile)),
-                "retired": str(retired),
-            }
-        )
-    out.success(f"The next key is now active; the old one is kept as {retired}")
-    out.info(
-        "When CorEMR no longer needs the old key, remove it there and here: cwsctl keys remove LABEL"
-    )
-
-
-def _rotate_openemr(
-    out: Output,
-    store: Store,
-    profile: str,
-    reregister: bool,
-    passphrase_file: Path | None,
-) -> None:
-    """An openemr profile's key changes only together with a new client registration."""
-    from cwsctl.core.errors import ProfileError
-    from cwsctl.targets.openemr.rotation import rotate_with_new_client
-    from cwsctl.targets.openemr.scopes import has_user_scope
-
-    if not reregister:
-        raise ProfileError(
-            f"refusing to rotate the key of openemr profile {profile!r}: OpenEMR keeps the key "
-            "a client registered with, so tokens would fail; register the new key with "
-            "cwsctl oauth register (or: cwsctl keys rotate --reregister)",
-        )
-    out.info("Registering the next key as a new OpenEMR client …")
-    registration, retired = rotate_with_new_client(
-        store, profile, passphrase_source(passphrase_file)
-    )
-    if out.settings.json:
-        out.json(
-            {
-                "profile": profile,
-                "client_id": registration.client_id,
-                "active": str(store.private_key_path(profile)),
-                "retired": str(retired),
-            }
-        )
-    else:
-        out.line(registration.client_id)
-    out.success(
-        f"The next key is now active with new client {registration.client_id!r}; the old key is "
-        f"kept as {retired}"
-    )
-    if registration.starts_disabled:
-        from cwsctl.targets.openemr.cli.oauth import warn_disabled
-
-        warn_disabled(out, registration)
-    if has_user_scope(registration.scope):
-        out.info(f"Then sign in again for the new client: cwsctl -p {profile} oauth login")
-    out.info("Disable the old client in OpenEMR once nothing uses it")
-
-
-def _check_next_key(
-    out: Output,
-    store: Store,
-    profile: str,
-    next_path: Path,
-    passphrase_file: Path | None,
-    timeout: float,
-    force: bool,
-) -> None:
-    from cwsctl.core.errors import ClientRequestError, NetworkError
-    from cwsctl.targets.cws.client import CwsClient
-    from cwsctl.targets.cws.identity import load_identity
-
-    config = store.load()
-    settings = config.profiles.get(profile)
-    if settings is None or not settings.url or not settings.trusted:
-        out.warn(
-            "no server and pinned key in this profile: cannot check that CorEMR knows the next key"
-        )
-        return
-    identity = load_identity(
+    kind = settings.kind if settings is not None else DEFAULT_KIND
+    rotation = resolve(target(kind).keys_rotate)
+    rotation(
+        out,
+        store,
         profile,
-        store=store,
-        key_path=next_path,
-        username=settings.username,
-        algorithm=settings.algorithm,
-        passphrase=passphrase_source(passphrase_file),
-    )
-    try:
-        with CwsClient(
-            identity, settings.trusted, base_url=settings.url, timeout=timeout, allow_http=True
-        ) as client:
-            response = client.request("GET", "/ws/")
-    except NetworkError as exc:
-        out.warn(
-            f"could not reach the server to check the next key ({exc.message}); rotating anyway"
-        )
-        return
-    if response.ok:
-        out.info(f"the server accepts the next key ({identity.fingerprint})")
-        return
-    message = f"the server answered {response.status} {response.reason} to the next key ({identity.fingerprint})"
-    if force:
-        out.warn(message + "; rotating anyway (--force)")
-        return
-    raise ClientRequestError(
-        message,
-        hint=f"register it in CorEMR under {settings.username!r} first (cwsctl keys list shows it), or pass --force",
+        reregister=reregister,
+        passphrase_file=passphrase_file,
+        timeout=timeout,
+        force=force,
     )
 
 

@@ -1,4 +1,8 @@
-"""`cwsctl profile …`: servers, usernames and pinned CorEMR keys."""
+"""`cwsctl profile …`: servers, usernames and pinned CorEMR keys.
+
+`profile init` takes every target's options (each declared in ``targets/<t>/cli/options.py`` and
+tagged with its target); targets add their own sub-commands (`profile trust`) via the registry.
+"""
 
 from __future__ import annotations
 
@@ -7,44 +11,43 @@ from typing import Annotated
 
 import typer
 
-from cwsctl.cli.common import store_and_profile
-from cwsctl.cli.options import with_globals
+from cwsctl.cli.app import add_extensions
+from cwsctl.cli.options import option_owners, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import Choice, HttpUrl
 from cwsctl.core import keys
-from cwsctl.core.errors import InputError, ProfileError
-from cwsctl.core.files import read_bytes
+from cwsctl.core.errors import InputError
 from cwsctl.core.profile import (
     DEFAULT_KIND,
-    DEFAULT_SERVER_USERNAME,
     KINDS,
-    OPENEHR_AUTH,
     Profile,
     Store,
-    TrustedKey,
     validate_profile_name,
 )
 from cwsctl.core.text import printable
 from cwsctl.protocols.cws_signature import Algorithm
-from cwsctl.targets.openemr.cli.oauth import DiscoveryTimeoutOption
+from cwsctl.registry import kind_of, resolve, target
+from cwsctl.targets.cws.cli.options import AlgorithmOption, UsernameOption
+from cwsctl.targets.openehr.cli.options import (
+    AuthOption,
+    PasswordFileOption,
+    StoreSecretOption,
+    TokenFileOption,
+)
+from cwsctl.targets.openemr.cli.options import (
+    ClientIdOption,
+    DiscoveryTimeoutOption,
+    ScopeOption,
+    SiteOption,
+    check_client_id,
+)
 
 app = typer.Typer(
     help="Create, list, select profiles and pin CorEMR's public key.", no_args_is_help=True
 )
 
-AlgorithmChoice = Annotated[
-    str,
-    typer.Option(
-        "--algorithm",
-        metavar="sha256|sha1",
-        help="Signature algorithm: sha256 (recommended) or sha1.",
-    ),
-]
-
 
 def _describe(store: Store, profile: Profile, default: str | None) -> dict[str, object]:
-    from cwsctl.core.kind import kind_of
-
     key_path = store.private_key_path(profile.name)
     # An encrypted key is not decrypted here: no fingerprint then, and no prompt.
     fingerprint = keys.fingerprint_if_readable(key_path) if key_path.exists() else None
@@ -81,16 +84,8 @@ def init(
             "(openehr).",
         ),
     ],
-    username: Annotated[
-        str | None,
-        typer.Option(
-            "--username",
-            metavar="USER",
-            help="cws: the username your public key is registered under in CorEMR.",
-            show_default=False,
-        ),
-    ] = None,
-    algorithm: AlgorithmChoice = "sha256",
+    username: UsernameOption = None,
+    algorithm: AlgorithmOption = "sha256",
     kind: Annotated[
         str,
         typer.Option(
@@ -101,70 +96,13 @@ def init(
             "(OAuth2 with a JWT signed by the profile key) or openehr (openEHR REST).",
         ),
     ] = DEFAULT_KIND,
-    site: Annotated[
-        str | None,
-        typer.Option(
-            "--site",
-            metavar="SITE",
-            help="openemr: the OpenEMR site (multisite), default 'default'.",
-            show_default=False,
-        ),
-    ] = None,
-    client_id: Annotated[
-        str | None,
-        typer.Option(
-            "--client-id",
-            metavar="ID",
-            help="openemr: a client registered in OpenEMR's admin pages (else: cwsctl oauth register).",
-            show_default=False,
-        ),
-    ] = None,
-    scope: Annotated[
-        str | None,
-        typer.Option(
-            "--scope",
-            metavar="SCOPES",
-            help="openemr: space-separated OAuth2 scopes to ask for.",
-            show_default=False,
-        ),
-    ] = None,
-    auth: Annotated[
-        str | None,
-        typer.Option(
-            "--auth",
-            metavar="|".join(OPENEHR_AUTH),
-            parser=Choice(OPENEHR_AUTH),
-            help="openehr: none, basic (as --username) or bearer [default: none].",
-            show_default=False,
-        ),
-    ] = None,
-    password_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--password-file",
-            metavar="FILE",
-            help="openehr basic auth: file whose first line is the password (kept only with "
-            "--store-secret; else set CWSCTL_PASSWORD or CWSCTL_PASSWORD_FILE when running).",
-            show_default=False,
-        ),
-    ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--token-file",
-            metavar="FILE",
-            help="openehr bearer auth: file whose first line is the token (kept only with "
-            "--store-secret; else set CWSCTL_TOKEN or CWSCTL_TOKEN_FILE when running).",
-            show_default=False,
-        ),
-    ] = None,
-    store_secret: Annotated[
-        bool,
-        typer.Option(
-            "--store-secret",
-            help="openehr: keep the password/token in $CWSCTL_HOME/secrets/NAME.json (mode 0600).",
-        ),
-    ] = False,
+    site: SiteOption = None,
+    client_id: ClientIdOption = None,
+    scope: ScopeOption = None,
+    auth: AuthOption = None,
+    password_file: PasswordFileOption = None,
+    token_file: TokenFileOption = None,
+    store_secret: StoreSecretOption = False,
     default: Annotated[
         bool, typer.Option("--default", help="Make this the default profile.")
     ] = False,
@@ -184,15 +122,9 @@ def init(
     openehr --url https://cdr.example.org/ehrbase/rest/openehr/v1 --auth basic --username
     loader --password-file pw.txt --store-secret. Secrets are never taken on the command line.
     """
-    from cwsctl.core.kind import kind_of
-
     validate_profile_name(name)
     if client_id is not None:
-        from cwsctl.targets.openemr.client_id import client_id_problem
-
-        problem = client_id_problem(client_id)
-        if problem is not None:
-            raise InputError(f"--client-id is not a usable OAuth client id: {problem}")
+        check_client_id(client_id)
     store = Store()
     config = store.load()
     existing = config.profiles.get(name) or Profile(name)
@@ -212,10 +144,9 @@ def init(
     if missing is not None:
         raise InputError(f"a {kind} profile needs more settings", hint=missing)
     discovery: dict[str, object] | None = None
-    if profile.kind == "openemr":
-        from cwsctl.targets.openemr.cli.oauth import discover_into
-
-        discovery = discover_into(out, profile, timeout)
+    step = target(profile.kind).profile_init  # e.g. openemr reads OpenEMR's discovery documents
+    if step:
+        discovery = resolve(step)(out, profile, timeout)
     if store_secret:
         _keep_secret(store, profile, password_file, token_file)
     config.profiles[name] = profile
@@ -240,7 +171,7 @@ def _keep_secret(
     from cwsctl.core.secrets import store_secret as keep
 
     what = SECRET_FOR_AUTH.get(profile.auth)
-    if profile.kind != "openehr" or what is None:
+    if profile.kind != option_owners(init)["store_secret"][1] or what is None:
         raise InputError("--store-secret is for openehr profiles with --auth basic or bearer")
     given = password_file if what == "password" else token_file
     value = (
@@ -323,52 +254,5 @@ def use(
     out.success(f"Default profile is now {name!r}")
 
 
-@app.command("trust")
-@with_globals
-def trust(
-    out: Output,
-    public_key_file: Annotated[
-        Path,
-        typer.Argument(
-            metavar="PUBLIC_KEY_FILE", help="CorEMR's public key PEM (from its Public Keys page)."
-        ),
-    ],
-    username: Annotated[
-        str, typer.Option("--username", metavar="USER", help="Name CorEMR signs responses as.")
-    ] = DEFAULT_SERVER_USERNAME,
-    remove: Annotated[bool, typer.Option("--remove", help="Unpin this key instead.")] = False,
-) -> None:
-    """Pin CorEMR's public key so responses signed with it are trusted (several allowed, for rotation)."""
-    store, name = store_and_profile(out.settings)
-    config = store.load()
-    profile = store.get_profile(name, config)
-    key = keys.parse_public_key(
-        read_bytes(public_key_file, what="public key file", error=InputError),
-        source=str(public_key_file),
-    )
-    pem = keys.public_key_pem(key).decode("ascii")
-    fingerprint = keys.fingerprint(key)
-    same = [t for t in profile.trusted if t.username == username and t.fingerprint == fingerprint]
-    if remove:
-        if not same:
-            raise ProfileError(
-                f"key {fingerprint} is not pinned for {username!r} in profile {name!r}"
-            )
-        profile.trusted = [t for t in profile.trusted if t not in same]
-        message = f"Unpinned {username} {fingerprint} from profile {name!r}"
-    elif same:
-        message = f"Already pinned: {username} {fingerprint}"
-    else:
-        profile.trusted.append(TrustedKey(username, pem))
-        message = f"Pinned {username} {fingerprint} for profile {name!r}"
-    store.save(config)
-    if out.settings.json:
-        out.json(
-            {
-                "profile": name,
-                "trusted": [
-                    {"username": t.username, "fingerprint": t.fingerprint} for t in profile.trusted
-                ],
-            }
-        )
-    out.success(message)
+# Commands the targets add here (`profile trust`), in their place in the listing.
+add_extensions(app, "profile")

@@ -85,8 +85,9 @@ def request_command(
                 "response signature NOT verified (--insecure-skip-verify): the answer may be forged"
             )
         if if_match is not None:
-            from cwsctl.targets.openehr.if_match import send_with_if_match
+            from cwsctl.registry import REQUEST_IF_MATCH, resolve
 
+            send_with_if_match = resolve(REQUEST_IF_MATCH)
             extra_headers.pop("If-Match")
             response = send_with_if_match(client, method, path, body, extra_headers, if_match)
         else:

@@ -1,1 +1,2 @@
-"""TODO."""
+"""CorEMR's CWS API: signing identity, signature verification, client, patients and the cws Kind.
+Library: imports core and protocols only."""

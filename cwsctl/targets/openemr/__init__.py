@@ -1,1 +1,2 @@
-"""TODO."""
+"""OpenEMR: OAuth2 (registration, client assertions, tokens, login), Bulk FHIR export, patients
+and the openemr Kind. Library: imports core and protocols only."""

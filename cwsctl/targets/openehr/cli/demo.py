@@ -17,6 +17,8 @@ from pathlib import Path
 PROFILE = "cdr"
 DEMO_USER = "demo-loader"
 Step = Callable[..., None]
+#: What the demo showed, said last.
+DONE = "template uploaded, EHR provisioned, FLAT composition versioned, stale update refused, query answered"
 
 
 def flat_vitals(systolic: int, diastolic: int = 80) -> bytes:
@@ -45,7 +47,7 @@ def flat_vitals(systolic: int, diastolic: int = 80) -> bytes:
     return json.dumps(document, indent=2).encode() + b"\n"
 
 
-def run_openehr_demo(step: Step, root: Path, bits: int) -> None:
+def run_openehr_demo(step: Step, root: Path, bits: int) -> str:
     """The openEHR steps, each shown with its cwsctl command (``bits`` is unused: no keys)."""
     import secrets
 
@@ -185,6 +187,7 @@ def run_openehr_demo(step: Step, root: Path, bits: int) -> None:
             )
         if latest.version != "3":
             raise AssertionError(f"expected version 3, got {latest}")
+    return DONE
 
 
 def _if_match_story(bare_before: bool, bare_after: bool) -> str:

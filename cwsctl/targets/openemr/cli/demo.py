@@ -19,19 +19,21 @@ from cwsctl.core.errors import ClientRequestError, ServerFailureError
 
 PROFILE = "emr"
 Step = Callable[..., None]
+#: What the demo showed, said last.
+DONE = "discovered, registered, enabled, signed in; patient created once, found again, read back"
 
 
-def run_openemr_demo(step: Step, root: Path, bits: int) -> None:
+def run_openemr_demo(step: Step, root: Path, bits: int) -> str:
     """Every step of getting patients into OpenEMR, each shown with its cwsctl command."""
     from cwsctl.core import keys
     from cwsctl.core.bulk.rows import patient_key, prepare_patient
     from cwsctl.core.bulk.runner import lookup_patient
     from cwsctl.core.jwks import jwk_set, key_id
-    from cwsctl.core.kind import kind_of
     from cwsctl.core.profile import Config, Profile, Store
     from cwsctl.core.transport.bounded import bounded_client
     from cwsctl.protocols.oauth2.grants import run_flow
     from cwsctl.protocols.oauth2.login import LOOPBACK_REDIRECT_URI
+    from cwsctl.registry import kind_of
     from cwsctl.sandbox.faults import Faults
     from cwsctl.targets.openemr.discovery import apply_discovery, discover
     from cwsctl.targets.openemr.registration import (
@@ -154,6 +156,7 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> None:
         "curl -X POST URL/apis/default/fhir/Patient -H 'Authorization: Bearer …' --data @patient.json",
         renew="every hour: a refresh-token grant with a new assertion, keeping the rotated refresh token",
     )
+    return DONE
 
 
 def _sign_in(profile: Any, source: Any) -> Any:

@@ -17,7 +17,6 @@ from cwsctl.cli.options import (
     MaxResponseSizeOption,
     PassphraseFileOption,
     TimeoutOption,
-    timeout_option,
     with_globals,
 )
 from cwsctl.cli.output import Output
@@ -25,6 +24,7 @@ from cwsctl.cli.params import HttpUrl
 from cwsctl.core.errors import InputError
 from cwsctl.targets.openemr.cli.common import check_transport, openemr_profile
 from cwsctl.targets.openemr.cli.login import login, token
+from cwsctl.targets.openemr.cli.options import DiscoveryTimeoutOption
 
 if TYPE_CHECKING:
     from cwsctl.core.profile import Profile
@@ -34,14 +34,6 @@ app = typer.Typer(
     help="OAuth2 with OpenEMR for an openemr profile: register the client, get tokens, sign in.",
     no_args_is_help=True,
 )
-
-DiscoveryTimeoutOption = Annotated[
-    float,
-    timeout_option(
-        "openemr: seconds for each discovery document: connecting, sending and reading the "
-        "answer to its last byte; past it, OpenEMR's documented paths are used, with a warning."
-    ),
-]
 
 
 def discover_into(out: Output, profile: Profile, timeout: float) -> dict[str, object]:
