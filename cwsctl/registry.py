@@ -44,6 +44,8 @@ class Target(NamedTuple):
     profile_init: str
     sandbox: str  # the module of its `sandbox serve` flavour (build, ready banner)
     demo: str  # "module:function" running its `demo` walkthrough
+    # command path -> "module:function" the Typer-free fast path runs (cli/fast.py)
+    fast: dict[str, str]
 
 
 CWS = Target(
@@ -70,6 +72,10 @@ CWS = Target(
     profile_init="",
     sandbox="cwsctl.targets.cws.cli.sandbox",
     demo="cwsctl.targets.cws.cli.demo:run_demo",
+    fast={
+        "sign": "cwsctl.targets.cws.cli.sign_run:sign_command",
+        "verify": "cwsctl.targets.cws.cli.sign_run:verify_command",
+    },
 )
 
 OPENEMR = Target(
@@ -95,6 +101,7 @@ OPENEMR = Target(
     profile_init="cwsctl.targets.openemr.cli.oauth:discover_into",
     sandbox="cwsctl.targets.openemr.cli.sandbox",
     demo="cwsctl.targets.openemr.cli.demo:run_openemr_demo",
+    fast={},
 )
 
 OPENEHR = Target(
@@ -128,10 +135,15 @@ OPENEHR = Target(
     profile_init="",
     sandbox="cwsctl.targets.openehr.cli.sandbox",
     demo="cwsctl.targets.openehr.cli.demo:run_openehr_demo",
+    fast={},
 )
 
 #: Every target, in the order of the `--kind` choices.
 TARGETS = (CWS, OPENEMR, OPENEHR)
+#: Every target's name (profile kinds, `--kind` choices), in that order.
+NAMES = tuple(t.name for t in TARGETS)
+#: The kind of a profile that names none (every profile before kinds existed was CorEMR's).
+DEFAULT_KIND = CWS.name
 
 #: The order of `cwsctl --help`: commands first, then groups (as Typer lists them); the shared
 #: commands (cli/app.py) and every target's `commands` together.

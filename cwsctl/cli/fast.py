@@ -24,11 +24,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from cwsctl import registry
+
 #: command path -> "module:function" taking (out, **params), free of typer; params are named as
 #: in the Typer command (tests/test_fast_path.py checks the signatures match).
 TARGETS = {
-    "sign": "cwsctl.targets.cws.cli.sign_run:sign_command",
-    "verify": "cwsctl.targets.cws.cli.sign_run:verify_command",
+    **{path: where for target in registry.TARGETS for path, where in target.fast.items()},
     "keys show": "cwsctl.cli.commands.keys_run:show_command",
     "request": "cwsctl.cli.commands.request_run:request_command",
 }

@@ -22,7 +22,8 @@ from cwsctl.core import keys
 from cwsctl.core.errors import CwsError, InputError, LocalKeyError, ProfileError
 from cwsctl.core.files import atomic_write, ensure_private_dir, exclusive_lock
 from cwsctl.protocols.cws_signature import Algorithm
-from cwsctl.registry import TARGETS
+from cwsctl.registry import DEFAULT_KIND as REGISTRY_DEFAULT_KIND
+from cwsctl.registry import NAMES
 
 DEFAULT_PROFILE = "default"
 DEFAULT_SERVER_USERNAME = "coremr"
@@ -112,10 +113,10 @@ class TrustedKey:
 
 
 #: Profile kinds: which EMR API a profile talks to (see cwsctl.core.kind), one per target.
-KINDS = tuple(target.name for target in TARGETS)
+KINDS = NAMES
 #: How an openehr profile authenticates (the secret, if any, never lives in config.toml).
 OPENEHR_AUTH = ("none", "basic", "bearer")
-DEFAULT_KIND = "cws"
+DEFAULT_KIND = REGISTRY_DEFAULT_KIND
 DEFAULT_OPENEMR_SITE = "default"
 #: What an openemr profile keeps from OpenEMR's discovery documents (absent in older profiles).
 DISCOVERED_FIELDS = (

@@ -18,7 +18,7 @@ from cwsctl.cli.options import KEY_BITS, with_globals
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import Choice
 from cwsctl.core.profile import KINDS
-from cwsctl.registry import resolve, target
+from cwsctl.registry import DEFAULT_KIND, resolve, target
 
 
 @with_globals
@@ -41,7 +41,7 @@ def demo(
             parser=Choice(KINDS),
             help="Which API to demonstrate: cws (CorEMR), openemr or openehr.",
         ),
-    ] = "cws",
+    ] = DEFAULT_KIND,
 ) -> None:
     """Run a walkthrough end to end against a throw-away local sandbox; leaves nothing behind.
 

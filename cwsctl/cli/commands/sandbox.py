@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cwsctl import registry
 from cwsctl.cli.options import with_globals
 from cwsctl.cli.output import Output
 from cwsctl.cli.params import Choice, HttpUrl, Number, WholeNumber
@@ -48,7 +49,7 @@ from cwsctl.cli.sandbox_options import (
 from cwsctl.core.errors import InputError
 from cwsctl.core.keys import DEFAULT_BITS
 
-SANDBOX_KINDS = ("cws", "openemr", "openehr")
+SANDBOX_KINDS = registry.NAMES
 OPENEMR_VERSIONS = ("7.0.3", "7.0.4")
 #: Longest --token-lifetime: a day (OpenEMR's own are 300 s and 3600 s; long ones hide bugs).
 MAX_TOKEN_LIFETIME_S = 86400
@@ -84,7 +85,7 @@ def serve(
             "(OAuth2 bearer tokens, Standard API and FHIR R4) or openehr (openEHR REST, EHRs, "
             "versioned compositions, AQL); described above.",
         ),
-    ] = "cws",
+    ] = registry.DEFAULT_KIND,
     token_lifetime: Annotated[
         int | None,
         typer.Option(
