@@ -156,3 +156,12 @@ def test_the_old_python_names_still_work_for_one_release_with_a_warning():
         warnings.simplefilter("error")
         with pytest.raises(AttributeError):
             _ = identity.nothing_here
+
+
+def test_no_module_is_over_600_lines():
+    sizes = {
+        path.relative_to(REPO).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+        for path in (REPO / "cwsctl").rglob("*.py")
+    }
+    assert len(sizes) > 100
+    assert {path: lines for path, lines in sizes.items() if lines > 600} == {}
