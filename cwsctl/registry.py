@@ -1,8 +1,8 @@
 """The targets cwsctl knows, as data: each one's kind, root commands, commands in shared groups,
 `keys rotate` and `profile init` steps, sandbox flavour and demo, as dotted "module:attr" strings.
 
-Nothing is imported here (strings only: anyone may read the registry, ``cwsctl --help`` included);
-a string is imported when it is used (:func:`resolve`). Adding a target means one package under
+Nothing of cwsctl is imported here (anyone may read the registry, core and ``cwsctl --help``
+included); a string is imported when it is used (:func:`resolve`). Adding a target means one package under
 ``cwsctl/targets/``, one :class:`Target` in :data:`TARGETS`, its root commands in
 :data:`ROOT_ORDER`, and its ``profile init`` option aliases (``targets/<t>/cli/options.py``).
 """
@@ -201,7 +201,6 @@ def resolve(where: str) -> Any:
 
 
 def kind_of(profile: _HasKind) -> Any:
-    """The :class:`cwsctl.core.kind.Kind` of ``profile`` (its module is imported only now).
-
-    Typed ``Any``: the registry imports nothing of cwsctl (core imports the registry)."""
+    """The :class:`cwsctl.core.kind.Kind` of ``profile`` (its module is imported only now); typed
+    ``Any`` because the registry imports nothing of cwsctl (core imports the registry)."""
     return resolve(target(profile.kind).kind)
