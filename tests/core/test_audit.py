@@ -12,7 +12,7 @@ import pytest
 from cwsctl.core.audit import AuditLog
 from cwsctl.core.errors import LocalKeyError
 from cwsctl.sandbox.faults import Faults
-from tests.test_request import BODY
+from tests.cli.test_request import BODY
 
 
 def test_every_request_appends_one_line_without_phi(

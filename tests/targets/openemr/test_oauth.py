@@ -46,7 +46,7 @@ from cwsctl.targets.openemr.oauth import (
     user_scope,
 )
 from tests.conftest import OPENSSL, needs_openssl, write_private
-from tests.sandbox_plugin import read_login_url, start_oauth_login
+from tests.targets.openemr.conftest import read_login_url, start_oauth_login
 
 CLIENT_ID = "cwsctl-test-client"
 SITE = "default"

@@ -1,6 +1,6 @@
 """The real CLI on a pseudo-terminal against servers (and stored data) full of control sequences.
 
-Beside the hostile-server catalogue (tests/test_hostile_server.py): every command that prints
+Beside the hostile-server catalogue (tests/core/test_hostile_server.py): every command that prints
 what a server answered or what was stored runs as a subprocess whose stdout and stderr are the
 slave side of a pty (``os.openpty``), as a person at a terminal runs it. The servers answer with
 ESC/CSI/OSC/BEL sequences, C1 controls (U+009B, a one-byte CSI to many terminals) and bidi

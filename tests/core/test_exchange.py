@@ -1,6 +1,6 @@
 """The bounded exchange in core: the size cap and the deadline, against the real sandbox.
 
-The hostile-server catalogue (tests/test_hostile_server.py) drives the CLI; these tests pin the
+The hostile-server catalogue (tests/core/test_hostile_server.py) drives the CLI; these tests pin the
 library's own contract: what a caller of ``CwsClient`` gets, and what the server did meanwhile.
 """
 

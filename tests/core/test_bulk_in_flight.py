@@ -16,7 +16,7 @@ from cwsctl.core.bulk.readers import InputRow
 from cwsctl.core.bulk.runner import BulkLoad, InFlightLimit, retry_after_seconds
 from cwsctl.sandbox.faults import Faults
 from cwsctl.targets.cws.patients import CwsPatients
-from tests.test_patients_bulk import all_patients, patient, write_csv
+from tests.cli.test_patients_bulk import all_patients, patient, write_csv
 
 
 def _rows(n: int):

@@ -23,7 +23,7 @@ import pytest
 from cwsctl.core.bulk.journal import Journal
 from cwsctl.core.bulk.report import ReportWriter
 from cwsctl.core.files import atomic_write
-from tests.test_patients_bulk import patient, write_csv
+from tests.cli.test_patients_bulk import patient, write_csv
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

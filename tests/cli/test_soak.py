@@ -27,8 +27,8 @@ from cwsctl.core.bulk.rows import prepare_patient
 from cwsctl.core.profile import Config, Profile, Store, TrustedKey
 from cwsctl.protocols.cws_signature import Algorithm
 from cwsctl.sandbox.store import SandboxStore, register_client_key
+from tests.cli.test_patients_bulk import all_patients, patient, write_csv
 from tests.conftest import write_private
-from tests.test_patients_bulk import all_patients, patient, write_csv
 
 ROWS = 300
 SEED = 20261123

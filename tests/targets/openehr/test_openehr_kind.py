@@ -18,8 +18,8 @@ from cwsctl.targets.openehr.kind import (
     namespace_problem,
     subject_namespace,
 )
-from tests.test_openehr_commands import MODES
-from tests.test_patients_bulk import _spawn, _wait_for_progress, patient, write_csv
+from tests.cli.test_patients_bulk import _spawn, _wait_for_progress, patient, write_csv
+from tests.targets.openehr.test_openehr_commands import MODES
 
 PASSWORD = "correct horse battery staple"
 
@@ -187,7 +187,7 @@ def test_demo_openehr_runs_clean_and_leaves_nothing(run_cwsctl, cwsctl_home):
 def test_request_if_match_works_on_every_server_and_a_stale_one_is_412(
     cdr, run_cwsctl, tmp_path, mode
 ):
-    from tests.test_openehr_commands import composition
+    from tests.targets.openehr.test_openehr_commands import composition
 
     ehr = run_cwsctl("ehr", "create", "--subject-id", "R1", "--namespace", "ns")
     assert ehr.returncode == 0, ehr.stderr

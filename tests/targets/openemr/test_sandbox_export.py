@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_sandbox_openemr import (
+from tests.targets.openemr.test_sandbox_openemr import (
     USER_SCOPE,
     assert_unauthorized,
     bearer,

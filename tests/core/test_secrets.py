@@ -7,7 +7,7 @@ import json
 
 from cwsctl.core import keys
 from cwsctl.sandbox.faults import Faults
-from tests.test_patients_bulk import write_csv
+from tests.cli.test_patients_bulk import write_csv
 
 PASSPHRASE = "Pass-Phrase-Do-Not-Leak-91"
 PATIENT = {

@@ -15,7 +15,7 @@ import pytest
 from cwsctl.core import keys
 from cwsctl.protocols import cws_signature as signing
 from cwsctl.protocols.cws_signature import Algorithm
-from tests.test_patients_bulk import patient, write_csv
+from tests.cli.test_patients_bulk import patient, write_csv
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import time
 import pytest
 
 from cwsctl.targets.openemr.kind import pubpid
-from tests.sandbox_plugin import complete_oauth_login
-from tests.test_patients_bulk import _spawn, _wait_for_progress, patient, write_csv
+from tests.cli.test_patients_bulk import _spawn, _wait_for_progress, patient, write_csv
+from tests.targets.openemr.conftest import complete_oauth_login
 
 pytest.importorskip("jwt")
 

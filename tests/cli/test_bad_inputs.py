@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cwsctl.core import keys
 from cwsctl.sandbox.faults import Faults
+from tests.cli.test_patients_bulk import COLUMNS
 from tests.conftest import write_private
-from tests.test_patients_bulk import COLUMNS
 
 
 @dataclass
