@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -70,6 +71,13 @@ def run_cwsctl(cwsctl_home: Path):
         )
 
     return run
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test will Ctrl-C: SIGINT at its default, as a terminal's
+    foreground job has it. A suite started in the background (``pytest &``, nohup) hands its
+    children SIGINT ignored, and Python then keeps it ignored: the signal would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

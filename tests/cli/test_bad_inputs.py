@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cwsctl.core import keys
 from cwsctl.sandbox.faults import Faults
 from tests.cli.test_patients_bulk import COLUMNS
-from tests.conftest import write_private
+from tests.conftest import default_sigint, write_private
 
 
 @dataclass
@@ -272,12 +272,15 @@ def test_bad_input(case, ctx, run_cwsctl):
     assert snapshot(ctx["tmp"], ctx["home"]) == before
 
 
+@pytest.mark.timeout(300)
 def test_ctrl_c_is_130_and_changes_nothing(ctx, cwsctl_home):
     """Ctrl-C while the request is in flight: exit 130, one line, no traceback, no file touched.
 
     The server here accepts the connection, reads the request head and never answers, so the
     signal is sent only once the request has arrived (the child is past start-up and waiting
-    inside the command, not still importing), and no answer can race it.
+    inside the command, not still importing), and no answer can race it. The child starts with
+    SIGINT at its default (``default_sigint``), whatever the suite inherited. The timeouts are
+    generous: a loaded machine only makes the test slower.
     """
     import os
 
@@ -291,12 +294,13 @@ def test_ctrl_c_is_130_and_changes_nothing(ctx, cwsctl_home):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, "CWSCTL_HOME": str(cwsctl_home)},
+            preexec_fn=default_sigint,
         )
         try:
-            connection = _accept_request_head(listener, process, deadline=time.monotonic() + 60)
+            connection = _accept_request_head(listener, process, deadline=time.monotonic() + 120)
             with connection:
                 process.send_signal(signal.SIGINT)
-                out, err = process.communicate(timeout=20)
+                out, err = process.communicate(timeout=120)
         finally:
             if process.poll() is None:
                 process.kill()

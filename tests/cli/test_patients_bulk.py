@@ -18,6 +18,7 @@ import pytest
 from cwsctl.core.bulk.journal import Journal
 from cwsctl.core.bulk.rows import REQUIRED_FIELDS
 from cwsctl.sandbox.faults import Faults
+from tests.conftest import default_sigint
 
 COLUMNS = list(REQUIRED_FIELDS)
 
@@ -297,6 +298,7 @@ def _spawn(cwsctl_home, *args):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "CWSCTL_HOME": str(cwsctl_home)},
+        preexec_fn=default_sigint,
     )
 
 

@@ -113,8 +113,10 @@ def gzip_server() -> Iterator[str]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close() alone does not)
     listener.close()
     thread.join(5)
+    assert not thread.is_alive()
     assert seen and b"accept-encoding: identity" in seen[0].lower()
 
 

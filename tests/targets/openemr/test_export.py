@@ -26,6 +26,7 @@ import pytest
 
 from cwsctl.core import keys
 from cwsctl.core.profile import Store
+from tests.conftest import default_sigint
 
 pytest.importorskip("jwt")
 pytest.importorskip("starlette")
@@ -136,6 +137,7 @@ class Setup:
             stderr=subprocess.PIPE,
             text=True,
             stdin=subprocess.DEVNULL,
+            preexec_fn=default_sigint,
         )
 
     def state(self) -> dict[str, Any]:
@@ -158,7 +160,9 @@ class Setup:
 
 
 @pytest.fixture
-def export_setup(tmp_path: Path, rsa2048: Any, cwsctl_home: Path) -> Iterator[Callable[..., Setup]]:
+def export_setup(
+    tmp_path: Path, rsa2048: Any, cwsctl_home: Path, cli: Callable[..., Any]
+) -> Iterator[Callable[..., Setup]]:
     """Factory: ``export_setup("spec", patients=50, export_delay=2, token_lifetime=2,
     proxy=True)`` starts a sandbox with system scopes on, seeds it, and registers profile
     ``emr`` with ``oauth register --export-scopes`` plus the administrator's enable step. With
@@ -195,13 +199,10 @@ def export_setup(tmp_path: Path, rsa2048: Any, cwsctl_home: Path) -> Iterator[Ca
             relay = Front(server.url)
             started.append(relay)
             url = relay.url
-        env = {**os.environ, "CWSCTL_HOME": str(cwsctl_home)}
 
-        def cwsctl(*args: str) -> None:
-            result = subprocess.run(
-                [sys.executable, "-m", "cwsctl", *args], env=env, capture_output=True, text=True
-            )
-            assert result.returncode == 0, (args, result.stderr)
+        def cwsctl(*args: str) -> None:  # set-up, so in-process: the export is what runs as cron
+            result = cli(*args)
+            assert result.exit_code == 0, (args, result.stderr)
 
         cwsctl("profile", "init", "emr", "--kind", "openemr", "--url", url, "--site", server.site)
         store = Store(cwsctl_home)
@@ -454,7 +455,7 @@ def test_5xx_on_the_status_url_is_retried(export_setup: Callable[..., Setup], mo
 
 
 def test_tokens_expire_mid_export(export_setup: Callable[..., Setup]) -> None:
-    setup = export_setup("spec", patients=30, export_delay=5.0, token_lifetime=2)
+    setup = export_setup("spec", patients=30, export_delay=2.5, token_lifetime=2)
     summary = setup.run_json("--parallel", "1")
     assert summary["state"] == "done"
     assert summary["token_renewals"] >= 1
