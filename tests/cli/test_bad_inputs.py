@@ -273,6 +273,7 @@ def test_bad_input(case, ctx, run_cwsctl):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.timing
 def test_ctrl_c_is_130_and_changes_nothing(ctx, cwsctl_home):
     """Ctrl-C while the request is in flight: exit 130, one line, no traceback, no file touched.
 
@@ -641,6 +642,7 @@ def test_issue_examples_exit_2_as_a_process(args, run_cwsctl):
     assert result.stdout == b""
 
 
+@pytest.mark.slow
 def test_values_at_the_edges_of_each_range_are_accepted(ctx, run_cwsctl):
     """The bounds themselves parse: a dry run with every option at an edge of its range."""
     result = run_cwsctl(

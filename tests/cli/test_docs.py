@@ -14,7 +14,7 @@ import typer
 from cwsctl.cli import docs
 from cwsctl.cli.app import app
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASH = shutil.which("bash")
 GROFF = shutil.which("groff")
 REGENERATE = "run `python -m cwsctl.cli.docs` and commit completions/ and man/"

@@ -94,6 +94,7 @@ def test_keygen_rejects_odd_sizes(cli):
 
 @needs_openssl
 @pytest.mark.parametrize("label", ["pkcs8-2048", "pkcs1-2048", "pkcs8-enc-2048", "pkcs1-enc-2048"])
+@pytest.mark.slow
 def test_import_every_walkthrough_format(cli, cwsctl_home, openssl_keys, tmp_path, label):
     key = openssl_keys[label]
     args = ["keys", "import", str(key.private)]
@@ -114,6 +115,7 @@ def test_import_every_walkthrough_format(cli, cwsctl_home, openssl_keys, tmp_pat
 
 
 @needs_openssl
+@pytest.mark.slow
 def test_import_refuses_overwrite_without_force(cli, openssl_keys, cwsctl_home):
     assert cli("keys", "import", str(openssl_keys["pkcs8-2048"].private)).exit_code == 0
     result = cli("keys", "import", str(openssl_keys["pkcs1-2048"].private))

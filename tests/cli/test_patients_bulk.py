@@ -162,6 +162,7 @@ def test_dropped_answers_are_looked_up_not_resent(cli, sandbox, sandbox_profile,
     assert len(all_patients(sandbox, 10)) == 10
 
 
+@pytest.mark.slow
 def test_mixed_faults_with_retries_lose_nothing_and_duplicate_nothing(
     cli, sandbox, sandbox_profile, tmp_path
 ):
@@ -310,6 +311,7 @@ def _wait_for_progress(count, minimum, timeout=30):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume(sandbox, sandbox_profile, cwsctl_home, tmp_path, run_cwsctl):
     n = 150
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(n)])
@@ -327,6 +329,7 @@ def test_sigkill_mid_run_then_resume(sandbox, sandbox_profile, cwsctl_home, tmp_
     assert sandbox.store.count_patients() == n
 
 
+@pytest.mark.slow
 def test_ctrl_c_finishes_in_flight_rows_and_exits_130(
     sandbox, sandbox_profile, cwsctl_home, tmp_path, run_cwsctl
 ):

@@ -22,6 +22,8 @@ import time
 from collections import Counter
 from types import SimpleNamespace
 
+import pytest
+
 from cwsctl.core import keys
 from cwsctl.core.bulk.rows import prepare_patient
 from cwsctl.core.profile import Config, Profile, Store, TrustedKey
@@ -29,6 +31,8 @@ from cwsctl.protocols.cws_signature import Algorithm
 from cwsctl.sandbox.store import SandboxStore, register_client_key
 from tests.cli.test_patients_bulk import all_patients, patient, write_csv
 from tests.conftest import write_private
+
+pytestmark = [pytest.mark.slow, pytest.mark.timing]
 
 ROWS = 300
 SEED = 20261123
@@ -104,6 +108,7 @@ def _access_log(paths):
     return statuses, faults
 
 
+@pytest.mark.timeout(300)  # a soak: on a loaded machine it may take minutes
 def test_soak_faults_sigkill_and_sandbox_restart_lose_nothing_and_duplicate_nothing(
     tmp_path, cwsctl_home, rsa2048, rsa2048_other
 ):

@@ -18,6 +18,8 @@ from cwsctl.sandbox.faults import Faults
 from cwsctl.targets.cws.patients import CwsPatients
 from tests.cli.test_patients_bulk import all_patients, patient, write_csv
 
+pytestmark = pytest.mark.timing  # the adaptive in-flight limit reacts to real time
+
 
 def _rows(n: int):
     for i in range(n):

@@ -47,6 +47,7 @@ def test_answers_within_the_cap_are_read_whole(client_for):
     assert response.ok and response.verification is not None and response.verification.verified
 
 
+@pytest.mark.timing
 def test_a_get_larger_than_the_cap_is_refused_and_not_retried(client_for):
     client = client_for(max_response_size=8)
     started = time.monotonic()

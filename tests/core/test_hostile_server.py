@@ -136,6 +136,8 @@ BROKEN = [
 
 
 @pytest.mark.parametrize(("behaviour", "expected", "says"), BROKEN, ids=[b[0] for b in BROKEN])
+@pytest.mark.slow
+@pytest.mark.timing
 def test_request_ends_cleanly_against_a_broken_answer(
     cwsctl_home, hostile_profile, behaviour, expected, says
 ):
@@ -154,6 +156,8 @@ def test_request_ends_cleanly_against_a_broken_answer(
     assert server.answered, "the server never got a complete request"
 
 
+@pytest.mark.slow
+@pytest.mark.timing
 def test_trickle_ends_by_the_deadline_not_per_read(cwsctl_home, hostile_profile):
     """One byte every 0.5 s: each read is quick, the whole exchange is not."""
     server = hostile_profile
@@ -170,6 +174,8 @@ def test_trickle_ends_by_the_deadline_not_per_read(cwsctl_home, hostile_profile)
     assert run.elapsed < 4.0 + STARTUP_SLACK
 
 
+@pytest.mark.slow
+@pytest.mark.timing
 def test_slow_but_complete_signed_answer_succeeds(cwsctl_home, hostile_profile):
     server = hostile_profile
     server.behaviour = "slow_complete"
@@ -183,6 +189,8 @@ def test_slow_but_complete_signed_answer_succeeds(cwsctl_home, hostile_profile):
     assert len(server.answered) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.timing
 def test_slow_complete_saves_the_exact_body_and_signature(cwsctl_home, hostile_profile, tmp_path):
     server = hostile_profile
     server.behaviour = "slow_complete"
@@ -193,6 +201,7 @@ def test_slow_complete_saves_the_exact_body_and_signature(cwsctl_home, hostile_p
     assert Path(f"{out}.sig").exists()
 
 
+@pytest.mark.timing
 def test_server_stops_promptly_mid_behaviour(hostile_signer_key):
     """Teardown while a client is stuck in a trickle and another in an endless body."""
     import socket
@@ -241,6 +250,8 @@ def peak_rss(home: Path, *args: str) -> dict:
 
 
 @pytest.mark.parametrize("behaviour", ["endless_chunked", "endless_close"])
+@pytest.mark.slow
+@pytest.mark.timing
 def test_endless_body_memory_stays_under_the_default_cap(cwsctl_home, hostile_profile, behaviour):
     server = hostile_profile
     server.behaviour = "signed"
@@ -303,6 +314,8 @@ SINGLE_ROW = [
 
 
 @pytest.mark.parametrize("behaviour", SINGLE_ROW)
+@pytest.mark.slow
+@pytest.mark.timing
 def test_single_patient_create_against_a_broken_answer(cwsctl_home, hostile_profile, behaviour):
     server = hostile_profile
     server.behaviour = behaviour
@@ -376,6 +389,7 @@ def outcomes(report: Path) -> dict[str, tuple[str, str]]:
     return {e["external_id"]: (e["outcome"], e["message"]) for e in json.loads(report.read_text())}
 
 
+@pytest.mark.slow
 def test_bulk_cut_off_answers_are_in_doubt_then_looked_up_not_resent(
     cwsctl_home, sandbox, mangling_proxy, tmp_path
 ):
@@ -465,6 +479,7 @@ DEEP_OBJECT = b'{"error": ' + b'{"a": ' * 600 + b"1" + b"}" * 600 + b"}"
 
 @pytest.mark.parametrize("body", [DEEP, DEEP_OBJECT], ids=["list", "object"])
 @pytest.mark.parametrize("status", ["200 OK", "422 Unprocessable Entity"])
+@pytest.mark.slow
 def test_deeply_nested_json_never_crashes(cwsctl_home, hostile_profile, body, status):
     """A server can send JSON nested past Python's recursion limit: it is shown as non-JSON
     (--json: a string body; an error: the start of the body), never an internal error."""
@@ -569,6 +584,7 @@ def cwsctl_env(home: Path, env: dict[str, str], *args: str) -> Run:
         ("CWSCTL_PASSWORD", SECRET + "\n" + SECRET),
     ],
 )
+@pytest.mark.slow
 def test_a_secret_that_cannot_be_a_header_is_exit_2_naming_its_source(
     cwsctl_home, hostile_server, variable, value
 ):
@@ -600,6 +616,7 @@ def test_a_stored_token_that_cannot_be_a_header_is_exit_3(cwsctl_home, hostile_s
     assert hostile_server.connections == []
 
 
+@pytest.mark.slow
 def test_a_bulk_load_with_a_bad_token_sends_nothing_and_reports_no_secret(
     cwsctl_home, hostile_server, tmp_path
 ):

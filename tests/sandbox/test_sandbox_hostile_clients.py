@@ -300,6 +300,7 @@ def test_finite_body_over_the_limit_still_reads_the_413(quick_sandbox, sandbox_u
 # -- slow and silent clients: disconnected after the request timeout -----------------------------
 
 
+@pytest.mark.timing
 def test_request_head_never_finished_is_disconnected(quick_sandbox):
     sock = connect(quick_sandbox.host, quick_sandbox.port)
     with sock:
@@ -312,6 +313,7 @@ def test_request_head_never_finished_is_disconnected(quick_sandbox):
     thread.join(15)
 
 
+@pytest.mark.timing
 def test_silent_connection_is_disconnected(quick_sandbox):
     sock = connect(quick_sandbox.host, quick_sandbox.port)
     with sock:
@@ -319,6 +321,7 @@ def test_silent_connection_is_disconnected(quick_sandbox):
     assert elapsed >= REQUEST_TIMEOUT * 0.8
 
 
+@pytest.mark.timing
 def test_next_request_head_never_finished_is_disconnected(quick_sandbox, rsa2048):
     user = SandboxUser("tester", rsa2048)
     sock = connect(quick_sandbox.host, quick_sandbox.port)
@@ -334,6 +337,7 @@ def test_next_request_head_never_finished_is_disconnected(quick_sandbox, rsa2048
     assert elapsed >= REQUEST_TIMEOUT * 0.5
 
 
+@pytest.mark.timing
 def test_request_body_never_finished_is_disconnected(quick_sandbox, capfd):
     sock = connect(quick_sandbox.host, quick_sandbox.port)
     with sock:
@@ -361,6 +365,7 @@ def test_request_head_over_the_size_cap_is_400(quick_sandbox):
         assert headers["connection"] == "close"
 
 
+@pytest.mark.timing
 def test_a_slow_but_timely_request_is_served(quick_sandbox, rsa2048):
     user = SandboxUser("tester", rsa2048)
     sock = connect(quick_sandbox.host, quick_sandbox.port)
@@ -379,6 +384,7 @@ def test_a_slow_but_timely_request_is_served(quick_sandbox, rsa2048):
 # -- many idle connections do not lock others out -------------------------------------------
 
 
+@pytest.mark.timing
 def test_hundreds_of_idle_connections_do_not_block_a_real_client(sandbox, sandbox_user):
     idle: list[socket.socket] = []
     try:

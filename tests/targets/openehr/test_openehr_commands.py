@@ -280,6 +280,7 @@ def test_ehr_create_json_is_the_ehr_and_status_reads_versions(cli, ehr_id):
     assert before.exit_code == 4 and "no EHR_STATUS at 2000-01-01" in before.stderr
 
 
+@pytest.mark.slow
 def test_usage_errors_are_one_line_and_exit_2(cdr, cli, run_cwsctl):
     for args in (
         ("ehr", "create", "--subject-id", "P-1"),
@@ -798,6 +799,7 @@ def test_network_failure_is_exit_6(cli):
 # -- basic auth: works, and the password never shows -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_basic_auth_profile_works_and_the_password_never_shows(
     make_openehr_sandbox, run_cwsctl, tmp_path, cwsctl_home
 ):

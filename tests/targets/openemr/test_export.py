@@ -251,6 +251,7 @@ def assert_manifest_matches_files(setup: Setup) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("mode", ["openemr", "spec"])
+@pytest.mark.slow
 def test_full_export_then_done_dir_then_new(export_setup: Callable[..., Setup], mode: str) -> None:
     setup = export_setup(mode, patients=60, export_delay=1.0 if mode == "spec" else 0.0)
     summary = setup.run_json()
@@ -298,6 +299,7 @@ def test_group_export_asks_for_the_group_route(export_setup: Callable[..., Setup
 
 
 @pytest.mark.parametrize("mode", ["openemr", "spec"])
+@pytest.mark.slow
 def test_since_last_exports_only_what_changed(
     export_setup: Callable[..., Setup], mode: str
 ) -> None:
@@ -352,6 +354,7 @@ def test_a_profile_without_the_export_scope_is_told_which(
 # -- status and cancel -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_status_cancel_and_new(export_setup: Callable[..., Setup]) -> None:
     setup = export_setup("spec", patients=10, export_delay=60.0)
     process = setup.start()
@@ -386,6 +389,7 @@ def test_status_of_an_empty_dir(export_setup: Callable[..., Setup]) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.slow
 def test_killed_mid_poll_resumes_without_a_second_kickoff(
     export_setup: Callable[..., Setup], sig: signal.Signals
 ) -> None:
@@ -406,6 +410,7 @@ def test_killed_mid_poll_resumes_without_a_second_kickoff(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.slow
 def test_killed_mid_download_resumes_every_line_once(
     export_setup: Callable[..., Setup], sig: signal.Signals
 ) -> None:
@@ -454,6 +459,8 @@ def test_5xx_on_the_status_url_is_retried(export_setup: Callable[..., Setup], mo
     assert_every_patient_once(setup)
 
 
+@pytest.mark.slow
+@pytest.mark.timing
 def test_tokens_expire_mid_export(export_setup: Callable[..., Setup]) -> None:
     setup = export_setup("spec", patients=30, export_delay=2.5, token_lifetime=2)
     summary = setup.run_json("--parallel", "1")
@@ -463,6 +470,7 @@ def test_tokens_expire_mid_export(export_setup: Callable[..., Setup]) -> None:
 
 
 @pytest.mark.parametrize("mode", ["openemr", "spec"])
+@pytest.mark.slow
 def test_a_file_of_the_wrong_type_is_exit_5_naming_it(
     export_setup: Callable[..., Setup], mode: str
 ) -> None:
@@ -540,6 +548,7 @@ def test_a_bare_401_on_the_kickoff_names_the_scope(
     assert [e["status"] for e in kickoffs] == [401, 401]  # renewed once, refused again
 
 
+@pytest.mark.slow
 def test_system_scopes_switched_off_is_501_naming_the_admin_step(
     export_setup: Callable[..., Setup], tmp_path: Path
 ) -> None:
@@ -563,6 +572,7 @@ def test_system_scopes_switched_off_is_501_naming_the_admin_step(
         off.stop()
 
 
+@pytest.mark.slow
 def test_the_audit_log_has_every_export_request_without_query_or_token(
     export_setup: Callable[..., Setup],
 ) -> None:
@@ -726,6 +736,7 @@ def test_odd_numbers_and_times_in_a_manifest_are_survived(
 
 
 @pytest.mark.parametrize("requires", [True, False])
+@pytest.mark.slow
 def test_credentials_never_go_to_another_host(
     fronted: Callable[..., tuple[Setup, Front]], requires: bool
 ) -> None:
@@ -750,6 +761,8 @@ def test_credentials_never_go_to_another_host(
         other.close()
 
 
+@pytest.mark.slow
+@pytest.mark.timing
 def test_ctrl_c_during_a_stalled_download_ends_at_once(
     fronted: Callable[..., tuple[Setup, Front]],
 ) -> None:
@@ -778,6 +791,7 @@ def test_ctrl_c_during_a_stalled_download_ends_at_once(
     assert not part.exists()
 
 
+@pytest.mark.slow
 def test_retry_after_zero_is_not_polled_in_a_tight_loop(
     fronted: Callable[..., tuple[Setup, Front]],
 ) -> None:
@@ -798,6 +812,7 @@ def test_retry_after_zero_is_not_polled_in_a_tight_loop(
         "all",
     ],
 )
+@pytest.mark.slow
 def test_a_damaged_state_file_is_refused_and_nothing_outside_dir_is_touched(
     export_setup: Callable[..., Setup], files: Any
 ) -> None:
@@ -839,6 +854,7 @@ def test_a_line_longer_than_the_cap_is_a_problem_and_not_held() -> None:
     assert check.problem == "line 2 is longer than 100 bytes"
 
 
+@pytest.mark.slow
 def test_export_tokens_are_client_credentials_cached_apart_in_the_token_file(
     export_setup: Callable[..., Setup],
 ) -> None:

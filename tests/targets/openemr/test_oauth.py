@@ -575,6 +575,8 @@ def test_concurrent_requests_share_one_token_request(
     assert token_server.state.grants() == ["client_credentials"]
 
 
+@pytest.mark.slow
+@pytest.mark.timing
 def test_bearer_auth_renews_after_expiry(emr: Profile, store: Store, rsa2048, token_server) -> None:
     token_server.state.lifetime = 1
     url = f"{token_server.url}/apis/{SITE}/api/patient"
@@ -815,6 +817,7 @@ def test_api_401_error_line_says_scope_or_disabled(
 # -- CLI: token, register, login ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_oauth_token_prints_token_and_reuses_cache(run_cwsctl, emr: Profile, token_server) -> None:
     first = run_cwsctl("oauth", "token")
     assert first.returncode == 0, first.stderr
@@ -1102,6 +1105,7 @@ def test_register_client_id_by_hand_sends_nothing(cli, store: Store, token_serve
     assert cli("oauth", "register", "--client-id", "has space").exit_code == 2
 
 
+@pytest.mark.slow
 def test_login_then_refresh_grant_without_prompt(
     run_cwsctl, cwsctl_home: Path, emr: Profile, store: Store, token_server
 ) -> None:
@@ -1333,6 +1337,8 @@ def test_sandbox_site_address_differs_aud_follows_discovery(
     assert checks["discovery"]["ok"] and checks["token and API"]["ok"], doctor.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.timing
 def test_sandbox_token_reuse_then_renewal(
     cli, run_cwsctl, registered: Profile, emr_sandbox, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -1475,6 +1481,8 @@ def test_sandbox_expired_assertion_refused(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.slow
+@pytest.mark.timing
 def test_sandbox_login_refresh_then_logout_is_login_required(
     run_cwsctl, make_openemr_login, store: Store, cwsctl_home: Path, version: str
 ) -> None:
@@ -1504,6 +1512,8 @@ def test_sandbox_login_refresh_then_logout_is_login_required(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.slow
+@pytest.mark.timing
 def test_sandbox_refused_refresh_token_is_login_required(
     run_cwsctl, make_openemr_login, store: Store, version: str
 ) -> None:

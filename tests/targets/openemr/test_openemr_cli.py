@@ -65,6 +65,7 @@ def read_report(path) -> list[dict]:
 
 
 # -- patients exist once ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_single_create_then_the_same_row_is_found_by_lookup(emr, run_cwsctl):
     first = run_cwsctl(*single())
     assert first.returncode == 0, first.stderr
@@ -83,6 +84,7 @@ def test_single_create_then_the_same_row_is_found_by_lookup(emr, run_cwsctl):
     assert emr.count_patients() == 1
 
 
+@pytest.mark.slow
 def test_bulk_twice_with_two_journals_holds_each_patient_once(emr, tmp_path, run_cwsctl):
     n = 8
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(n)])
@@ -108,6 +110,7 @@ def test_bulk_twice_with_two_journals_holds_each_patient_once(emr, tmp_path, run
             assert row["id"] == uuids[pubpid(row["external_id"], row["facility"])]
 
 
+@pytest.mark.slow
 def test_a_single_row_of_a_loaded_patient_creates_nothing(emr, tmp_path, run_cwsctl):
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(3)])
     assert run_cwsctl("patients", "create", "--from", str(source)).returncode == 0
@@ -118,6 +121,7 @@ def test_a_single_row_of_a_loaded_patient_creates_nothing(emr, tmp_path, run_cws
     assert len(stored(emr, "EXT00001")) == 1
 
 
+@pytest.mark.slow
 def test_the_same_external_id_in_two_facilities_is_two_patients(emr, run_cwsctl, tmp_path):
     # Another patient whose SSN happens to be this pubpid: OpenEMR's identifier search matches
     # `ss = V OR pubpid = V`, and cwsctl must not take it for facility 10000's X1.
@@ -146,6 +150,7 @@ def test_the_same_external_id_in_two_facilities_is_two_patients(emr, run_cwsctl,
     assert emr.count_patients() == 3  # the SSN holder and one X1 per facility
 
 
+@pytest.mark.slow
 def test_a_one_letter_last_name_is_refused_before_sending(emr, run_cwsctl, tmp_path):
     result = run_cwsctl(*single(lname="L"))
     assert result.returncode == 2
@@ -169,6 +174,7 @@ def test_a_one_letter_last_name_is_refused_before_sending(emr, run_cwsctl, tmp_p
     assert emr.count_patients() == 2 and not stored(emr, "EXT00001")
 
 
+@pytest.mark.slow
 def test_bulk_killed_and_resumed_holds_each_patient_once(emr, tmp_path, cwsctl_home, run_cwsctl):
     n = 60
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(n)])
@@ -190,6 +196,7 @@ def test_bulk_killed_and_resumed_holds_each_patient_once(emr, tmp_path, cwsctl_h
     assert {r["outcome"] for r in rows} <= {"created", "exists", "skipped"}
 
 
+@pytest.mark.slow
 def test_a_revoked_login_stops_the_bulk_run_with_the_login_hint(
     emr, tmp_path, cwsctl_home, run_cwsctl
 ):
@@ -219,6 +226,7 @@ def test_a_revoked_login_stops_the_bulk_run_with_the_login_hint(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.slow
 def test_a_missing_scope_renews_the_token_once_per_run_not_per_row(
     make_openemr_login, tmp_path, run_cwsctl, capfd, version
 ):
@@ -237,6 +245,7 @@ def test_a_missing_scope_renews_the_token_once_per_run_not_per_row(
 
 
 # -- the rest of the kind, end to end -----------------------------------------------------------
+@pytest.mark.slow
 def test_request_on_openemr_gets_a_token_and_says_answers_are_unsigned(emr_latest, run_cwsctl):
     result = run_cwsctl("request", "GET", "/apis/default/fhir/Patient?name=Nobody")
     assert result.returncode == 0, result.stderr
@@ -245,6 +254,7 @@ def test_request_on_openemr_gets_a_token_and_says_answers_are_unsigned(emr_lates
     assert "TLS only (OpenEMR does not sign answers)" in result.stderr.decode()
 
 
+@pytest.mark.slow
 def test_openemr_validation_errors_become_the_one_line_error(emr_latest, run_cwsctl, tmp_path):
     body = tmp_path / "bad.json"  # a name without "use": "official": OpenEMR reads none
     body.write_text(
@@ -261,6 +271,7 @@ def test_openemr_validation_errors_become_the_one_line_error(emr_latest, run_cws
     assert emr_latest.count_patients() == 0
 
 
+@pytest.mark.slow
 def test_bulk_names_the_columns_openemr_has_no_place_for(emr_latest, tmp_path, run_cwsctl):
     source = write_csv(tmp_path / "in.csv", [patient(0)])
     result = run_cwsctl("patients", "create", "--from", str(source))
@@ -270,6 +281,7 @@ def test_bulk_names_the_columns_openemr_has_no_place_for(emr_latest, tmp_path, r
     )
 
 
+@pytest.mark.slow
 def test_a_revoked_access_token_is_renewed_once_and_the_request_retried(emr_latest, run_cwsctl):
     assert run_cwsctl("request", "GET", "/apis/default/fhir/Patient?name=X").returncode == 0
     emr_latest.revoke_tokens()
@@ -277,6 +289,7 @@ def test_a_revoked_access_token_is_renewed_once_and_the_request_retried(emr_late
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_doctor_passes_on_openemr_and_says_answers_are_unsigned(emr_latest, run_cwsctl):
     result = run_cwsctl("doctor")
     out = result.stdout.decode()
@@ -284,6 +297,7 @@ def test_doctor_passes_on_openemr_and_says_answers_are_unsigned(emr_latest, run_
     assert "✓ token and API" in out and "OpenEMR does not sign its answers" in out
 
 
+@pytest.mark.slow
 def test_audit_records_openemr_requests_without_tokens(emr_latest, run_cwsctl, cwsctl_home):
     assert run_cwsctl("request", "GET", "/apis/default/fhir/Patient?name=Y").returncode == 0
     audit = run_cwsctl("audit", "--json")
@@ -308,6 +322,7 @@ def test_the_token_never_goes_to_another_host(emr_latest, run_cwsctl):
             listener.accept()
 
 
+@pytest.mark.slow
 def test_openehr_commands_refuse_an_openemr_profile(emr_latest, run_cwsctl):
     result = run_cwsctl("query", "SELECT e/ehr_id/value FROM EHR e")
     assert result.returncode == 3
@@ -316,6 +331,8 @@ def test_openehr_commands_refuse_an_openemr_profile(emr_latest, run_cwsctl):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.timing
 def test_a_stuck_token_lock_holder_cannot_hold_a_job_past_its_timeout(
     emr_latest, run_cwsctl, cwsctl_home
 ):
@@ -338,6 +355,7 @@ def test_a_stuck_token_lock_holder_cannot_hold_a_job_past_its_timeout(
     assert took < 10  # the 1-second deadline (plus start-up), not forever
 
 
+@pytest.mark.slow
 def test_one_journal_cannot_be_resumed_against_another_server(
     make_openemr_login, tmp_path, run_cwsctl
 ):

@@ -25,6 +25,7 @@ def test_openemr_rotate_refuses_without_reregister(cli, make_openemr_login, cwsc
 
 
 @pytest.mark.parametrize("version", ["7.0.3", "7.0.4"])
+@pytest.mark.slow
 def test_openemr_rotate_reregister_makes_a_new_client(
     cli, run_cwsctl, make_openemr_login, cwsctl_home, version
 ):
