@@ -1,4 +1,6 @@
-"""Sandbox fixtures: a real CWS sandbox server on 127.0.0.1, ephemeral port, 2048-bit server key.
+"""Sandbox fixtures shared by every folder of tests/ (a target's own factories are in
+tests/targets/<t>/conftest.py): a real CWS sandbox server on 127.0.0.1, ephemeral port,
+2048-bit server key; the default OpenEMR and openEHR sandboxes; the pool they come from.
 
 - ``sandbox_server`` (session): the one shared server; prefer ``sandbox``.
 - ``sandbox`` (function): the shared server, emptied before the test (no patients, no client
@@ -8,48 +10,28 @@
   ``sandbox_user.headers(body)`` gives signed request headers.
 - ``sandbox_profile`` (function): a ``default`` profile in the test's CWSCTL_HOME pointing at
   ``sandbox`` as ``tester`` with rsa2048 as its key and the sandbox key pinned.
-- ``make_sandbox(**faults)`` (function): a fresh server with its own data dir and the given
-  fault switches (reuses the session server key, so ``sandbox_server.trusted_key`` trusts it);
-  stopped after the test.
-- ``make_openemr_sandbox(site="default", version=…, site_address=…, system_scopes=…,
-  token_lifetime=…, export_mode=…, export_delay=…, export_ttl=…, **faults)`` (function): a
-  fresh OpenEMR-flavour server (``OpenEmrSandboxServer``) with its own data dir, started;
-  stopped after the test. Options not given keep the server's defaults (OpenEMR 7.0.4, its token
-  lifetimes, export mode ``openemr``). ``.url``, ``.site``, ``.token_url``, ``.api_url``,
-  ``.revoke_tokens(refresh=False)``, ``.logout()``, ``.enable_client(id)``, ``.patients()``,
-  ``.count_patients()``, ``.seed_patients(n)``, ``.group_id``, ``.export_faults``,
-  ``.token_lifetime`` (settable), ``.faults`` (settable).
-- ``openemr_sandbox`` (function): ``make_openemr_sandbox()`` with the defaults.
-- ``make_openemr_login(server=None, name="emr", scope=None, **server_options)`` (function): an
-  openemr profile logged in as a user, made the way a user makes one: the session rsa2048 key
-  at the profile's key path, ``profile init --kind openemr``, ``oauth register``, the admin step
-  ``server.enable_client(client_id)``, then ``oauth login --no-browser`` as a subprocess whose
-  printed authorize URL is fetched (the sandbox's authorize page approves at once and redirects
-  to the loopback callback). The first profile made is the default. Returns an
-  :class:`OpenEmrLogin` (``.server``, ``.name``, ``.client_id``).
-- ``start_oauth_login(env, *args, profile=None)`` / ``read_login_url(process)`` /
-  ``complete_oauth_login(home, name)``:
-  the ``cwsctl oauth login`` subprocess, its printed URL, and the whole browser side.
-- ``make_openehr_sandbox(*, basic_auth, if_match, max_fetch, fetch_precedence, default_limit,
-  bearer_tokens, template_overwrite, templates, **faults)`` (function, keywords only, each
-  defaulting to ``OpenEhrSandboxServer``'s): a fresh
-  openEHR-flavour server (``OpenEhrSandboxServer``) with its own data dir, started; stopped after
-  the test. ``basic_auth=("user", "pass")`` requires those credentials. ``.url``, ``.base_url``
-  (``.url`` + ``/ehrbase/rest/openehr/v1``, a profile's URL), ``.system_id``, ``.ehrs()``,
-  ``.count_ehrs()``, ``.basic_auth`` and ``.faults`` (settable), ``.reset()``.
-- ``openehr_sandbox`` (function): ``make_openehr_sandbox()`` with the defaults (no auth).
+- ``sandbox_pool`` (session): a :class:`SandboxPool`, the OpenEMR and openEHR servers this
+  worker keeps running, by the options they were built with; a test takes one emptied with its
+  ``reset()`` (as ``sandbox`` is) and gives it back at its end (a server stopped by its test
+  is dropped). tests/targets/openemr and tests/targets/openehr's ``make_*_sandbox`` factories
+  take from it.
+- ``openemr_sandbox`` (function): the OpenEMR-flavour sandbox with the defaults (site
+  ``default``, OpenEMR 7.0.4, its token lifetimes, export mode ``openemr``, no faults), from the
+  pool.
+- ``openehr_sandbox`` (function): the openEHR-flavour sandbox with the defaults (EHRbase 2.31:
+  no auth, no faults, no templates), from the pool. ``.url``, ``.base_url``, ``.ehrs()``, ...
+- ``serve_sandbox(tmp_path, *args, ready=...)``: ``cwsctl sandbox serve`` as its own process.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,35 +147,96 @@ def _server_factory(
         server.stop()
 
 
-@pytest.fixture
-def make_sandbox(
-    tmp_path: Path, sandbox_server: SandboxServer
-) -> Iterator[Callable[..., SandboxServer]]:
-    """Factory: ``make_sandbox(drop_rate=1.0, ...)`` starts a fresh, fault-configured server."""
-    server_mod, faults_mod = _sandbox_modules()
+class SandboxPool:
+    """Running flavour servers kept for this process's session (one pool per xdist worker),
+    by the options they were built with. A test takes one: it comes back emptied with its
+    server's ``reset()`` and restored to those options (faults, settable lifetimes, templates);
+    at the test's end it is given back. Two takes in one test give two servers; a server its
+    test stopped is dropped (its store is closed, so ``reset()`` fails)."""
 
-    def build(data_dir: Path, **faults: Any) -> SandboxServer:
-        key_path = data_dir / "server.pem"
-        shutil.copyfile(sandbox_server.data_dir / "server.pem", key_path)
-        os.chmod(key_path, 0o600)
-        return server_mod.SandboxServer(data_dir, key_bits=2048, faults=faults_mod.Faults(**faults))
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.idle: dict[Hashable, list[Any]] = {}
+        self.servers: list[Any] = []
 
-    yield from _server_factory(tmp_path, "sandbox", build)
+    def take(
+        self, key: Hashable, build: Callable[[Path], Any], restore: Callable[[Any], None]
+    ) -> Any:
+        idle = self.idle.setdefault(key, [])
+        while idle:
+            server = idle.pop()
+            try:
+                server.reset()
+            except sqlite3.ProgrammingError:  # stopped by the test that had it
+                continue
+            restore(server)
+            return server
+        data_dir = self.directory / f"server-{len(self.servers)}"
+        data_dir.mkdir(mode=0o700)
+        server = build(data_dir).start()
+        self.servers.append(server)
+        return server
+
+    def give_back(self, key: Hashable, server: Any) -> None:
+        self.idle[key].append(server)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
 
 
-@pytest.fixture
-def make_openemr_sandbox(tmp_path: Path) -> Iterator[Callable[..., OpenEmrSandboxServer]]:
-    """Factory: ``make_openemr_sandbox(token_lifetime=2, drop_rate=1.0, ...)`` starts a server."""
-    _sandbox_modules()
-    pytest.importorskip("jwt")
+@pytest.fixture(scope="session")
+def sandbox_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxPool]:
+    """The session's :class:`SandboxPool`; servers are stopped when the session ends."""
+    pool = SandboxPool(tmp_path_factory.mktemp("sandbox-pool"))
+    yield pool
+    pool.stop()
+
+
+def pooled_factory(
+    tmp_path: Path,
+    pool: SandboxPool,
+    name: str,
+    build: Callable[..., Any],
+    restore: Callable[..., None],
+    key: Callable[[dict[str, Any]], Hashable | None],
+) -> Iterator[Callable[..., Any]]:
+    """A factory fixture's body: ``make(**options)`` takes a server built with ``options`` from
+    ``pool`` (given back after the test) when ``key(options)`` names them, else builds a fresh
+    one in ``tmp_path`` (stopped after the test). ``build(data_dir, **options)`` makes a server,
+    ``restore(server, **options)`` puts a reset one back to ``options``."""
+    taken: list[tuple[Hashable, Any]] = []
+
+    def fresh(data_dir: Path, **options: Any) -> Any:
+        return build(data_dir, **options)
+
+    def make(factory: Callable[..., Any], **options: Any) -> Any:
+        pooled = key(options)
+        if pooled is None:
+            return factory(**options)
+        server = pool.take(
+            pooled,
+            lambda data_dir: build(data_dir, **options),
+            lambda server: restore(server, **options),
+        )
+        taken.append((pooled, server))
+        return server
+
+    factories = _server_factory(tmp_path, name, fresh)
+    factory = next(factories)
+    yield lambda **options: make(factory, **options)
+    for pooled, server in taken:
+        pool.give_back(pooled, server)
+    next(factories, None)
+
+
+def openemr_server(data_dir: Path, **options: Any) -> OpenEmrSandboxServer:
+    """An OpenEMR-flavour server: OPENEMR_SERVER_OPTIONS go to the server, the rest are faults."""
     from cwsctl.sandbox.faults import Faults
     from cwsctl.targets.openemr.sandbox.server import OpenEmrSandboxServer
 
-    def build(data_dir: Path, **options: Any) -> OpenEmrSandboxServer:
-        server_options = {k: options.pop(k) for k in OPENEMR_SERVER_OPTIONS if k in options}
-        return OpenEmrSandboxServer(data_dir, **server_options, faults=Faults(**options))
-
-    yield from _server_factory(tmp_path, "openemr-sandbox", build)
+    server_options = {k: options.pop(k) for k in OPENEMR_SERVER_OPTIONS if k in options}
+    return OpenEmrSandboxServer(data_dir, **server_options, faults=Faults(**options))
 
 
 #: make_openemr_sandbox's keyword arguments that go to the server (the rest are fault switches).
@@ -210,128 +253,29 @@ OPENEMR_SERVER_OPTIONS = (
 )
 
 
-@pytest.fixture
-def openemr_sandbox(
-    make_openemr_sandbox: Callable[..., OpenEmrSandboxServer],
-) -> OpenEmrSandboxServer:
-    """A fresh OpenEMR-flavour sandbox (site ``default``, 60-second tokens, no faults)."""
-    return make_openemr_sandbox()
+def restore_openemr(server: OpenEmrSandboxServer, **options: Any) -> None:
+    """After ``reset()``: the lifetimes, export delay and faults ``options`` built it with."""
+    from cwsctl.sandbox.faults import Faults
+
+    server_options = {k: options.pop(k) for k in OPENEMR_SERVER_OPTIONS if k in options}
+    server.token_lifetime = server_options.get("token_lifetime")
+    server.export.delay = server_options.get("export_delay", 0.0)
+    server.export_faults = type(server.export_faults)()
+    server.faults = Faults(**options)
 
 
-def start_oauth_login(
-    env: dict[str, str], *args: str, profile: str | None = None
-) -> subprocess.Popen[bytes]:
-    """``cwsctl [-p PROFILE] oauth login ARGS`` as its own process (stdin closed, pipes)."""
-    chosen = ["-p", profile] if profile else []
-    return subprocess.Popen(
-        [sys.executable, "-m", "cwsctl", *chosen, "oauth", "login", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
+def openemr_key(options: dict[str, Any]) -> Hashable | None:
+    """Every OpenEMR option can be restored: one pool entry per set of options."""
+    return _hashable(("openemr", *sorted(options.items())))
 
 
-def read_login_url(process: subprocess.Popen[bytes], wait: float = 20) -> str:
-    """The authorize URL ``cwsctl oauth login --no-browser`` prints on stderr."""
-    assert process.stderr is not None
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        line = process.stderr.readline().decode()
-        if line.startswith("http"):
-            return line.strip()
-        if not line and process.poll() is not None:
-            break
-    raise AssertionError("cwsctl oauth login printed no URL")
-
-
-def complete_oauth_login(home: Path, name: str, *options: str) -> str:
-    """Run ``cwsctl -p NAME oauth login --no-browser --wait 20 OPTIONS`` and play the browser:
-    GET the printed URL following redirects (the sandbox approves at once and sends the browser to
-    the loopback callback). Returns the login's stderr; fails the test unless it exited 0."""
-    import httpx
-
-    env = {**os.environ, "CWSCTL_HOME": str(home)}
-    process = start_oauth_login(env, "--no-browser", "--wait", "20", *options, profile=name)
-    try:
-        url = read_login_url(process)
-        answer = httpx.get(url, follow_redirects=True, timeout=10)
-        assert answer.status_code == 200, (answer.status_code, answer.text[:200])
-        _, err = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err.decode()
-    return err.decode()
-
-
-@dataclass
-class OpenEmrLogin:
-    """An openemr profile registered, enabled and logged in at a sandbox."""
-
-    server: OpenEmrSandboxServer
-    name: str
-    client_id: str
-
-
-@pytest.fixture
-def make_openemr_login(
-    make_openemr_sandbox: Callable[..., OpenEmrSandboxServer],
-    rsa2048: rsa.RSAPrivateKey,
-    cwsctl_home: Path,
-    run_cwsctl: Callable[..., subprocess.CompletedProcess[bytes]],
-) -> Callable[..., OpenEmrLogin]:
-    """Factory: ``make_openemr_login(version="7.0.3")`` → a logged-in openemr profile (see the
-    module docstring); ``server=`` reuses a sandbox, ``login=False`` stops before the login."""
-    made: list[str] = []
-
-    def make(
-        server: OpenEmrSandboxServer | None = None,
-        *,
-        name: str = "emr",
-        scope: str | None = None,
-        login: bool = True,
-        **server_options: Any,
-    ) -> OpenEmrLogin:
-        server = server if server is not None else make_openemr_sandbox(**server_options)
-        init = ["profile", "init", name, "--kind", "openemr", "--url", server.url]
-        init += ["--site", server.site] + ([] if made else ["--default"])
-        _cwsctl(run_cwsctl, *init)
-        store = Store(cwsctl_home)
-        keys.save_private_key(store.private_key_path(name), rsa2048, None, overwrite=True)
-        register = ["-p", name, "oauth", "register", "--client-name", "tests"]
-        _cwsctl(run_cwsctl, *register, *(["--scope", scope] if scope else []))
-        client_id = store.get_profile(name).client_id
-        assert client_id, "oauth register stored no client id"
-        server.enable_client(client_id)  # the administrator's step
-        if login:
-            complete_oauth_login(cwsctl_home, name)
-        made.append(name)
-        return OpenEmrLogin(server, name, client_id)
-
-    return make
-
-
-def _cwsctl(run: Callable[..., subprocess.CompletedProcess[bytes]], *args: str) -> None:
-    result = run(*args)
-    assert result.returncode == 0, (args, result.stderr.decode())
-
-
-@pytest.fixture
-def make_openehr_sandbox(tmp_path: Path) -> Iterator[Callable[..., OpenEhrSandboxServer]]:
-    """Factory: ``make_openehr_sandbox(basic_auth=("u", "p"), if_match="spec", max_fetch=500,
-    fetch_precedence="min-fetch", default_limit=N, bearer_tokens={...}, templates=[opt],
-    drop_rate=1.0, ...)`` starts one (keywords only; the server's defaults otherwise)."""
-    _sandbox_modules()
+def openehr_server(data_dir: Path, **options: Any) -> OpenEhrSandboxServer:
+    """An openEHR-flavour server: OPENEHR_SERVER_OPTIONS go to the server, the rest are faults."""
     from cwsctl.sandbox.faults import Faults
     from cwsctl.targets.openehr.sandbox.server import OpenEhrSandboxServer
 
-    def build(data_dir: Path, **options: Any) -> OpenEhrSandboxServer:
-        server_options = {k: options.pop(k) for k in OPENEHR_SERVER_OPTIONS if k in options}
-        return OpenEhrSandboxServer(data_dir, **server_options, faults=Faults(**options))
-
-    yield from _server_factory(tmp_path, "openehr-sandbox", build)
+    server_options = {k: options.pop(k) for k in OPENEHR_SERVER_OPTIONS if k in options}
+    return OpenEhrSandboxServer(data_dir, **server_options, faults=Faults(**options))
 
 
 #: make_openehr_sandbox's keyword arguments that go to the server (the rest are fault switches).
@@ -347,12 +291,56 @@ OPENEHR_SERVER_OPTIONS = (
 )
 
 
+def restore_openehr(server: OpenEhrSandboxServer, **options: Any) -> None:
+    """After ``reset()``: the credentials, templates and faults ``options`` built it with."""
+    from cwsctl.sandbox.faults import Faults
+
+    server_options = {k: options.pop(k) for k in OPENEHR_SERVER_OPTIONS if k in options}
+    server.basic_auth = server_options.get("basic_auth")
+    for opt in server_options.get("templates", ()):
+        server.upload_template(opt, exist_ok=True)
+    server.faults = Faults(**options)
+
+
+def openehr_key(options: dict[str, Any]) -> Hashable | None:
+    """Bearer tokens are not pooled (a token a test expired would stay expired)."""
+    if "bearer_tokens" in options:
+        return None
+    items = {k: tuple(v) if k == "templates" else v for k, v in options.items()}
+    return _hashable(("openehr", *sorted(items.items())))
+
+
+def _hashable(key: tuple[Any, ...]) -> Hashable | None:
+    try:
+        hash(key)
+    except TypeError:  # an option given as a list or dict: not pooled
+        return None
+    return key
+
+
 @pytest.fixture
-def openehr_sandbox(
-    make_openehr_sandbox: Callable[..., OpenEhrSandboxServer],
-) -> OpenEhrSandboxServer:
-    """A fresh openEHR-flavour sandbox (EHRbase 2.31 defaults: no auth, no faults, no templates)."""
-    return make_openehr_sandbox()
+def openemr_sandbox(tmp_path: Path, sandbox_pool: SandboxPool) -> Iterator[OpenEmrSandboxServer]:
+    """The OpenEMR-flavour sandbox with the defaults (site ``default``, 60-second tokens, no
+    faults), shared by this worker's tests and emptied for each."""
+    _sandbox_modules()
+    pytest.importorskip("jwt")
+    factories = pooled_factory(
+        tmp_path, sandbox_pool, "openemr-sandbox", openemr_server, restore_openemr, openemr_key
+    )
+    yield next(factories)()
+    next(factories, None)
+
+
+@pytest.fixture
+def openehr_sandbox(tmp_path: Path, sandbox_pool: SandboxPool) -> Iterator[OpenEhrSandboxServer]:
+    """The openEHR-flavour sandbox with the defaults (EHRbase 2.31: no auth, no faults, no
+    templates), shared by this worker's tests and emptied for each."""
+    _sandbox_modules()
+    factories = pooled_factory(
+        tmp_path, sandbox_pool, "openehr-sandbox", openehr_server, restore_openehr, openehr_key
+    )
+    yield next(factories)()
+    next(factories, None)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Tests of cwsctl/core: the foundation (files, transport, bulk, audit, secrets, kinds)."""

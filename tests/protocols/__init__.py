@@ -1,0 +1,1 @@
+"""Tests of cwsctl/protocols: the CWS signature and OAuth2 as library code."""

@@ -1,0 +1,1 @@
+"""Tests of cwsctl/sandbox: the server framework every flavour uses."""

@@ -1,0 +1,1 @@
+"""Tests of cwsctl/targets/cws: sign and verify, the CWS sandbox."""

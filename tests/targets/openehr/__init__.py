@@ -1,0 +1,1 @@
+"""Tests of cwsctl/targets/openehr: ehr, composition, query, templates and the EHRbase sandbox."""

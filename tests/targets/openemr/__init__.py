@@ -1,0 +1,1 @@
+"""Tests of cwsctl/targets/openemr: OAuth, export, the openemr kind and its sandbox."""
