@@ -9,7 +9,7 @@ Modules, one concern each:
 - ``text``, ``jsondoc``, ``xml``: terminal-safe text; depth-bounded JSON; a safe, bounded XML parser
 - ``files``, ``headers``, ``urls``, ``redact``: atomic files and locks; header and URL rules; PHI
   masking
-- ``keys``, ``jwks``, ``secrets``: RSA keys and passphrases; JWK Sets; passwords and tokens
+- ``keys``, ``secrets``: RSA keys and passphrases; passwords and tokens
 - ``profile``: ``config.toml``, profiles (one kind per target, from the registry), pinned keys
 - ``rotation``: next and retired key files (``keys rotate``, ``keys remove``)
 - ``kind``: the ``Kind`` and ``PatientMapping`` each target implements (``registry.kind_of``)

@@ -1,6 +1,6 @@
 """The RFC 7523 client assertion: a JWT the client signs with its own RSA key (private_key_jwt).
 
-Header ``alg`` RS384, ``typ`` JWT, ``kid`` as in :func:`cwsctl.core.jwks.key_id`; claims ``iss`` =
+Header ``alg`` RS384, ``typ`` JWT, ``kid`` as in :func:`cwsctl.protocols.oauth2.jwks.key_id`; claims ``iss`` =
 ``sub`` = client id, ``aud`` = the token endpoint, ``iat`` now, ``exp`` ``ASSERTION_LIFETIME_S``
 later (under the 5 minutes OpenEMR allows, leaving a minute for clock skew), a fresh uuid4
 ``jti``. Signed by PyJWT.
@@ -13,7 +13,7 @@ import uuid
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cwsctl.core.jwks import JWS_ALGORITHM, key_id
+from cwsctl.protocols.oauth2.jwks import JWS_ALGORITHM, key_id
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: Seconds a client assertion is valid (OpenEMR refuses more than 300).

@@ -45,7 +45,7 @@ def rotate_with_new_client(
     Nothing changes when the registration fails: the old key and client keep working.
     """
     from cwsctl.core import keys
-    from cwsctl.core.jwks import jwk_set
+    from cwsctl.protocols.oauth2.jwks import jwk_set
 
     settings = store.get_profile(profile)
     require_openemr(settings)

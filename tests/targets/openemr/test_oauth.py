@@ -26,7 +26,6 @@ import pytest
 
 from cwsctl.core import keys
 from cwsctl.core.errors import ClientRequestError, LoginRequiredError, ProfileError
-from cwsctl.core.jwks import jwk, jwk_set, key_id
 from cwsctl.core.profile import Config, Profile, Store
 from cwsctl.core.transport.bounded import bounded_client
 from cwsctl.protocols.oauth2.assertion import (
@@ -35,6 +34,7 @@ from cwsctl.protocols.oauth2.assertion import (
     client_assertion,
 )
 from cwsctl.protocols.oauth2.grants import run_flow
+from cwsctl.protocols.oauth2.jwks import jwk, jwk_set, key_id
 from cwsctl.protocols.oauth2.tokens import Token, TokenStore, reuse_margin
 from cwsctl.targets.openemr.endpoints import endpoints
 from cwsctl.targets.openemr.scopes import DEFAULT_SCOPE, system_scope, user_scope

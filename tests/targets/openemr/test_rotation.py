@@ -29,8 +29,8 @@ def test_openemr_rotate_refuses_without_reregister(cli, make_openemr_login, cwsc
 def test_openemr_rotate_reregister_makes_a_new_client(
     cli, run_cwsctl, make_openemr_login, cwsctl_home, version
 ):
-    from cwsctl.core.jwks import key_id
     from cwsctl.core.profile import Store
+    from cwsctl.protocols.oauth2.jwks import key_id
     from tests.targets.openemr.conftest import complete_oauth_login
 
     login = make_openemr_login(version=version)

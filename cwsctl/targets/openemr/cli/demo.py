@@ -28,10 +28,10 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> str:
     from cwsctl.core import keys
     from cwsctl.core.bulk.rows import patient_key, prepare_patient
     from cwsctl.core.bulk.runner import lookup_patient
-    from cwsctl.core.jwks import jwk_set, key_id
     from cwsctl.core.profile import Config, Profile, Store
     from cwsctl.core.transport.bounded import bounded_client
     from cwsctl.protocols.oauth2.grants import run_flow
+    from cwsctl.protocols.oauth2.jwks import jwk_set, key_id
     from cwsctl.protocols.oauth2.login import LOOPBACK_REDIRECT_URI
     from cwsctl.registry import kind_of
     from cwsctl.sandbox.faults import Faults

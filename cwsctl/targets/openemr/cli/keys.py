@@ -26,7 +26,7 @@ def jwks(out: Output, passphrase_file: PassphraseFileOption = None) -> None:
     pending (keygen --next) the next key follows it. The set goes to stdout (--json prints the
     same document).
     """
-    from cwsctl.core.jwks import jwk_set, profile_public_keys
+    from cwsctl.protocols.oauth2.jwks import jwk_set, profile_public_keys
 
     store, profile = store_and_profile(out.settings)
     key_set = jwk_set(profile_public_keys(store, profile, passphrase_source(passphrase_file)))

@@ -257,7 +257,7 @@ def register(
         check_transport_security(jwks_uri, allow_http=allow_http)
         key_set = None
     else:
-        from cwsctl.core.jwks import jwk_set, profile_public_keys
+        from cwsctl.protocols.oauth2.jwks import jwk_set, profile_public_keys
 
         key_set = jwk_set(
             profile_public_keys(store, profile.name, passphrase_source(passphrase_file))

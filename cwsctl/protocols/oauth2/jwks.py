@@ -1,4 +1,4 @@
-"""The profile's public keys as a JSON Web Key Set, for OpenEMR's client registration.
+"""The profile's public keys as a JSON Web Key Set (RFC 7517), for private_key_jwt registration.
 
 Each key becomes an RSA JWK (built by PyJWT, nothing hand-rolled) with ``use`` ``sig``, ``alg``
 ``RS384`` and a ``kid`` derived from the key's cwsctl fingerprint: the same SHA-256 digest of the
@@ -19,7 +19,7 @@ from cwsctl.core import keys
 from cwsctl.core.keys import PassphraseSource
 from cwsctl.core.profile import Store
 
-#: The JWS algorithm OpenEMR requires for backend-services client assertions.
+#: The JWS algorithm of client assertions (OpenEMR requires it; SMART Backend Services allows it).
 JWS_ALGORITHM = "RS384"
 
 
