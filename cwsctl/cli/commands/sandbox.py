@@ -328,11 +328,11 @@ def serve(
 
 
 def flavour(kind: str) -> ModuleType:
-    """The CLI side of sandbox flavour ``kind``: ``cwsctl.targets.<kind>.cli.sandbox``.
+    """The CLI side of sandbox flavour ``kind``, as the registry names it.
 
     The one place the `sandbox` commands reach a target (so no flavour imports another).
     """
-    return importlib.import_module(f"cwsctl.targets.{kind}.cli.sandbox")
+    return importlib.import_module(registry.target(kind).sandbox)
 
 
 def _refuse_other_flavours_options(kind: str, options: Mapping[str, Any]) -> None:
