@@ -62,6 +62,7 @@ from cwsctl.core import keys
 from cwsctl.core.profile import Config, Profile, Store
 from cwsctl.protocols import cws_signature as signing
 from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
+from cwsctl.targets.cws.settings import CwsSettings
 
 if TYPE_CHECKING:
     from cwsctl.targets.cws.sandbox.server import SandboxServer
@@ -135,9 +136,11 @@ def sandbox_profile(
     profile = Profile(
         name="default",
         url=sandbox.url,
-        username=sandbox_user.username,
-        algorithm=Algorithm.SHA256,
-        trusted=[sandbox.trusted_key],
+        settings=CwsSettings(
+            username=sandbox_user.username,
+            algorithm=Algorithm.SHA256,
+            trusted=[sandbox.trusted_key],
+        ),
     )
     store.save(Config(default_profile="default", profiles={"default": profile}))
     keys.save_private_key(
@@ -302,7 +305,7 @@ def make_openemr_login(
         keys.save_private_key(store.private_key_path(name), rsa2048, None, overwrite=True)
         register = ["-p", name, "oauth", "register", "--client-name", "tests"]
         _cwsctl(run_cwsctl, *register, *(["--scope", scope] if scope else []))
-        client_id = store.get_profile(name).client_id
+        client_id = store.get_profile(name).settings.client_id
         assert client_id, "oauth register stored no client id"
         server.enable_client(client_id)  # the administrator's step
         if login:

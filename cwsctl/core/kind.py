@@ -121,6 +121,13 @@ class Kind(ABC):
     def key_note(self, profile: Profile) -> str:
         """Where the server must know the profile's public key from."""
 
+    # -- for `cwsctl keygen` ------------------------------------------------------------------
+    @abstractmethod
+    def keygen_next(self, profile: Profile | None, name: str, next_key: bool) -> list[str]:
+        """The lines `keygen` ends with: what to do with the new key of profile ``name``
+        (``next_key``: the key `keys rotate` switches to). ``profile`` is None when no profile of
+        that name exists yet (the default kind is asked then)."""
+
     @abstractmethod
     def local_checks(self, profile: Profile, store: Store) -> Iterator[Check]:
         """Checks of the kind's own settings, before anything is sent."""
