@@ -538,7 +538,7 @@ def test_cache_ignored_after_client_id_changes(
 ) -> None:
     with bounded_client(timeout=10) as client:
         run_flow(TokenSource(emr, store, rsa2048).token_flow(), client)
-        emr.client_id = "another-client"
+        emr.settings.client_id = "another-client"
         token_server.state.client_id = "another-client"
         run_flow(TokenSource(emr, store, rsa2048).token_flow(), client)
     assert token_server.state.grants() == ["client_credentials", "client_credentials"]
@@ -1445,7 +1445,7 @@ def _refusal(response: httpx.Response) -> ClientRequestError:
 
 
 def test_sandbox_replayed_jti_refused(registered: Profile, emr_sandbox, rsa2048) -> None:
-    assertion = client_assertion(rsa2048, registered.client_id, emr_sandbox.token_url)
+    assertion = client_assertion(rsa2048, registered.settings.client_id, emr_sandbox.token_url)
     assert _post_assertion(emr_sandbox, assertion).status_code == 200
     error = _refusal(_post_assertion(emr_sandbox, assertion))
     assert "invalid_client" in error.message
@@ -1454,7 +1454,9 @@ def test_sandbox_replayed_jti_refused(registered: Profile, emr_sandbox, rsa2048)
 def test_sandbox_wrong_aud_refused(registered: Profile, emr_sandbox, rsa2048) -> None:
     elsewhere = emr_sandbox.token_url.replace("/oauth2/default/", "/oauth2/other/")
     error = _refusal(
-        _post_assertion(emr_sandbox, client_assertion(rsa2048, registered.client_id, elsewhere))
+        _post_assertion(
+            emr_sandbox, client_assertion(rsa2048, registered.settings.client_id, elsewhere)
+        )
     )
     assert "invalid_client" in error.message
 

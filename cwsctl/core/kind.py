@@ -114,7 +114,8 @@ class Kind(ABC):
         """The command that completes an unusable profile, or None when it is complete."""
 
     def uses_key(self) -> bool:
-        """Whether the profile's RSA key takes part (it does except on openehr)."""
+        """Whether the profile's RSA key takes part (by default it does; a kind whose servers know
+        no client key says no)."""
         return True
 
     @abstractmethod

@@ -135,7 +135,7 @@ def settings_class(kind: str) -> type[ProfileSettings]:
     return found
 
 
-@dataclass(init=False)
+@dataclass(init=False, slots=True)  # slots: a field no profile has is an error
 class Profile:
     """One server and the identity used with it.
 

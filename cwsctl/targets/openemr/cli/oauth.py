@@ -221,6 +221,7 @@ def register(
         system_scope,
         with_scopes,
     )
+    from cwsctl.targets.openemr.settings import OpenEmrSettings
 
     store, profile = openemr_profile(out)
     extra: list[str] = []
@@ -242,13 +243,13 @@ def register(
         if out.settings.json:
             out.json(
                 {
-                    "client_id": recorded.client_id,
+                    "client_id": OpenEmrSettings.of(recorded).client_id,
                     "scope": effective_scope(recorded),
                     "registration_access_token_stored": False,
                 }
             )
         else:
-            out.line(recorded.client_id)
+            out.line(OpenEmrSettings.of(recorded).client_id)
         out.success(f"Profile {profile.name!r} now uses client {client_id!r}")
         out.info("Next: cwsctl oauth token (or cwsctl oauth login for user scopes)")
         return
