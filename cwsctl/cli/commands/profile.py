@@ -130,15 +130,15 @@ def init(
     openehr --url https://cdr.example.org/ehrbase/rest/openehr/v1 --auth basic --username
     loader --password-file pw.txt --store-secret. Secrets are never taken on the command line.
     """
-    given = locals()
-    options = {option: given[option] for option in option_owners(init)}  # every target's
+    given = locals()  # every target's options (tagged with their owner), by parameter name:
+    options = {option: given[option] for option in option_owners(init)}
     validate_profile_name(name)
     if client_id is not None:
         check_client_id(client_id)
     store = Store()
     config = store.load()
     existing = config.profiles.get(name)
-    for each in KINDS:
+    for each in KINDS:  # a value no settings could take is refused whatever the kind
         settings_class(each).check_options(options)
     # The kind's settings from its options; what they leave unsaid is kept from the profile
     # this one replaces (as config.toml holds it, whatever its kind).
