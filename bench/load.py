@@ -74,8 +74,7 @@ def client_loop(
     samples: list[str] = []
     try:
         from cwsctl.core import keys
-        from cwsctl.core.profile import TrustedKey
-        from cwsctl.protocols.cws_signature import Algorithm
+        from cwsctl.protocols.cws_signature import Algorithm, TrustedKey
         from cwsctl.targets.cws.client import CwsClient
         from cwsctl.targets.cws.identity import SigningIdentity
 

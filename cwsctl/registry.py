@@ -1,10 +1,12 @@
-"""The targets cwsctl knows, as data: each one's kind, root commands, commands in shared groups,
-`keys rotate` and `profile init` steps, sandbox flavour and demo, as dotted "module:attr" strings.
+"""The targets cwsctl knows, as data: each one's kind, profile settings, root commands, commands in
+shared groups, `keys rotate` and `profile init` steps, sandbox flavour and demo, as dotted
+"module:attr" strings.
 
-Nothing of cwsctl is imported here (anyone may read the registry, core and ``cwsctl --help``
-included); a string is imported when it is used (:func:`resolve`). Adding a target means one package under
-``cwsctl/targets/``, one :class:`Target` in :data:`TARGETS`, its root commands in
-:data:`ROOT_ORDER`, and its ``profile init`` option aliases (``targets/<t>/cli/options.py``).
+Nothing is imported here (strings only: anyone may read the registry, ``cwsctl --help`` included);
+a string is imported when it is used (:func:`resolve`). Adding a target means one package under
+``cwsctl/targets/`` (its kind and profile settings among its modules), one :class:`Target` in
+:data:`TARGETS`, its root commands in :data:`ROOT_ORDER`, and its ``profile init`` option aliases
+(``targets/<t>/cli/options.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Target(NamedTuple):
 
     name: str  # the profile kind, and the `demo --kind` and `sandbox serve --kind` value
     kind: str  # "module:ATTR" of its cwsctl.core.kind.Kind
+    settings: str  # "module:Class" of its profiles' cwsctl.core.profile.ProfileSettings
     commands: dict[str, Entry]  # root commands it owns
     extends: dict[str, Entry]  # commands it adds to shared groups: {"GROUP NAME": …}
     # "module:function" `keys rotate` hands a profile of this kind to, as
@@ -51,6 +54,7 @@ class Target(NamedTuple):
 CWS = Target(
     name="cws",
     kind="cwsctl.targets.cws.kind:KIND",
+    settings="cwsctl.targets.cws.settings:CwsSettings",
     commands={
         "sign": Entry(
             "cwsctl.targets.cws.cli.signature:sign",
@@ -81,6 +85,7 @@ CWS = Target(
 OPENEMR = Target(
     name="openemr",
     kind="cwsctl.targets.openemr.kind:KIND",
+    settings="cwsctl.targets.openemr.settings:OpenEmrSettings",
     commands={
         "export": Entry(
             "cwsctl.targets.openemr.cli.export:export",
@@ -107,6 +112,7 @@ OPENEMR = Target(
 OPENEHR = Target(
     name="openehr",
     kind="cwsctl.targets.openehr.kind:KIND",
+    settings="cwsctl.targets.openehr.settings:OpenEhrSettings",
     commands={
         "query": Entry(
             "cwsctl.targets.openehr.cli.query:query",

@@ -44,6 +44,7 @@ from cwsctl.core import keys
 from cwsctl.core.profile import Config, Profile, Store
 from cwsctl.protocols import cws_signature as signing
 from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
+from cwsctl.targets.cws.settings import CwsSettings
 
 if TYPE_CHECKING:
     from cwsctl.targets.cws.sandbox.server import SandboxServer
@@ -117,9 +118,11 @@ def sandbox_profile(
     profile = Profile(
         name="default",
         url=sandbox.url,
-        username=sandbox_user.username,
-        algorithm=Algorithm.SHA256,
-        trusted=[sandbox.trusted_key],
+        settings=CwsSettings(
+            username=sandbox_user.username,
+            algorithm=Algorithm.SHA256,
+            trusted=[sandbox.trusted_key],
+        ),
     )
     store.save(Config(default_profile="default", profiles={"default": profile}))
     keys.save_private_key(

@@ -114,12 +114,20 @@ class Kind(ABC):
         """The command that completes an unusable profile, or None when it is complete."""
 
     def uses_key(self) -> bool:
-        """Whether the profile's RSA key takes part (it does except on openehr)."""
+        """Whether the profile's RSA key takes part (by default it does; a kind whose servers know
+        no client key says no)."""
         return True
 
     @abstractmethod
     def key_note(self, profile: Profile) -> str:
         """Where the server must know the profile's public key from."""
+
+    # -- for `cwsctl keygen` ------------------------------------------------------------------
+    @abstractmethod
+    def keygen_next(self, profile: Profile | None, name: str, next_key: bool) -> list[str]:
+        """The lines `keygen` ends with: what to do with the new key of profile ``name``
+        (``next_key``: the key `keys rotate` switches to). ``profile`` is None when no profile of
+        that name exists yet (the default kind is asked then)."""
 
     @abstractmethod
     def local_checks(self, profile: Profile, store: Store) -> Iterator[Check]:

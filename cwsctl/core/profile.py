@@ -1,8 +1,7 @@
 """Profiles on disk: ``$CWSCTL_HOME/config.toml`` plus private keys under ``$CWSCTL_HOME/keys/``.
 
-A profile names one CWS server and the identity used there: base URL, username registered in
-CorEMR's Public Keys page, signature algorithm, and the pinned CorEMR public keys that responses
-must be signed with (more than one while CorEMR rotates its key).
+A profile names one server, the kind of API it speaks, and what that kind needs to talk to it
+(its settings, one class per target: ``cwsctl/targets/<t>/settings.py``).
 """
 
 from __future__ import annotations
@@ -10,25 +9,24 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core import keys
-from cwsctl.core.errors import CwsError, InputError, LocalKeyError, ProfileError
+from cwsctl.core.errors import InputError, LocalKeyError, ProfileError
 from cwsctl.core.files import atomic_write, ensure_private_dir, exclusive_lock
-from cwsctl.protocols.cws_signature import Algorithm
 from cwsctl.registry import DEFAULT_KIND as REGISTRY_DEFAULT_KIND
-from cwsctl.registry import NAMES
+from cwsctl.registry import NAMES, resolve, target
 
 DEFAULT_PROFILE = "default"
-DEFAULT_SERVER_USERNAME = "coremr"
-# Used with fullmatch: "$" would also match before a trailing newline.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: Profile names, and other names that become file names or path segments. Used with fullmatch:
+#: "$" would also match before a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: Name of the lock file that serialises config.toml's read-modify-write (see Store.save).
 CONFIG_LOCK = ".config.lock"
 
@@ -66,7 +64,7 @@ def validate_profile_name(name: str) -> str:
             hint="name the profile (-p NAME / CWSCTL_PROFILE=NAME), or leave both unset "
             "for the configured default",
         )
-    if not _NAME_RE.fullmatch(name):
+    if not NAME_RE.fullmatch(name):
         raise ProfileError(
             f"invalid profile name {name!r}",
             hint="use letters, digits, '.', '_' and '-' (up to 64 characters)",
@@ -74,126 +72,105 @@ def validate_profile_name(name: str) -> str:
     return name
 
 
-def validate_site_name(site: str, error: type[CwsError] = InputError) -> str:
-    """An OpenEMR site becomes a path segment (``/oauth2/<site>/…``): same alphabet as a profile."""
-    if not _NAME_RE.fullmatch(site):
-        raise error(
-            f"invalid OpenEMR site {site!r}",
-            hint="use letters, digits, '.', '_' and '-' (up to 64 characters), e.g. 'default'",
-        )
-    return site
-
-
-def validate_basic_username(username: str, error: type[CwsError] = InputError) -> str:
-    """A basic-auth user name cannot hold ':' (it ends the name in the Authorization header)."""
-    if ":" in username:
-        raise error(
-            f"a basic-auth username cannot contain ':' ({username!r})",
-            hint="HTTP basic auth separates the user name from the password with ':'",
-        )
-    return username
-
-
-@dataclass
-class TrustedKey:
-    """A pinned server public key: responses signed by ``username`` must verify with it."""
-
-    username: str
-    public_key_pem: str
-
-    @cached_property
-    def public_key(self) -> rsa.RSAPublicKey:
-        """The key object (parsed from the stored PEM once: responses are verified per request)."""
-        return keys.parse_public_key(self.public_key_pem.encode("ascii"), source="pinned key")
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """Fingerprint of the pinned key."""
-        return keys.fingerprint(self.public_key)
-
-
 #: Profile kinds: which EMR API a profile talks to (see cwsctl.core.kind), one per target.
 KINDS = NAMES
-#: How an openehr profile authenticates (the secret, if any, never lives in config.toml).
-OPENEHR_AUTH = ("none", "basic", "bearer")
 DEFAULT_KIND = REGISTRY_DEFAULT_KIND
-DEFAULT_OPENEMR_SITE = "default"
-#: What an openemr profile keeps from OpenEMR's discovery documents (absent in older profiles).
-DISCOVERED_FIELDS = (
-    "token_endpoint",
-    "authorization_endpoint",
-    "registration_endpoint",
-    "fhir_base",
-    "issuer",
-)
+
+S = TypeVar("S", bound="ProfileSettings")
 
 
-@dataclass
+class ProfileSettings(ABC):
+    """What a profile of one kind keeps besides its name, kind and URL (each target's
+    ``targets/<t>/settings.py``, named by its ``settings`` entry in ``cwsctl.registry``).
+
+    A subclass is a dataclass whose fields all have defaults: ``cls()`` is a new profile's
+    settings. Its values are checked however it is made (:meth:`check`, run on creation).
+    """
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse a value that would end up in a path or header (InputError); none by default."""
+        return None
+
+    @classmethod
+    @abstractmethod
+    def from_toml(cls: type[S], table: Mapping[str, Any]) -> S:
+        """The settings in a profile's config.toml table (its ``kind`` and ``url`` included).
+
+        A wrong type raises KeyError, TypeError or AttributeError, a value no profile can hold
+        InputError: :meth:`Profile.from_toml` turns both into the profile's ProfileError.
+        """
+
+    @abstractmethod
+    def to_toml(self) -> dict[str, Any]:
+        """The settings' part of the profile's TOML table, in order (after ``kind`` and ``url``)."""
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse a `profile init` option value this kind's settings could never take, whatever
+        the kind of the profile being made (every kind is asked); nothing by default."""
+        return None
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls: type[S], options: Mapping[str, Any], previous: Mapping[str, Any]) -> S:
+        """The settings `profile init` makes: ``options`` are its target options by parameter
+        name (None: not given), ``previous`` the TOML table of the profile it replaces (of any
+        kind; empty for a new one), which keeps what the options leave unsaid."""
+
+    @classmethod
+    def of(cls: type[S], profile: Profile) -> S:
+        """``profile``'s settings when it is of this kind; a profile of another kind reads as
+        its TOML table does (the keys the kinds share, defaults for the rest)."""
+        if isinstance(profile.settings, cls):
+            return profile.settings
+        return cls.from_toml(profile.to_toml())
+
+
+def settings_class(kind: str) -> type[ProfileSettings]:
+    """The settings class of ``kind``'s profiles (its module is imported only now)."""
+    found: type[ProfileSettings] = resolve(target(kind).settings)
+    return found
+
+
+@dataclass(init=False, slots=True)  # slots: a field no profile has is an error
 class Profile:
     """One server and the identity used with it.
 
-    ``kind`` decides how requests are authenticated: ``cws`` signs bodies as ``username`` and
-    verifies responses against ``trusted`` keys; ``openemr`` gets OAuth2 tokens for ``client_id``
-    on OpenEMR site ``site`` with a JWT signed by the profile's key; ``openehr`` talks to an
-    openEHR REST server with ``auth`` none, basic (as ``username``) or bearer.
-
-    An openemr profile also keeps what OpenEMR's discovery documents said (empty when discovery
-    was not reached: the documented paths are used): ``token_endpoint`` (exactly as OpenEMR
-    wrote it, the ``aud`` of client assertions), ``authorization_endpoint``,
-    ``registration_endpoint``, ``fhir_base`` and ``issuer``. Requests still go to ``url``'s
-    host; only the paths come from discovery.
+    ``kind`` decides how requests are authenticated (:mod:`cwsctl.core.kind`); ``settings``
+    holds what else the kind needs: a :class:`ProfileSettings` of that kind (the kind's
+    defaults when none is given).
     """
 
     name: str
-    url: str = ""
-    username: str = ""
-    algorithm: Algorithm = Algorithm.SHA256
-    trusted: list[TrustedKey] = field(default_factory=list)
-    kind: str = DEFAULT_KIND
-    site: str = DEFAULT_OPENEMR_SITE
-    client_id: str = ""
-    scope: str = ""
-    auth: str = "none"
-    token_endpoint: str = ""
-    authorization_endpoint: str = ""
-    registration_endpoint: str = ""
-    fhir_base: str = ""
-    issuer: str = ""
+    url: str
+    kind: str
+    settings: ProfileSettings
 
-    def __post_init__(self) -> None:
-        # Values that end up in paths or headers are checked however the profile is made.
-        if self.kind == "openemr":
-            validate_site_name(self.site)
-        if self.kind == "openehr" and self.auth == "basic":
-            validate_basic_username(self.username)
-
-    def trusted_for(self, username: str) -> list[TrustedKey]:
-        """Pinned keys whose signer name matches ``username``."""
-        return [t for t in self.trusted if t.username == username]
+    def __init__(
+        self,
+        name: str,
+        url: str = "",
+        kind: str = DEFAULT_KIND,
+        settings: ProfileSettings | None = None,
+    ) -> None:
+        self.name, self.url, self.kind = name, url, kind
+        expected = settings_class(kind)
+        self.settings = settings if settings is not None else expected()
+        if not isinstance(self.settings, expected):
+            raise TypeError(
+                f"a {kind} profile holds {expected.__name__}, not {type(self.settings).__name__}"
+            )
 
     def to_toml(self) -> dict[str, Any]:
-        """The TOML table for this profile (a cws profile keeps the shape it always had)."""
-        if self.kind == "openehr":
-            table = {"kind": self.kind, "url": self.url, "auth": self.auth}
-            return {**table, "username": self.username} if self.auth == "basic" else table
-        if self.kind == "openemr":
-            table = {
-                "kind": self.kind,
-                "url": self.url,
-                "site": self.site,
-                "client_id": self.client_id,
-                "scope": self.scope,
-            }
-            discovered = {name: getattr(self, name) for name in DISCOVERED_FIELDS}
-            return {**table, **{k: v for k, v in discovered.items() if v}}
-        return {
-            "url": self.url,
-            "username": self.username,
-            "algorithm": self.algorithm.value,
-            "trusted": [
-                {"username": t.username, "public_key": t.public_key_pem} for t in self.trusted
-            ],
-        }
+        """The TOML table for this profile (a profile of the default kind names no kind: the
+        shape every profile had before kinds existed)."""
+        head = (
+            {"url": self.url} if self.kind == DEFAULT_KIND else {"kind": self.kind, "url": self.url}
+        )
+        return {**head, **self.settings.to_toml()}
 
     @classmethod
     def from_toml(cls, name: str, table: dict[str, Any]) -> Profile:
@@ -205,26 +182,8 @@ class Profile:
                 hint=f"kinds this cwsctl knows: {', '.join(KINDS)}",
             )
         try:
-            return cls(
-                name=name,
-                kind=kind,
-                site=str(table.get("site", DEFAULT_OPENEMR_SITE)),
-                client_id=str(table.get("client_id", "")),
-                scope=str(table.get("scope", "")),
-                auth=str(table.get("auth", "none")),
-                token_endpoint=str(table.get("token_endpoint", "")),
-                authorization_endpoint=str(table.get("authorization_endpoint", "")),
-                registration_endpoint=str(table.get("registration_endpoint", "")),
-                fhir_base=str(table.get("fhir_base", "")),
-                issuer=str(table.get("issuer", "")),
-                url=str(table.get("url", "")),
-                username=str(table.get("username", "")),
-                algorithm=Algorithm.from_name(str(table.get("algorithm", "sha256"))),
-                trusted=[
-                    TrustedKey(str(t["username"]), str(t["public_key"]))
-                    for t in table.get("trusted", [])
-                ],
-            )
+            settings = settings_class(kind).from_toml(table)
+            return cls(name=name, url=str(table.get("url", "")), kind=kind, settings=settings)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ProfileError(f"profile {name!r} in config.toml is malformed ({exc})") from None
         except InputError as exc:  # a stored value a profile cannot hold: the profile's problem

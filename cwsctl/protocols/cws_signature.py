@@ -2,7 +2,8 @@
 
 CWS signs the exact body bytes with RSA PKCS#1 v1.5 over SHA-256 (or legacy SHA-1), the same as
 ``openssl dgst -sha256 -sign``. PKCS#1 v1.5 is deterministic, so our signature equals openssl's
-byte for byte. The header is ``CWS-SHA256 Access=USERNAME, Signature=BASE64``.
+byte for byte. The header is ``CWS-SHA256 Access=USERNAME, Signature=BASE64``. A pinned key
+(:class:`TrustedKey`) is a server key answers must be signed with, under the name CorEMR signs as.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from cwsctl.core import keys
 from cwsctl.core.errors import InputError, SignatureError
 
 
@@ -156,3 +160,26 @@ def detect_signature_input(data: bytes) -> SignatureInput:
     if _BASE64_RE.match(compact) and len(compact) % 4 == 0:
         return SignatureInput(decode_base64_signature(compact.decode("ascii")), "base64")
     return SignatureInput(bytes(data), "binary")
+
+
+#: The name CorEMR signs its answers as (the sandbox's too): what a pinned key is pinned for
+#: unless told otherwise.
+DEFAULT_SERVER_USERNAME = "coremr"
+
+
+@dataclass
+class TrustedKey:
+    """A pinned server public key: responses signed by ``username`` must verify with it."""
+
+    username: str
+    public_key_pem: str
+
+    @cached_property
+    def public_key(self) -> rsa.RSAPublicKey:
+        """The key object (parsed from the stored PEM once: responses are verified per request)."""
+        return keys.parse_public_key(self.public_key_pem.encode("ascii"), source="pinned key")
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Fingerprint of the pinned key."""
+        return keys.fingerprint(self.public_key)

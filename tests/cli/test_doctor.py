@@ -6,7 +6,8 @@ import json
 import socket
 
 from cwsctl.core import keys
-from cwsctl.core.profile import Store, TrustedKey
+from cwsctl.core.profile import Store
+from cwsctl.protocols.cws_signature import TrustedKey
 from cwsctl.sandbox.faults import Faults
 
 
@@ -57,7 +58,7 @@ def test_wrong_key_registered_is_401_exit_4(cli, sandbox, sandbox_profile, rsa20
 def test_unpinned_server_key_is_exit_7(cli, sandbox, sandbox_profile, rsa2048_other):
     store = Store()
     config = store.load()
-    config.profiles["default"].trusted = [
+    config.profiles["default"].settings.trusted = [
         TrustedKey("coremr", keys.public_key_pem(rsa2048_other.public_key()).decode())
     ]
     store.save(config)
@@ -69,7 +70,7 @@ def test_unpinned_server_key_is_exit_7(cli, sandbox, sandbox_profile, rsa2048_ot
 def test_no_pinned_key_is_exit_3(cli, sandbox, sandbox_profile):
     store = Store()
     config = store.load()
-    config.profiles["default"].trusted = []
+    config.profiles["default"].settings.trusted = []
     store.save(config)
     result = cli("doctor", "--json")
     assert result.exit_code == 3

@@ -33,9 +33,12 @@ from pathlib import Path
 import pytest
 
 from cwsctl.core import keys
-from cwsctl.core.profile import Config, Profile, Store, TrustedKey
+from cwsctl.core.profile import Config, Profile, Store
 from cwsctl.core.text import printable, printable_block
-from cwsctl.protocols.cws_signature import Algorithm
+from cwsctl.protocols.cws_signature import Algorithm, TrustedKey
+from cwsctl.targets.cws.settings import CwsSettings
+from cwsctl.targets.openehr.settings import OpenEhrSettings
+from cwsctl.targets.openemr.settings import OpenEmrSettings
 from tests.hostile_server import SERVER_SIGNER, Answer, HostileServer
 
 # -- what a hostile server says -----------------------------------------------------------------
@@ -264,9 +267,9 @@ def cws_profile(home: Path, url: str, client_key, signer_key) -> None:
     profile = Profile(
         name="default",
         url=url,
-        username="tester",
-        algorithm=Algorithm.SHA256,
-        trusted=[TrustedKey(SERVER_SIGNER, pem)],
+        settings=CwsSettings(
+            username="tester", algorithm=Algorithm.SHA256, trusted=[TrustedKey(SERVER_SIGNER, pem)]
+        ),
     )
     store.save(Config(default_profile="default", profiles={"default": profile}))
     keys.save_private_key(store.private_key_path("default"), client_key, None, overwrite=True)
@@ -274,13 +277,17 @@ def cws_profile(home: Path, url: str, client_key, signer_key) -> None:
 
 def openehr_profile(home: Path, url: str) -> None:
     store = Store(home)
-    profile = Profile(name="default", url=url, kind="openehr", auth="none")
+    profile = Profile(
+        name="default", url=url, kind="openehr", settings=OpenEhrSettings(auth="none")
+    )
     store.save(Config(default_profile="default", profiles={"default": profile}))
 
 
 def openemr_profile(home: Path, url: str, client_key, client_id: str = "") -> None:
     store = Store(home)
-    profile = Profile(name="default", url=url, kind="openemr", client_id=client_id)
+    profile = Profile(
+        name="default", url=url, kind="openemr", settings=OpenEmrSettings(client_id=client_id)
+    )
     store.save(Config(default_profile="default", profiles={"default": profile}))
     keys.save_private_key(store.private_key_path("default"), client_key, None, overwrite=True)
 
@@ -294,9 +301,11 @@ def stored_profiles(home: Path, url: str, client_key, signer_key) -> None:
     cws_profile(home, url, client_key, signer_key)
     store = Store(home)
     config = store.load()
-    config.profiles["default"].username = "tester\x1b[31mRED\x9b2J"
-    config.profiles["default"].trusted[0].username = "coremr\x1b]0;PWNED\x07"
-    config.profiles["emr"] = Profile(name="emr", url=url, kind="openemr", client_id=HOSTILE)
+    config.profiles["default"].settings.username = "tester\x1b[31mRED\x9b2J"
+    config.profiles["default"].settings.trusted[0].username = "coremr\x1b]0;PWNED\x07"
+    config.profiles["emr"] = Profile(
+        name="emr", url=url, kind="openemr", settings=OpenEmrSettings(client_id=HOSTILE)
+    )
     store.save(config)
     entry = {
         "time": "2026-01-01T00:00:00.000+00:00",
@@ -553,7 +562,7 @@ def test_a_bad_client_id_from_the_user_is_refused_before_anything_is_stored(
     register = run_cwsctl("oauth", "register", "--client-id", value)
     assert register.returncode == 2, register.stderr
     assert b"--client-id" in register.stderr and b"\x1b" not in register.stderr
-    assert Store(cwsctl_home).load().profiles["default"].client_id == ""
+    assert Store(cwsctl_home).load().profiles["default"].settings.client_id == ""
 
 
 @pytest.mark.slow
@@ -562,13 +571,13 @@ def test_a_client_id_may_begin_with_a_dash_and_be_255_long(run_cwsctl, cwsctl_ho
     for value in ("-AbC_123~.", "x" * 255):
         done = run_cwsctl("oauth", "register", f"--client-id={value}")
         assert done.returncode == 0, done.stderr
-        assert Store(cwsctl_home).load().profiles["default"].client_id == value
+        assert Store(cwsctl_home).load().profiles["default"].settings.client_id == value
     init = run_cwsctl(
         "profile", "init", "emr", "--kind", "openemr", "--url", "http://127.0.0.1:9",
         "--client-id=-Zz9", "--timeout", "0.5",
     )  # fmt: skip
     assert init.returncode == 0, init.stderr
-    assert Store(cwsctl_home).load().profiles["emr"].client_id == "-Zz9"
+    assert Store(cwsctl_home).load().profiles["emr"].settings.client_id == "-Zz9"
 
 
 @pytest.mark.parametrize("answered", ["\x1b[31mRED", "a\nb", "x" * 100_000, "a b"])
@@ -584,7 +593,7 @@ def test_an_unusable_client_id_from_the_server_is_exit_5_and_not_stored(
     assert done.returncode == 5, done.stderr
     assert b"unusable client_id" in done.stderr
     assert b"\x1b[31m" not in done.stderr and len(done.stderr) < 2000
-    assert Store(cwsctl_home).load().profiles["default"].client_id == ""
+    assert Store(cwsctl_home).load().profiles["default"].settings.client_id == ""
     assert not (cwsctl_home / "tokens" / "default.json").exists()
     assert terminal_server.answered[0].request.target.endswith("/registration")
 

@@ -76,9 +76,9 @@ def test_trust_pins_several_keys_and_removes(cli, tmp_path, rsa2048, rsa2048_oth
     assert [t["username"] for t in json.loads(result.stdout)["trusted"]] == ["coremr", "coremr"]
     again = cli("profile", "trust", str(second))
     assert "Already pinned" in again.stderr
-    assert len(Store().load().profiles["prod"].trusted) == 2
+    assert len(Store().load().profiles["prod"].settings.trusted) == 2
     assert cli("profile", "trust", str(first), "--remove").exit_code == 0
-    trusted = Store().load().profiles["prod"].trusted
+    trusted = Store().load().profiles["prod"].settings.trusted
     assert len(trusted) == 1 and trusted[0].public_key_pem == second.read_text()
     assert cli("profile", "trust", str(first), "--remove").exit_code == 3
 

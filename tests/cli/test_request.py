@@ -12,7 +12,8 @@ import pytest
 
 from cwsctl.core import keys
 from cwsctl.core.bulk.rows import WALKTHROUGH_EXAMPLE as EXAMPLE_PATIENT
-from cwsctl.core.profile import Store, TrustedKey
+from cwsctl.core.profile import Store
+from cwsctl.protocols.cws_signature import TrustedKey
 from cwsctl.sandbox.faults import Faults
 from tests.conftest import needs_openssl
 
@@ -172,7 +173,7 @@ def test_forged_or_missing_signature_is_exit_7_and_body_withheld(
 def test_signer_not_pinned_is_exit_7(cli, sandbox, sandbox_profile, body_file, rsa2048_other):
     store = Store()
     config = store.load()
-    config.profiles["default"].trusted = [
+    config.profiles["default"].settings.trusted = [
         TrustedKey("coremr", keys.public_key_pem(rsa2048_other.public_key()).decode())
     ]
     store.save(config)
@@ -184,7 +185,7 @@ def test_signer_not_pinned_is_exit_7(cli, sandbox, sandbox_profile, body_file, r
 def test_no_pinned_key_is_exit_3_with_trust_hint(cli, sandbox, sandbox_profile):
     store = Store()
     config = store.load()
-    config.profiles["default"].trusted = []
+    config.profiles["default"].settings.trusted = []
     store.save(config)
     result = cli("request", "GET", "/ws/")
     assert result.exit_code == 3

@@ -26,9 +26,10 @@ import pytest
 
 from cwsctl.core import keys
 from cwsctl.core.bulk.rows import prepare_patient
-from cwsctl.core.profile import Config, Profile, Store, TrustedKey
-from cwsctl.protocols.cws_signature import Algorithm
+from cwsctl.core.profile import Config, Profile, Store
+from cwsctl.protocols.cws_signature import Algorithm, TrustedKey
 from cwsctl.targets.cws.sandbox.store import SandboxStore, register_client_key
+from cwsctl.targets.cws.settings import CwsSettings
 from tests.cli.test_patients_bulk import all_patients, patient, write_csv
 from tests.conftest import write_private
 
@@ -122,9 +123,11 @@ def test_soak_faults_sigkill_and_sandbox_restart_lose_nothing_and_duplicate_noth
     profile = Profile(
         name="default",
         url=f"http://127.0.0.1:{port}",
-        username=USERNAME,
-        algorithm=Algorithm.SHA256,
-        trusted=[TrustedKey("coremr", server_pem)],
+        settings=CwsSettings(
+            username=USERNAME,
+            algorithm=Algorithm.SHA256,
+            trusted=[TrustedKey("coremr", server_pem)],
+        ),
     )
     store.save(Config(default_profile="default", profiles={"default": profile}))
     keys.save_private_key(store.private_key_path("default"), rsa2048, None, overwrite=True)

@@ -27,8 +27,9 @@ import pytest
 
 from cwsctl.core import keys
 from cwsctl.core.bulk.rows import REQUIRED_FIELDS, WALKTHROUGH_EXAMPLE
-from cwsctl.core.profile import Config, Profile, Store, TrustedKey
-from cwsctl.protocols.cws_signature import Algorithm
+from cwsctl.core.profile import Config, Profile, Store
+from cwsctl.protocols.cws_signature import Algorithm, TrustedKey
+from cwsctl.targets.cws.settings import CwsSettings
 from tests.hostile_server import SERVER_SIGNER, Answer, HostileServer
 
 TIMEOUT = 2.0  # --timeout for `cwsctl request` in the catalogue
@@ -92,7 +93,9 @@ def save_profile(home: Path, url: str, client_key, trusted: TrustedKey) -> None:
     """The ``default`` profile: ``url``, user ``tester`` with ``client_key``, ``trusted`` pinned."""
     store = Store(home)
     profile = Profile(
-        name="default", url=url, username="tester", algorithm=Algorithm.SHA256, trusted=[trusted]
+        name="default",
+        url=url,
+        settings=CwsSettings(username="tester", algorithm=Algorithm.SHA256, trusted=[trusted]),
     )
     store.save(Config(default_profile="default", profiles={"default": profile}))
     keys.save_private_key(store.private_key_path("default"), client_key, None, overwrite=True)
@@ -533,7 +536,7 @@ def test_a_method_with_a_space_is_exit_2_and_nothing_is_sent(cwsctl_home, hostil
 def test_a_cws_username_with_a_newline_is_exit_3_before_sending(cwsctl_home, hostile_profile):
     store = Store(cwsctl_home)
     config = store.load()
-    config.profiles["default"].username = "tester\r\nX-Evil: 1"
+    config.profiles["default"].settings.username = "tester\r\nX-Evil: 1"
     store.save(config)
     run = cwsctl(cwsctl_home, "request", "GET", "/ws/")
     _bad_local(run, 3)

@@ -17,6 +17,7 @@ from cwsctl.targets.openemr.kind import (
     OpenEmrPatients,
     fhir_patient,
 )
+from cwsctl.targets.openemr.settings import OpenEmrSettings
 
 # config.toml exactly as cwsctl wrote it before profiles had a kind (tomli_w's layout).
 CONFIG_BEFORE_KINDS = """\
@@ -62,13 +63,11 @@ def test_an_openemr_profile_round_trips(cwsctl_home):
         "emr",
         url="https://emr.example.org",
         kind="openemr",
-        site="alt",
-        client_id="abc",
-        scope="system/Patient.read",
+        settings=OpenEmrSettings(site="alt", client_id="abc", scope="system/Patient.read"),
     )
     store.save(config)
     again = store.get_profile("emr")
-    assert (again.kind, again.site, again.client_id, again.scope) == (
+    assert (again.kind, again.settings.site, again.settings.client_id, again.settings.scope) == (
         "openemr",
         "alt",
         "abc",

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cwsctl.core.profile import TrustedKey
+from cwsctl.protocols.cws_signature import TrustedKey
 from cwsctl.targets.cws.verification import verify_response
 from tests.sandbox_plugin import SandboxUser
 

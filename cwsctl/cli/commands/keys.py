@@ -82,23 +82,10 @@ def keygen(
     known = config.profiles.get(profile)
     out.success(f"Private key saved to {path} (mode 0600{', encrypted' if passphrase else ''})")
     out.info(f"Fingerprint: {document['fingerprint']}")
-    if known is not None and known.kind == "openemr":
-        # OpenEMR keeps a client's JWKS for life: a new key means a new client.
-        out.info(
-            "Next: switch to it with cwsctl keys rotate --reregister (a new client)"
-            if next_key
-            else "Next: register it with OpenEMR: cwsctl oauth register (it sends cwsctl keys jwks)"
-        )
-        return
-    username = known.username if known is not None else "USERNAME"
-    out.info(
-        "Next: in CorEMR open Administration → Public Keys, press +, paste the public key above "
-        f"into Contents and use the username {username!r}."
-    )
-    if known is None:
-        out.info(f"Then: cwsctl profile init {profile} --url https://… --username USER")
-    if next_key:
-        out.info("Once CorEMR has it, switch to it with: cwsctl keys rotate")
+    # Where the server learns the key depends on the kind (a profile yet to be made: the default).
+    kind = resolve(target(known.kind if known is not None else DEFAULT_KIND).kind)
+    for line in kind.keygen_next(known, profile, next_key):
+        out.info(line)
 
 
 @app.command("import")

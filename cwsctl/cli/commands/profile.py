@@ -22,10 +22,10 @@ from cwsctl.core.profile import (
     KINDS,
     Profile,
     Store,
+    settings_class,
     validate_profile_name,
 )
 from cwsctl.core.text import printable
-from cwsctl.protocols.cws_signature import Algorithm
 from cwsctl.registry import kind_of, resolve, target
 from cwsctl.targets.cws.cli.options import AlgorithmOption, UsernameOption
 from cwsctl.targets.openehr.cli.options import (
@@ -62,11 +62,19 @@ def _describe(store: Store, profile: Profile, default: str | None) -> dict[str, 
     if kind_of(profile).uses_key():
         document["key_path"] = str(key_path) if key_path.exists() else None
         document["key_fingerprint"] = fingerprint
-    if trusted is not None:
+    if trusted is not None:  # pinned keys are shown by fingerprint, not by PEM
         document["trusted"] = [
-            {"username": t.username, "fingerprint": t.fingerprint} for t in profile.trusted
+            {"username": t["username"], "fingerprint": _fingerprint(t["public_key"])}
+            for t in trusted
         ]
     return document
+
+
+def _fingerprint(public_key_pem: str) -> str:
+    """The fingerprint of a pinned key, from its PEM as config.toml holds it."""
+    return keys.fingerprint(
+        keys.parse_public_key(public_key_pem.encode("ascii"), source="pinned key")
+    )
 
 
 @app.command("init")
@@ -122,24 +130,20 @@ def init(
     openehr --url https://cdr.example.org/ehrbase/rest/openehr/v1 --auth basic --username
     loader --password-file pw.txt --store-secret. Secrets are never taken on the command line.
     """
+    given = locals()  # every target's options (tagged with their owner), by parameter name:
+    options = {option: given[option] for option in option_owners(init)}
     validate_profile_name(name)
     if client_id is not None:
         check_client_id(client_id)
     store = Store()
     config = store.load()
-    existing = config.profiles.get(name) or Profile(name)
-    profile = Profile(
-        name=name,
-        url=url.rstrip("/"),
-        username=username if username is not None else existing.username,
-        algorithm=Algorithm.from_name(algorithm),
-        trusted=existing.trusted,
-        kind=kind,
-        site=site or existing.site,
-        client_id=client_id if client_id is not None else existing.client_id,
-        scope=scope if scope is not None else existing.scope,
-        auth=auth or existing.auth,
-    )
+    existing = config.profiles.get(name)
+    for each in KINDS:  # a value no settings could take is refused whatever the kind
+        settings_class(each).check_options(options)
+    # The kind's settings from its options; what they leave unsaid is kept from the profile
+    # this one replaces (as config.toml holds it, whatever its kind).
+    settings = settings_class(kind).from_options(options, existing.to_toml() if existing else {})
+    profile = Profile(name=name, url=url.rstrip("/"), kind=kind, settings=settings)
     missing = kind_of(profile).incomplete(profile)
     if missing is not None:
         raise InputError(f"a {kind} profile needs more settings", hint=missing)
@@ -170,8 +174,9 @@ def _keep_secret(
     from cwsctl.core.secrets import SECRET_FOR_AUTH, read_secret_file, resolve_secret
     from cwsctl.core.secrets import store_secret as keep
 
-    what = SECRET_FOR_AUTH.get(profile.auth)
-    if profile.kind != option_owners(init)["store_secret"][1] or what is None:
+    owner = option_owners(init)["store_secret"][1]  # the kind whose settings say its auth
+    what = SECRET_FOR_AUTH.get(profile.settings.auth) if profile.kind == owner else None
+    if what is None:
         raise InputError("--store-secret is for openehr profiles with --auth basic or bearer")
     given = password_file if what == "password" else token_file
     value = (
@@ -231,10 +236,10 @@ def show(
         out.line(f"fingerprint: {doc['key_fingerprint']}")
     if "trusted" not in doc:
         return
-    if not profile.trusted:
+    if not doc["trusted"]:
         out.line("trusted:     (none: run cwsctl profile trust COREMR_PUBLIC_KEY.pem)")
-    for t in profile.trusted:
-        out.line(f"trusted:     {printable(t.username, limit=None)} {t.fingerprint}")
+    for t in doc["trusted"]:
+        out.line(f"trusted:     {printable(t['username'], limit=None)} {t['fingerprint']}")
 
 
 @app.command("use")

@@ -11,7 +11,7 @@ import httpx
 from cwsctl.core.client import OTHER_HOST_CREDENTIAL, VERIFICATION_EXTENSION, ApiClient, ApiResponse
 from cwsctl.core.errors import ProfileError
 from cwsctl.core.headers import check_value
-from cwsctl.core.profile import TrustedKey
+from cwsctl.protocols.cws_signature import TrustedKey
 from cwsctl.targets.cws.identity import SigningIdentity
 from cwsctl.targets.cws.verification import verify_response
 

@@ -12,6 +12,7 @@ from cwsctl.core.errors import ProfileError
 from cwsctl.core.profile import existing_key_path
 from cwsctl.protocols import cws_signature as signing
 from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
+from cwsctl.targets.cws.settings import CwsSettings
 
 if TYPE_CHECKING:
     from cwsctl.core.profile import Store
@@ -65,7 +66,8 @@ def load_identity(
     config = store.load()
     profile_name = store.active_profile_name(requested_profile, config)
     profile = config.profiles.get(profile_name)
-    resolved_username = username or (profile.username if profile else "")
+    settings = CwsSettings.of(profile) if profile else None
+    resolved_username = username or (settings.username if settings else "")
     if not resolved_username:
         raise ProfileError(
             f"no username to sign as (profile {profile_name!r} is not set up)",
@@ -75,6 +77,6 @@ def load_identity(
     return SigningIdentity(
         private_key=keys.load_private_key(path, passphrase),
         username=resolved_username,
-        algorithm=algorithm or (profile.algorithm if profile else Algorithm.SHA256),
+        algorithm=algorithm or (settings.algorithm if settings else Algorithm.SHA256),
         key_path=path,
     )

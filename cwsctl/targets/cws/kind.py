@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from cwsctl.core.kind import Kind, PatientMapping
 from cwsctl.targets.cws.patients import CwsPatients
+from cwsctl.targets.cws.settings import CwsSettings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -41,7 +42,7 @@ class CwsKind(Kind):
         identity = load_identity(profile.name, store=store, passphrase=passphrase)
         return CwsClient(
             identity,
-            profile.trusted,
+            CwsSettings.of(profile).trusted,
             base_url=profile.url,
             verify_responses=verify_responses,
             audit=audit,
@@ -56,28 +57,40 @@ class CwsKind(Kind):
         """``https://… as 'site-user' (CWS-SHA256)``."""
         from cwsctl.core.urls import without_userinfo
 
-        return (
-            f"{without_userinfo(profile.url)} as {profile.username!r} ({profile.algorithm.scheme})"
-        )
+        settings = CwsSettings.of(profile)
+        return f"{without_userinfo(profile.url)} as {settings.username!r} ({settings.algorithm.scheme})"
 
     def incomplete(self, profile: Profile) -> str | None:
         """A CWS profile needs a URL and the username CorEMR knows the key by."""
-        if profile.url and profile.username:
+        if profile.url and CwsSettings.of(profile).username:
             return None
         return f"cwsctl profile init {profile.name} --url https://… --username USER"
 
     def key_note(self, profile: Profile) -> str:
         """CorEMR's Public Keys page holds the key under the username."""
-        return (
-            f"CorEMR's Public Keys page must hold this key under the username {profile.username!r}"
-        )
+        username = CwsSettings.of(profile).username
+        return f"CorEMR's Public Keys page must hold this key under the username {username!r}"
+
+    def keygen_next(self, profile: Profile | None, name: str, next_key: bool) -> list[str]:
+        """Register the key in CorEMR's Public Keys page (then make the profile, or rotate)."""
+        username = CwsSettings.of(profile).username if profile is not None else "USERNAME"
+        lines = [
+            "Next: in CorEMR open Administration → Public Keys, press +, paste the public key "
+            f"above into Contents and use the username {username!r}."
+        ]
+        if profile is None:
+            lines.append(f"Then: cwsctl profile init {name} --url https://… --username USER")
+        if next_key:
+            lines.append("Once CorEMR has it, switch to it with: cwsctl keys rotate")
+        return lines
 
     def local_checks(self, profile: Profile, store: Store) -> Iterator[Check]:
         """Answers can be verified only against a pinned CorEMR key."""
         from cwsctl.core.checks import failed, passed
         from cwsctl.core.errors import ExitStatus
 
-        if not profile.trusted:
+        trusted = CwsSettings.of(profile).trusted
+        if not trusted:
             yield failed(
                 "pinned server key",
                 "no CorEMR key pinned: responses cannot be verified",
@@ -85,7 +98,7 @@ class CwsKind(Kind):
                 ExitStatus.LOCAL_KEY,
             )
             return
-        pins = ", ".join(f"{t.username} {t.fingerprint}" for t in profile.trusted)
+        pins = ", ".join(f"{t.username} {t.fingerprint}" for t in trusted)
         yield passed("pinned server key", pins)
 
     def doctor_path(self, profile: Profile) -> str:
@@ -106,11 +119,12 @@ class CwsKind(Kind):
         from cwsctl.targets.cws.identity import SigningIdentity
 
         assert private_key is not None  # the doctor loads it: this kind uses a key
+        settings = CwsSettings.of(profile)
         identity = SigningIdentity(
-            private_key, profile.username, profile.algorithm, store.private_key_path(profile.name)
+            private_key, settings.username, settings.algorithm, store.private_key_path(profile.name)
         )
         client = CwsClient(
-            identity, profile.trusted, base_url=profile.url, timeout=timeout, allow_http=True
+            identity, settings.trusted, base_url=profile.url, timeout=timeout, allow_http=True
         )
         yield request_check(
             "signed request",

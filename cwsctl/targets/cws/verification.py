@@ -8,10 +8,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core import keys
 from cwsctl.core.errors import SignatureError
-from cwsctl.core.profile import TrustedKey
 from cwsctl.core.verdict import VerificationResult
 from cwsctl.protocols import cws_signature as signing
-from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
+from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader, TrustedKey
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,13 @@ def credentials(profile: Profile, store: Store) -> httpx.Auth | None:
     """The profile's ``auth``: nothing, basic as ``username``, or a bearer token."""
     from cwsctl.core.errors import ProfileError
     from cwsctl.core.secrets import SECRET_FOR_AUTH, check_secret, resolve_secret
+    from cwsctl.targets.openehr.settings import OpenEhrSettings
 
-    if profile.auth == "none":
+    settings = OpenEhrSettings.of(profile)
+    if settings.auth == "none":
         return None
-    secret = resolve_secret(store, profile.name, SECRET_FOR_AUTH[profile.auth])
-    if profile.auth == "basic":
-        check_secret(profile.username, "username", f"profile {profile.name!r}", ProfileError)
-        return SecretAuth(basic_authorization(profile.username, secret))
+    secret = resolve_secret(store, profile.name, SECRET_FOR_AUTH[settings.auth])
+    if settings.auth == "basic":
+        check_secret(settings.username, "username", f"profile {profile.name!r}", ProfileError)
+        return SecretAuth(basic_authorization(settings.username, secret))
     return SecretAuth(f"Bearer {secret}")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from cwsctl.core.client import ApiClient
 from cwsctl.core.kind import Kind, PatientMapping, PatientRequest, Verdict
 from cwsctl.targets.openehr.auth import credentials
+from cwsctl.targets.openehr.settings import OpenEhrSettings
 from cwsctl.targets.openehr.subject import (
     NAMESPACE_RULE,
     ehr_create_request,
@@ -163,14 +164,16 @@ class OpenEhrKind(Kind):
 
     def summary(self, profile: Profile) -> str:
         """``https://…/openehr/v1, auth basic as 'loader'``."""
-        who = f" as {profile.username!r}" if profile.auth == "basic" else ""
+        settings = OpenEhrSettings.of(profile)
+        who = f" as {settings.username!r}" if settings.auth == "basic" else ""
         from cwsctl.core.urls import without_userinfo
 
-        return f"{without_userinfo(profile.url)}, auth {profile.auth}{who}"
+        return f"{without_userinfo(profile.url)}, auth {settings.auth}{who}"
 
     def incomplete(self, profile: Profile) -> str | None:
         """A URL, and a username for basic auth."""
-        if profile.url and (profile.auth != "basic" or profile.username):
+        settings = OpenEhrSettings.of(profile)
+        if profile.url and (settings.auth != "basic" or settings.username):
             return None
         return (
             f"cwsctl profile init {profile.name} --kind openehr --url https://…/openehr/v1 "
@@ -185,6 +188,20 @@ class OpenEhrKind(Kind):
         """Not used: openehr profiles have no key."""
         return "not used by openEHR servers"
 
+    def keygen_next(self, profile: Profile | None, name: str, next_key: bool) -> list[str]:
+        """An openehr profile has no key of its own; `keygen` says what it always has (as for a
+        cws profile), with the profile's username."""
+        username = OpenEhrSettings.of(profile).username if profile is not None else "USERNAME"
+        lines = [
+            "Next: in CorEMR open Administration → Public Keys, press +, paste the public key "
+            f"above into Contents and use the username {username!r}."
+        ]
+        if profile is None:
+            lines.append(f"Then: cwsctl profile init {name} --url https://… --username USER")
+        if next_key:
+            lines.append("Once CorEMR has it, switch to it with: cwsctl keys rotate")
+        return lines
+
     def local_checks(self, profile: Profile, store: Store) -> Iterator[Check]:
         """The credentials can be found; answers are not signed (say so)."""
         from cwsctl.core.checks import failed, passed
@@ -195,7 +212,7 @@ class OpenEhrKind(Kind):
         except CwsError as exc:
             yield failed("credentials", exc.message, exc.hint or "", ExitStatus.LOCAL_KEY)
             return
-        yield passed("credentials", f"auth {profile.auth}: found")
+        yield passed("credentials", f"auth {OpenEhrSettings.of(profile).auth}: found")
         yield passed(
             "response signatures",
             "openEHR servers do not sign their answers: only TLS protects them (use https)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from cwsctl.core.errors import ProfileError
 from cwsctl.core.profile import Profile
 from cwsctl.core.text import printable
+from cwsctl.targets.openemr.settings import OpenEmrSettings
 
 #: The longest OAuth client id cwsctl takes (OpenEMR's are 43 characters; RFC 7591 sets none).
 MAX_CLIENT_ID = 255
@@ -33,20 +34,21 @@ def client_id_problem(client_id: str) -> str | None:
 def require_client_id(profile: Profile) -> str:
     """The profile's client id, or ProfileError naming the command that gets one (or fixes a
     stored id that breaks :func:`client_id_problem`'s rule)."""
-    if not profile.client_id:
+    client_id = OpenEmrSettings.of(profile).client_id
+    if not client_id:
         raise ProfileError(
             f"profile {profile.name!r} has no OAuth client id",
             hint="register cwsctl with OpenEMR: cwsctl oauth register (or, for a client made in "
             "OpenEMR's admin pages: cwsctl oauth register --client-id ID)",
         )
-    problem = client_id_problem(profile.client_id)
+    problem = client_id_problem(client_id)
     if problem is not None:
         raise ProfileError(
             f"profile {profile.name!r} holds an unusable OAuth client id: {problem}",
             hint="register again (cwsctl oauth register) or record the right one: "
             "cwsctl oauth register --client-id ID",
         )
-    return profile.client_id
+    return client_id
 
 
 def require_openemr(profile: Profile) -> None:

@@ -17,10 +17,11 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from cwsctl.core.errors import NetworkError
-from cwsctl.core.profile import DISCOVERED_FIELDS, Profile
+from cwsctl.core.profile import Profile
 from cwsctl.protocols.oauth2.grants import run_flow
 from cwsctl.protocols.oauth2.token_response import json_object
 from cwsctl.targets.openemr.endpoints import documented_endpoints
+from cwsctl.targets.openemr.settings import DISCOVERED_FIELDS, OpenEmrSettings
 
 #: Seconds the discovery documents may take (``profile init``, ``oauth discover``) by default.
 DISCOVERY_TIMEOUT_S = 10.0
@@ -129,14 +130,15 @@ def discover(
 def apply_discovery(profile: Profile, found: Discovery) -> bool:
     """Keep what ``found`` names in ``profile`` (all of it, or nothing when it named no token
     endpoint); True when the token endpoint changed."""
-    before = profile.token_endpoint
+    settings = OpenEmrSettings.of(profile)
+    before = settings.token_endpoint
     if not found.token_endpoint:
         for name in DISCOVERED_FIELDS:
-            setattr(profile, name, "")
+            setattr(settings, name, "")
     else:
-        profile.token_endpoint = found.token_endpoint
-        profile.authorization_endpoint = found.authorization_endpoint
-        profile.registration_endpoint = found.registration_endpoint
-        profile.fhir_base = found.fhir_base
-        profile.issuer = found.issuer
-    return profile.token_endpoint != before
+        settings.token_endpoint = found.token_endpoint
+        settings.authorization_endpoint = found.authorization_endpoint
+        settings.registration_endpoint = found.registration_endpoint
+        settings.fhir_base = found.fhir_base
+        settings.issuer = found.issuer
+    return settings.token_endpoint != before

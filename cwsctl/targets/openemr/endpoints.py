@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 
 from cwsctl.core.errors import ProfileError
 from cwsctl.core.profile import Profile
+from cwsctl.targets.openemr.settings import OpenEmrSettings
 
 
 @dataclass(frozen=True)
@@ -68,21 +69,23 @@ def endpoints(profile: Profile) -> Endpoints:
             f"profile {profile.name!r} has no URL",
             hint=f"set it: cwsctl profile init {profile.name} --kind openemr --url https://…",
         )
-    documented = documented_endpoints(profile.url, profile.site)
-    token = profile.token_endpoint or documented["token_endpoint"]
-    registration = profile.registration_endpoint or documented["registration_endpoint"]
-    authorize = profile.authorization_endpoint or documented["authorization_endpoint"]
+    settings = OpenEmrSettings.of(profile)
+    documented = documented_endpoints(profile.url, settings.site)
+    token = settings.token_endpoint or documented["token_endpoint"]
+    registration = settings.registration_endpoint or documented["registration_endpoint"]
+    authorize = settings.authorization_endpoint or documented["authorization_endpoint"]
     return Endpoints(
         token=at_origin(profile.url, token),
         registration=at_origin(profile.url, registration),
         authorize=at_origin(profile.url, authorize),
-        fhir_base=profile.fhir_base or documented["fhir_base"],
+        fhir_base=settings.fhir_base or documented["fhir_base"],
         audience=token,
-        discovered=bool(profile.token_endpoint),
+        discovered=bool(settings.token_endpoint),
     )
 
 
 def site_address(profile: Profile) -> str | None:
     """The origin OpenEMR builds its URLs from (its Site Address), when discovery told it."""
-    named = profile.token_endpoint or profile.issuer
+    settings = OpenEmrSettings.of(profile)
+    named = settings.token_endpoint or settings.issuer
     return origin(named) if named else None

@@ -17,6 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 from cwsctl.core.client import ApiClient
 from cwsctl.core.kind import Kind, PatientMapping, PatientRequest, Verdict, json_field
+from cwsctl.targets.openemr.settings import OpenEmrSettings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -238,16 +239,17 @@ class OpenEmrKind(Kind):
 
     def patients(self, profile: Profile) -> PatientMapping:
         """FHIR Patient on the profile's site."""
-        return OpenEmrPatients(profile.site)
+        return OpenEmrPatients(OpenEmrSettings.of(profile).site)
 
     def summary(self, profile: Profile) -> str:
         """``https://… site 'default' as client 'abc…'``."""
         from cwsctl.targets.openemr.scopes import effective_scope
 
-        client = f"client {profile.client_id!r}" if profile.client_id else "no client registered"
+        settings = OpenEmrSettings.of(profile)
+        client = f"client {settings.client_id!r}" if settings.client_id else "no client registered"
         from cwsctl.core.urls import without_userinfo
 
-        return f"{without_userinfo(profile.url)} site {profile.site!r}, {client}, scope {effective_scope(profile)!r}"
+        return f"{without_userinfo(profile.url)} site {settings.site!r}, {client}, scope {effective_scope(profile)!r}"
 
     def incomplete(self, profile: Profile) -> str | None:
         """An OpenEMR profile needs the server's URL."""
@@ -259,13 +261,22 @@ class OpenEmrKind(Kind):
         """OpenEMR knows the key from the client's JWKS."""
         return "OpenEMR must know this key from the client's JWKS (cwsctl keys jwks)"
 
+    def keygen_next(self, profile: Profile | None, name: str, next_key: bool) -> list[str]:
+        """OpenEMR keeps a client's JWKS for life: a new key means a new client."""
+        return [
+            "Next: switch to it with cwsctl keys rotate --reregister (a new client)"
+            if next_key
+            else "Next: register it with OpenEMR: cwsctl oauth register (it sends cwsctl keys jwks)"
+        ]
+
     def local_checks(self, profile: Profile, store: Store) -> Iterator[Check]:
         """Tokens need a registered client; answers are not signed (say so)."""
         from cwsctl.core.checks import failed, passed
         from cwsctl.core.errors import ExitStatus
 
         yield from _endpoint_checks(profile)
-        if not profile.client_id:
+        client_id = OpenEmrSettings.of(profile).client_id
+        if not client_id:
             yield failed(
                 "client",
                 "no OAuth2 client registered for this profile",
@@ -274,7 +285,7 @@ class OpenEmrKind(Kind):
                 ExitStatus.LOCAL_KEY,
             )
             return
-        yield passed("client", f"client_id {profile.client_id}")
+        yield passed("client", f"client_id {client_id}")
         yield passed(
             "response signatures",
             "OpenEMR does not sign its answers: only TLS protects them (use https)",
@@ -282,7 +293,7 @@ class OpenEmrKind(Kind):
 
     def doctor_path(self, profile: Profile) -> str:
         """The FHIR CapabilityStatement: public, and it says which server answers."""
-        return f"/apis/{profile.site}/fhir/metadata"
+        return f"/apis/{OpenEmrSettings.of(profile).site}/fhir/metadata"
 
     def remote_checks(
         self,
@@ -307,7 +318,7 @@ class OpenEmrKind(Kind):
         check = request_check(
             "token and API",
             client,
-            f"/apis/{profile.site}/fhir/Patient?_id=cwsctl-doctor-check",
+            f"/apis/{OpenEmrSettings.of(profile).site}/fhir/Patient?_id=cwsctl-doctor-check",
             "the token's scopes do not cover FHIR Patient reads, or the client is disabled: "
             "check it in OpenEMR (Administration → System → API Clients), or run "
             f"cwsctl -p {profile.name} oauth login",
@@ -345,7 +356,7 @@ def _discovery_drift(profile: Profile, timeout: float) -> Iterator[Check]:
     from cwsctl.targets.openemr.discovery import discover
     from cwsctl.targets.openemr.endpoints import endpoints
 
-    found = discover(profile.url, profile.site, timeout=timeout)
+    found = discover(profile.url, OpenEmrSettings.of(profile).site, timeout=timeout)
     in_force = endpoints(profile).audience
     if not found.token_endpoint:
         yield passed("discovery", f"not readable ({'; '.join(found.problems)}); using {in_force}")

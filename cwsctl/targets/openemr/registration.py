@@ -18,6 +18,7 @@ from cwsctl.protocols.oauth2.tokens import TokenStore
 from cwsctl.targets.openemr.client_id import client_id_problem, require_openemr
 from cwsctl.targets.openemr.endpoints import endpoints
 from cwsctl.targets.openemr.scopes import DEFAULT_SCOPE, SYSTEM_SCOPES_PLACE
+from cwsctl.targets.openemr.settings import OpenEmrSettings
 
 
 def registration_document(
@@ -168,10 +169,11 @@ def record_client(
     config = store.load()
     profile = store.get_profile(profile_name, config)
     require_openemr(profile)
-    changed = profile.client_id != client_id
-    profile.client_id = client_id
+    settings = OpenEmrSettings.of(profile)
+    changed = settings.client_id != client_id
+    settings.client_id = client_id
     if scope:
-        profile.scope = scope
+        settings.scope = scope
     store.save(config)
     if changed:
         TokenStore(store, profile_name).clear_grants()

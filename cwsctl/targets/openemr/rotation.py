@@ -47,8 +47,8 @@ def rotate_with_new_client(
     from cwsctl.core import keys
     from cwsctl.protocols.oauth2.jwks import jwk_set
 
-    settings = store.get_profile(profile)
-    require_openemr(settings)
+    known = store.get_profile(profile)
+    require_openemr(known)
     next_path = store.next_key_path(profile)
     if not next_path.exists():
         raise LocalKeyError(
@@ -58,12 +58,12 @@ def rotate_with_new_client(
     next_key = keys.load_private_key(next_path, passphrase)
     document = registration_document(
         client_name=client_name,
-        scope=effective_scope(settings),
+        scope=effective_scope(known),
         redirect_uris=[LOOPBACK_REDIRECT_URI],
         jwks=jwk_set([next_key.public_key()]),
     )
     registration = run_flow(
-        registration_flow(settings, document),
+        registration_flow(known, document),
         timeout=timeout,
         max_response_size=max_response_size,
     )

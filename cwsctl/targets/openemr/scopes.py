@@ -9,6 +9,7 @@ Standard API) likewise.
 from __future__ import annotations
 
 from cwsctl.core.profile import Profile
+from cwsctl.targets.openemr.settings import OpenEmrSettings
 
 #: Scopes asked for when the profile names none: FHIR, a signed-in user's patient read and
 #: write, and a refresh token for cron (offline_access). A default OpenEMR install accepts each.
@@ -35,7 +36,7 @@ ENABLE_CLIENT_PLACE = "Administration → System → API Clients → the client 
 
 def effective_scope(profile: Profile) -> str:
     """The scopes a profile asks for: its own, else :data:`DEFAULT_SCOPE`."""
-    return " ".join(profile.scope.split()) or DEFAULT_SCOPE
+    return " ".join(OpenEmrSettings.of(profile).scope.split()) or DEFAULT_SCOPE
 
 
 def system_scope(scope: str) -> str:

@@ -31,6 +31,7 @@ from cwsctl.targets.openemr.client_id import require_client_id, require_openemr
 from cwsctl.targets.openemr.endpoints import endpoints
 from cwsctl.targets.openemr.hints import LOGGED_OUT_TEXT, refusal_hint
 from cwsctl.targets.openemr.scopes import effective_scope, login_hint, system_scope
+from cwsctl.targets.openemr.settings import OpenEmrSettings
 
 
 class TokenSource(grants.TokenSource):
@@ -54,7 +55,7 @@ class TokenSource(grants.TokenSource):
         self.profile = profile
         self.scope = effective_scope(profile)
         super().__init__(
-            profile.client_id,
+            OpenEmrSettings.of(profile).client_id,
             endpoints(profile),
             private_key,
             TokenStore(store, profile.name),

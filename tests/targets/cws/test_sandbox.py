@@ -15,9 +15,8 @@ import pytest
 from cwsctl.core import keys
 from cwsctl.core.bulk.rows import WALKTHROUGH_EXAMPLE
 from cwsctl.core.errors import InputError, SignatureError
-from cwsctl.core.profile import TrustedKey
 from cwsctl.protocols import cws_signature as signing
-from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader
+from cwsctl.protocols.cws_signature import Algorithm, AuthorizationHeader, TrustedKey
 from cwsctl.sandbox.faults import FaultDice, Faults
 from cwsctl.targets.cws.sandbox.store import (
     SandboxStore,

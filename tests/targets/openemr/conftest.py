@@ -149,7 +149,7 @@ def make_openemr_login(
         keys.save_private_key(store.private_key_path(name), rsa2048, None, overwrite=True)
         register = ["-p", name, "oauth", "register", "--client-name", "tests"]
         _cwsctl(cli, *register, *(["--scope", scope] if scope else []))
-        client_id = store.get_profile(name).client_id
+        client_id = store.get_profile(name).settings.client_id
         assert client_id, "oauth register stored no client id"
         server.enable_client(client_id)  # the administrator's step
         if login:

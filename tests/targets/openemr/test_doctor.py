@@ -33,7 +33,7 @@ def test_openemr_doctor_flags_a_token_endpoint_that_moved(cli, make_openemr_logi
     config = store.load()
     config.profiles[
         login.name
-    ].token_endpoint = "https://old-name.example.test/oauth2/default/token"
+    ].settings.token_endpoint = "https://old-name.example.test/oauth2/default/token"
     store.save(config)
     result = cli("-p", login.name, "doctor", "--json")
     found = checks(result)

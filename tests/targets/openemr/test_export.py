@@ -208,7 +208,9 @@ def export_setup(
         store = Store(cwsctl_home)
         keys.save_private_key(store.private_key_path("emr"), rsa2048, None, overwrite=True)
         cwsctl("-p", "emr", "oauth", "register", "--client-name", "export tests", "--export-scopes")
-        server.enable_client(store.get_profile("emr").client_id)  # the administrator's step
+        server.enable_client(
+            store.get_profile("emr").settings.client_id
+        )  # the administrator's step
         setup = Setup(server, cwsctl_home, tmp_path / f"out-{len(started)}")
         setup.proxy = relay if proxy or front else None  # type: ignore[attr-defined]
         return setup
@@ -343,7 +345,9 @@ def test_a_profile_without_the_export_scope_is_told_which(
     store = Store(cwsctl_home)
     config = store.load()
     profile = store.get_profile("emr", config)
-    profile.scope = " ".join(s for s in profile.scope.split() if s != "system/Group.$export")
+    profile.settings.scope = " ".join(
+        s for s in profile.settings.scope.split() if s != "system/Group.$export"
+    )
     store.save(config)
     result = setup.run("--group", "g1")
     assert result.returncode == 3
@@ -530,15 +534,17 @@ def test_a_bare_401_on_the_kickoff_names_the_scope(
 ) -> None:
     setup = export_setup("openemr", patients=1)
     store = Store(cwsctl_home)
-    narrower = [s for s in store.get_profile("emr").scope.split() if s != "system/*.$export"]
+    narrower = [
+        s for s in store.get_profile("emr").settings.scope.split() if s != "system/*.$export"
+    ]
     registered = _cwsctl(
         setup, "oauth", "register", "--client-name", "n", "--scope", *[" ".join(narrower)]
     )
     assert registered.returncode == 0, registered.stderr
-    setup.server.enable_client(Store(cwsctl_home).get_profile("emr").client_id)
+    setup.server.enable_client(Store(cwsctl_home).get_profile("emr").settings.client_id)
     config = store.load()  # the profile asks for the scope; OpenEMR drops what is not registered
     profile = store.get_profile("emr", config)
-    profile.scope = " ".join([*narrower, "system/*.$export"])
+    profile.settings.scope = " ".join([*narrower, "system/*.$export"])
     store.save(config)
     result = setup.run()
     assert result.returncode == 4, result.stderr

@@ -38,6 +38,7 @@ from cwsctl.protocols.oauth2.jwks import jwk, jwk_set, key_id
 from cwsctl.protocols.oauth2.tokens import Token, TokenStore, reuse_margin
 from cwsctl.targets.openemr.endpoints import endpoints
 from cwsctl.targets.openemr.scopes import DEFAULT_SCOPE, system_scope, user_scope
+from cwsctl.targets.openemr.settings import OpenEmrSettings
 from cwsctl.targets.openemr.tokens import TokenSource, bearer_auth, parse_token_response
 from tests.conftest import OPENSSL, needs_openssl, write_private
 from tests.targets.openemr.conftest import read_login_url, start_oauth_login
@@ -339,7 +340,12 @@ def store(cwsctl_home: Path) -> Store:
 
 
 def make_profile(store: Store, url: str, *, client_id: str = CLIENT_ID, scope: str = "") -> Profile:
-    profile = Profile(name="default", kind="openemr", url=url, client_id=client_id, scope=scope)
+    profile = Profile(
+        name="default",
+        kind="openemr",
+        url=url,
+        settings=OpenEmrSettings(client_id=client_id, scope=scope),
+    )
     config = Config(default_profile="default", profiles={"default": profile})
     store.save(config)
     return profile
@@ -472,7 +478,12 @@ def test_keys_jwks_without_key_is_exit_3(cli) -> None:
 
 
 def test_endpoints_follow_url_and_site() -> None:
-    profile = Profile(name="e", kind="openemr", url="https://emr.example.org:9300/", site="clinic")
+    profile = Profile(
+        name="e",
+        kind="openemr",
+        url="https://emr.example.org:9300/",
+        settings=OpenEmrSettings(site="clinic"),
+    )
     ends = endpoints(profile)
     assert ends.token == "https://emr.example.org:9300/oauth2/clinic/token"
     assert ends.registration == "https://emr.example.org:9300/oauth2/clinic/registration"
@@ -527,7 +538,7 @@ def test_cache_ignored_after_client_id_changes(
 ) -> None:
     with bounded_client(timeout=10) as client:
         run_flow(TokenSource(emr, store, rsa2048).token_flow(), client)
-        emr.client_id = "another-client"
+        emr.settings.client_id = "another-client"
         token_server.state.client_id = "another-client"
         run_flow(TokenSource(emr, store, rsa2048).token_flow(), client)
     assert token_server.state.grants() == ["client_credentials", "client_credentials"]
@@ -885,8 +896,8 @@ def test_register_sends_jwks_and_stores_secret(cli, store: Store, token_server, 
     assert sent["scope"] == DEFAULT_SCOPE
     assert sent["redirect_uris"] == ["http://127.0.0.1/callback"]
     assert sent["jwks"] == jwk_set([rsa2048.public_key()])
-    assert store.get_profile("default").client_id == CLIENT_ID
-    assert store.get_profile("default").scope == DEFAULT_SCOPE
+    assert store.get_profile("default").settings.client_id == CLIENT_ID
+    assert store.get_profile("default").settings.scope == DEFAULT_SCOPE
     secrets_file = store.root / "tokens" / "default.json"
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     secret = json.loads(secrets_file.read_text())["registration"]["registration_access_token"]
@@ -941,7 +952,7 @@ def test_register_on_703_retries_without_auth_method(
     assert first["token_endpoint_auth_method"] == "private_key_jwt"
     assert "token_endpoint_auth_method" not in second
     assert {k: v for k, v in first.items() if k != "token_endpoint_auth_method"} == second
-    assert store.get_profile("default").client_id == CLIENT_ID
+    assert store.get_profile("default").settings.client_id == CLIENT_ID
     assert "7.0.3" in result.stderr
 
 
@@ -1005,13 +1016,18 @@ def test_discovery_names_the_aud_while_requests_stay_on_the_typed_host(
     assert result.exit_code == 0, result.stderr
     assert token_server.state.discovery_hits == 2
     profile = store.get_profile("default")
-    assert profile.token_endpoint == "https://emr.example.test/oauth2/default/token"
-    assert profile.registration_endpoint == "https://emr.example.test/oauth2/default/registration"
-    assert profile.fhir_base == "https://emr.example.test/apis/default/fhir"  # 7.0.3: derived
+    assert profile.settings.token_endpoint == "https://emr.example.test/oauth2/default/token"
+    assert (
+        profile.settings.registration_endpoint
+        == "https://emr.example.test/oauth2/default/registration"
+    )
+    assert (
+        profile.settings.fhir_base == "https://emr.example.test/apis/default/fhir"
+    )  # 7.0.3: derived
     assert "site address is https://emr.example.test" in result.stderr
     ends = endpoints(profile)
     assert ends.token == f"{token_server.url}/oauth2/default/token"
-    assert ends.audience == profile.token_endpoint
+    assert ends.audience == profile.settings.token_endpoint
     token = cli("oauth", "token")  # emr.example.test does not resolve: it was never contacted
     assert token.exit_code == 0, token.stderr
     claims = jwt.decode(
@@ -1032,7 +1048,7 @@ def test_discovery_names_the_aud_while_requests_stay_on_the_typed_host(
     again = cli("oauth", "discover")
     assert again.exit_code == 0, again.stderr
     assert again.stdout.strip() == "https://emr2.example.test/oauth2/default/token"
-    assert store.get_profile("default").token_endpoint == again.stdout.strip()
+    assert store.get_profile("default").settings.token_endpoint == again.stdout.strip()
 
 
 def test_discovery_unreachable_warns_once_and_falls_back(cli, store: Store) -> None:
@@ -1048,7 +1064,7 @@ def test_discovery_unreachable_warns_once_and_falls_back(cli, store: Store) -> N
     assert len(warnings) == 1
     assert "documented paths" in warnings[0] and "cwsctl -p default oauth discover" in warnings[0]
     profile = store.get_profile("default")
-    assert profile.token_endpoint == ""
+    assert profile.settings.token_endpoint == ""
     assert endpoints(profile).audience == f"{url}/oauth2/default/token"
 
 
@@ -1094,7 +1110,7 @@ def test_register_client_id_by_hand_sends_nothing(cli, store: Store, token_serve
     make_profile(store, token_server.url, client_id="")
     result = cli("oauth", "register", "--client-id", "made-in-admin-pages")
     assert result.exit_code == 0, result.stderr
-    assert store.get_profile("default").client_id == "made-in-admin-pages"
+    assert store.get_profile("default").settings.client_id == "made-in-admin-pages"
     assert token_server.state.registrations == []
     assert cli("oauth", "register", "--client-id", "has space").exit_code == 2
 
@@ -1265,8 +1281,8 @@ def registered(cli, store: Store, emr_sandbox, rsa2048) -> Profile:
     result = cli("oauth", "register", "--system-scopes", "--contact", "ops@example.org")
     assert result.exit_code == 0, result.stderr
     profile = store.get_profile("default")
-    assert profile.client_id == result.stdout.strip() and profile.client_id
-    assert emr_sandbox.enable_client(profile.client_id)
+    assert profile.settings.client_id == result.stdout.strip() and profile.settings.client_id
+    assert emr_sandbox.enable_client(profile.settings.client_id)
     return profile
 
 
@@ -1274,7 +1290,9 @@ def test_sandbox_registration_disabled_until_enabled(
     cli, store: Store, emr_sandbox, rsa2048
 ) -> None:
     _sandbox_profile(cli, store, emr_sandbox, rsa2048)
-    assert store.get_profile("default").token_endpoint == emr_sandbox.token_url  # discovered
+    assert (
+        store.get_profile("default").settings.token_endpoint == emr_sandbox.token_url
+    )  # discovered
     result = cli("oauth", "register", "--system-scopes")
     assert result.exit_code == 0, result.stderr
     client_id = result.stdout.strip()
@@ -1318,8 +1336,8 @@ def test_sandbox_site_address_differs_aud_follows_discovery(
     )
     _sandbox_profile(cli, store, sandbox, rsa2048)
     profile = store.get_profile("default")
-    assert profile.token_endpoint == "https://emr.example.test/oauth2/default/token"
-    assert profile.fhir_base == "https://emr.example.test/apis/default/fhir"
+    assert profile.settings.token_endpoint == "https://emr.example.test/oauth2/default/token"
+    assert profile.settings.fhir_base == "https://emr.example.test/apis/default/fhir"
     registered = cli("oauth", "register", "--system-scopes")
     assert registered.exit_code == 0, registered.stderr
     sandbox.enable_client(registered.stdout.strip())
@@ -1446,7 +1464,7 @@ def _refusal(response: httpx.Response) -> ClientRequestError:
 
 
 def test_sandbox_replayed_jti_refused(registered: Profile, emr_sandbox, rsa2048) -> None:
-    assertion = client_assertion(rsa2048, registered.client_id, emr_sandbox.token_url)
+    assertion = client_assertion(rsa2048, registered.settings.client_id, emr_sandbox.token_url)
     assert _post_assertion(emr_sandbox, assertion).status_code == 200
     error = _refusal(_post_assertion(emr_sandbox, assertion))
     assert "invalid_client" in error.message
@@ -1455,7 +1473,9 @@ def test_sandbox_replayed_jti_refused(registered: Profile, emr_sandbox, rsa2048)
 def test_sandbox_wrong_aud_refused(registered: Profile, emr_sandbox, rsa2048) -> None:
     elsewhere = emr_sandbox.token_url.replace("/oauth2/default/", "/oauth2/other/")
     error = _refusal(
-        _post_assertion(emr_sandbox, client_assertion(rsa2048, registered.client_id, elsewhere))
+        _post_assertion(
+            emr_sandbox, client_assertion(rsa2048, registered.settings.client_id, elsewhere)
+        )
     )
     assert "invalid_client" in error.message
 

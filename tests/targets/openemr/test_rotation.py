@@ -44,7 +44,7 @@ def test_openemr_rotate_reregister_makes_a_new_client(
     assert "Administration → System → API Clients" in rotated.stderr
     assert f"cwsctl -p {login.name} oauth login" in rotated.stderr
     store = Store(cwsctl_home)
-    assert store.get_profile(login.name).client_id == new_client
+    assert store.get_profile(login.name).settings.client_id == new_client
     active = keys.load_private_key(store.private_key_path(login.name)).public_key()
     assert keys.fingerprint(active) == keys.fingerprint(next_public)
     registered = server.client(new_client)
@@ -72,4 +72,4 @@ def test_openemr_rotate_reregister_failure_changes_nothing(cli, make_openemr_log
     failed = cli("-p", login.name, "keys", "rotate", "--reregister", "--timeout", "3")
     assert failed.exit_code == 6
     assert store.private_key_path(login.name).read_bytes() == before
-    assert store.get_profile(login.name).client_id == login.client_id
+    assert store.get_profile(login.name).settings.client_id == login.client_id

@@ -31,6 +31,7 @@ def run_demo(step: Step, root: Path, bits: int) -> str:
     from cwsctl.targets.cws.client import CwsClient
     from cwsctl.targets.cws.identity import load_identity
     from cwsctl.targets.cws.sandbox.server import SandboxServer
+    from cwsctl.targets.cws.settings import CwsSettings
     from cwsctl.targets.cws.verification import Candidate, verify_with_candidates
 
     store = Store(root / "home")
@@ -48,7 +49,8 @@ def run_demo(step: Step, root: Path, bits: int) -> str:
             f"cwsctl sandbox add-key {DEMO_USERNAME} rsa.public",
             sandbox=server.url,
         )
-        profile = Profile("demo", server.url, DEMO_USERNAME, trusted=[server.trusted_key])
+        settings = CwsSettings(DEMO_USERNAME, trusted=[server.trusted_key])
+        profile = Profile("demo", server.url, settings=settings)
         store.save(Config(default_profile="demo", profiles={"demo": profile}))
         step(
             "Pin CorEMR's public key to verify its responses",
@@ -60,7 +62,7 @@ def run_demo(step: Step, root: Path, bits: int) -> str:
         body_file = root / "body.json"
         body_file.write_bytes(body)
         identity = load_identity("demo", store=store)
-        with CwsClient(identity, profile.trusted, base_url=server.url) as client:
+        with CwsClient(identity, settings.trusted, base_url=server.url) as client:
             response = client.request("POST", "/ws/patients/", body)
         response.raise_for_status()
         check = response.verification

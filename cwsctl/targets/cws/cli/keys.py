@@ -61,14 +61,16 @@ def _check_next_key(
     from cwsctl.core.errors import ClientRequestError, NetworkError
     from cwsctl.targets.cws.client import CwsClient
     from cwsctl.targets.cws.identity import load_identity
+    from cwsctl.targets.cws.settings import CwsSettings
 
     config = store.load()
-    settings = config.profiles.get(profile)
-    if settings is None or not settings.url or not settings.trusted:
+    known = config.profiles.get(profile)
+    if known is None or not known.url or not CwsSettings.of(known).trusted:
         out.warn(
             "no server and pinned key in this profile: cannot check that CorEMR knows the next key"
         )
         return
+    settings = CwsSettings.of(known)
     identity = load_identity(
         profile,
         store=store,
@@ -79,7 +81,7 @@ def _check_next_key(
     )
     try:
         with CwsClient(
-            identity, settings.trusted, base_url=settings.url, timeout=timeout, allow_http=True
+            identity, settings.trusted, base_url=known.url, timeout=timeout, allow_http=True
         ) as client:
             response = client.request("GET", "/ws/")
     except NetworkError as exc:

@@ -20,6 +20,7 @@ from cwsctl.protocols.cws_signature import (
     detect_signature_input,
 )
 from cwsctl.targets.cws.identity import load_identity
+from cwsctl.targets.cws.settings import CwsSettings
 from cwsctl.targets.cws.verification import Candidate, verify_with_candidates
 
 
@@ -138,8 +139,8 @@ def _candidates(out: Output, key: Path | None, signer: str | None) -> list[Candi
     if key is not None:
         return [Candidate(keys.load_public_key(key, passphrase_source(None)))]
     store, name = store_and_profile(out.settings)
-    profile = store.get_profile(name)
-    pinned = profile.trusted_for(signer) if signer else profile.trusted
+    settings = CwsSettings.of(store.get_profile(name))
+    pinned = settings.trusted_for(signer) if signer else settings.trusted
     if not pinned:
         who = f"signer {signer!r}" if signer else "any signer"
         raise LocalKeyError(

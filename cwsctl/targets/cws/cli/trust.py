@@ -14,7 +14,8 @@ from cwsctl.cli.output import Output
 from cwsctl.core import keys
 from cwsctl.core.errors import InputError, ProfileError
 from cwsctl.core.files import read_bytes
-from cwsctl.core.profile import DEFAULT_SERVER_USERNAME, TrustedKey
+from cwsctl.protocols.cws_signature import DEFAULT_SERVER_USERNAME, TrustedKey
+from cwsctl.targets.cws.settings import CwsSettings
 
 
 @with_globals
@@ -34,25 +35,25 @@ def trust(
     """Pin CorEMR's public key so responses signed with it are trusted (several allowed, for rotation)."""
     store, name = store_and_profile(out.settings)
     config = store.load()
-    profile = store.get_profile(name, config)
+    settings = CwsSettings.of(store.get_profile(name, config))
     key = keys.parse_public_key(
         read_bytes(public_key_file, what="public key file", error=InputError),
         source=str(public_key_file),
     )
     pem = keys.public_key_pem(key).decode("ascii")
     fingerprint = keys.fingerprint(key)
-    same = [t for t in profile.trusted if t.username == username and t.fingerprint == fingerprint]
+    same = [t for t in settings.trusted if t.username == username and t.fingerprint == fingerprint]
     if remove:
         if not same:
             raise ProfileError(
                 f"key {fingerprint} is not pinned for {username!r} in profile {name!r}"
             )
-        profile.trusted = [t for t in profile.trusted if t not in same]
+        settings.trusted = [t for t in settings.trusted if t not in same]
         message = f"Unpinned {username} {fingerprint} from profile {name!r}"
     elif same:
         message = f"Already pinned: {username} {fingerprint}"
     else:
-        profile.trusted.append(TrustedKey(username, pem))
+        settings.trusted.append(TrustedKey(username, pem))
         message = f"Pinned {username} {fingerprint} for profile {name!r}"
     store.save(config)
     if out.settings.json:
@@ -60,7 +61,7 @@ def trust(
             {
                 "profile": name,
                 "trusted": [
-                    {"username": t.username, "fingerprint": t.fingerprint} for t in profile.trusted
+                    {"username": t.username, "fingerprint": t.fingerprint} for t in settings.trusted
                 ],
             }
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cwsctl.core import keys
-from cwsctl.core.profile import TrustedKey
+from cwsctl.protocols.cws_signature import TrustedKey
 from cwsctl.sandbox.db import default_data_dir
 from cwsctl.sandbox.envelope import MAX_BODY_BYTES
 from cwsctl.sandbox.faults import Faults

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cwsctl.core import keys
 from cwsctl.core.bulk.rows import patient_key
 from cwsctl.core.errors import CwsError, InputError
-from cwsctl.core.profile import DEFAULT_SERVER_USERNAME
+from cwsctl.protocols.cws_signature import DEFAULT_SERVER_USERNAME
 from cwsctl.sandbox.db import open_private_db
 
 SERVER_KEY_FILE = "server.pem"

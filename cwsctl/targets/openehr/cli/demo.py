@@ -72,6 +72,7 @@ def run_openehr_demo(step: Step, root: Path, bits: int) -> str:
     from cwsctl.targets.openehr.if_match import sends_bare_if_match
     from cwsctl.targets.openehr.kind import OpenEhrClient
     from cwsctl.targets.openehr.sandbox.server import OpenEhrSandboxServer
+    from cwsctl.targets.openehr.settings import OpenEhrSettings
     from cwsctl.targets.openehr.subject import subject_namespace
     from cwsctl.targets.openehr.templates import upload_template
 
@@ -86,7 +87,10 @@ def run_openehr_demo(step: Step, root: Path, bits: int) -> str:
         access_log=False,
     ) as server:
         profile = Profile(
-            PROFILE, url=server.base_url, kind="openehr", auth="basic", username=DEMO_USER
+            PROFILE,
+            url=server.base_url,
+            kind="openehr",
+            settings=OpenEhrSettings(auth="basic", username=DEMO_USER),
         )
         store.save(Config(default_profile=PROFILE, profiles={PROFILE: profile}))
         kept = store_secret(store, PROFILE, "password", password)

@@ -9,7 +9,7 @@ import typer
 
 from cwsctl.cli.options import Owner
 from cwsctl.cli.params import Choice
-from cwsctl.core.profile import OPENEHR_AUTH
+from cwsctl.targets.openehr.settings import OPENEHR_AUTH
 
 TARGET = "openehr"
 

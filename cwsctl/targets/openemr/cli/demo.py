@@ -43,6 +43,7 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> str:
     )
     from cwsctl.targets.openemr.sandbox.server import OpenEmrSandboxServer
     from cwsctl.targets.openemr.scopes import effective_scope
+    from cwsctl.targets.openemr.settings import OpenEmrSettings
     from cwsctl.targets.openemr.tokens import TokenSource
 
     store = Store(root / "home")
@@ -57,14 +58,15 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> str:
 
     data_dir = root / "sandbox"
     with OpenEmrSandboxServer(data_dir, faults=Faults(), access_log=False) as server:
-        profile = Profile(PROFILE, url=server.url, kind="openemr")
-        found = discover(server.url, profile.site)
+        settings = OpenEmrSettings()
+        profile = Profile(PROFILE, url=server.url, kind="openemr", settings=settings)
+        found = discover(server.url, settings.site)
         apply_discovery(profile, found)
         store.save(Config(default_profile=PROFILE, profiles={PROFILE: profile}))
         step(
             "Point a profile at OpenEMR; cwsctl reads its discovery documents",
             f"cwsctl profile init {PROFILE} --kind openemr --url {server.url}",
-            token_endpoint=f"{profile.token_endpoint} (the aud of every client assertion)",
+            token_endpoint=f"{settings.token_endpoint} (the aud of every client assertion)",
             scope=effective_scope(profile),
         )
         jwks = jwk_set([public_key])
@@ -133,12 +135,12 @@ def run_openemr_demo(step: Step, root: Path, bits: int) -> str:
                 found=existing,
                 patients_stored=server.count_patients(),
             )
-            read = client.request("GET", f"/apis/{profile.site}/fhir/Patient/{patient_id}")
+            read = client.request("GET", f"/apis/{settings.site}/fhir/Patient/{patient_id}")
             _require(read.ok, read)
             resource = json.loads(read.body)
             step(
                 "Read it back through FHIR",
-                f"cwsctl -p {PROFILE} request GET /apis/{profile.site}/fhir/Patient/{patient_id}",
+                f"cwsctl -p {PROFILE} request GET /apis/{settings.site}/fhir/Patient/{patient_id}",
                 name=_name(resource),
                 birth_date=resource.get("birthDate"),
                 token_requests=f"{source.token_requests + _token_requests(client.auth)} (the "

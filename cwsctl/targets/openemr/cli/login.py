@@ -64,10 +64,10 @@ def token(
     from cwsctl.targets.openemr.tokens import TokenSource
 
     store, profile = openemr_profile(out)
-    require_client_id(profile)
+    client_id = require_client_id(profile)
     check_transport(profile, allow_http)
     ends = endpoints(profile)
-    cached = TokenStore(store, profile.name).access_token(profile.client_id, ends.token)
+    cached = TokenStore(store, profile.name).access_token(client_id, ends.token)
     if cached is not None and cached.usable():
         result = cached
         out.info("Using the cached access token")
@@ -179,7 +179,7 @@ def login(
     from cwsctl.targets.openemr.tokens import TokenSource, authorize_url
 
     store, profile = openemr_profile(out)
-    require_client_id(profile)
+    client_id = require_client_id(profile)
     check_transport(profile, allow_http)
     interactive = sys.stdin is not None and sys.stdin.isatty()
     if not interactive and not no_browser:
@@ -223,7 +223,7 @@ def login(
         out.json(
             {
                 "profile": profile.name,
-                "client_id": profile.client_id,
+                "client_id": client_id,
                 "scope": granted.token.scope or wanted_scope,
                 "refresh_token_stored": has_refresh,
             }

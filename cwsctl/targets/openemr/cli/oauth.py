@@ -42,8 +42,10 @@ def discover_into(out: Output, profile: Profile, timeout: float) -> dict[str, ob
     document of what is now in force."""
     from cwsctl.targets.openemr.discovery import apply_discovery, discover
     from cwsctl.targets.openemr.endpoints import endpoints, origin, site_address
+    from cwsctl.targets.openemr.settings import OpenEmrSettings
 
-    found = discover(profile.url, profile.site, timeout=timeout)
+    settings = OpenEmrSettings.of(profile)
+    found = discover(profile.url, settings.site, timeout=timeout)
     apply_discovery(profile, found)
     ends = endpoints(profile)
     if not found.token_endpoint:
@@ -67,10 +69,10 @@ def discover_into(out: Output, profile: Profile, timeout: float) -> dict[str, ob
         "discovered": bool(found.token_endpoint),
         "problems": list(found.problems),
         "token_endpoint": ends.audience,
-        "authorization_endpoint": profile.authorization_endpoint or None,
-        "registration_endpoint": profile.registration_endpoint or None,
+        "authorization_endpoint": settings.authorization_endpoint or None,
+        "registration_endpoint": settings.registration_endpoint or None,
         "fhir_base": ends.fhir_base,
-        "issuer": profile.issuer or None,
+        "issuer": settings.issuer or None,
         "site_address": address,
         "site_address_differs": differs,
         "token_url": ends.token,
@@ -219,6 +221,7 @@ def register(
         system_scope,
         with_scopes,
     )
+    from cwsctl.targets.openemr.settings import OpenEmrSettings
 
     store, profile = openemr_profile(out)
     extra: list[str] = []
@@ -240,13 +243,13 @@ def register(
         if out.settings.json:
             out.json(
                 {
-                    "client_id": recorded.client_id,
+                    "client_id": OpenEmrSettings.of(recorded).client_id,
                     "scope": effective_scope(recorded),
                     "registration_access_token_stored": False,
                 }
             )
         else:
-            out.line(recorded.client_id)
+            out.line(OpenEmrSettings.of(recorded).client_id)
         out.success(f"Profile {profile.name!r} now uses client {client_id!r}")
         out.info("Next: cwsctl oauth token (or cwsctl oauth login for user scopes)")
         return
