@@ -1,7 +1,7 @@
 """The openEHR flavour's state: EHRs, EHR_STATUS versions and composition versions (SQLite).
 
 It lives in ``openehr.db`` in the sandbox's data dir, beside the other flavours' files (nothing
-shared). Like :mod:`.openemr_store` it needs neither starlette nor uvicorn, one connection is
+shared). Like the OpenEMR flavour's store it needs neither starlette nor uvicorn, one connection is
 shared by the server's threads behind a lock, and every write commits when it returns.
 
 Optimistic locking happens here: a new version is written only if the caller's preceding

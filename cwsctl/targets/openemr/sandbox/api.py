@@ -1,9 +1,9 @@
 """The OpenEMR flavour's API: the Standard API's ``/apis/{site}/api/patient`` and FHIR R4 Patient.
 
-Both work on one patient table (:mod:`.openemr_store`): a FHIR Patient's id is the Standard API's
+Both work on one patient table (:mod:`.store`): a FHIR Patient's id is the Standard API's
 ``uuid``. The bearer token has been checked before these run (:mod:`.openemr`), which leaves its
 grant in ``request.state.grant``; each route then checks the token's role and scopes as the
-version does (:mod:`.openemr_scopes`):
+version does (:mod:`.scopes`):
 
 - Standard API: the token must hold ``api:oemr`` and be a user's (7.0.4+ 403 with OpenEMR's
   message; 7.0.3 401, empty), then ``user/patient.read|write`` (7.0.3 exact; 7.0.4+ the ``r``,
@@ -11,7 +11,7 @@ version does (:mod:`.openemr_scopes`):
 - FHIR Patient: ``{role}/Patient.read|write`` likewise → else 401 (7.0.3 empty body, 7.0.4+
   ``{"error":"An error occurred","message":"Unauthorized","code":0}``).
 
-FHIR create reads a Patient as OpenEMR does (:mod:`.openemr_patients`), ignores
+FHIR create reads a Patient as OpenEMR does (:mod:`.patients`), ignores
 ``If-None-Exist`` (every POST creates) and answers 201 ``{"pid", "uuid"}`` with no Location and
 no ETag; validation errors are 400 ``{"validationErrors": {...}}``, structural errors a 400
 OperationOutcome.

@@ -2,21 +2,21 @@
 
 Modelled on OpenEMR 7.0.3 and 7.0.4+ (``version``), as ``../shared/servers/OPENEMR.md`` and
 ``cwsctl/sandbox/README.md`` describe them; every refusal is league/oauth2-server's body
-``{"error", "error_description", "hint"?, "message"}`` (:class:`~.openemr_state.OAuthError`,
-beside the server's configuration in :mod:`.openemr_state`). In short:
+``{"error", "error_description", "hint"?, "message"}`` (:class:`~.state.OAuthError`,
+beside the server's configuration in :mod:`.state`). In short:
 
 - URLs are built from the *site address*: the Site Address Override when one is configured
   (``site_address``), else the scheme the request came in with plus its ``X-Forwarded-Host`` or
   ``Host``. The token URL built from it is the only ``aud`` an assertion may carry.
 - ``POST /oauth2/{site}/registration``: JSON only; scopes validated against the server's list
-  (:mod:`.openemr_scopes`); ``system/`` needs a JWKS; 7.0.3 refuses
+  (:mod:`.scopes`); ``system/`` needs a JWKS; 7.0.3 refuses
   ``token_endpoint_auth_method: private_key_jwt``. A confidential client with a ``user/`` or
   ``system/`` scope (any client, with ``manual_approval``) starts *disabled*: every grant answers
   401 ``invalid_client`` until :meth:`OpenEmrStore.set_enabled`.
 - ``GET /oauth2/{site}/authorize`` approves at once (no login or consent page) and opens a
   trusted-user session for the grant.
 - ``POST /oauth2/{site}/token``: client_credentials (an RS384 assertion verified with the first
-  RSA key of the client's JWKS, ``kid`` ignored, by :mod:`.openemr_assertion`; a token of the
+  RSA key of the client's JWKS, ``kid`` ignored, by :mod:`.assertion`; a token of the
   *system* user, 300 s, no refresh token), authorization_code and refresh_token (tokens of the
   *user*, 3600 s, a refresh token with ``offline_access``; a refresh revokes the old refresh and
   access tokens).
