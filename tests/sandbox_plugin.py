@@ -210,9 +210,6 @@ def pooled_factory(
     ``restore(server, **options)`` puts a reset one back to ``options``."""
     taken: list[tuple[Hashable, Any]] = []
 
-    def fresh(data_dir: Path, **options: Any) -> Any:
-        return build(data_dir, **options)
-
     def make(factory: Callable[..., Any], **options: Any) -> Any:
         pooled = key(options)
         if pooled is None:
@@ -225,7 +222,7 @@ def pooled_factory(
         taken.append((pooled, server))
         return server
 
-    factories = _server_factory(tmp_path, name, fresh)
+    factories = _server_factory(tmp_path, name, build)
     factory = next(factories)
     yield lambda **options: make(factory, **options)
     for pooled, server in taken:
