@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,35 +16,10 @@ from typer.testing import CliRunner
 from cwsctl.cli.app import app
 from cwsctl.core import keys
 
-pytest_plugins = ["tests.sandbox_plugin", "tests.hostile_server"]
+pytest_plugins = ["tests.sandbox_plugin", "tests.hostile_server", "tests.timing_plugin"]
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl binary not installed")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``timing`` share one xdist group: with ``--dist loadgroup`` (pyproject's
-    addopts) xdist sends them all to one worker. (On pytest 9.2 loadgroup does not group,
-    pytest-xdist issue #1386; the lock below keeps them apart whatever the scheduler does.)"""
-    for item in items:
-        if item.get_closest_marker("timing") is not None:
-            item.add_marker(pytest.mark.xdist_group("timing"))
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
-    """Under xdist, a test marked ``timing`` runs alone among the run's workers: it holds an
-    exclusive lock on a file in the run's temporary directory (every worker's basetemp is a
-    folder of it) from set-up to teardown. Outermost, so pytest-timeout's clock starts only
-    once the lock is held: waiting for it is not the test's time."""
-    basetemp = getattr(item.config.option, "basetemp", None)  # xdist sets the worker's
-    alone = item.get_closest_marker("timing") is not None and os.environ.get("PYTEST_XDIST_WORKER")
-    if not (alone and basetemp):
-        return (yield)
-    with open(Path(basetemp).parent / "timing.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        return (yield)
 
 
 @pytest.fixture(autouse=True)
