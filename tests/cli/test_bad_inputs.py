@@ -642,7 +642,6 @@ def test_issue_examples_exit_2_as_a_process(args, run_cwsctl):
     assert result.stdout == b""
 
 
-@pytest.mark.slow
 def test_values_at_the_edges_of_each_range_are_accepted(ctx, run_cwsctl):
     """The bounds themselves parse: a dry run with every option at an edge of its range."""
     result = run_cwsctl(

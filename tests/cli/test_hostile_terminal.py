@@ -546,7 +546,6 @@ BAD_CLIENT_IDS = {
 
 
 @pytest.mark.parametrize("bad", list(BAD_CLIENT_IDS))
-@pytest.mark.slow
 def test_a_bad_client_id_from_the_user_is_refused_before_anything_is_stored(
     bad, run_cwsctl, cwsctl_home, rsa2048
 ):
@@ -565,7 +564,6 @@ def test_a_bad_client_id_from_the_user_is_refused_before_anything_is_stored(
     assert Store(cwsctl_home).load().profiles["default"].settings.client_id == ""
 
 
-@pytest.mark.slow
 def test_a_client_id_may_begin_with_a_dash_and_be_255_long(run_cwsctl, cwsctl_home, rsa2048):
     openemr_profile(cwsctl_home, "http://127.0.0.1:9", rsa2048)
     for value in ("-AbC_123~.", "x" * 255):

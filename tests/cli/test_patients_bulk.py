@@ -311,7 +311,6 @@ def _wait_for_progress(count, minimum, timeout=30):
         time.sleep(0.02)
 
 
-@pytest.mark.slow
 def test_sigkill_mid_run_then_resume(sandbox, sandbox_profile, cwsctl_home, tmp_path, run_cwsctl):
     n = 150
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(n)])

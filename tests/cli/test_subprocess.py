@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from cwsctl import __version__
 from tests.conftest import write_private
 
@@ -30,7 +28,6 @@ def test_help_does_not_import_httpx_or_rich_progress():
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-@pytest.mark.slow
 def test_cron_round_trip_keygen_sign_verify_quiet(run_cwsctl, tmp_path):
     assert (
         run_cwsctl(

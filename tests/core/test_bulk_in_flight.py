@@ -40,6 +40,7 @@ def _load(tmp_path, rows: int, concurrency: int | None):
     return loader, summary, results
 
 
+@pytest.mark.slow
 def test_busy_server_slows_the_load_down_and_every_row_is_created_once(
     sandbox, sandbox_profile, tmp_path
 ):
@@ -62,6 +63,7 @@ def test_an_explicit_concurrency_is_never_passed(sandbox, sandbox_profile, tmp_p
     assert summary.counts["created"] == 30
 
 
+@pytest.mark.slow
 def test_cli_default_settings_ride_out_429s(cli, sandbox, sandbox_profile, tmp_path):
     source = write_csv(tmp_path / "in.csv", [patient(i) for i in range(30)])
     sandbox.faults = Faults(max_in_flight=3, latency_ms=20, seed=8)

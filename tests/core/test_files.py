@@ -95,7 +95,6 @@ def test_request_output_is_private_whatever_the_umask(
 
 
 @pytest.mark.parametrize("name", ["report.csv", "report.json"])
-@pytest.mark.slow
 def test_bulk_report_and_journal_are_private(
     name, sandbox, sandbox_profile, cwsctl_home, tmp_path, patient_file
 ):
@@ -277,7 +276,6 @@ def test_token_file_registration_write_waits_for_the_lock(cwsctl_home):
 
 
 @pytest.mark.parametrize("where", ["dir", "missing"])
-@pytest.mark.slow
 def test_request_output_directory_or_missing_directory_is_exit_2_before_sending(
     where, sandbox, sandbox_profile, cwsctl_home, tmp_path
 ):
@@ -293,7 +291,6 @@ def test_request_output_directory_or_missing_directory_is_exit_2_before_sending(
 
 @pytest.mark.parametrize("option", ["--journal", "--report"])
 @pytest.mark.parametrize("where", ["dir", "missing"])
-@pytest.mark.slow
 def test_bulk_journal_or_report_in_a_bad_place_is_exit_2_before_sending(
     option, where, sandbox, sandbox_profile, cwsctl_home, tmp_path, patient_file
 ):
@@ -316,7 +313,6 @@ def test_sign_raw_out_directory_is_exit_2(sandbox_profile, cwsctl_home, tmp_path
     one_error_line(result, 2, str(tmp_path))
 
 
-@pytest.mark.slow
 def test_keygen_force_public_out_directory_keeps_the_old_key(cwsctl_home, tmp_path):
     assert cwsctl(cwsctl_home, "-q", "keygen", "--bits", "2048").returncode == 0
     key = cwsctl_home / "keys" / "default.pem"

@@ -139,8 +139,8 @@ BROKEN = [
 
 
 @pytest.mark.parametrize(("behaviour", "expected", "says"), BROKEN, ids=[b[0] for b in BROKEN])
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_request_ends_cleanly_against_a_broken_answer(
     cwsctl_home, hostile_profile, behaviour, expected, says
 ):
@@ -159,8 +159,8 @@ def test_request_ends_cleanly_against_a_broken_answer(
     assert server.answered, "the server never got a complete request"
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_trickle_ends_by_the_deadline_not_per_read(cwsctl_home, hostile_profile):
     """One byte every 0.5 s: each read is quick, the whole exchange is not."""
     server = hostile_profile
@@ -177,8 +177,8 @@ def test_trickle_ends_by_the_deadline_not_per_read(cwsctl_home, hostile_profile)
     assert run.elapsed < 4.0 + STARTUP_SLACK
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_slow_but_complete_signed_answer_succeeds(cwsctl_home, hostile_profile):
     server = hostile_profile
     server.behaviour = "slow_complete"
@@ -192,8 +192,8 @@ def test_slow_but_complete_signed_answer_succeeds(cwsctl_home, hostile_profile):
     assert len(server.answered) == 1
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_slow_complete_saves_the_exact_body_and_signature(cwsctl_home, hostile_profile, tmp_path):
     server = hostile_profile
     server.behaviour = "slow_complete"
@@ -253,8 +253,8 @@ def peak_rss(home: Path, *args: str) -> dict:
 
 
 @pytest.mark.parametrize("behaviour", ["endless_chunked", "endless_close"])
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_endless_body_memory_stays_under_the_default_cap(cwsctl_home, hostile_profile, behaviour):
     server = hostile_profile
     server.behaviour = "signed"
@@ -317,7 +317,6 @@ SINGLE_ROW = [
 
 
 @pytest.mark.parametrize("behaviour", SINGLE_ROW)
-@pytest.mark.slow
 @pytest.mark.timing
 def test_single_patient_create_against_a_broken_answer(cwsctl_home, hostile_profile, behaviour):
     server = hostile_profile
@@ -436,6 +435,7 @@ def test_bulk_cut_off_answers_are_in_doubt_then_looked_up_not_resent(
     stored_once(sandbox, ROWS)
 
 
+@pytest.mark.slow
 def test_bulk_retry_looks_up_a_cut_off_row_in_the_same_run(
     cwsctl_home, sandbox, mangling_proxy, tmp_path
 ):
@@ -587,7 +587,6 @@ def cwsctl_env(home: Path, env: dict[str, str], *args: str) -> Run:
         ("CWSCTL_PASSWORD", SECRET + "\n" + SECRET),
     ],
 )
-@pytest.mark.slow
 def test_a_secret_that_cannot_be_a_header_is_exit_2_naming_its_source(
     cwsctl_home, hostile_server, variable, value
 ):
@@ -619,7 +618,6 @@ def test_a_stored_token_that_cannot_be_a_header_is_exit_3(cwsctl_home, hostile_s
     assert hostile_server.connections == []
 
 
-@pytest.mark.slow
 def test_a_bulk_load_with_a_bad_token_sends_nothing_and_reports_no_secret(
     cwsctl_home, hostile_server, tmp_path
 ):

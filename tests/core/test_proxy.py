@@ -212,8 +212,8 @@ def test_no_proxy_bypasses_the_proxy(cwsctl_home, origin, proxy, bearer_profile)
     assert proxy.heads == [] and len(origin.requests) == 1
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_the_deadline_holds_through_a_stalling_proxy(cwsctl_home, origin, proxy, bearer_profile):
     proxy.stall = True
     started = time.monotonic()
@@ -256,7 +256,6 @@ def test_plain_http_through_a_loopback_proxy_is_forwarded(cwsctl_home, hostile_s
     assert proxy.heads[0].startswith(f"GET {hostile_server.url}/ehr HTTP/1.1")
 
 
-@pytest.mark.slow
 def test_doctor_names_the_proxy(cwsctl_home, origin, proxy, bearer_profile):
     env = {**bearer_profile, "HTTPS_PROXY": proxy.url}
     done = run(cwsctl_home, env, "doctor", "--json")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cwsctl.core import keys
 from cwsctl.sandbox.faults import Faults
 from tests.cli.test_patients_bulk import write_csv
@@ -25,6 +27,7 @@ PATIENT = {
 PHI = ("EXTSECRET77", "Zebediah", "Quillfeather", "BKSECRET55", "1971-02-03")
 
 
+@pytest.mark.slow
 def test_no_secrets_or_phi_in_logs_audit_journal_errors_or_verbose_output(
     cli, sandbox, sandbox_profile, cwsctl_home, tmp_path, capfd
 ):

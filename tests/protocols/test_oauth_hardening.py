@@ -92,8 +92,8 @@ def test_the_receiver_ignores_a_wrong_state_and_waits_for_the_right_one():
     assert len(ignored) == 2 and all("state" in line for line in ignored)
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_the_receiver_still_times_out_when_only_wrong_states_come():
     with LoopbackReceiver() as receiver:
         httpx.get(receiver.redirect_uri, params={"code": "forged", "state": "bad"})

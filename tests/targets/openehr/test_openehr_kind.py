@@ -70,7 +70,6 @@ def test_the_secret_is_kept_0600_and_never_in_config(cdr, cwsctl_home):
     assert PASSWORD not in (cwsctl_home / "config.toml").read_text()
 
 
-@pytest.mark.slow
 def test_bulk_provisions_one_ehr_per_subject_and_reports_ehr_ids(
     cdr, tmp_path, run_cwsctl, cwsctl_home
 ):
@@ -127,7 +126,6 @@ def test_bulk_killed_and_resumed_holds_one_ehr_per_subject(cdr, tmp_path, cwsctl
     assert set(subjects) == {(f"EXT{i:05d}", namespace) for i in range(n)}
 
 
-@pytest.mark.slow
 def test_wrong_password_is_exit_4_and_never_echoed(cdr, run_cwsctl):
     result = run_cwsctl(
         "request", "GET", "/definition/template/adl1.4", env={"CWSCTL_PASSWORD": "wrong-one"}
@@ -138,7 +136,6 @@ def test_wrong_password_is_exit_4_and_never_echoed(cdr, run_cwsctl):
     assert "wrong-one" not in err and PASSWORD not in err
 
 
-@pytest.mark.slow
 def test_verbose_and_json_never_show_credentials(cdr, run_cwsctl):
     verbose = run_cwsctl("-v", "request", "GET", "/definition/template/adl1.4")
     assert verbose.returncode == 0, verbose.stderr
@@ -159,7 +156,6 @@ def test_no_secret_anywhere_names_how_to_give_one(make_openehr_sandbox, run_cwsc
     assert "CWSCTL_PASSWORD" in result.stderr.decode()
 
 
-@pytest.mark.slow
 def test_doctor_passes_on_openehr(cdr, run_cwsctl):
     result = run_cwsctl("doctor")
     out = result.stdout.decode()
@@ -275,7 +271,6 @@ def test_namespace_problems_say_what_is_wrong():
 
 
 @EVERY_MODE
-@pytest.mark.slow
 def test_bulk_rows_whose_facility_ehrbase_would_refuse_are_loaded_and_found_again(
     cdr, tmp_path, run_cwsctl
 ):

@@ -454,6 +454,7 @@ def test_a_download_cut_short_is_fetched_again(export_setup: Callable[..., Setup
 
 
 @pytest.mark.parametrize("mode", ["openemr", "spec"])
+@pytest.mark.slow
 def test_5xx_on_the_status_url_is_retried(export_setup: Callable[..., Setup], mode: str) -> None:
     setup = export_setup(mode, patients=10, export_delay=0.5 if mode == "spec" else 0.0)
     setup.server.export_faults.status_errors = 2
@@ -463,8 +464,8 @@ def test_5xx_on_the_status_url_is_retried(export_setup: Callable[..., Setup], mo
     assert_every_patient_once(setup)
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_tokens_expire_mid_export(export_setup: Callable[..., Setup]) -> None:
     setup = export_setup("spec", patients=30, export_delay=2.5, token_lifetime=2)
     summary = setup.run_json("--parallel", "1")
@@ -529,6 +530,7 @@ def _audit_lines(setup: Setup) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_bare_401_on_the_kickoff_names_the_scope(
     export_setup: Callable[..., Setup], cwsctl_home: Path
 ) -> None:
@@ -767,8 +769,8 @@ def test_credentials_never_go_to_another_host(
         other.close()
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_ctrl_c_during_a_stalled_download_ends_at_once(
     fronted: Callable[..., tuple[Setup, Front]],
 ) -> None:

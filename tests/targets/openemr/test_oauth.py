@@ -580,8 +580,8 @@ def test_concurrent_requests_share_one_token_request(
     assert token_server.state.grants() == ["client_credentials"]
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_bearer_auth_renews_after_expiry(emr: Profile, store: Store, rsa2048, token_server) -> None:
     token_server.state.lifetime = 1
     url = f"{token_server.url}/apis/{SITE}/api/patient"
@@ -1172,6 +1172,7 @@ def test_login_ignores_a_wrong_state_and_signs_in_with_the_right_one(
     assert token_server.state.token_forms[0]["code"] not in ("forged", "forged-too")
 
 
+@pytest.mark.slow
 def test_login_wrong_state_only_times_out_with_exit_6(
     cwsctl_home: Path, emr: Profile, token_server
 ) -> None:
@@ -1349,8 +1350,8 @@ def test_sandbox_site_address_differs_aud_follows_discovery(
     assert checks["discovery"]["ok"] and checks["token and API"]["ok"], doctor.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_sandbox_token_reuse_then_renewal(
     cli, run_cwsctl, registered: Profile, emr_sandbox, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -1495,8 +1496,8 @@ def test_sandbox_expired_assertion_refused(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_sandbox_login_refresh_then_logout_is_login_required(
     run_cwsctl, make_openemr_login, store: Store, cwsctl_home: Path, version: str
 ) -> None:
@@ -1529,8 +1530,8 @@ def test_sandbox_login_refresh_then_logout_is_login_required(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_sandbox_refused_refresh_token_is_login_required(
     run_cwsctl, make_openemr_login, store: Store, version: str
 ) -> None:

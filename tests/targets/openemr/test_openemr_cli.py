@@ -245,7 +245,6 @@ def test_a_missing_scope_renews_the_token_once_per_run_not_per_row(
 
 
 # -- the rest of the kind, end to end -----------------------------------------------------------
-@pytest.mark.slow
 def test_request_on_openemr_gets_a_token_and_says_answers_are_unsigned(emr_latest, run_cwsctl):
     result = run_cwsctl("request", "GET", "/apis/default/fhir/Patient?name=Nobody")
     assert result.returncode == 0, result.stderr
@@ -271,7 +270,6 @@ def test_openemr_validation_errors_become_the_one_line_error(emr_latest, run_cws
     assert emr_latest.count_patients() == 0
 
 
-@pytest.mark.slow
 def test_bulk_names_the_columns_openemr_has_no_place_for(emr_latest, tmp_path, run_cwsctl):
     source = write_csv(tmp_path / "in.csv", [patient(0)])
     result = run_cwsctl("patients", "create", "--from", str(source))
@@ -281,7 +279,6 @@ def test_bulk_names_the_columns_openemr_has_no_place_for(emr_latest, tmp_path, r
     )
 
 
-@pytest.mark.slow
 def test_a_revoked_access_token_is_renewed_once_and_the_request_retried(emr_latest, run_cwsctl):
     assert run_cwsctl("request", "GET", "/apis/default/fhir/Patient?name=X").returncode == 0
     emr_latest.revoke_tokens()
@@ -289,7 +286,6 @@ def test_a_revoked_access_token_is_renewed_once_and_the_request_retried(emr_late
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.slow
 def test_doctor_passes_on_openemr_and_says_answers_are_unsigned(emr_latest, run_cwsctl):
     result = run_cwsctl("doctor")
     out = result.stdout.decode()
@@ -322,7 +318,6 @@ def test_the_token_never_goes_to_another_host(emr_latest, run_cwsctl):
             listener.accept()
 
 
-@pytest.mark.slow
 def test_openehr_commands_refuse_an_openemr_profile(emr_latest, run_cwsctl):
     result = run_cwsctl("query", "SELECT e/ehr_id/value FROM EHR e")
     assert result.returncode == 3
@@ -331,8 +326,8 @@ def test_openehr_commands_refuse_an_openemr_profile(emr_latest, run_cwsctl):
     )
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_a_stuck_token_lock_holder_cannot_hold_a_job_past_its_timeout(
     emr_latest, run_cwsctl, cwsctl_home
 ):

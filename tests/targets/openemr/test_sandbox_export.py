@@ -306,8 +306,8 @@ def test_range_is_not_supported(exporter: Callable[..., Exporter]) -> None:
 
 
 @pytest.mark.parametrize("mode", ["openemr", "spec"])
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_files_expire(exporter: Callable[..., Exporter], mode: str) -> None:
     emr = exporter(export_mode=mode, export_ttl=1.5)
     emr.server.seed_patients(1)
@@ -397,8 +397,8 @@ def test_a_large_export_is_streamed_whole(exporter: Callable[..., Exporter]) -> 
 
 
 # -- spec mode ------------------------------------------------------------------------------------
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_spec_is_asynchronous_with_progress_retry_after_and_429(
     exporter: Callable[..., Exporter],
 ) -> None:
@@ -521,8 +521,8 @@ def test_fault_wrong_count(exporter: Callable[..., Exporter]) -> None:
     assert entry["count"] == 3 and len(emr.lines(entry["url"])) == 2
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_token_expiry_mid_export(exporter: Callable[..., Exporter]) -> None:
     emr = exporter(export_mode="spec", export_delay=1.0, token_lifetime=1)
     location = emr.kickoff(params={"_type": "Patient"}).headers["content-location"]

@@ -850,8 +850,8 @@ def test_bad_tokens_are_401_per_version(emr: Any, rsa2048: Any, client: str, ver
     assert httpx.get(f"{emr.api_url}/fhir/metadata").status_code == 200
 
 
-@pytest.mark.slow
 @pytest.mark.timing
+@pytest.mark.slow
 def test_token_lifetime_override_and_expiry(make_openemr_sandbox: Make, rsa2048: Any) -> None:
     server = make_openemr_sandbox(token_lifetime=1, system_scopes=True)
     client_id = register(server, rsa2048, f"{USER_SCOPE} {SYSTEM_SCOPE}")["client_id"]
@@ -1158,6 +1158,7 @@ def test_serve_kind_openemr_subprocess(tmp_path: Any, rsa2048: Any, run_cwsctl: 
     assert not (data_dir / "server.pem").exists()  # no CWS key made for this kind
 
 
+@pytest.mark.slow
 def test_openemr_options_need_kind_openemr(cli: Any) -> None:
     result = cli("sandbox", "serve", "--kind", "cws", "--system-scopes", "--port", "0")
     assert result.exit_code == 2
