@@ -5,7 +5,7 @@ Against the OpenEMR-flavour sandbox as its own process (``cwsctl sandbox serve -
 ``cwsctl sandbox openemr seed``), with profile ``emr`` set up as bench/export.py does (``keygen``,
 ``oauth register --export-scopes``, the administrator's ``sandbox openemr enable-client``). The
 profile's URL is a throttling TCP relay in front of the sandbox (``ThrottlingProxy`` from
-tests/test_export.py): it passes bytes at full speed, except while a mid-download phase slows the
+tests/targets/openemr/test_export.py): it passes bytes at full speed, except while a mid-download phase slows the
 server's bytes down so that the client can be killed while the Patient file is being written.
 cwsctl itself is not changed in any way.
 

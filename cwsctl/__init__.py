@@ -6,7 +6,7 @@ import sys
 # command line, which imports click, rich and pygments (~40 ms on every cwsctl call that sends).
 # A None entry in sys.modules makes that import fail, so httpx takes its fallback; cwsctl never
 # uses httpx's CLI. Set here, before anything in cwsctl can import httpx
-# (tests/test_lazy_app.py checks it).
+# (tests/cli/test_lazy_app.py checks it).
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 __version__ = "0.1.0"

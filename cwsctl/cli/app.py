@@ -5,7 +5,7 @@ Typer's coercion of each parameter). The root group is a :class:`LazyGroup`: it 
 command's name, module and one-line summary from :data:`COMMANDS` (the shared commands here and
 every target's from :mod:`cwsctl.registry`), and imports a module only when its command runs
 (or when help, completion or the docs generator asks for the command itself). ``cwsctl --help``
-lists the summaries without importing anything. tests/test_lazy_app.py checks :data:`COMMANDS`
+lists the summaries without importing anything. tests/cli/test_lazy_app.py checks :data:`COMMANDS`
 against the real commands (names, order, summaries), so the two cannot drift.
 """
 

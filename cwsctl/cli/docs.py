@@ -2,7 +2,7 @@
 
 Run ``python -m cwsctl.cli.docs`` in a source checkout after changing a command, an option, a help
 text, README's "Exit codes" or "Files" table, or the version; ``--check`` writes nothing, lists what
-is out of date and exits 1 (tests/test_docs.py does the same).
+is out of date and exits 1 (tests/cli/test_docs.py does the same).
 
 - ``completions/``: the scripts the app itself prints for ``_CWSCTL_COMPLETE=source_{bash,zsh,fish}``,
   produced in-process, with the surrounding blank lines removed (zsh only recognises ``#compdef`` on

@@ -61,7 +61,7 @@ PassphraseFileOption = Annotated[
         show_default=False,
     ),
 ]
-# The documented ranges of numeric options (README lists them; tests/test_bad_inputs.py checks them).
+# The documented ranges of numeric options (README lists them; tests/cli/test_bad_inputs.py checks them).
 MAX_TIMEOUT_S = 86400  # one day: any longer is a hung job, not a slow server
 CONCURRENCY_RANGE = (1, 64)
 RETRIES_RANGE = (0, 10)
